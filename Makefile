@@ -1,0 +1,50 @@
+# Two commands on a fresh machine with python3 and make:
+#   make run    set up, migrate, load examples and serve on http://127.0.0.1:8000
+#   make test   set up and run the whole test suite
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+.PHONY: install run test lint format bench stop-redis clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# A local run: DEBUG on (a development secret key) unless the environment says otherwise.
+run: export DEBUG ?= true
+run: $(STAMP)
+	$(BIN)/python manage.py migrate --noinput -v0
+	$(BIN)/python manage.py ensure_demo_admin
+	$(BIN)/python manage.py load_example_policies
+	@echo "Serving on http://$(HOST):$(PORT)/ (log in with the demo administrator above)"
+	exec $(BIN)/daphne -b $(HOST) -p $(PORT) controlplane.asgi:application
+
+test: $(STAMP)
+	$(BIN)/pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	SECRET_KEY=type-checking $(BIN)/mypy controlplane tests bench
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+bench: $(STAMP)
+	$(BIN)/python -m bench
+
+# The embedded Redis server outlives `make run` so the next run starts fast.
+stop-redis:
+	-test -S var/redis.sock && $(BIN)/redis-cli -s var/redis.sock shutdown nosave
+
+clean: stop-redis
+	rm -rf $(VENV) var/controlplane.sqlite3 var/static

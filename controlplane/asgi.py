@@ -1,0 +1,24 @@
+"""ASGI entry point: Django over HTTP, Channels over websockets, served by Daphne."""
+
+from __future__ import annotations
+
+import os
+
+from django.core.asgi import get_asgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "controlplane.settings")
+# Build Django before importing anything that touches models.
+django_application = get_asgi_application()
+
+from channels.routing import ProtocolTypeRouter  # noqa: E402
+from django.conf import settings  # noqa: E402
+
+from controlplane.policies.reconcile import start_reconciler  # noqa: E402
+from controlplane.redis_connection import get_redis  # noqa: E402
+
+if settings.EMBEDDED_REDIS:
+    get_redis()  # start the embedded server before the first request needs it
+if settings.RECONCILER_ENABLED:
+    start_reconciler()
+
+application = ProtocolTypeRouter({"http": django_application})

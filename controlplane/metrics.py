@@ -1,0 +1,31 @@
+"""The control plane's own Prometheus metrics."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+PUBLISHES = Counter(
+    "controlplane_publishes_total",
+    "Documents published to Redis, by section and result (written, stale, failed).",
+    ["section", "result"],
+)
+PUBLISH_SECONDS = Histogram(
+    "controlplane_publish_duration_seconds",
+    "Time to publish one document to Redis.",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+)
+RECONCILE_RUNS = Counter(
+    "controlplane_reconcile_runs_total",
+    "Reconciler comparisons of Redis with the database, by depth (quick, full).",
+    ["depth"],
+)
+DRIFT_FOUND = Counter(
+    "controlplane_reconcile_drift_total",
+    "Documents the reconciler found missing, stale or extra in Redis and repaired.",
+    ["problem"],
+)
+REDIS_ERRORS = Counter(
+    "controlplane_redis_errors_total",
+    "Redis operations of the control plane that failed, by operation.",
+    ["operation"],
+)

@@ -1,0 +1,220 @@
+"""Keep Redis equal to the database, whatever happened to Redis.
+
+Redis may restart empty, be flushed, or miss a publish made while it was
+down. The reconciler compares each environment's published revision with the
+database every ``RECONCILE_INTERVAL`` seconds (one GET), compares every
+document every ``RECONCILE_FULL_INTERVAL`` seconds, and re-publishes what is
+missing, stale or corrupt. Several control-plane replicas may all run it: a
+write never replaces a newer revision, and a repair is a compare-and-set.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+
+import redis
+from django.conf import settings
+from django.db import close_old_connections
+
+from controlplane.metrics import DRIFT_FOUND, RECONCILE_RUNS, REDIS_ERRORS
+from controlplane.policies.models import Environment
+from controlplane.policies.publish import policy_document, raise_meta_revision, write_document
+from controlplane.protocol.documents import SECTION_POLICIES, MetaDocument, ProtocolError
+from controlplane.redis_connection import get_redis
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Drift:
+    """What Redis lacks or holds wrongly for one environment."""
+
+    environment: str
+    database_revision: int
+    redis_revision: int | None  # None: no metadata in Redis at all
+    missing: list[str] = field(default_factory=list)
+    stale: list[str] = field(default_factory=list)
+    corrupt: list[str] = field(default_factory=list)
+    extra: list[str] = field(default_factory=list)
+
+    @property
+    def clean(self) -> bool:
+        return (
+            self.redis_revision == self.database_revision
+            and not self.missing
+            and not self.stale
+            and not self.corrupt
+            and not self.extra
+        )
+
+    def describe(self) -> str:
+        if self.clean:
+            return f"{self.environment}: in sync at revision {self.database_revision}"
+        published = "nothing" if self.redis_revision is None else str(self.redis_revision)
+        parts = [
+            f"{self.environment}: database at revision {self.database_revision}, "
+            f"Redis at {published}"
+        ]
+        for label in ("missing", "stale", "corrupt", "extra"):
+            names = getattr(self, label)
+            if names:
+                parts.append(f"  {label}: {', '.join(names)}")
+        return "\n".join(parts)
+
+
+def _revision(raw: str | None) -> int | None:
+    if raw is None:
+        return None
+    try:
+        return MetaDocument.decode(raw).revision
+    except ProtocolError:
+        return -1
+
+
+def _document_revision(raw: str) -> int | None:
+    from controlplane.protocol.documents import PolicyDocument
+
+    try:
+        return PolicyDocument.decode(raw).revision
+    except ProtocolError:
+        return None
+
+
+def published_revision(environment: Environment) -> int | None:
+    """Return the revision Redis says it holds for ``environment`` (None: nothing)."""
+    raw: str | None = get_redis().get(environment.keys().meta)  # type: ignore[assignment]
+    return _revision(raw)
+
+
+def reconcile_environment(environment: Environment, *, repair: bool = True) -> Drift:
+    """Compare every policy document of ``environment`` in Redis with the database.
+
+    Redis is read before the database: a legitimate publish always follows its
+    commit, so anything in Redis newer than the database read is not legitimate
+    and is replaced. With ``repair``, the drift found is fixed.
+    """
+    keys = environment.keys()
+    client = get_redis()
+    with client.pipeline(transaction=True) as pipe:
+        pipe.hgetall(keys.policies)
+        pipe.get(keys.meta)
+        in_redis, meta_raw = pipe.execute()
+    environment.refresh_from_db(fields=["revision"])
+    drift = Drift(environment.name, environment.revision, _revision(meta_raw))
+    expected = {p.field: policy_document(p) for p in environment.policies.all()}
+    for name, document in expected.items():
+        encoded = document.encode()
+        current = in_redis.get(name)
+        if current is None:
+            drift.missing.append(name)
+            if repair:
+                write_document(keys, SECTION_POLICIES, name, encoded, document.revision)
+            continue
+        if current == encoded:
+            continue
+        current_revision = _document_revision(current)
+        if current_revision is None:
+            drift.corrupt.append(name)
+        else:
+            drift.stale.append(name)
+        if repair:
+            if current_revision is not None and current_revision < document.revision:
+                write_document(keys, SECTION_POLICIES, name, encoded, document.revision)
+            else:
+                write_document(
+                    keys, SECTION_POLICIES, name, encoded, document.revision, replacing=current
+                )
+    drift.extra = sorted(set(in_redis) - set(expected))
+    if repair:
+        if drift.extra:
+            client.hdel(keys.policies, *drift.extra)
+        if drift.redis_revision is not None and drift.redis_revision > environment.revision:
+            # The database went back in time (a restore): it is the truth.
+            client.delete(keys.meta)
+        raise_meta_revision(keys, environment.revision)
+    for problem in ("missing", "stale", "corrupt", "extra"):
+        count = len(getattr(drift, problem))
+        if count:
+            DRIFT_FOUND.labels(problem).inc(count)
+    RECONCILE_RUNS.labels("full").inc()
+    if not drift.clean:
+        logger.warning("Reconciled drift. %s", drift.describe())
+    return drift
+
+
+def reconcile_all(*, repair: bool = True) -> list[Drift]:
+    return [reconcile_environment(env, repair=repair) for env in Environment.objects.all()]
+
+
+def quick_check() -> list[Environment]:
+    """Return the environments whose revision in Redis differs from the database."""
+    environments = list(Environment.objects.all())
+    if not environments:
+        return []
+    with get_redis().pipeline(transaction=False) as pipe:
+        for environment in environments:
+            pipe.get(environment.keys().meta)
+        metas = pipe.execute()
+    RECONCILE_RUNS.labels("quick").inc()
+    return [
+        env for env, raw in zip(environments, metas, strict=True) if _revision(raw) != env.revision
+    ]
+
+
+class Reconciler(threading.Thread):
+    """Background thread: a quick check every interval, a full comparison less often."""
+
+    def __init__(self, interval: float | None = None, full_interval: float | None = None) -> None:
+        super().__init__(name="controlplane-reconciler", daemon=True)
+        self.interval = interval if interval is not None else settings.RECONCILE_INTERVAL
+        self.full_interval = (
+            full_interval if full_interval is not None else settings.RECONCILE_FULL_INTERVAL
+        )
+        self._stop_event = threading.Event()
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join(timeout=10)
+
+    def run(self) -> None:
+        next_full = 0.0  # a full comparison at start-up
+        redis_was_down = False
+        while not self._stop_event.is_set():
+            close_old_connections()
+            try:
+                if time.monotonic() >= next_full:
+                    reconcile_all()
+                    next_full = time.monotonic() + self.full_interval
+                else:
+                    for environment in quick_check():
+                        reconcile_environment(environment)
+                if redis_was_down:
+                    logger.info("Redis answers again; the reconciler is catching up")
+                    redis_was_down = False
+            except redis.RedisError as exc:
+                REDIS_ERRORS.labels("reconcile").inc()
+                if not redis_was_down:
+                    logger.warning("Reconciler cannot reach Redis (%s); will retry", exc)
+                redis_was_down = True
+                next_full = 0.0  # whatever Redis lost while down, compare it all
+            except Exception:
+                logger.exception("Reconciler run failed; will retry")
+            self._stop_event.wait(self.interval)
+        close_old_connections()
+
+
+_reconciler: Reconciler | None = None
+_reconciler_lock = threading.Lock()
+
+
+def start_reconciler() -> Reconciler:
+    """Start this process's background reconciler once."""
+    global _reconciler
+    with _reconciler_lock:
+        if _reconciler is None or not _reconciler.is_alive():
+            _reconciler = Reconciler()
+            _reconciler.start()
+        return _reconciler

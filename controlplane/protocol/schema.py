@@ -1,0 +1,703 @@
+"""The policy schema: the one place where every policy field is defined and validated.
+
+Forms, the API, config-as-code import, the publisher and the client library all
+call :func:`validate_spec`; a field's type, default, bounds and help text are
+written here once. The module is plain Python so the client library can use it
+without Django.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any, Final
+
+from controlplane.protocol.keys import NAME_PATTERN
+
+BREAKER: Final = "breaker"
+RATE_LIMIT: Final = "rate_limit"
+CACHE: Final = "cache"
+CONFIG: Final = "config"
+KIND_LABELS: Final = {
+    BREAKER: "Circuit breaker",
+    RATE_LIMIT: "Rate limiter",
+    CACHE: "Cache",
+    CONFIG: "Config entry",
+}
+KINDS: Final = tuple(KIND_LABELS)
+
+ALGORITHMS: Final = ("token_bucket", "gcra", "fixed_window", "sliding_window")
+BURST_ALGORITHMS: Final = ("token_bucket", "gcra")
+LIMIT_KEYS: Final = ("global", "user", "ip", "endpoint", "custom")
+REDIS_ERROR_ACTIONS: Final = ("allow", "deny", "local")
+MODES: Final = ("enforce", "observe")
+WINDOW_TYPES: Final = ("count", "time")
+CONFIG_TYPES: Final = ("string", "integer", "float", "boolean", "duration", "json")
+
+MAX_DURATION: Final = 366 * 24 * 3600.0  # a year: longer periods are almost surely typos
+MAX_COUNT: Final = 1_000_000_000
+_EXCEPTION_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_DURATION_UNITS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_TRUE: Final = frozenset({"true", "1", "yes", "on"})
+_FALSE: Final = frozenset({"false", "0", "no", "off"})
+
+
+class PolicyError(ValueError):
+    """Invalid policy input; ``errors`` maps each offending field to its messages."""
+
+    def __init__(self, errors: Mapping[str, list[str]]) -> None:
+        self.errors: dict[str, list[str]] = {k: list(v) for k, v in errors.items()}
+        super().__init__(
+            "; ".join(f"{name}: {' '.join(msgs)}" for name, msgs in self.errors.items())
+        )
+
+
+class InvalidValue(Exception):
+    """One field's value is unacceptable; the message says why."""
+
+
+# Value parsers: each takes raw input (from JSON, YAML, a form or code) and
+# returns the normalized value or raises InvalidValue.
+
+
+def parse_duration(value: Any) -> float:
+    """Return ``value`` in seconds: a number, a ``timedelta`` or text like ``1h30m``/``250ms``."""
+    if isinstance(value, timedelta):
+        seconds = value.total_seconds()
+    elif isinstance(value, bool):
+        raise InvalidValue("Enter a duration in seconds, or with a unit such as 30s, 5m, 1h.")
+    elif isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str):
+        text = value.strip().lower().replace(" ", "")
+        try:
+            seconds = float(text)
+        except ValueError:
+            parts = _DURATION_PART.findall(text)
+            if not parts or "".join(n + u for n, u in parts) != text:
+                raise InvalidValue(
+                    "Enter a duration in seconds, or with a unit such as 30s, 5m, 1h."
+                ) from None
+            seconds = sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
+    else:
+        raise InvalidValue("Enter a duration in seconds, or with a unit such as 30s, 5m, 1h.")
+    if not math.isfinite(seconds):
+        raise InvalidValue("Enter a finite duration.")
+    return seconds
+
+
+def _parse_int(value: Any) -> int:
+    if isinstance(value, bool):
+        raise InvalidValue("Enter a whole number.")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            pass
+    raise InvalidValue("Enter a whole number.")
+
+
+def _parse_float(value: Any) -> float:
+    if isinstance(value, bool):
+        raise InvalidValue("Enter a number.")
+    try:
+        number = float(value.strip() if isinstance(value, str) else value)
+    except (TypeError, ValueError):
+        raise InvalidValue("Enter a number.") from None
+    if not math.isfinite(number):
+        raise InvalidValue("Enter a finite number.")
+    return number
+
+
+def parse_bool(value: Any) -> bool:
+    """Return ``value`` as a boolean; accepts true/false, 1/0, yes/no, on/off."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+        return value.strip().lower() in _TRUE
+    raise InvalidValue("Enter true or false.")
+
+
+def _parse_text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise InvalidValue("Enter text.")
+    return value.strip()
+
+
+def _parse_exception_names(value: Any) -> list[str]:
+    if isinstance(value, str):
+        value = [part for part in re.split(r"[\s,]+", value) if part]
+    if not isinstance(value, list | tuple):
+        raise InvalidValue("Enter a list of exception class names.")
+    names: list[str] = []
+    for item in value:
+        if not isinstance(item, str) or not _EXCEPTION_NAME.match(item):
+            raise InvalidValue(f"{item!r} is not a Python class name such as requests.Timeout.")
+        if item not in names:
+            names.append(item)
+    return names
+
+
+def _parse_any(value: Any) -> Any:
+    return value
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    """One policy field: how to parse it, its bounds, default and help text."""
+
+    name: str
+    label: str
+    parse: Callable[[Any], Any]
+    default: Any
+    help: str
+    choices: tuple[str, ...] = ()
+    minimum: float | None = None
+    maximum: float | None = None
+    exclusive_minimum: bool = False
+    nullable: bool = False
+    widget: str = "text"
+
+    def clean(self, raw: Any) -> Any:
+        """Return the normalized value of ``raw`` or raise ``InvalidValue``."""
+        if raw is None or (isinstance(raw, str) and raw.strip() == "" and self.nullable):
+            if self.nullable:
+                return None
+            raise InvalidValue("This field is required.")
+        value = self.parse(raw)
+        if self.choices and value not in self.choices:
+            raise InvalidValue(f"Choose one of: {', '.join(self.choices)}.")
+        if self.minimum is not None:
+            if self.exclusive_minimum and value <= self.minimum:
+                raise InvalidValue(f"Must be greater than {_fmt(self.minimum)}.")
+            if value < self.minimum:
+                raise InvalidValue(f"Must be at least {_fmt(self.minimum)}.")
+        if self.maximum is not None and value > self.maximum:
+            raise InvalidValue(f"Must be at most {_fmt(self.maximum)}.")
+        return value
+
+
+def _fmt(number: float) -> str:
+    return str(int(number)) if float(number).is_integer() else str(number)
+
+
+def _choice(name: str, label: str, choices: tuple[str, ...], default: str, help: str) -> FieldSpec:
+    return FieldSpec(name, label, _parse_text, default, help, choices=choices, widget="select")
+
+
+def _percent(name: str, label: str, default: float, help: str) -> FieldSpec:
+    return FieldSpec(
+        name, label, _parse_float, default, help, minimum=0, exclusive_minimum=True, maximum=100
+    )
+
+
+def _duration(
+    name: str, label: str, default: float | None, help: str, *, allow_zero: bool = False
+) -> FieldSpec:
+    return FieldSpec(
+        name,
+        label,
+        parse_duration,
+        default,
+        help,
+        minimum=0,
+        exclusive_minimum=not allow_zero,
+        maximum=MAX_DURATION,
+        widget="duration",
+    )
+
+
+def _count(name: str, label: str, default: int | None, help: str, *, minimum: int = 1) -> FieldSpec:
+    return FieldSpec(
+        name, label, _parse_int, default, help, minimum=minimum, maximum=MAX_COUNT, widget="number"
+    )
+
+
+@dataclass(frozen=True)
+class KindSpec:
+    """The fields of one policy kind and the rules that relate them."""
+
+    kind: str
+    fields: tuple[FieldSpec, ...]
+    check: Callable[[dict[str, Any], dict[str, list[str]]], None]
+    by_name: dict[str, FieldSpec] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "by_name", {f.name: f for f in self.fields})
+
+    def defaults(self) -> dict[str, Any]:
+        return {f.name: _copy(f.default) for f in self.fields}
+
+
+def _copy(value: Any) -> Any:
+    return list(value) if isinstance(value, list) else value
+
+
+def _check_breaker(spec: dict[str, Any], errors: dict[str, list[str]]) -> None:
+    if spec["window_type"] == "count" and spec["minimum_calls"] > spec["window_size"]:
+        errors.setdefault("minimum_calls", []).append(
+            "Cannot exceed the window size of a count-based window."
+        )
+    both = set(spec["record_exceptions"]) & set(spec["ignore_exceptions"])
+    if both:
+        errors.setdefault("ignore_exceptions", []).append(
+            f"Listed as both recorded and ignored: {', '.join(sorted(both))}."
+        )
+
+
+def _check_rate_limit(spec: dict[str, Any], errors: dict[str, list[str]]) -> None:
+    if spec["algorithm"] in BURST_ALGORITHMS:
+        if spec["burst"] is None:
+            spec["burst"] = spec["limit"]
+    elif spec["burst"] is not None:
+        errors.setdefault("burst", []).append(
+            f"Only {' and '.join(BURST_ALGORITHMS)} have a burst; leave it empty."
+        )
+    if spec["key"] == "custom":
+        if not spec["custom_key"]:
+            errors.setdefault("custom_key", []).append("Name the custom key.")
+        elif not NAME_PATTERN.match(spec["custom_key"]):
+            errors.setdefault("custom_key", []).append(
+                "Use letters, digits, dots, dashes and underscores."
+            )
+    elif spec["custom_key"]:
+        errors.setdefault("custom_key", []).append("Only used when the key is custom.")
+
+
+def _check_cache(spec: dict[str, Any], errors: dict[str, list[str]]) -> None:
+    return None
+
+
+def _check_config(spec: dict[str, Any], errors: dict[str, list[str]]) -> None:
+    value_type = spec["value_type"]
+    if value_type not in CONFIG_TYPES:
+        return  # already reported on value_type
+    numeric = value_type in ("integer", "float", "duration")
+    for bound in ("minimum", "maximum", "choices", "pattern", "json_schema"):
+        allowed = {
+            "minimum": numeric,
+            "maximum": numeric,
+            "choices": value_type in ("string", "integer", "float"),
+            "pattern": value_type == "string",
+            "json_schema": value_type == "json",
+        }[bound]
+        if not allowed and spec[bound] not in (None, [], ""):
+            errors.setdefault(bound, []).append(f"Does not apply to {value_type} values.")
+    if spec["choices"]:
+        try:
+            spec["choices"] = [coerce_config_value(value_type, c) for c in spec["choices"]]
+        except InvalidValue as exc:
+            errors.setdefault("choices", []).append(str(exc))
+    if spec["pattern"]:
+        try:
+            re.compile(spec["pattern"])
+        except re.error as exc:
+            errors.setdefault("pattern", []).append(f"Not a valid regular expression: {exc}.")
+    if spec["json_schema"] is not None:
+        _check_json_schema(spec["json_schema"], errors)
+    if (
+        spec["minimum"] is not None
+        and spec["maximum"] is not None
+        and spec["minimum"] > spec["maximum"]
+    ):
+        errors.setdefault("maximum", []).append("Must not be below the minimum.")
+    if errors:
+        return
+    try:
+        spec["value"] = check_config_value(spec, spec["value"])
+    except InvalidValue as exc:
+        errors.setdefault("value", []).append(str(exc))
+
+
+def _check_json_schema(schema: Any, errors: dict[str, list[str]]) -> None:
+    if not isinstance(schema, dict):
+        errors.setdefault("json_schema", []).append("Enter a JSON object.")
+        return
+    try:
+        import jsonschema
+    except ImportError:  # the client library runs without jsonschema
+        return
+    try:
+        jsonschema.Draft202012Validator.check_schema(schema)
+    except jsonschema.SchemaError as exc:
+        errors.setdefault("json_schema", []).append(f"Not a valid JSON schema: {exc.message}")
+
+
+def coerce_config_value(value_type: str, raw: Any) -> Any:
+    """Return ``raw`` converted to a config entry's ``value_type`` or raise ``InvalidValue``."""
+    if value_type == "string":
+        if not isinstance(raw, str):
+            raise InvalidValue("Enter text.")
+        return raw
+    if value_type == "integer":
+        return _parse_int(raw)
+    if value_type == "float":
+        return _parse_float(raw)
+    if value_type == "boolean":
+        return parse_bool(raw)
+    if value_type == "duration":
+        return parse_duration(raw)
+    if value_type == "json":
+        if isinstance(raw, str):
+            import json
+
+            try:
+                return json.loads(raw)
+            except ValueError as exc:
+                raise InvalidValue(f"Not valid JSON: {exc}.") from None
+        return raw
+    raise InvalidValue(f"Unknown type {value_type!r}.")
+
+
+def check_config_value(spec: Mapping[str, Any], raw: Any) -> Any:
+    """Return ``raw`` coerced and checked against a config entry's rules."""
+    value = coerce_config_value(spec["value_type"], raw)
+    if spec.get("minimum") is not None and value < spec["minimum"]:
+        raise InvalidValue(f"Must be at least {_fmt(spec['minimum'])}.")
+    if spec.get("maximum") is not None and value > spec["maximum"]:
+        raise InvalidValue(f"Must be at most {_fmt(spec['maximum'])}.")
+    if spec.get("choices") and value not in spec["choices"]:
+        raise InvalidValue(f"Choose one of: {', '.join(map(str, spec['choices']))}.")
+    if spec.get("pattern") and not re.fullmatch(spec["pattern"], value):
+        raise InvalidValue(f"Must match the pattern {spec['pattern']}.")
+    if spec.get("json_schema") is not None:
+        try:
+            import jsonschema
+        except ImportError:  # the control plane validated it before publishing
+            return value
+        try:
+            jsonschema.validate(value, spec["json_schema"])
+        except jsonschema.ValidationError as exc:
+            raise InvalidValue(f"Does not match the JSON schema: {exc.message}") from None
+    return value
+
+
+def _parse_choices(value: Any) -> list[Any]:
+    if isinstance(value, str):
+        value = [part.strip() for part in value.split(",") if part.strip()]
+    if not isinstance(value, list | tuple):
+        raise InvalidValue("Enter a list of allowed values.")
+    return list(value)
+
+
+def _parse_json_schema(value: Any) -> Any:
+    if isinstance(value, str):
+        import json
+
+        try:
+            value = json.loads(value)
+        except ValueError as exc:
+            raise InvalidValue(f"Not valid JSON: {exc}.") from None
+    return value
+
+
+def _parse_optional_float(value: Any) -> float:
+    return _parse_float(value)
+
+
+SPECS: Final[dict[str, KindSpec]] = {
+    BREAKER: KindSpec(
+        BREAKER,
+        (
+            _percent(
+                "failure_rate_threshold",
+                "Failure rate threshold (%)",
+                50.0,
+                "Open when at least this share of recorded calls failed.",
+            ),
+            _duration(
+                "slow_call_duration",
+                "Slow call duration",
+                60.0,
+                "A call that takes at least this long counts as slow.",
+            ),
+            _percent(
+                "slow_call_rate_threshold",
+                "Slow call rate threshold (%)",
+                100.0,
+                "Open when at least this share of recorded calls was slow.",
+            ),
+            _choice(
+                "window_type",
+                "Sliding window",
+                WINDOW_TYPES,
+                "count",
+                "Count the last N calls, or the calls of the last N seconds.",
+            ),
+            _count(
+                "window_size",
+                "Window size",
+                100,
+                "Calls (count window) or seconds (time window) the rates are computed over.",
+            ),
+            _count(
+                "minimum_calls",
+                "Minimum calls",
+                10,
+                "No decision to open is taken before this many calls were recorded.",
+            ),
+            _duration("open_for", "Open for", 60.0, "How long to stay open before probing."),
+            _count(
+                "half_open_calls",
+                "Half-open probe calls",
+                5,
+                "Probe calls allowed across the whole fleet while half-open.",
+            ),
+            FieldSpec(
+                "record_exceptions",
+                "Exceptions to record",
+                _parse_exception_names,
+                [],
+                "Only these exception classes (and subclasses) count as failures; empty: all.",
+                widget="list",
+            ),
+            FieldSpec(
+                "ignore_exceptions",
+                "Exceptions to ignore",
+                _parse_exception_names,
+                [],
+                "These exception classes count as neither success nor failure.",
+                widget="list",
+            ),
+            _choice(
+                "mode",
+                "Mode",
+                MODES,
+                "enforce",
+                "Observe-only records what would have been rejected but lets every call through.",
+            ),
+        ),
+        _check_breaker,
+    ),
+    RATE_LIMIT: KindSpec(
+        RATE_LIMIT,
+        (
+            _choice(
+                "algorithm",
+                "Algorithm",
+                ALGORITHMS,
+                "token_bucket",
+                "Token bucket and GCRA smooth traffic and allow bursts; windows count requests.",
+            ),
+            _count("limit", "Limit", 100, "Requests allowed per period."),
+            _duration("period", "Period", 60.0, "Any length: 1s, 30s, 5m, 1h, 1d..."),
+            FieldSpec(
+                "burst",
+                "Burst",
+                _parse_int,
+                None,
+                "Token bucket and GCRA: requests that may arrive at once (default: the limit).",
+                minimum=1,
+                maximum=MAX_COUNT,
+                nullable=True,
+                widget="number",
+            ),
+            _choice(
+                "key",
+                "Key",
+                LIMIT_KEYS,
+                "user",
+                "What one quota belongs to: everyone, a user, an IP, an endpoint or a custom key.",
+            ),
+            FieldSpec(
+                "custom_key",
+                "Custom key name",
+                _parse_text,
+                "",
+                "The name the service passes its custom key under, when the key is custom.",
+            ),
+            _choice(
+                "on_redis_error",
+                "When Redis is unreachable",
+                REDIS_ERROR_ACTIONS,
+                "local",
+                "Allow everything, deny everything, or limit each process locally.",
+            ),
+            _choice(
+                "mode",
+                "Mode",
+                MODES,
+                "enforce",
+                "Observe-only records what would have been rejected but lets every call through.",
+            ),
+        ),
+        _check_rate_limit,
+    ),
+    CACHE: KindSpec(
+        CACHE,
+        (
+            _duration("ttl", "TTL", 300.0, "How long a value stays fresh."),
+            FieldSpec(
+                "enabled",
+                "Enabled",
+                parse_bool,
+                True,
+                "When off, every call runs the function.",
+                widget="checkbox",
+            ),
+            _duration(
+                "stale_ttl",
+                "Stale-while-revalidate window",
+                0.0,
+                "After the TTL, serve the stale value this long while one caller recomputes.",
+                allow_zero=True,
+            ),
+            _count(
+                "local_size",
+                "In-process tier size",
+                0,
+                "Entries each process keeps in memory in front of Redis; 0 turns the tier off.",
+                minimum=0,
+            ),
+            FieldSpec(
+                "generation",
+                "Generation",
+                _parse_int,
+                0,
+                "Bumping it invalidates every entry of this cache at once.",
+                minimum=0,
+                widget="number",
+            ),
+        ),
+        _check_cache,
+    ),
+    CONFIG: KindSpec(
+        CONFIG,
+        (
+            _choice(
+                "value_type",
+                "Type",
+                CONFIG_TYPES,
+                "string",
+                "How the value is parsed and what the client returns.",
+            ),
+            FieldSpec("value", "Value", _parse_any, "", "The value services read.", widget="value"),
+            FieldSpec(
+                "minimum",
+                "Minimum",
+                _parse_optional_float,
+                None,
+                "Lowest allowed value (integer, float and duration).",
+                nullable=True,
+                widget="number",
+            ),
+            FieldSpec(
+                "maximum",
+                "Maximum",
+                _parse_optional_float,
+                None,
+                "Highest allowed value (integer, float and duration).",
+                nullable=True,
+                widget="number",
+            ),
+            FieldSpec(
+                "choices",
+                "Choices",
+                _parse_choices,
+                [],
+                "Allowed values, comma-separated (string, integer and float).",
+                widget="list",
+            ),
+            FieldSpec(
+                "pattern",
+                "Pattern",
+                _parse_text,
+                "",
+                "A regular expression the whole value must match (string).",
+            ),
+            FieldSpec(
+                "json_schema",
+                "JSON schema",
+                _parse_json_schema,
+                None,
+                "A JSON schema the value must satisfy (json).",
+                nullable=True,
+                widget="json",
+            ),
+            FieldSpec("description", "Description", _parse_text, "", "What the entry controls."),
+            FieldSpec(
+                "secret",
+                "Secret",
+                parse_bool,
+                False,
+                "Secret values are never shown in full after saving.",
+                widget="checkbox",
+            ),
+        ),
+        _check_config,
+    ),
+}
+
+
+def validate_name(name: Any, field_name: str = "name") -> str:
+    """Return a valid policy or environment name, or raise ``PolicyError`` naming the field."""
+    if not isinstance(name, str) or not NAME_PATTERN.match(name):
+        raise PolicyError(
+            {
+                field_name: [
+                    "Use 1 to 100 letters, digits, dots, dashes and underscores, "
+                    "starting with a letter or digit."
+                ]
+            }
+        )
+    return name
+
+
+def kind_spec(kind: Any) -> KindSpec:
+    """Return the spec of ``kind`` or raise ``PolicyError`` naming the ``kind`` field."""
+    if kind not in SPECS:
+        raise PolicyError({"kind": [f"Choose one of: {', '.join(KINDS)}."]})
+    return SPECS[kind]
+
+
+def default_spec(kind: str) -> dict[str, Any]:
+    """Return every field of ``kind`` at its default."""
+    return kind_spec(kind).defaults()
+
+
+def validate_spec(
+    kind: str, data: Mapping[str, Any], *, base: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """Return the complete, normalized spec of a ``kind`` policy built from ``data``.
+
+    Fields missing from ``data`` take their value from ``base`` (an existing
+    spec, for partial updates) or else the default. Every problem found is
+    reported at once in a ``PolicyError`` keyed by field name.
+    """
+    spec_def = kind_spec(kind)
+    if not isinstance(data, Mapping):
+        raise PolicyError({"spec": ["Enter an object of policy fields."]})
+    errors: dict[str, list[str]] = {}
+    for unknown in sorted(set(data) - set(spec_def.by_name)):
+        errors[str(unknown)] = [f"Not a {KIND_LABELS[kind].lower()} field."]
+    spec = spec_def.defaults() if base is None else {**spec_def.defaults(), **base}
+    for field_spec in spec_def.fields:
+        if field_spec.name not in data:
+            continue
+        try:
+            spec[field_spec.name] = field_spec.clean(data[field_spec.name])
+        except InvalidValue as exc:
+            errors[field_spec.name] = [str(exc)]
+    if not errors:
+        spec_def.check(spec, errors)
+    if errors:
+        raise PolicyError(errors)
+    return spec
+
+
+def changed_fields(old: Mapping[str, Any] | None, new: Mapping[str, Any] | None) -> list[str]:
+    """Return the names of the fields whose values differ between two specs."""
+    old = old or {}
+    new = new or {}
+    names: Iterable[str] = list(dict.fromkeys([*old, *new]))
+    return [name for name in names if old.get(name) != new.get(name)]

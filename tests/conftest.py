@@ -1,0 +1,82 @@
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from django.contrib.auth.models import User
+
+from controlplane.accounts.actors import Actor
+from controlplane.embedded_redis import RedisServer
+from controlplane.policies.actions import do_create_environment
+from controlplane.policies.models import Environment
+from controlplane.redis_connection import get_redis
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02) -> Any:
+    """Poll ``condition`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        time.sleep(interval)
+
+
+@pytest.fixture(autouse=True)
+def key_prefix(settings: Any) -> Iterator[str]:
+    """Give every test its own Redis key prefix, and remove its keys afterwards."""
+    prefix = "t" + uuid.uuid4().hex[:12]
+    settings.REDIS_KEY_PREFIX = prefix
+    yield prefix
+    try:
+        client = get_redis()
+        keys = list(client.scan_iter(match=f"*{prefix}:*", count=1000))
+        if keys:
+            client.delete(*keys)
+    except redis.RedisError:
+        pass  # a test that replaced Redis with a throw-away server
+
+
+@pytest.fixture
+def redis_client() -> redis.Redis:
+    return get_redis()
+
+
+@pytest.fixture
+def disposable_redis(settings: Any, tmp_path: Path) -> Iterator[RedisServer]:
+    """A Redis server of the test's own, which the test may stop, restart or flush."""
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    settings.REDIS_URL = server.url
+    settings.EMBEDDED_REDIS = False
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def system() -> Actor:
+    return Actor.system("tests")
+
+
+@pytest.fixture
+def production(system: Actor) -> Environment:
+    return do_create_environment("production", system)
+
+
+@pytest.fixture
+def alice(django_user_model: type[User]) -> User:
+    return django_user_model.objects.create_user("alice", password="password-alice")
+
+
+@pytest.fixture
+def admin_user(django_user_model: type[User]) -> User:
+    return django_user_model.objects.create_superuser("root", password="password-root")

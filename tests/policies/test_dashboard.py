@@ -1,0 +1,79 @@
+from __future__ import annotations
+
+import pytest
+import redis
+from django.contrib.auth.models import User
+from django.test import Client
+
+from controlplane.accounts.actors import Actor
+from controlplane.embedded_redis import RedisServer
+from controlplane.policies.actions import do_create_policy, do_update_policy
+from controlplane.policies.models import Environment
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def test_anonymous_is_sent_to_login(client: Client) -> None:
+    response = client.get("/")
+    assert response.status_code == 302
+    assert response["Location"].startswith("/login/")
+
+
+def test_post_is_not_allowed(client: Client, alice: User) -> None:
+    client.force_login(alice)
+    assert client.post("/").status_code == 405
+
+
+def test_lists_policies_with_their_published_version(
+    client: Client, alice: User, production: Environment, system: Actor
+) -> None:
+    policy = do_create_policy(production, "breaker", "payments", {}, system)
+    do_update_policy(policy, {"open_for": 5}, system)
+    client.force_login(alice)
+
+    response = client.get("/")
+
+    html = response.content.decode()
+    assert response.status_code == 200
+    assert 'data-policy="breaker:payments"' in html
+    assert '<span class="ok">v2</span>' in html
+
+
+def test_shows_a_policy_missing_from_redis(
+    client: Client, alice: User, production: Environment, system: Actor, redis_client: redis.Redis
+) -> None:
+    do_create_policy(production, "cache", "prices", {}, system)
+    redis_client.hdel(production.keys().policies, "cache:prices")
+    client.force_login(alice)
+    assert "not published" in client.get("/").content.decode()
+
+
+def test_still_answers_when_redis_is_down(
+    client: Client,
+    alice: User,
+    disposable_redis: RedisServer,
+    production: Environment,
+    system: Actor,
+) -> None:
+    do_create_policy(production, "cache", "prices", {}, system)
+    disposable_redis.stop()
+    client.force_login(alice)
+
+    response = client.get("/")
+
+    assert response.status_code == 200
+    assert "Redis cannot be reached" in response.content.decode()
+
+
+def test_login_page_renders(client: Client) -> None:
+    response = client.get("/login/")
+    assert response.status_code == 200
+    assert b'name="password"' in response.content
+
+
+def test_login_with_credentials_reaches_the_dashboard(client: Client, alice: User) -> None:
+    response = client.post(
+        "/login/", {"username": "alice", "password": "password-alice"}, follow=True
+    )
+    assert response.redirect_chain[-1][0] == "/"
+    assert b"Log out alice" in response.content

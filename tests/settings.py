@@ -1,0 +1,13 @@
+"""Settings for the test suite: the project's settings plus a test secret and fast hashing."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("SECRET_KEY", "tests-only-secret-key")
+
+from controlplane.settings import *  # noqa: E402, F403
+
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+# Tests start the reconciler themselves when they need it.
+RECONCILER_ENABLED = False

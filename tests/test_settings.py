@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _load_settings(**env: str) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if k not in {"SECRET_KEY", "DEBUG", "REDIS_URL"}}
+    return subprocess.run(
+        [sys.executable, "-c", "import controlplane.settings as s; print(s.REDIS_URL, s.DEBUG)"],
+        cwd=ROOT,
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_refuses_to_start_without_a_secret_key_outside_debug() -> None:
+    result = _load_settings()
+    assert result.returncode != 0
+    assert "SECRET_KEY is not set" in result.stderr
+
+
+def test_debug_has_a_development_secret_and_embedded_redis() -> None:
+    result = _load_settings(DEBUG="true")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("unix://") and "redis.sock True" in result.stdout
+
+
+def test_secret_key_can_come_from_a_file(tmp_path: Path) -> None:
+    secret = tmp_path / "secret"
+    secret.write_text("from-a-file\n")
+    result = _load_settings(SECRET_KEY_FILE=str(secret), REDIS_URL="redis://127.0.0.1:1/0")
+    assert result.returncode == 0, result.stderr
+    assert "redis://127.0.0.1:1/0 False" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("DEBUG", "sometimes", "DEBUG='sometimes' is not a boolean"),
+        ("RECONCILE_INTERVAL", "fast", "RECONCILE_INTERVAL='fast' is not a number"),
+        ("REDIS_KEY_PREFIX", "a b", "REDIS_KEY_PREFIX='a b'"),
+        ("DATABASE_URL", "nonsense://x", "DATABASE_URL is not a database URL"),
+    ],
+)
+def test_bad_setting_stops_start_up_naming_it(name: str, value: str, message: str) -> None:
+    result = _load_settings(SECRET_KEY="x", **{name: value})
+    assert result.returncode != 0
+    assert message in result.stderr
