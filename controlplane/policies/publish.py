@@ -56,12 +56,14 @@ def write_document(
     revision: int,
     *,
     replacing: str = "",
+    raise_meta: bool = True,
 ) -> bool:
     """Write one document and its change notification atomically; raise on Redis errors.
 
     Returns whether the document was written: ``False`` means Redis already
     holds this revision or a newer one. With ``replacing``, the write happens
-    only if the field holds exactly that value, whatever its revision.
+    only if the field holds exactly that value, whatever its revision. Without
+    ``raise_meta``, the environment's published revision is left as it is.
     """
     client = get_redis()
     meta = MetaDocument(keys.environment, revision, datetime.now(UTC).isoformat())
@@ -74,7 +76,7 @@ def write_document(
             revision,
             keys.changes,
             change_message(section, field, revision, document) if field else "",
-            meta.encode(),
+            meta.encode() if raise_meta else "",
             replacing,
         ],
     )

@@ -104,14 +104,18 @@ def reconcile_environment(environment: Environment, *, repair: bool = True) -> D
         in_redis, meta_raw = pipe.execute()
     environment.refresh_from_db(fields=["revision"])
     drift = Drift(environment.name, environment.revision, _revision(meta_raw))
-    expected = {p.field: policy_document(p) for p in environment.policies.all()}
+    # Oldest first, and the meta revision raised only at the end: a reader that
+    # sees the final revision sees a complete repair.
+    expected = {p.field: policy_document(p) for p in environment.policies.order_by("revision")}
     for name, document in expected.items():
         encoded = document.encode()
         current = in_redis.get(name)
         if current is None:
             drift.missing.append(name)
             if repair:
-                write_document(keys, SECTION_POLICIES, name, encoded, document.revision)
+                write_document(
+                    keys, SECTION_POLICIES, name, encoded, document.revision, raise_meta=False
+                )
             continue
         if current == encoded:
             continue
@@ -122,10 +126,18 @@ def reconcile_environment(environment: Environment, *, repair: bool = True) -> D
             drift.stale.append(name)
         if repair:
             if current_revision is not None and current_revision < document.revision:
-                write_document(keys, SECTION_POLICIES, name, encoded, document.revision)
+                write_document(
+                    keys, SECTION_POLICIES, name, encoded, document.revision, raise_meta=False
+                )
             else:
                 write_document(
-                    keys, SECTION_POLICIES, name, encoded, document.revision, replacing=current
+                    keys,
+                    SECTION_POLICIES,
+                    name,
+                    encoded,
+                    document.revision,
+                    replacing=current,
+                    raise_meta=False,
                 )
     drift.extra = sorted(set(in_redis) - set(expected))
     if repair:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from controlplane.protocol.keys import NAME_PATTERN, PROTOCOL_VERSION
-from controlplane.protocol.schema import KINDS, PolicyError, validate_spec
+from controlplane.protocol.schema import KINDS, SPECS, PolicyError, validate_spec
 
 
 class ProtocolError(ValueError):
@@ -39,7 +39,8 @@ def _loads(raw: str | bytes, what: str) -> dict[str, Any]:
         raise ProtocolError(f"{what}: not valid JSON ({exc})") from None
     if not isinstance(document, dict):
         raise ProtocolError(f"{what}: expected a JSON object")
-    if document.get("schema") != PROTOCOL_VERSION:
+    schema = document.get("schema")
+    if type(schema) is not int or schema != PROTOCOL_VERSION:
         raise ProtocolError(f"{what}: unsupported schema {document.get('schema')!r}")
     return document
 
@@ -100,8 +101,10 @@ class PolicyDocument:
         elif not isinstance(spec, dict):
             raise ProtocolError(f"{what}: field 'spec' must be an object")
         else:
+            # Fields a newer control plane added are ignored, not fatal.
+            known = SPECS[kind].by_name
             try:
-                spec = validate_spec(kind, spec)
+                spec = validate_spec(kind, {k: v for k, v in spec.items() if k in known})
             except PolicyError as exc:
                 raise ProtocolError(f"{what}: {exc}") from None
         return cls(

@@ -23,13 +23,13 @@ DEFAULT_PREFIX = "rcp"
 
 # Names that appear inside keys: keep them short, printable and free of the
 # characters that carry meaning in keys (braces choose the hash slot).
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}$")
-PREFIX_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,31}$")
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}\Z")
+PREFIX_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,31}\Z")
 
 # Subjects (user ids, IPs, cache arguments) are free text; longer ones or ones
 # holding braces are replaced by a digest so the hash tag stays well formed.
 _MAX_PLAIN_SUBJECT = 64
-_PLAIN_SUBJECT = re.compile(r"^[A-Za-z0-9_.:@\-/]+$")
+_PLAIN_SUBJECT = re.compile(r"^[A-Za-z0-9_.:@\-/]+\Z")
 
 
 def subject_token(subject: str) -> str:

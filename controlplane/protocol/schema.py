@@ -348,13 +348,9 @@ def coerce_config_value(value_type: str, raw: Any) -> Any:
     if value_type == "duration":
         return parse_duration(raw)
     if value_type == "json":
-        if isinstance(raw, str):
-            import json
-
-            try:
-                return json.loads(raw)
-            except ValueError as exc:
-                raise InvalidValue(f"Not valid JSON: {exc}.") from None
+        # Any JSON value, a string included; text from a form is parsed by the form.
+        if not isinstance(raw, str | int | float | bool | list | dict | None):
+            raise InvalidValue("Enter a JSON value.")
         return raw
     raise InvalidValue(f"Unknown type {value_type!r}.")
 

@@ -181,7 +181,8 @@ def test_an_exception_cannot_be_recorded_and_ignored() -> None:
         ({"value_type": "float", "value": "0.5"}, 0.5),
         ({"value_type": "boolean", "value": "on"}, True),
         ({"value_type": "duration", "value": "2m"}, 120.0),
-        ({"value_type": "json", "value": '{"a": [1, 2]}'}, {"a": [1, 2]}),
+        ({"value_type": "json", "value": {"a": [1, 2]}}, {"a": [1, 2]}),
+        ({"value_type": "json", "value": "just text"}, "just text"),
         ({"value_type": "string", "value": "blue", "choices": "red, blue"}, "blue"),
     ],
 )
@@ -220,7 +221,9 @@ def test_partial_update_keeps_the_other_fields() -> None:
     assert validate_spec("breaker", {"mode": "observe"}, base=base)["open_for"] == 10.0
 
 
-@pytest.mark.parametrize("name", ["", "has space", "-leading", "x" * 101, "br{ace}", None])
+@pytest.mark.parametrize(
+    "name", ["", "has space", "-leading", "x" * 101, "br{ace}", "trailing\n", None]
+)
 def test_bad_names_are_refused(name: Any) -> None:
     with pytest.raises(PolicyError) as caught:
         validate_name(name)

@@ -6,7 +6,8 @@
 -- ARGV[3] revision of this write
 -- ARGV[4] changes channel
 -- ARGV[5] change message JSON
--- ARGV[6] meta document JSON carrying ARGV[3] as its revision
+-- ARGV[6] meta document JSON carrying ARGV[3] as its revision, or "" to leave
+--         the meta key alone (the reconciler raises it once a repair is done)
 -- ARGV[7] optional: the exact value the field must hold now for the write to
 --         happen whatever the revisions (the reconciler's compare-and-set, used
 --         to repair a document that is corrupt or newer than the database)
@@ -40,7 +41,7 @@ if ARGV[1] ~= '' then
 end
 
 local raised = 0
-if revision_of(redis.call('GET', KEYS[2])) < revision then
+if ARGV[6] ~= '' and revision_of(redis.call('GET', KEYS[2])) < revision then
   redis.call('SET', KEYS[2], ARGV[6])
   raised = 1
 end
