@@ -4,23 +4,29 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+STAMP := $(VENV)/.installed-dev
+RUN_STAMP := $(VENV)/.installed-server
+PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
 .PHONY: install run test lint format bench stop-redis clean
 
-$(STAMP): pyproject.toml
+# `make run` installs only what serving needs; `make test` adds the dev tools.
+$(RUN_STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	$(PIP) -e '.[server]'
+	touch $(RUN_STAMP)
+
+$(STAMP): $(RUN_STAMP)
+	$(PIP) -e '.[dev,bench]'
 	touch $(STAMP)
 
 install: $(STAMP)
 
 # A local run: DEBUG on (a development secret key) unless the environment says otherwise.
 run: export DEBUG ?= true
-run: $(STAMP)
+run: $(RUN_STAMP)
 	$(BIN)/python manage.py migrate --noinput -v0
 	$(BIN)/python manage.py ensure_demo_admin
 	$(BIN)/python manage.py load_example_policies
