@@ -10,12 +10,27 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "controlplane.settings")
 # Build Django before importing anything that touches models.
 django_application = get_asgi_application()
 
+import logging  # noqa: E402
+
 from channels.routing import ProtocolTypeRouter  # noqa: E402
 from django.conf import settings  # noqa: E402
 
 from controlplane.policies.reconcile import start_reconciler  # noqa: E402
 from controlplane.redis_connection import get_redis  # noqa: E402
 
+logger = logging.getLogger("controlplane")
+database = settings.DATABASES["default"]
+logger.info(
+    "Database: %s %s%s",
+    database["ENGINE"].rsplit(".", 1)[-1],
+    database["NAME"],
+    "" if settings.DATABASE_URL_SET else " (embedded default; set DATABASE_URL for your own)",
+)
+logger.info(
+    "Redis: %s%s",
+    settings.REDIS_URL,
+    " (embedded default; set REDIS_URL for your own)" if settings.EMBEDDED_REDIS else "",
+)
 if settings.EMBEDDED_REDIS:
     get_redis()  # start the embedded server before the first request needs it
 if settings.RECONCILER_ENABLED:
