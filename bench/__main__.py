@@ -1,0 +1,66 @@
+"""Run every benchmark against one Redis server and print the table.
+
+    make bench                      # or: python -m bench [--only NAME ...] [--write FILE]
+
+Each benchmark measures us and the peer libraries in the same run, against
+the same Redis. Figures on a shared machine are noisy: read medians and ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from bench.common import Row, machine, render, save, start_redis
+
+BENCHES = {
+    "config": ("bench.config_read", "controlplane client"),
+    "propagation": ("bench.propagation", "bare Redis PUBLISH"),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench")
+    parser.add_argument("--only", nargs="*", choices=sorted(BENCHES), help="benchmarks to run")
+    parser.add_argument("--json", type=Path, help="also write every sample to this file")
+    args = parser.parse_args()
+
+    server = start_redis()
+    var_dir = tempfile.mkdtemp(prefix="cp-bench-var-")
+    os.environ.update(
+        REDIS_URL=server.url,
+        CONTROLPLANE_VAR_DIR=var_dir,
+        DJANGO_SETTINGS_MODULE="bench.settings",
+        LOG_LEVEL="WARNING",
+    )
+    import django
+    from django.core.management import call_command
+
+    django.setup()
+    call_command("migrate", verbosity=0)
+    from bench.context import BenchContext
+
+    ctx = BenchContext(server.url)
+    rows: list[Row] = []
+    baselines: dict[str, str] = {}
+    try:
+        for name in args.only or list(BENCHES):
+            module_name, baseline = BENCHES[name]
+            print(f"running {name}...", file=sys.stderr, flush=True)
+            for row in importlib.import_module(module_name).run(ctx):
+                rows.append(row)
+                baselines[row.bench] = baseline
+    finally:
+        server.stop()
+    print(f"\nMachine: {machine()}\n")
+    print(render(rows, baselines))
+    if args.json:
+        save(rows, args.json)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,422 @@
+"""The client: one per process and environment, shared by every breaker, limiter and cache."""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextlib
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+import weakref
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import redis
+import redis.asyncio.retry
+from redis.asyncio import Redis as AsyncRedis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from controlplane.client.metrics import ClientMetrics
+from controlplane.client.reporting import Reporter
+from controlplane.client.state import Listener, PolicyState, Snapshot
+from controlplane.protocol.keys import DEFAULT_PREFIX, KeyLayout
+
+if TYPE_CHECKING:
+    from controlplane.client.breaker import CircuitBreaker
+    from controlplane.client.cache import Cache
+    from controlplane.client.config import ConfigView
+    from controlplane.client.limiter import RateLimiter
+
+logger = logging.getLogger("controlplane.client")
+
+LIBRARY_VERSION = "0.1.0"
+_clients: weakref.WeakSet[Client] = weakref.WeakSet()
+
+
+class Client:
+    """Follows an environment's policies through Redis and hands out enforcers.
+
+    ``start()`` loads the policies and follows their changes in a background
+    thread; nothing on the caller's hot path waits for the control plane. If
+    Redis is down, everything works on the last known policies (from
+    ``snapshot_path`` if given) or the code defaults, and catches up later.
+    """
+
+    def __init__(
+        self,
+        redis_url: str = "redis://127.0.0.1:6379/0",
+        environment: str = "production",
+        service: str = "",
+        *,
+        key_prefix: str = DEFAULT_PREFIX,
+        timeout: float = 0.25,
+        resync_interval: float = 30.0,
+        heartbeat_interval: float = 5.0,
+        report_interval: float = 1.0,
+        snapshot_path: str | os.PathLike[str] | None = None,
+        start_timeout: float = 1.0,
+        metrics: ClientMetrics | None = None,
+    ) -> None:
+        self.keys = KeyLayout(environment, key_prefix)
+        self.environment = environment
+        self.service = service or os.path.basename(os.environ.get("_", "")) or "service"
+        self.redis_url = redis_url
+        self.timeout = timeout
+        self.resync_interval = resync_interval
+        self.start_timeout = start_timeout
+        self.snapshot_path = Path(snapshot_path) if snapshot_path is not None else None
+        self.metrics = metrics or ClientMetrics.shared()
+        self.state = PolicyState(on_malformed=self._count_malformed)
+        self.instance_id = self._new_instance_id()
+        self.reporter = Reporter(self, heartbeat_interval, report_interval)
+        self._redis = self._connect()
+        self._async_redis: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncRedis] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._listeners: dict[str, list[Listener]] = {}
+        self._channel_handlers: dict[str, Callable[[bytes], None]] = {}
+        self._components: dict[tuple[str, str], Any] = {}
+        self._components_lock = threading.Lock()
+        self._follower: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._synced = threading.Event()
+        self._resync_requested = threading.Event()
+        self._pubsub: Any = None
+        self._started = False
+        self._closed = False
+        self.connected = False
+        self._config: ConfigView | None = None
+        _clients.add(self)
+
+    # Lifecycle
+
+    def start(self) -> Client:
+        """Load the policies and follow their changes; safe to call twice.
+
+        Waits at most ``start_timeout`` for the first snapshot, then goes on
+        with what it has: a Redis outage never stops the service from starting.
+        """
+        if self._started:
+            return self
+        self._started = True
+        self._closed = False
+        if self.snapshot_path is not None:
+            self._load_snapshot_file()
+        self._stop.clear()
+        self._follower = threading.Thread(
+            target=self._follow, name=f"controlplane-follow-{self.environment}", daemon=True
+        )
+        self._follower.start()
+        self.reporter.start()
+        self._synced.wait(self.start_timeout)
+        return self
+
+    def close(self) -> None:
+        """Flush the last reports and stop the background work; safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        self._started = False
+        self._stop.set()
+        if self._pubsub is not None:
+            with contextlib.suppress(Exception):
+                self._pubsub.close()
+        if self._follower is not None and self._follower is not threading.current_thread():
+            self._follower.join(timeout=2)
+        self.reporter.stop()
+        with contextlib.suppress(Exception):
+            self._redis.close()
+
+    def __enter__(self) -> Client:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _after_fork_in_child(self) -> None:
+        # Threads do not survive fork: become a new instance and follow again.
+        was_started = self._started and not self._closed
+        self.instance_id = self._new_instance_id()
+        self._stop = threading.Event()
+        self._synced = threading.Event()
+        self._resync_requested = threading.Event()
+        self._components_lock = threading.Lock()
+        self._pubsub = None
+        self._follower = None
+        self._redis = self._connect()
+        self._async_redis = weakref.WeakKeyDictionary()
+        self.reporter.after_fork()
+        for component in list(self._components.values()):
+            after_fork = getattr(component, "_after_fork", None)
+            if after_fork is not None:
+                after_fork()
+        self._started = False
+        if was_started:
+            self.start()
+
+    @staticmethod
+    def _new_instance_id() -> str:
+        return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+    # Redis connections
+
+    def _connect(self) -> redis.Redis:
+        return redis.Redis.from_url(
+            self.redis_url,
+            socket_timeout=self.timeout,
+            socket_connect_timeout=self.timeout,
+            retry=Retry(NoBackoff(), 0),
+            health_check_interval=10,
+        )
+
+    @property
+    def redis(self) -> redis.Redis:
+        """The synchronous connection pool (bytes replies, short timeouts, no retries)."""
+        return self._redis
+
+    def async_redis(self) -> AsyncRedis:
+        """The asyncio connection pool of the running event loop."""
+        loop = asyncio.get_running_loop()
+        client = self._async_redis.get(loop)
+        if client is None:
+            client = AsyncRedis.from_url(
+                self.redis_url,
+                socket_timeout=self.timeout,
+                socket_connect_timeout=self.timeout,
+                retry=redis.asyncio.retry.Retry(NoBackoff(), 0),
+            )
+            self._async_redis[loop] = client
+        return client
+
+    # Policies
+
+    def policy_spec(self, kind: str, name: str) -> dict[str, Any] | None:
+        """Return the published spec of a policy, or None when the control plane has none."""
+        return self.state.spec(kind, name)
+
+    def watch(self, kind: str, name: str, listener: Listener) -> None:
+        """Call ``listener(kind, name)`` on the follower thread when the policy changes."""
+        self._listeners.setdefault(f"{kind}:{name}", []).append(listener)
+
+    def on_channel(self, channel: str, handler: Callable[[bytes], None]) -> None:
+        """Also subscribe to ``channel`` and pass its messages to ``handler``."""
+        self._channel_handlers[channel] = handler
+        self._resync_requested.set()  # resubscribe with the new channel
+
+    def component(self, kind: str, name: str, factory: Callable[[], Any]) -> Any:
+        """Return the enforcer of ``kind:name``, creating it once."""
+        key = (kind, name)
+        existing = self._components.get(key)
+        if existing is not None:
+            return existing
+        with self._components_lock:
+            if key not in self._components:
+                self._components[key] = factory()
+            return self._components[key]
+
+    def breaker(self, name: str, **defaults: Any) -> CircuitBreaker:
+        from controlplane.client.breaker import CircuitBreaker
+
+        breaker: CircuitBreaker = self.component(
+            "breaker", name, lambda: CircuitBreaker(self, name, **defaults)
+        )
+        return breaker
+
+    def limiter(self, name: str, **defaults: Any) -> RateLimiter:
+        from controlplane.client.limiter import RateLimiter
+
+        limiter: RateLimiter = self.component(
+            "rate_limit", name, lambda: RateLimiter(self, name, **defaults)
+        )
+        return limiter
+
+    def cache(self, name: str, **defaults: Any) -> Cache:
+        from controlplane.client.cache import Cache
+
+        cache: Cache = self.component("cache", name, lambda: Cache(self, name, **defaults))
+        return cache
+
+    def rate_limited(
+        self, name: str, key: Callable[..., Any] | None = None, **defaults: Any
+    ) -> Any:
+        """Decorate a function so each call is checked against the limiter ``name``."""
+        return self.limiter(name, **defaults).decorate(key)
+
+    def cached(self, name: str, **defaults: Any) -> Any:
+        """Decorate a function so its results are cached under the cache policy ``name``."""
+        return self.cache(name, **defaults).decorate()
+
+    @property
+    def config(self) -> ConfigView:
+        if self._config is None:
+            from controlplane.client.config import ConfigView
+
+            self._config = ConfigView(self)
+        return self._config
+
+    # Following changes (background thread)
+
+    def read_snapshot(self) -> Snapshot:
+        with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hgetall(self.keys.policies)
+            pipe.hgetall(self.keys.overrides)
+            pipe.get(self.keys.meta)
+            policies, overrides, meta = pipe.execute()
+        return Snapshot(policies, overrides, meta)
+
+    def resync(self) -> None:
+        """Re-read the whole snapshot now (normally done by the follower thread)."""
+        self._notify(self.state.install_snapshot(self.read_snapshot()))
+        self.metrics.resyncs.labels(self.environment).inc()
+        self._synced.set()
+        self._save_snapshot_file()
+
+    def _notify(self, fields: set[str]) -> None:
+        for field in fields:
+            kind, _, name = field.partition(":")
+            for listener in self._listeners.get(field, ()):
+                try:
+                    listener(kind, name)
+                except Exception:
+                    logger.exception("Policy listener for %s failed", field)
+        if fields:
+            self.metrics.applied_revision.labels(self.environment).set(self.state.revision)
+
+    def _follow(self) -> None:
+        backoff = 0.05
+        while not self._stop.is_set():
+            try:
+                self._follow_once()
+                backoff = 0.05
+            except (redis.RedisError, OSError) as exc:
+                if self._stop.is_set():
+                    return
+                if self.connected:
+                    logger.warning("Lost Redis (%s); keeping the last known policies", exc)
+                self.connected = False
+                self.metrics.redis_errors.labels("follow").inc()
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 2.0)
+            except Exception:
+                logger.exception("Policy follower failed; restarting it")
+                self._stop.wait(1.0)
+            finally:
+                if self._pubsub is not None:
+                    with contextlib.suppress(Exception):
+                        self._pubsub.close()
+                    self._pubsub = None
+
+    def _follow_once(self) -> None:
+        pubsub = self._pubsub = self._redis.pubsub(ignore_subscribe_messages=False)  # type: ignore[no-untyped-call]
+        channels = [self.keys.changes, *self._channel_handlers]
+        pubsub.subscribe(*channels)
+        confirmed = 0
+        deadline = time.monotonic() + 5
+        while confirmed < len(channels):  # subscribe before reading: nothing is missed
+            message = pubsub.get_message(timeout=self.timeout)
+            if message is not None and message["type"] == "subscribe":
+                confirmed += 1
+            elif message is None and time.monotonic() > deadline:
+                raise redis.TimeoutError("no subscription confirmation")
+        self._resync_requested.clear()
+        self.resync()
+        if not self.connected:
+            logger.info("Following %s policies through Redis", self.environment)
+        self.connected = True
+        next_resync = time.monotonic() + self.resync_interval
+        subscribed = set(channels)
+        while not self._stop.is_set():
+            if self._resync_requested.is_set():
+                missing = set(self._channel_handlers) - subscribed
+                if missing:
+                    pubsub.subscribe(*missing)
+                    subscribed |= missing
+                self._resync_requested.clear()
+                self.resync()
+            message = pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
+            if message is not None and message["type"] == "message":
+                self._dispatch(message["channel"], message["data"])
+            if time.monotonic() >= next_resync:
+                self.resync()
+                next_resync = time.monotonic() + self.resync_interval
+
+    def _dispatch(self, channel: bytes, data: bytes) -> None:
+        name = channel.decode()
+        if name == self.keys.changes:
+            changed, gap = self.state.apply_change(data)
+            self._notify(changed)
+            if gap:
+                self._resync_requested.set()
+            elif changed:
+                self._save_snapshot_file()
+            return
+        handler = self._channel_handlers.get(name)
+        if handler is not None:
+            try:
+                handler(data)
+            except Exception:
+                logger.exception("Handler of channel %s failed", name)
+
+    def request_resync(self) -> None:
+        self._resync_requested.set()
+
+    def wait_synced(self, timeout: float) -> bool:
+        """Wait until a snapshot was read from Redis; return whether one was."""
+        return self._synced.wait(timeout)
+
+    # The local snapshot file: policies survive a start while Redis is down.
+
+    def _save_snapshot_file(self) -> None:
+        if self.snapshot_path is None:
+            return
+        try:
+            temporary = self.snapshot_path.with_suffix(f".{os.getpid()}.tmp")
+            temporary.write_text(json.dumps(self.state.to_dict()))
+            os.replace(temporary, self.snapshot_path)
+        except OSError as exc:
+            logger.warning("Cannot write the policy snapshot %s: %s", self.snapshot_path, exc)
+
+    def _load_snapshot_file(self) -> None:
+        assert self.snapshot_path is not None
+        try:
+            saved = json.loads(self.snapshot_path.read_text())
+            snapshot = Snapshot(saved["policies"], saved["overrides"], None)
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            logger.warning(
+                "Ignoring the unreadable policy snapshot %s: %s", self.snapshot_path, exc
+            )
+            return
+        self._notify(self.state.install_snapshot(snapshot))
+        revision = saved.get("revision")
+        if isinstance(revision, int):
+            self.state.revision = revision
+
+    def _count_malformed(self, what: str) -> None:
+        self.metrics.malformed.labels(self.environment).inc()
+
+
+def _after_fork_in_child() -> None:
+    for client in list(_clients):
+        try:
+            client._after_fork_in_child()
+        except Exception:
+            logger.exception("Could not restart the control-plane client after fork")
+
+
+def _close_all() -> None:
+    for client in list(_clients):
+        with contextlib.suppress(Exception):
+            client.close()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+atexit.register(_close_all)

@@ -1,0 +1,184 @@
+"""Reports to the control plane, written off the hot path by a background thread.
+
+Transitions go out at once; counters are collected from every enforcer and
+written once a second as one batch; a heartbeat says the instance is alive and
+which revision it applied. Everything goes to the environment's report stream
+(bounded with ``MAXLEN ~``), and the heartbeat also to the instances hash.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import redis
+
+if TYPE_CHECKING:
+    from controlplane.client.client import Client
+
+logger = logging.getLogger("controlplane.client")
+
+STREAM_MAXLEN = 100_000
+Collector = Callable[[], dict[str, dict[str, Any]]]
+
+
+class Reporter:
+    def __init__(self, client: Client, heartbeat_interval: float, report_interval: float) -> None:
+        self.client = client
+        self.heartbeat_interval = heartbeat_interval
+        self.report_interval = report_interval
+        self._collectors: list[Collector] = []
+        self._discovered: dict[str, dict[str, Any]] = {}
+        self._events: deque[dict[str, Any]] = deque(maxlen=10_000)
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.dropped = 0
+
+    def start(self) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="controlplane-report", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Flush what is pending, once, and stop."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=2)
+        self._thread = None
+
+    def after_fork(self) -> None:
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread = None
+        self._events.clear()
+
+    def add_collector(self, collector: Collector) -> None:
+        """Register ``collector``: called each interval, returns ``{kind:name: counters}``."""
+        self._collectors.append(collector)
+
+    def transition(self, kind: str, name: str, **data: Any) -> None:
+        """Report a state change now (without blocking the caller)."""
+        self._events.append({"type": "transition", "policy": f"{kind}:{name}", **data})
+        self._wake.set()
+
+    def discovered(self, kind: str, name: str, defaults: dict[str, Any]) -> None:
+        """Report a name used in code that the control plane does not manage."""
+        self._discovered[f"{kind}:{name}"] = defaults
+        self._wake.set()
+
+    def _run(self) -> None:
+        next_heartbeat = 0.0
+        next_counters = time.monotonic() + self.report_interval
+        while True:
+            stopping = self._stop.is_set()
+            now = time.monotonic()
+            try:
+                self._send_events()
+                if now >= next_heartbeat or stopping:
+                    self._heartbeat()
+                    next_heartbeat = now + self.heartbeat_interval
+                if now >= next_counters or stopping:
+                    self._send_counters()
+                    next_counters = now + self.report_interval
+            except (redis.RedisError, OSError) as exc:
+                self.client.metrics.redis_errors.labels("report").inc()
+                logger.debug("Cannot report to Redis (%s); will retry", exc)
+            except Exception:
+                logger.exception("Reporting failed; will retry")
+            if stopping:
+                return
+            self._wake.wait(max(0.0, min(next_heartbeat, next_counters) - time.monotonic()))
+            self._wake.clear()
+
+    def _xadd(self, pipe: Any, entry_type: str, data: Any) -> None:
+        pipe.xadd(
+            self.client.keys.reports,
+            {
+                "type": entry_type,
+                "instance": self.client.instance_id,
+                "service": self.client.service,
+                "data": json.dumps(data, separators=(",", ":"), sort_keys=True),
+            },
+            maxlen=STREAM_MAXLEN,
+            approximate=True,
+        )
+        self.client.metrics.reports.labels(entry_type).inc()
+
+    def _send_events(self) -> None:
+        if not self._events and not self._discovered:
+            return
+        events: list[dict[str, Any]] = []
+        while self._events:
+            events.append(self._events.popleft())
+        discovered, self._discovered = self._discovered, {}
+        try:
+            with self.client.redis.pipeline(transaction=False) as pipe:
+                for event in events:
+                    self._xadd(pipe, event.pop("type"), {**event, "at": time.time()})
+                for policy, defaults in discovered.items():
+                    self._xadd(pipe, "discovered", {"policy": policy, "defaults": defaults})
+                pipe.execute()
+        except (redis.RedisError, OSError):
+            # Keep transitions for the next try (the deque is bounded), and discoveries.
+            self._events.extendleft(reversed([{**e, "type": "transition"} for e in events]))
+            for policy, defaults in discovered.items():
+                self._discovered.setdefault(policy, defaults)
+            raise
+
+    def heartbeat_document(self) -> dict[str, Any]:
+        return {
+            "instance": self.client.instance_id,
+            "service": self.client.service,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "library_version": _library_version(),
+            "revision": self.client.state.revision,
+            "connected": self.client.connected,
+            "at": time.time(),
+        }
+
+    def _heartbeat(self) -> None:
+        document = self.heartbeat_document()
+        with self.client.redis.pipeline(transaction=False) as pipe:
+            pipe.hset(
+                self.client.keys.instances,
+                self.client.instance_id,
+                json.dumps(document, separators=(",", ":"), sort_keys=True),
+            )
+            self._xadd(pipe, "heartbeat", document)
+            pipe.execute()
+
+    def _send_counters(self) -> None:
+        batch: dict[str, dict[str, Any]] = {}
+        for collector in self._collectors:
+            with contextlib.suppress(Exception):
+                for policy, counters in collector().items():
+                    if any(counters.values()):
+                        batch[policy] = counters
+        if not batch:
+            return
+        try:
+            with self.client.redis.pipeline(transaction=False) as pipe:
+                self._xadd(pipe, "counters", {"at": time.time(), "policies": batch})
+                pipe.execute()
+        except (redis.RedisError, OSError):
+            self.dropped += 1  # counters of one interval are lost, never the caller's call
+            raise
+
+
+def _library_version() -> str:
+    from controlplane.client.client import LIBRARY_VERSION
+
+    return LIBRARY_VERSION

@@ -1,0 +1,179 @@
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from controlplane.client import Client
+from controlplane.embedded_redis import RedisServer
+from controlplane.policies.models import Policy
+from tests.conftest import wait_for
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def test_client_loads_the_snapshot_at_start(
+    set_policy: Callable[..., Policy], client_factory: Callable[..., Client]
+) -> None:
+    set_policy("config", "checkout.max_items", value_type="integer", value=12)
+    client = client_factory().start()
+    assert client.config.get("checkout.max_items", default=3) == 12
+    assert client.state.revision == 1
+
+
+def test_client_follows_a_change_pushed_after_start(
+    set_policy: Callable[..., Policy], cp_client: Client
+) -> None:
+    set_policy("config", "banner", value="hello")
+    wait_for(lambda: cp_client.config.get("banner") == "hello")
+    set_policy("config", "banner", value="bye")
+    wait_for(lambda: cp_client.config.get("banner") == "bye")
+    assert cp_client.state.revision == 2
+
+
+def test_config_change_callbacks_fire_with_the_new_value(
+    set_policy: Callable[..., Policy], cp_client: Client
+) -> None:
+    seen: list[tuple[str, Any]] = []
+    cp_client.config.on_change("checkout.max_items", lambda key, value: seen.append((key, value)))
+    set_policy("config", "checkout.max_items", value_type="integer", value=7)
+    wait_for(lambda: seen == [("checkout.max_items", 7)])
+
+
+def test_unmanaged_config_returns_the_code_default(cp_client: Client) -> None:
+    assert cp_client.config.get("not.managed", default=42) == 42
+
+
+def test_malformed_document_is_ignored_and_the_last_good_kept(
+    set_policy: Callable[..., Policy], cp_client: Client, redis_client: redis.Redis
+) -> None:
+    set_policy("config", "banner", value="good")
+    wait_for(lambda: cp_client.config.get("banner") == "good")
+    keys = cp_client.keys
+    redis_client.hset(keys.policies, "config:banner", '{"schema": 1, "kind": "config"}')
+
+    cp_client.resync()
+
+    assert cp_client.config.get("banner") == "good"
+    assert cp_client.state.malformed == 1
+
+
+def test_a_gap_in_revisions_triggers_a_resync(
+    set_policy: Callable[..., Policy], cp_client: Client, redis_client: redis.Redis
+) -> None:
+    set_policy("config", "a", value="1")
+    wait_for(lambda: cp_client.config.get("a") == "1")
+    # Changes 2 and 3 reach Redis but their notifications are lost...
+    cp_client.state.revision = 1
+    set_policy("config", "b", value="2")
+    set_policy("config", "c", value="3")
+    wait_for(lambda: cp_client.config.get("c") == "3")
+    assert cp_client.config.get("b") == "2"
+
+
+def test_start_while_redis_is_down_uses_code_defaults_and_catches_up(
+    set_policy: Callable[..., Policy],
+    client_factory: Callable[..., Client],
+    disposable_redis: RedisServer,
+) -> None:
+    set_policy("config", "banner", value="from the control plane")
+    disposable_redis.stop()
+    client = client_factory(start_timeout=0.2).start()  # must not raise
+    assert client.config.get("banner", default="code default") == "code default"
+    disposable_redis.start()
+    # Redis restarted empty; the control plane's reconciler is what restores it.
+    from controlplane.policies.reconcile import reconcile_all
+
+    reconcile_all()
+    wait_for(lambda: client.config.get("banner") == "from the control plane")
+
+
+def test_snapshot_file_gives_the_last_policies_when_redis_is_down(
+    set_policy: Callable[..., Policy],
+    client_factory: Callable[..., Client],
+    disposable_redis: RedisServer,
+    tmp_path: Path,
+) -> None:
+    snapshot = tmp_path / "policies.json"
+    set_policy("config", "banner", value="remembered")
+    first = client_factory(snapshot_path=snapshot).start()
+    assert first.config.get("banner") == "remembered"
+    first.close()
+    assert json.loads(snapshot.read_text())["revision"] == 1
+
+    disposable_redis.stop()
+    second = client_factory(snapshot_path=snapshot, start_timeout=0.2).start()
+    assert second.config.get("banner", default="code default") == "remembered"
+
+
+def test_close_twice_and_context_manager(client_factory: Callable[..., Client]) -> None:
+    with client_factory() as client:
+        assert client.wait_synced(5)
+    client.close()
+    client.close()
+
+
+def test_heartbeat_registers_the_instance(cp_client: Client, redis_client: redis.Redis) -> None:
+    raw = wait_for(lambda: redis_client.hget(cp_client.keys.instances, cp_client.instance_id))
+    heartbeat = json.loads(raw)
+    assert heartbeat["pid"] == os.getpid()
+    assert heartbeat["service"] == "tests"
+    assert heartbeat["revision"] == cp_client.state.revision
+
+
+def test_unmanaged_names_are_reported_as_discovered(
+    cp_client: Client, redis_client: redis.Redis
+) -> None:
+    cp_client.config.get("feature.flag", default=True)
+
+    def discovered() -> list[dict[str, Any]]:
+        entries = redis_client.xrange(cp_client.keys.reports)
+        return [
+            json.loads(fields["data"]) for _, fields in entries if fields["type"] == "discovered"
+        ]
+
+    assert wait_for(discovered) == [{"policy": "config:feature.flag", "defaults": {"value": True}}]
+
+
+FORK_CHILD = """
+import os, sys, time
+from controlplane.client import Client
+client = Client(sys.argv[1], environment="production", key_prefix=sys.argv[2]).start()
+pid = os.fork()
+if pid == 0:
+    deadline = time.monotonic() + 20
+    while client.config.get("banner") != "after fork":
+        if time.monotonic() > deadline:
+            os._exit(1)
+        time.sleep(0.01)
+    os._exit(0)
+print("forked", flush=True)
+sys.stdin.readline()
+_, status = os.waitpid(pid, 0)
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+def test_forked_child_follows_a_change_made_after_the_fork(
+    set_policy: Callable[..., Policy], settings: Any
+) -> None:
+    set_policy("config", "banner", value="before fork")
+    process = subprocess.Popen(
+        [sys.executable, "-c", FORK_CHILD, settings.REDIS_URL, settings.REDIS_KEY_PREFIX],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None and process.stdin is not None
+    assert process.stdout.readline().strip() == "forked"
+    set_policy("config", "banner", value="after fork")
+    process.stdin.write("\n")
+    process.stdin.flush()
+    assert process.wait(timeout=30) == 0
