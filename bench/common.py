@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import statistics
 import tempfile
@@ -53,7 +54,6 @@ class Row:
 
 
 def machine() -> str:
-    cpus = 0
     try:
         with open("/proc/cpuinfo") as cpuinfo:
             model = next(
@@ -66,8 +66,6 @@ def machine() -> str:
             )
     except OSError:
         model = platform.processor()
-    import os
-
     cpus = os.cpu_count() or 0
     return f"{model}, {cpus} cores, Python {platform.python_version()}, {platform.system()}"
 
@@ -84,9 +82,8 @@ def render(rows: list[Row], baselines: dict[str, str]) -> str:
             None,
         )
         ratio = f"{row.value / base.value:.2f}x" if base and base.value else ""
-        lines.append(
-            f"| {row.bench} | {row.contender} | {row.value:,.2f} {row.unit} | {ratio} | {row.note} |"
-        )
+        median = f"{row.value:,.2f} {row.unit}"
+        lines.append(f"| {row.bench} | {row.contender} | {median} | {ratio} | {row.note} |")
     return "\n".join(lines)
 
 
