@@ -42,6 +42,7 @@ INSTALLED_APPS = [
     "django_htmx",
     "channels",
     "controlplane.accounts",
+    "controlplane.audit",
     "controlplane.policies",
 ]
 
@@ -69,6 +70,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "controlplane.accounts.context_processors.roles",
             ],
         },
     },

@@ -8,9 +8,10 @@ from typing import Any
 
 import pytest
 import redis
-from django.contrib.auth.models import User
+from django.contrib.auth.models import Group, User
 
 from controlplane.accounts.actors import Actor
+from controlplane.accounts.roles import Role, group_name
 from controlplane.embedded_redis import RedisServer
 from controlplane.policies.actions import do_create_environment
 from controlplane.policies.models import Environment
@@ -72,11 +73,35 @@ def production(system: Actor) -> Environment:
     return do_create_environment("production", system)
 
 
+def make_user(username: str, role: Role | None) -> User:
+    """A user holding ``role`` through its group (the way admins grant roles)."""
+    user = User.objects.create_user(username, password=f"password-{username}")
+    if role is not None:
+        user.groups.add(Group.objects.get(name=group_name(role)))
+    return user
+
+
+# The fixed cast: one user per role, and an outsider with none.
 @pytest.fixture
-def alice(django_user_model: type[User]) -> User:
-    return django_user_model.objects.create_user("alice", password="password-alice")
+def viewer(db: None) -> User:
+    return make_user("alice", Role.VIEWER)
 
 
 @pytest.fixture
-def admin_user(django_user_model: type[User]) -> User:
-    return django_user_model.objects.create_superuser("root", password="password-root")
+def operator(db: None) -> User:
+    return make_user("olga", Role.OPERATOR)
+
+
+@pytest.fixture
+def editor(db: None) -> User:
+    return make_user("erin", Role.EDITOR)
+
+
+@pytest.fixture
+def admin(db: None) -> User:
+    return make_user("adam", Role.ADMIN)
+
+
+@pytest.fixture
+def outsider(db: None) -> User:
+    return make_user("oscar", None)

@@ -13,6 +13,7 @@ from typing import Any
 from django.db import IntegrityError, transaction
 
 from controlplane.accounts.actors import Actor
+from controlplane.audit.record import field_changes, record
 from controlplane.policies.models import Environment, Policy, PolicyVersion
 from controlplane.policies.publish import policy_document, publish_policy
 from controlplane.protocol.schema import (
@@ -39,7 +40,14 @@ def do_create_environment(name: str, actor: Actor, description: str = "") -> Env
     validate_name(name)
     try:
         with transaction.atomic():
-            return Environment.objects.create(name=name, description=description)
+            environment = Environment.objects.create(name=name, description=description)
+            record(
+                actor,
+                "environment.create",
+                environment=name,
+                changes={"description": [None, description]} if description else None,
+            )
+            return environment
     except IntegrityError:
         raise PolicyError({"name": [f"An environment named {name!r} already exists."]}) from None
 
@@ -57,8 +65,9 @@ def _record(
     action: PolicyVersion.Action,
     actor: Actor,
     reason: str,
+    before: Policy | None,
 ) -> PolicyVersion:
-    """Save ``policy`` as a new version and publish it once the transaction commits."""
+    """Save ``policy`` as a new version, audit it, and publish it once the transaction commits."""
     policy.revision = _next_revision(policy.environment)
     policy.version += 1
     policy.updated_by = actor.name
@@ -74,9 +83,33 @@ def _record(
         author_name=actor.name,
         reason=reason,
     )
+    record(
+        actor,
+        f"policy.{action}",
+        environment=policy.environment.name,
+        kind=policy.kind,
+        name=policy.name,
+        reason=reason,
+        changes=_policy_changes(before, policy),
+    )
     document = policy_document(policy)
     transaction.on_commit(partial(publish_policy, policy.environment.keys(), document))
     return version
+
+
+def _policy_changes(before: Policy | None, after: Policy) -> dict[str, list[Any]]:
+    old = None if before is None or before.deleted else before.spec
+    new = None if after.deleted else after.spec
+    secret = bool((old or {}).get("secret") or (new or {}).get("secret"))
+    changes = field_changes(old, new, secret_fields=("value",) if secret else ())
+    if (before is not None and before.deleted) != after.deleted:
+        changes["deleted"] = [before is not None and before.deleted, after.deleted]
+    return changes
+
+
+def _snapshot(policy: Policy) -> Policy:
+    """A detached copy of ``policy`` as it is now, for the audit's before values."""
+    return Policy(spec=dict(policy.spec), deleted=policy.deleted, version=policy.version)
 
 
 def do_create_policy(
@@ -95,6 +128,7 @@ def do_create_policy(
         policy, created = Policy.objects.select_for_update().get_or_create(
             environment=environment, kind=kind, name=name, defaults={"spec": clean}
         )
+        before = None if created else _snapshot(policy)
         if not created and not policy.deleted:
             raise PolicyError(
                 {
@@ -106,7 +140,7 @@ def do_create_policy(
             )
         policy.spec = clean
         policy.deleted = False
-        _record(policy, PolicyVersion.Action.CREATE, actor, reason)
+        _record(policy, PolicyVersion.Action.CREATE, actor, reason, before)
     return policy
 
 
@@ -137,8 +171,9 @@ def do_update_policy(
         clean = validate_spec(locked.kind, changes, base=locked.spec)
         if clean == locked.spec:
             return locked
+        before = _snapshot(locked)
         locked.spec = clean
-        _record(locked, PolicyVersion.Action.UPDATE, actor, reason)
+        _record(locked, PolicyVersion.Action.UPDATE, actor, reason, before)
     return locked
 
 
@@ -147,8 +182,9 @@ def do_delete_policy(
 ) -> Policy:
     with transaction.atomic():
         locked = _lock_current(policy, expected_version)
+        before = _snapshot(locked)
         locked.deleted = True
-        _record(locked, PolicyVersion.Action.DELETE, actor, reason)
+        _record(locked, PolicyVersion.Action.DELETE, actor, reason, before)
     return locked
 
 
@@ -169,9 +205,14 @@ def do_rollback_policy(
             target = locked.versions.get(version=to_version)
         except PolicyVersion.DoesNotExist:
             raise PolicyError({"version": [f"{locked} has no version {to_version}."]}) from None
+        before = _snapshot(locked)
         locked.spec = validate_spec(locked.kind, target.spec)
         locked.deleted = target.deleted
         _record(
-            locked, PolicyVersion.Action.ROLLBACK, actor, reason or f"Rolled back to v{to_version}"
+            locked,
+            PolicyVersion.Action.ROLLBACK,
+            actor,
+            reason or f"Rolled back to v{to_version}",
+            before,
         )
     return locked

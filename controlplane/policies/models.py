@@ -68,6 +68,7 @@ class Policy(models.Model):
             )
         ]
         verbose_name_plural = "policies"
+        permissions = [("override_policy", "Can trip, reset and override policies")]
 
     def __str__(self) -> str:
         return f"{self.environment.name}/{self.field}"

@@ -4,11 +4,11 @@ import logging
 from collections import defaultdict
 
 import redis
-from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
+from controlplane.accounts.roles import Role, role_required
 from controlplane.policies.models import Environment, Policy
 from controlplane.protocol.documents import PolicyDocument, ProtocolError
 from controlplane.redis_connection import get_redis
@@ -37,7 +37,7 @@ def _published_versions(environments: list[Environment]) -> dict[str, dict[str, 
     return published
 
 
-@login_required
+@role_required(Role.VIEWER)
 @require_GET
 def dashboard(request: HttpRequest) -> HttpResponse:
     environments = list(Environment.objects.all())

@@ -19,17 +19,17 @@ def test_anonymous_is_sent_to_login(client: Client) -> None:
     assert response["Location"].startswith("/login/")
 
 
-def test_post_is_not_allowed(client: Client, alice: User) -> None:
-    client.force_login(alice)
+def test_post_is_not_allowed(client: Client, viewer: User) -> None:
+    client.force_login(viewer)
     assert client.post("/").status_code == 405
 
 
 def test_lists_policies_with_their_published_version(
-    client: Client, alice: User, production: Environment, system: Actor
+    client: Client, viewer: User, production: Environment, system: Actor
 ) -> None:
     policy = do_create_policy(production, "breaker", "payments", {}, system)
     do_update_policy(policy, {"open_for": 5}, system)
-    client.force_login(alice)
+    client.force_login(viewer)
 
     response = client.get("/")
 
@@ -40,24 +40,24 @@ def test_lists_policies_with_their_published_version(
 
 
 def test_shows_a_policy_missing_from_redis(
-    client: Client, alice: User, production: Environment, system: Actor, redis_client: redis.Redis
+    client: Client, viewer: User, production: Environment, system: Actor, redis_client: redis.Redis
 ) -> None:
     do_create_policy(production, "cache", "prices", {}, system)
     redis_client.hdel(production.keys().policies, "cache:prices")
-    client.force_login(alice)
+    client.force_login(viewer)
     assert "not published" in client.get("/").content.decode()
 
 
 def test_still_answers_when_redis_is_down(
     client: Client,
-    alice: User,
+    viewer: User,
     disposable_redis: RedisServer,
     production: Environment,
     system: Actor,
 ) -> None:
     do_create_policy(production, "cache", "prices", {}, system)
     disposable_redis.stop()
-    client.force_login(alice)
+    client.force_login(viewer)
 
     response = client.get("/")
 
@@ -71,9 +71,14 @@ def test_login_page_renders(client: Client) -> None:
     assert b'name="password"' in response.content
 
 
-def test_login_with_credentials_reaches_the_dashboard(client: Client, alice: User) -> None:
+def test_login_with_credentials_reaches_the_dashboard(client: Client, viewer: User) -> None:
     response = client.post(
         "/login/", {"username": "alice", "password": "password-alice"}, follow=True
     )
     assert response.redirect_chain[-1][0] == "/"
     assert b"Log out alice" in response.content
+
+
+def test_user_without_a_role_is_refused(client: Client, outsider: User) -> None:
+    client.force_login(outsider)
+    assert client.get("/").status_code == 403

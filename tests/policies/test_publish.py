@@ -4,6 +4,7 @@ import json
 
 import pytest
 import redis
+from django.contrib.auth.models import User
 
 from controlplane.accounts.actors import Actor
 from controlplane.policies.actions import (
@@ -61,10 +62,10 @@ def test_saved_change_is_in_redis_with_a_new_version_and_announced(
 
 
 def test_every_change_is_kept_as_an_immutable_version(
-    production: Environment, system: Actor, alice: object
+    production: Environment, system: Actor, viewer: User
 ) -> None:
     policy = do_create_policy(production, "rate_limit", "api", {"limit": 10}, system, "first")
-    do_update_policy(policy, {"limit": 20}, Actor.of(alice), "more traffic")
+    do_update_policy(policy, {"limit": 20}, Actor.of(viewer), "more traffic")
     do_delete_policy(policy, system, "retired")
 
     versions = list(PolicyVersion.objects.filter(policy=policy).order_by("version"))

@@ -1,0 +1,64 @@
+"""Writing the audit log: every action function calls ``record`` inside its transaction."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+from controlplane.accounts.actors import Actor
+from controlplane.audit.models import AuditEntry
+from controlplane.protocol.schema import changed_fields
+
+
+def fingerprint(value: Any) -> str:
+    """Stand-in for a secret value: tells changes apart without revealing the value."""
+    digest = hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
+    return f"secret:{digest[:8]}"
+
+
+def field_changes(
+    before: Mapping[str, Any] | None,
+    after: Mapping[str, Any] | None,
+    *,
+    secret_fields: tuple[str, ...] = (),
+) -> dict[str, list[Any]]:
+    """Return ``{field: [before, after]}`` for every field that differs."""
+    before = before or {}
+    after = after or {}
+    changes: dict[str, list[Any]] = {}
+    for name in changed_fields(before, after):
+        old, new = before.get(name), after.get(name)
+        if name in secret_fields:
+            old = None if old is None else fingerprint(old)
+            new = None if new is None else fingerprint(new)
+        changes[name] = [old, new]
+    return changes
+
+
+def record(
+    actor: Actor,
+    action: str,
+    *,
+    environment: str = "",
+    kind: str = "",
+    name: str = "",
+    reason: str = "",
+    changes: Mapping[str, list[Any]] | None = None,
+    correlation_id: uuid.UUID | None = None,
+) -> AuditEntry:
+    return AuditEntry.objects.create(
+        actor_name=actor.name,
+        actor_user=actor.user,  # type: ignore[misc]
+        actor_token=actor.token,
+        source_ip=actor.ip,
+        action=action,
+        environment=environment,
+        object_kind=kind,
+        object_name=name,
+        reason=reason,
+        changes=dict(changes or {}),
+        correlation_id=correlation_id or actor.correlation_id,
+    )
