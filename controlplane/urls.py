@@ -4,10 +4,25 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
+from controlplane.audit import views as audit_views
 from controlplane.policies import views as policy_views
+
+POLICY = "e/<str:environment>/<str:kind>/<str:name>/"
 
 urlpatterns = [
     path("", policy_views.dashboard, name="dashboard"),
+    path("e/<str:environment>/<str:kind>/new/", policy_views.policy_create, name="policy-create"),
+    path(POLICY, policy_views.policy_detail, name="policy-detail"),
+    path(POLICY + "edit/", policy_views.policy_edit, name="policy-edit"),
+    path(POLICY + "delete/", policy_views.policy_delete, name="policy-delete"),
+    path(POLICY + "compare/", policy_views.policy_compare, name="policy-compare"),
+    path(
+        POLICY + "versions/<int:version>/restore/",
+        policy_views.policy_restore,
+        name="policy-restore",
+    ),
+    path("audit/", audit_views.audit_log, name="audit-log"),
+    path("audit/export.<str:fmt>", audit_views.audit_export, name="audit-export"),
     path("login/", auth_views.LoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("admin/", admin.site.urls),

@@ -15,9 +15,10 @@ from typing import Any, TypeVar
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser, Group, Permission
 from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import PermissionDenied
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest
+from django.http.response import HttpResponseBase
 
-V = TypeVar("V", bound=Callable[..., HttpResponse])
+V = TypeVar("V", bound=Callable[..., HttpResponseBase])
 
 
 class Role(StrEnum):
@@ -88,7 +89,7 @@ def role_of(user: AbstractBaseUser | AnonymousUser) -> Role | None:
     if not user.is_authenticated or not user.is_active:
         return None
     for role in reversed(ORDER):
-        if user.has_perm(_KEY_PERMISSION[role]):
+        if user.has_perm(_KEY_PERMISSION[role]):  # type: ignore[attr-defined]
             return role
     return None
 
@@ -103,7 +104,7 @@ def role_required(role: Role) -> Callable[[V], V]:
 
     def decorator(view: V) -> V:
         @functools.wraps(view)
-        def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
             if not request.user.is_authenticated:
                 return redirect_to_login(request.get_full_path())
             if not has_role(request.user, role):

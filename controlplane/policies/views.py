@@ -2,18 +2,37 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from typing import Any
 
 import redis
-from django.http import HttpRequest, HttpResponse
-from django.shortcuts import render
-from django.views.decorators.http import require_GET
+from django.contrib import messages
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.utils.cache import patch_vary_headers
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from django_htmx.middleware import HtmxDetails
 
+from controlplane.accounts.actors import Actor
 from controlplane.accounts.roles import Role, role_required
-from controlplane.policies.models import Environment, Policy
+from controlplane.policies.actions import (
+    StaleVersionError,
+    do_create_policy,
+    do_delete_policy,
+    do_rollback_policy,
+    do_update_policy,
+)
+from controlplane.policies.diff import masked_spec, spec_diff
+from controlplane.policies.forms import PolicyForm
+from controlplane.policies.models import Environment, Policy, PolicyVersion
 from controlplane.protocol.documents import PolicyDocument, ProtocolError
+from controlplane.protocol.schema import KIND_LABELS, KINDS, PolicyError
 from controlplane.redis_connection import get_redis
 
 logger = logging.getLogger(__name__)
+
+
+class HtmxHttpRequest(HttpRequest):
+    htmx: HtmxDetails
 
 
 def _published_versions(environments: list[Environment]) -> dict[str, dict[str, int]] | None:
@@ -35,6 +54,22 @@ def _published_versions(environments: list[Environment]) -> dict[str, dict[str, 
             except ProtocolError:
                 versions[field] = -1
     return published
+
+
+def _get_environment(name: str) -> Environment:
+    return get_object_or_404(Environment, name=name)
+
+
+def _get_policy(environment: str, kind: str, name: str) -> Policy:
+    if kind not in KINDS:
+        raise Http404("No such kind of policy.")
+    return get_object_or_404(
+        Policy.objects.select_related("environment"),
+        environment__name=environment,
+        kind=kind,
+        name=name,
+        deleted=False,
+    )
 
 
 @role_required(Role.VIEWER)
@@ -64,5 +99,170 @@ def dashboard(request: HttpRequest) -> HttpResponse:
     return render(
         request,
         "policies/dashboard.html",
-        {"rows": rows, "redis_reachable": published is not None},
+        {"rows": rows, "redis_reachable": published is not None, "kinds": KIND_LABELS},
     )
+
+
+@role_required(Role.VIEWER)
+@require_GET
+def policy_detail(request: HttpRequest, environment: str, kind: str, name: str) -> HttpResponse:
+    policy = _get_policy(environment, kind, name)
+    versions = list(policy.versions.order_by("-version"))
+    history = []
+    for index, version in enumerate(versions):
+        previous = versions[index + 1] if index + 1 < len(versions) else None
+        history.append(
+            {
+                "version": version,
+                "diff": spec_diff(
+                    kind,
+                    None if previous is None or previous.deleted else previous.spec,
+                    None if version.deleted else version.spec,
+                ),
+            }
+        )
+    return render(
+        request,
+        "policies/detail.html",
+        {
+            "policy": policy,
+            "spec_rows": masked_spec(kind, policy.spec),
+            "history": history,
+            "kind_label": KIND_LABELS[kind],
+        },
+    )
+
+
+def _form_response(
+    request: HtmxHttpRequest, form: PolicyForm, context: dict[str, Any], status: int = 200
+) -> HttpResponse:
+    """The whole page, or only the form for htmx requests (validation as you type)."""
+    template = "policies/_policy_form.html" if request.htmx else "policies/edit.html"
+    response = render(request, template, {"form": form, **context}, status=status)
+    patch_vary_headers(response, ["HX-Request"])
+    return response
+
+
+@role_required(Role.EDITOR)
+@require_http_methods(["GET", "POST"])
+def policy_create(request: HtmxHttpRequest, environment: str, kind: str) -> HttpResponse:
+    env = _get_environment(environment)
+    if kind not in KINDS:
+        raise Http404("No such kind of policy.")
+    context: dict[str, Any] = {"environment": env, "kind": kind, "creating": True}
+    if request.method == "GET":
+        return _form_response(request, PolicyForm(kind), context)
+    form = PolicyForm(kind, request.POST)
+    if not form.is_valid() or form.spec is None:
+        return _form_response(request, form, context, status=422)
+    if request.POST.get("action") != "save":
+        context["diff"] = spec_diff(kind, None, form.spec)
+        return _form_response(request, form, context)
+    try:
+        policy = do_create_policy(
+            env,
+            kind,
+            form.cleaned_data["name"],
+            form.spec,
+            Actor.from_request(request),
+            form.cleaned_data["reason"],
+        )
+    except PolicyError as exc:
+        for field, errors in exc.errors.items():
+            form.add_error(field if field in form.fields else None, errors)
+        return _form_response(request, form, context, status=422)
+    messages.success(request, f"Created {KIND_LABELS[kind].lower()} {policy.name}.")
+    return redirect("policy-detail", env.name, kind, policy.name)
+
+
+@role_required(Role.EDITOR)
+@require_http_methods(["GET", "POST"])
+def policy_edit(request: HtmxHttpRequest, environment: str, kind: str, name: str) -> HttpResponse:
+    policy = _get_policy(environment, kind, name)
+    context: dict[str, Any] = {
+        "environment": policy.environment,
+        "kind": kind,
+        "policy": policy,
+        "creating": False,
+    }
+    if request.method == "GET":
+        form = PolicyForm(kind, current=policy.spec, creating=False)
+        form.initial["expected_version"] = policy.version
+        return _form_response(request, form, context)
+    form = PolicyForm(kind, request.POST, current=policy.spec, creating=False)
+    if not form.is_valid() or form.spec is None:
+        return _form_response(request, form, context, status=422)
+    expected = form.cleaned_data.get("expected_version")
+    if request.POST.get("action") != "save":
+        context["diff"] = spec_diff(kind, policy.spec, form.spec)
+        return _form_response(request, form, context)
+    try:
+        do_update_policy(
+            policy,
+            form.spec,
+            Actor.from_request(request),
+            form.cleaned_data["reason"],
+            expected_version=expected,
+        )
+    except StaleVersionError as exc:
+        loaded = policy.versions.filter(version=expected).first() if expected else None
+        context["conflict"] = {
+            "version": exc.current,
+            "diff": spec_diff(kind, loaded.spec if loaded else None, exc.current.spec),
+        }
+        return _form_response(request, form, context, status=409)
+    except PolicyError as exc:
+        for field, errors in exc.errors.items():
+            form.add_error(field if field in form.fields else None, errors)
+        return _form_response(request, form, context, status=422)
+    messages.success(request, f"Saved {KIND_LABELS[kind].lower()} {policy.name}.")
+    return redirect("policy-detail", policy.environment.name, kind, policy.name)
+
+
+@role_required(Role.EDITOR)
+@require_POST
+def policy_delete(request: HttpRequest, environment: str, kind: str, name: str) -> HttpResponse:
+    policy = _get_policy(environment, kind, name)
+    do_delete_policy(policy, Actor.from_request(request), request.POST.get("reason", ""))
+    messages.success(request, f"Deleted {KIND_LABELS[kind].lower()} {name}.")
+    return redirect("dashboard")
+
+
+@role_required(Role.VIEWER)
+@require_GET
+def policy_compare(request: HttpRequest, environment: str, kind: str, name: str) -> HttpResponse:
+    policy = _get_policy(environment, kind, name)
+    try:
+        first, second = int(request.GET["a"]), int(request.GET["b"])
+    except (KeyError, ValueError):
+        first, second = max(policy.version - 1, 1), policy.version
+    versions = {v.version: v for v in policy.versions.filter(version__in=[first, second])}
+    if first not in versions or second not in versions:
+        raise Http404("No such version.")
+    old, new = versions[first], versions[second]
+    return render(
+        request,
+        "policies/compare.html",
+        {
+            "policy": policy,
+            "old": old,
+            "new": new,
+            "diff": spec_diff(
+                kind, None if old.deleted else old.spec, None if new.deleted else new.spec
+            ),
+            "versions": range(1, policy.version + 1),
+        },
+    )
+
+
+@role_required(Role.EDITOR)
+@require_POST
+def policy_restore(
+    request: HttpRequest, environment: str, kind: str, name: str, version: int
+) -> HttpResponse:
+    policy = _get_policy(environment, kind, name)
+    if not PolicyVersion.objects.filter(policy=policy, version=version).exists():
+        raise Http404("No such version.")
+    do_rollback_policy(policy, version, Actor.from_request(request), request.POST.get("reason", ""))
+    messages.success(request, f"Restored version {version} of {name} as a new version.")
+    return redirect("policy-detail", environment, kind, name)

@@ -1,0 +1,145 @@
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterator
+from typing import Any
+
+from django import forms
+from django.core.paginator import Paginator
+from django.db.models import Q, QuerySet
+from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
+from django.shortcuts import render
+from django.views.decorators.http import require_GET
+
+from controlplane.accounts.roles import Role, role_required
+from controlplane.audit.models import AuditEntry
+from controlplane.protocol.schema import KIND_LABELS
+
+PAGE_SIZE = 50
+EXPORT_COLUMNS = (
+    "at",
+    "actor_name",
+    "actor_token",
+    "source_ip",
+    "action",
+    "environment",
+    "object_kind",
+    "object_name",
+    "reason",
+    "changes",
+    "correlation_id",
+)
+
+
+class AuditFilterForm(forms.Form):
+    q = forms.CharField(label="Search", required=False)
+    actor = forms.CharField(required=False)
+    environment = forms.CharField(required=False)
+    kind = forms.ChoiceField(
+        required=False, choices=[("", "any kind"), *KIND_LABELS.items()], label="Kind"
+    )
+    object = forms.CharField(required=False, label="Object")
+    action = forms.CharField(required=False)
+    since = forms.DateTimeField(required=False, label="From")
+    until = forms.DateTimeField(required=False, label="Until")
+
+    def filter(self, entries: QuerySet[AuditEntry]) -> QuerySet[AuditEntry]:
+        data = self.cleaned_data
+        if data.get("q"):
+            text = data["q"]
+            entries = entries.filter(
+                Q(actor_name__icontains=text)
+                | Q(object_name__icontains=text)
+                | Q(reason__icontains=text)
+                | Q(action__icontains=text)
+                | Q(environment__icontains=text)
+            )
+        exact = {
+            "actor": "actor_name",
+            "environment": "environment",
+            "kind": "object_kind",
+            "object": "object_name",
+        }
+        for field, column in exact.items():
+            if data.get(field):
+                entries = entries.filter(**{column: data[field]})
+        if data.get("action"):
+            entries = entries.filter(action__startswith=data["action"])
+        if data.get("since"):
+            entries = entries.filter(at__gte=data["since"])
+        if data.get("until"):
+            entries = entries.filter(at__lte=data["until"])
+        return entries
+
+
+def _filtered(request: HttpRequest) -> tuple[AuditFilterForm, QuerySet[AuditEntry]]:
+    form = AuditFilterForm(request.GET)
+    entries = AuditEntry.objects.all()
+    return form, form.filter(entries) if form.is_valid() else entries.none()
+
+
+@role_required(Role.VIEWER)
+@require_GET
+def audit_log(request: HttpRequest) -> HttpResponse:
+    form, entries = _filtered(request)
+    page = Paginator(entries, PAGE_SIZE).get_page(request.GET.get("page"))
+    query = request.GET.copy()
+    query.pop("page", None)
+    return render(
+        request,
+        "audit/log.html",
+        {"form": form, "page": page, "query": query.urlencode()},
+    )
+
+
+def _row(entry: AuditEntry) -> dict[str, Any]:
+    return {
+        "at": entry.at.isoformat(),
+        "actor_name": entry.actor_name,
+        "actor_token": entry.actor_token,
+        "source_ip": entry.source_ip or "",
+        "action": entry.action,
+        "environment": entry.environment,
+        "object_kind": entry.object_kind,
+        "object_name": entry.object_name,
+        "reason": entry.reason,
+        "changes": entry.changes,
+        "correlation_id": str(entry.correlation_id) if entry.correlation_id else "",
+    }
+
+
+class _Echo:
+    def write(self, value: str) -> str:
+        return value
+
+
+def _csv_lines(entries: QuerySet[AuditEntry]) -> Iterator[str]:
+    writer = csv.writer(_Echo())
+    yield writer.writerow(EXPORT_COLUMNS)
+    for entry in entries.iterator(chunk_size=1000):
+        row = _row(entry)
+        row["changes"] = json.dumps(row["changes"], sort_keys=True)
+        yield writer.writerow([row[c] for c in EXPORT_COLUMNS])
+
+
+def _json_lines(entries: QuerySet[AuditEntry]) -> Iterator[str]:
+    yield "["
+    for index, entry in enumerate(entries.iterator(chunk_size=1000)):
+        yield ("," if index else "") + json.dumps(_row(entry), sort_keys=True)
+    yield "]"
+
+
+@role_required(Role.VIEWER)
+@require_GET
+def audit_export(request: HttpRequest, fmt: str) -> StreamingHttpResponse:
+    """Export what the filter shows, streamed so a large log does not fill memory."""
+    _, entries = _filtered(request)
+    if fmt == "csv":
+        response = StreamingHttpResponse(_csv_lines(entries), content_type="text/csv")
+    elif fmt == "json":
+        response = StreamingHttpResponse(_json_lines(entries), content_type="application/json")
+    else:
+        raise Http404("Export as csv or json.")
+    response["Content-Disposition"] = f'attachment; filename="audit-log.{fmt}"'
+    return response

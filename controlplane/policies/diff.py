@@ -1,0 +1,43 @@
+"""Field-by-field differences between two versions of a policy, for people to read."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from controlplane.audit.record import field_changes
+from controlplane.policies.forms import display_value
+from controlplane.protocol.schema import SPECS
+
+
+@dataclass(frozen=True)
+class FieldDiff:
+    field: str
+    label: str
+    old: str
+    new: str
+
+
+def spec_diff(kind: str, old: dict[str, Any] | None, new: dict[str, Any] | None) -> list[FieldDiff]:
+    """The fields that differ, with secret config values shown only as fingerprints."""
+    secret = bool((old or {}).get("secret") or (new or {}).get("secret"))
+    changes = field_changes(old, new, secret_fields=("value",) if secret else ())
+    labels = {f.name: f.label for f in SPECS[kind].fields}
+    return [
+        FieldDiff(name, labels.get(name, name), display_value(before), display_value(after))
+        for name, (before, after) in changes.items()
+    ]
+
+
+def masked_spec(kind: str, spec: dict[str, Any] | None) -> list[tuple[str, str]]:
+    """``(label, value)`` pairs of a spec for display, hiding secret values."""
+    if spec is None:
+        return []
+    rows = []
+    for field_spec in SPECS[kind].fields:
+        value = spec.get(field_spec.name)
+        if kind == "config" and field_spec.name == "value" and spec.get("secret"):
+            rows.append((field_spec.label, "•••••• (secret)"))
+        else:
+            rows.append((field_spec.label, display_value(value)))
+    return rows

@@ -1,0 +1,142 @@
+"""Policy forms, built from the schema so each field's rules and help live in one place."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django import forms
+
+from controlplane.protocol.schema import (
+    KIND_LABELS,
+    FieldSpec,
+    PolicyError,
+    kind_spec,
+    validate_name,
+    validate_spec,
+)
+
+SECRET_PLACEHOLDER = "unchanged (secret)"
+
+
+def display_value(value: Any) -> str:
+    """How a spec value is written in a form field."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, list):
+        return ", ".join(str(v) for v in value)
+    if isinstance(value, dict):
+        return json.dumps(value)
+    return str(value)
+
+
+def _form_field(spec: FieldSpec) -> forms.Field:
+    common: dict[str, Any] = {
+        "label": spec.label,
+        "help_text": spec.help,
+        "required": False,
+    }
+    if spec.widget == "select":
+        return forms.ChoiceField(choices=[(c, c.replace("_", " ")) for c in spec.choices], **common)
+    if spec.widget == "checkbox":
+        return forms.BooleanField(**common)
+    if spec.widget == "json":
+        return forms.CharField(widget=forms.Textarea(attrs={"rows": 3}), **common)
+    return forms.CharField(**common)
+
+
+class PolicyForm(forms.Form):
+    """Create or edit one policy of ``kind``; ``clean()`` runs the shared schema validation."""
+
+    name = forms.CharField(label="Name", max_length=100, required=False)
+    reason = forms.CharField(
+        label="Reason (optional)",
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 2}),
+        help_text="Why the change: shown in the history and the audit log.",
+    )
+    expected_version = forms.IntegerField(widget=forms.HiddenInput, required=False)
+
+    def __init__(
+        self,
+        kind: str,
+        *args: Any,
+        current: dict[str, Any] | None = None,
+        creating: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        self.kind = kind
+        self.kind_spec = kind_spec(kind)
+        self.current = current
+        self.creating = creating
+        self.spec: dict[str, Any] | None = None
+        if current is not None and "initial" not in kwargs:
+            kwargs["initial"] = self.initial_from(current)
+        elif "initial" not in kwargs:
+            kwargs["initial"] = self.initial_from(self.kind_spec.defaults())
+        super().__init__(*args, **kwargs)
+        if not creating:
+            del self.fields["name"]
+        for field_spec in self.kind_spec.fields:
+            self.fields[field_spec.name] = _form_field(field_spec)
+        if self.secret_is_kept:
+            self.fields["value"].widget.attrs["placeholder"] = SECRET_PLACEHOLDER
+        self.order_fields(["name", *(f.name for f in self.kind_spec.fields), "reason"])
+
+    @property
+    def secret_is_kept(self) -> bool:
+        return bool(self.kind == "config" and self.current and self.current.get("secret"))
+
+    def initial_from(self, spec: dict[str, Any]) -> dict[str, Any]:
+        initial: dict[str, Any] = {name: display_value(value) for name, value in spec.items()}
+        for field_spec in self.kind_spec.fields:
+            if field_spec.widget == "checkbox":
+                initial[field_spec.name] = bool(spec.get(field_spec.name))
+        if self.kind == "config" and spec.get("secret"):
+            initial["value"] = ""
+        return initial
+
+    def field_groups(self) -> list[forms.BoundField]:
+        return [self[f.name] for f in self.kind_spec.fields]
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean() or {}
+        if self.creating:
+            try:
+                validate_name(cleaned.get("name", ""))
+            except PolicyError as exc:
+                self.add_error("name", exc.errors["name"])
+        data: dict[str, Any] = {}
+        for field_spec in self.kind_spec.fields:
+            raw = cleaned.get(field_spec.name)
+            if field_spec.nullable and raw == "":
+                raw = None
+            data[field_spec.name] = raw
+        if self.kind == "config":
+            self._prepare_config_value(data)
+        if self.errors:
+            return cleaned
+        try:
+            self.spec = validate_spec(self.kind, data)
+        except PolicyError as exc:
+            for name, messages in exc.errors.items():
+                self.add_error(name if name in self.fields else None, messages)
+        return cleaned
+
+    def _prepare_config_value(self, data: dict[str, Any]) -> None:
+        if self.secret_is_kept and data.get("value") in ("", None) and self.current is not None:
+            data["value"] = self.current["value"]  # left blank: keep the secret
+        elif data.get("value_type") == "json" and isinstance(data.get("value"), str):
+            try:
+                data["value"] = json.loads(data["value"])
+            except ValueError as exc:
+                self.add_error("value", f"Not valid JSON: {exc}.")
+                data["value"] = None
+
+    @property
+    def title(self) -> str:
+        return KIND_LABELS[self.kind]

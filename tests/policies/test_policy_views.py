@@ -1,0 +1,221 @@
+from __future__ import annotations
+
+import pytest
+import redis
+from django.contrib.auth.models import User
+from django.test import Client
+
+from controlplane.accounts.actors import Actor
+from controlplane.audit.models import AuditEntry
+from controlplane.policies.actions import do_create_policy, do_update_policy
+from controlplane.policies.models import Environment, Policy
+from controlplane.protocol.documents import PolicyDocument
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+EDIT = "/e/production/rate_limit/api/edit/"
+
+
+@pytest.fixture
+def api(production: Environment, system: Actor) -> Policy:
+    return do_create_policy(
+        production, "rate_limit", "api", {"limit": 100, "period": 60}, system, "initial"
+    )
+
+
+def _form(policy: Policy, **changes: str) -> dict[str, str]:
+    data = {
+        "algorithm": "token_bucket",
+        "limit": "100",
+        "period": "60",
+        "burst": "100",
+        "key": "user",
+        "custom_key": "",
+        "on_redis_error": "local",
+        "mode": "enforce",
+        "expected_version": str(policy.version),
+    }
+    data.update(changes)
+    return data
+
+
+def test_preview_shows_the_diff_and_saves_nothing(
+    client: Client, editor: User, api: Policy
+) -> None:
+    client.force_login(editor)
+    response = client.post(EDIT, _form(api, limit="250"))
+    html = response.content.decode()
+    assert response.status_code == 200
+    assert "What will change" in html
+    assert '<tr data-field="limit"><th>Limit</th><td class="old">100</td>' in html
+    assert '<td class="new">250</td>' in html
+    api.refresh_from_db()
+    assert api.version == 1
+
+
+def test_save_publishes_and_audits_with_the_reason(
+    client: Client, editor: User, api: Policy, redis_client: redis.Redis
+) -> None:
+    client.force_login(editor)
+    response = client.post(EDIT, _form(api, limit="250", action="save", reason="black friday"))
+    assert response.status_code == 302
+    api.refresh_from_db()
+    assert (api.version, api.spec["limit"]) == (2, 250)
+    stored = PolicyDocument.decode(redis_client.hget(api.environment.keys().policies, api.field))
+    assert stored.spec["limit"] == 250
+    entry = AuditEntry.objects.get(action="policy.update")
+    assert (entry.actor_name, entry.reason, entry.changes) == (
+        "erin",
+        "black friday",
+        {"limit": [100, 250]},
+    )
+
+
+def test_error_is_shown_next_to_its_field_and_nothing_changes(
+    client: Client, editor: User, api: Policy
+) -> None:
+    client.force_login(editor)
+    response = client.post(EDIT, _form(api, period="soon", action="save"))
+    html = response.content.decode()
+    assert response.status_code == 422
+    assert '<p class="error" data-error-for="period">' in html
+    api.refresh_from_db()
+    assert api.version == 1
+
+
+def test_htmx_validation_returns_only_the_form(client: Client, editor: User, api: Policy) -> None:
+    client.force_login(editor)
+    response = client.post(EDIT, _form(api, limit="0"), headers={"HX-Request": "true"})
+    html = response.content.decode()
+    assert html.lstrip().startswith('<form method="post" id="policy-form"')
+    assert 'data-error-for="limit"' in html
+    assert "HX-Request" in response["Vary"]
+
+
+def test_second_editor_with_a_stale_form_is_refused_and_shown_the_first_change(
+    client: Client, editor: User, api: Policy, system: Actor
+) -> None:
+    client.force_login(editor)
+    stale_form = _form(api, limit="300", action="save")
+    do_update_policy(api, {"limit": 120}, Actor.system("bob"), "first one in")
+
+    response = client.post(EDIT, stale_form)
+
+    html = response.content.decode()
+    assert response.status_code == 409
+    assert "bob saved version 2" in html
+    assert '<td class="new">120</td>' in html
+    api.refresh_from_db()
+    assert (api.version, api.spec["limit"]) == (2, 120)
+
+
+def test_create_a_policy_through_the_form(
+    client: Client, editor: User, production: Environment
+) -> None:
+    client.force_login(editor)
+    response = client.post(
+        "/e/production/cache/new/",
+        {
+            "name": "prices",
+            "ttl": "30s",
+            "stale_ttl": "0",
+            "local_size": "0",
+            "generation": "0",
+            "enabled": "on",
+            "action": "save",
+        },
+    )
+    assert response.status_code == 302
+    policy = Policy.objects.get(name="prices")
+    assert (policy.spec["ttl"], policy.spec["enabled"]) == (30.0, True)
+
+
+def test_create_refuses_a_bad_name(client: Client, editor: User, production: Environment) -> None:
+    client.force_login(editor)
+    response = client.post(
+        "/e/production/cache/new/",
+        {
+            "name": "bad name",
+            "ttl": "30",
+            "stale_ttl": "0",
+            "local_size": "0",
+            "generation": "0",
+            "action": "save",
+        },
+    )
+    assert response.status_code == 422
+    assert 'data-error-for="name"' in response.content.decode()
+    assert not Policy.objects.filter(kind="cache").exists()
+
+
+def test_secret_config_value_is_never_shown_after_saving(
+    client: Client, editor: User, production: Environment, system: Actor
+) -> None:
+    do_create_policy(
+        production, "config", "api.key", {"value": "s3cr3t-value", "secret": True}, system
+    )
+    client.force_login(editor)
+    for url in (
+        "/e/production/config/api.key/",
+        "/e/production/config/api.key/edit/",
+        "/e/production/config/api.key/compare/?a=1&b=1",
+        "/audit/",
+        "/audit/export.json",
+    ):
+        body = (
+            b"".join(client.get(url).streaming_content)
+            if url.endswith(".json")
+            else (client.get(url).content)
+        )
+        assert b"s3cr3t-value" not in body, url
+
+
+def test_leaving_a_secret_blank_keeps_it(
+    client: Client, editor: User, production: Environment, system: Actor
+) -> None:
+    policy = do_create_policy(
+        production, "config", "api.key", {"value": "s3cr3t", "secret": True}, system
+    )
+    client.force_login(editor)
+    response = client.post(
+        "/e/production/config/api.key/edit/",
+        {
+            "value_type": "string",
+            "value": "",
+            "description": "rotated note",
+            "secret": "on",
+            "expected_version": "1",
+            "action": "save",
+        },
+    )
+    assert response.status_code == 302
+    policy.refresh_from_db()
+    assert (policy.spec["value"], policy.spec["description"]) == ("s3cr3t", "rotated note")
+
+
+def test_history_compare_and_restore(
+    client: Client, editor: User, api: Policy, system: Actor
+) -> None:
+    do_update_policy(api, {"limit": 200}, system, "bump")
+    do_update_policy(api, {"limit": 300}, system, "bump again")
+    client.force_login(editor)
+
+    detail = client.get("/e/production/rate_limit/api/").content.decode()
+    assert detail.count('<tr data-version="') == 3
+    compare = client.get("/e/production/rate_limit/api/compare/?a=1&b=3").content.decode()
+    assert '<td class="old">100</td>' in compare and '<td class="new">300</td>' in compare
+
+    response = client.post("/e/production/rate_limit/api/versions/1/restore/")
+    assert response.status_code == 302
+    api.refresh_from_db()
+    assert (api.version, api.spec["limit"]) == (4, 100)
+    assert api.versions.get(version=4).action == "rollback"
+
+
+def test_delete_keeps_history_and_audits(client: Client, editor: User, api: Policy) -> None:
+    client.force_login(editor)
+    response = client.post("/e/production/rate_limit/api/delete/", {"reason": "unused"})
+    assert response.status_code == 302
+    api.refresh_from_db()
+    assert api.deleted and api.versions.count() == 2
+    assert AuditEntry.objects.get(action="policy.delete").reason == "unused"
