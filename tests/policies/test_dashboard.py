@@ -76,7 +76,7 @@ def test_login_with_credentials_reaches_the_dashboard(client: Client, viewer: Us
         "/login/", {"username": "alice", "password": "password-alice"}, follow=True
     )
     assert response.redirect_chain[-1][0] == "/"
-    assert b"alice · viewer" in response.content
+    assert "alice · viewer" in response.content.decode()
 
 
 def test_user_without_a_role_is_refused(client: Client, outsider: User) -> None:
