@@ -4,6 +4,8 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
+from controlplane.accounts import views as account_views
+from controlplane.api.views import api
 from controlplane.audit import views as audit_views
 from controlplane.policies import views as policy_views
 
@@ -23,6 +25,9 @@ urlpatterns = [
     ),
     path("audit/", audit_views.audit_log, name="audit-log"),
     path("audit/export.<str:fmt>", audit_views.audit_export, name="audit-export"),
+    path("tokens/", account_views.tokens, name="tokens"),
+    path("tokens/<int:token_id>/revoke/", account_views.revoke_token, name="token-revoke"),
+    path("api/v1/", api.urls),
     path("login/", auth_views.LoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("admin/", admin.site.urls),

@@ -30,6 +30,8 @@ PAGES: list[tuple[str, str, Role]] = [
     ("post", POLICY + "edit/", Role.EDITOR),
     ("post", POLICY + "versions/1/restore/", Role.EDITOR),
     ("post", POLICY + "delete/", Role.EDITOR),
+    ("get", "/tokens/", Role.ADMIN),
+    ("post", "/tokens/", Role.ADMIN),
 ]
 CAST = ["anonymous", "outsider", "viewer", "operator", "editor", "admin"]
 

@@ -49,6 +49,8 @@ _ADDED: dict[Role, tuple[str, ...]] = {
         "auth.delete_user",
         "auth.view_group",
         "auth.change_group",
+        "accounts.manage_tokens",
+        "accounts.view_apitoken",
     ),
 }
 # The permission that shows a user holds at least the role.

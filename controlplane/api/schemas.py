@@ -1,0 +1,85 @@
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from ninja import Schema
+from pydantic import Field
+
+Kind = Literal["breaker", "rate_limit", "cache", "config"]
+
+
+class ErrorOut(Schema):
+    errors: dict[str, list[str]] = Field(description="Messages by the name of the offending field.")
+
+
+class DetailOut(Schema):
+    detail: str
+
+
+class EnvironmentOut(Schema):
+    name: str
+    description: str
+    revision: int
+
+
+class PolicyOut(Schema):
+    environment: str
+    kind: Kind
+    name: str
+    version: int
+    revision: int
+    spec: dict[str, Any] = Field(description="Secret config values are masked.")
+    updated_at: datetime
+    updated_by: str
+
+
+class PolicyIn(Schema):
+    kind: Kind
+    name: str
+    spec: dict[str, Any] = Field(default_factory=dict)
+    reason: str = ""
+
+
+class PolicyPatch(Schema):
+    spec: dict[str, Any] = Field(description="Fields to change; the others keep their value.")
+    reason: str = ""
+    expected_version: int | None = Field(
+        default=None, description="Refuse the change (409) if the policy is no longer at it."
+    )
+
+
+class RollbackIn(Schema):
+    version: int = Field(ge=1)
+    reason: str = ""
+    expected_version: int | None = None
+
+
+class VersionOut(Schema):
+    version: int
+    revision: int
+    action: str
+    deleted: bool
+    author: str
+    reason: str
+    created_at: datetime
+    spec: dict[str, Any]
+
+
+class ConflictOut(Schema):
+    detail: str
+    current: VersionOut
+
+
+class AuditOut(Schema):
+    at: datetime
+    actor: str
+    token: str
+    source_ip: str | None
+    action: str
+    environment: str
+    kind: str
+    object: str
+    reason: str
+    changes: dict[str, Any]
+    correlation_id: str | None

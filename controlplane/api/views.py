@@ -1,0 +1,271 @@
+"""The JSON API for automation: policies, their history and rollback, and the audit log.
+
+Same validation and the same audit as the forms: every write goes through the
+action functions. Errors are JSON naming the field.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404
+from ninja import NinjaAPI, Query, Schema, Status
+from ninja.errors import HttpError, ValidationError
+from pydantic import Field
+
+from controlplane.accounts.roles import Role
+from controlplane.api.auth import TokenAuth, actor_for, require
+from controlplane.api.schemas import (
+    AuditOut,
+    ConflictOut,
+    DetailOut,
+    EnvironmentOut,
+    ErrorOut,
+    Kind,
+    PolicyIn,
+    PolicyOut,
+    PolicyPatch,
+    RollbackIn,
+    VersionOut,
+)
+from controlplane.audit.models import AuditEntry
+from controlplane.policies.actions import (
+    StaleVersionError,
+    do_create_policy,
+    do_delete_policy,
+    do_rollback_policy,
+    do_update_policy,
+)
+from controlplane.policies.models import Environment, Policy, PolicyVersion
+from controlplane.protocol.schema import PolicyError
+
+api = NinjaAPI(
+    title="Resilience control plane API",
+    version="1",
+    urls_namespace="api",
+    auth=TokenAuth(),
+    docs_url=None,  # the interactive docs load scripts from a CDN; the schema is enough
+)
+
+SECRET_MASK = "••••••"
+
+
+@api.exception_handler(PolicyError)
+def _policy_error(request: HttpRequest, exc: PolicyError) -> HttpResponse:
+    return api.create_response(request, {"errors": exc.errors}, status=422)
+
+
+@api.exception_handler(ValidationError)
+def _validation_error(request: HttpRequest, exc: ValidationError) -> HttpResponse:
+    errors: dict[str, list[str]] = {}
+    for error in exc.errors:
+        location = [str(part) for part in error.get("loc", ()) if part not in ("body", "query")]
+        if location and location[0] in ("data", "payload", "filters"):
+            location = location[1:]
+        errors.setdefault(".".join(location) or "body", []).append(str(error.get("msg")))
+    return api.create_response(request, {"errors": errors}, status=422)
+
+
+@api.exception_handler(HttpError)
+def _http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
+    if exc.status_code == 400:  # a body that is not JSON
+        return api.create_response(request, {"errors": {"body": [str(exc)]}}, status=422)
+    return api.create_response(request, {"detail": str(exc)}, status=exc.status_code)
+
+
+@api.exception_handler(StaleVersionError)
+def _stale(request: HttpRequest, exc: StaleVersionError) -> HttpResponse:
+    return api.create_response(
+        request, {"detail": str(exc), "current": _version_out(exc.current)}, status=409
+    )
+
+
+def _masked(kind: str, spec: dict[str, Any] | None) -> dict[str, Any]:
+    spec = dict(spec or {})
+    if kind == "config" and spec.get("secret"):
+        spec["value"] = SECRET_MASK
+    return spec
+
+
+def _policy_out(policy: Policy) -> dict[str, Any]:
+    return {
+        "environment": policy.environment.name,
+        "kind": policy.kind,
+        "name": policy.name,
+        "version": policy.version,
+        "revision": policy.revision,
+        "spec": _masked(policy.kind, policy.spec),
+        "updated_at": policy.updated_at,
+        "updated_by": policy.updated_by,
+    }
+
+
+def _version_out(version: PolicyVersion) -> dict[str, Any]:
+    return {
+        "version": version.version,
+        "revision": version.revision,
+        "action": version.action,
+        "deleted": version.deleted,
+        "author": version.author_name,
+        "reason": version.reason,
+        "created_at": version.created_at,
+        "spec": _masked(version.policy.kind, version.spec),
+    }
+
+
+def _policy(environment: str, kind: str, name: str) -> Policy:
+    return get_object_or_404(
+        Policy.objects.select_related("environment"),
+        environment__name=environment,
+        kind=kind,
+        name=name,
+        deleted=False,
+    )
+
+
+AUTH_ERRORS: dict[int, Any] = {401: DetailOut, 403: DetailOut, 422: ErrorOut}
+READ = {**AUTH_ERRORS, 404: DetailOut}
+WRITE = {**READ, 409: ConflictOut}
+
+
+@api.get("/environments", response={200: list[EnvironmentOut], **AUTH_ERRORS})
+def list_environments(request: HttpRequest) -> Any:
+    require(request, Role.VIEWER)
+    return list(Environment.objects.all())
+
+
+@api.get("/environments/{environment}/policies", response={200: list[PolicyOut], **READ})
+def list_policies(request: HttpRequest, environment: str, kind: Kind | None = None) -> Any:
+    require(request, Role.VIEWER)
+    env = get_object_or_404(Environment, name=environment)
+    policies = env.policies.filter(deleted=False).select_related("environment")
+    if kind is not None:
+        policies = policies.filter(kind=kind)
+    return [_policy_out(p) for p in policies]
+
+
+@api.post("/environments/{environment}/policies", response={201: PolicyOut, **WRITE})
+def create_policy(request: HttpRequest, environment: str, payload: PolicyIn) -> Any:
+    token = require(request, Role.EDITOR)
+    env = get_object_or_404(Environment, name=environment)
+    policy = do_create_policy(
+        env, payload.kind, payload.name, payload.spec, actor_for(request, token), payload.reason
+    )
+    return Status(201, _policy_out(policy))
+
+
+@api.get("/environments/{environment}/policies/{kind}/{name}", response={200: PolicyOut, **READ})
+def read_policy(request: HttpRequest, environment: str, kind: Kind, name: str) -> Any:
+    require(request, Role.VIEWER)
+    return _policy_out(_policy(environment, kind, name))
+
+
+@api.patch("/environments/{environment}/policies/{kind}/{name}", response={200: PolicyOut, **WRITE})
+def update_policy(
+    request: HttpRequest, environment: str, kind: Kind, name: str, payload: PolicyPatch
+) -> Any:
+    token = require(request, Role.EDITOR)
+    policy = do_update_policy(
+        _policy(environment, kind, name),
+        payload.spec,
+        actor_for(request, token),
+        payload.reason,
+        expected_version=payload.expected_version,
+    )
+    return _policy_out(policy)
+
+
+class DeleteQuery(Schema):
+    reason: str = ""
+    expected_version: int | None = None
+
+
+@api.delete("/environments/{environment}/policies/{kind}/{name}", response={204: None, **WRITE})
+def delete_policy(
+    request: HttpRequest,
+    environment: str,
+    kind: Kind,
+    name: str,
+    query: Query[DeleteQuery],
+) -> Any:
+    token = require(request, Role.EDITOR)
+    do_delete_policy(
+        _policy(environment, kind, name),
+        actor_for(request, token),
+        query.reason,
+        expected_version=query.expected_version,
+    )
+    return Status(204, None)
+
+
+@api.get(
+    "/environments/{environment}/policies/{kind}/{name}/history",
+    response={200: list[VersionOut], **READ},
+)
+def policy_history(request: HttpRequest, environment: str, kind: Kind, name: str) -> Any:
+    require(request, Role.VIEWER)
+    policy = _policy(environment, kind, name)
+    return [_version_out(v) for v in policy.versions.select_related("policy").order_by("-version")]
+
+
+@api.post(
+    "/environments/{environment}/policies/{kind}/{name}/rollback",
+    response={200: PolicyOut, **WRITE},
+)
+def rollback_policy(
+    request: HttpRequest, environment: str, kind: Kind, name: str, payload: RollbackIn
+) -> Any:
+    token = require(request, Role.EDITOR)
+    policy = do_rollback_policy(
+        _policy(environment, kind, name),
+        payload.version,
+        actor_for(request, token),
+        payload.reason,
+        expected_version=payload.expected_version,
+    )
+    return _policy_out(policy)
+
+
+class AuditQuery(Schema):
+    actor: str | None = None
+    environment: str | None = None
+    kind: str | None = None
+    object: str | None = None
+    action: str | None = None
+    limit: int = Field(100, ge=1, le=1000)
+    offset: int = Field(0, ge=0)
+
+
+@api.get("/audit", response={200: list[AuditOut], **AUTH_ERRORS})
+def audit_log(request: HttpRequest, filters: Query[AuditQuery]) -> Any:
+    require(request, Role.VIEWER)
+    entries = AuditEntry.objects.all()
+    for field, column in (
+        ("actor", "actor_name"),
+        ("environment", "environment"),
+        ("kind", "object_kind"),
+        ("object", "object_name"),
+    ):
+        value = getattr(filters, field)
+        if value:
+            entries = entries.filter(**{column: value})
+    if filters.action:
+        entries = entries.filter(action__startswith=filters.action)
+    window = entries[filters.offset : filters.offset + filters.limit]
+    return [
+        {
+            "at": e.at,
+            "actor": e.actor_name,
+            "token": e.actor_token,
+            "source_ip": e.source_ip,
+            "action": e.action,
+            "environment": e.environment,
+            "kind": e.object_kind,
+            "object": e.object_name,
+            "reason": e.reason,
+            "changes": e.changes,
+            "correlation_id": str(e.correlation_id) if e.correlation_id else None,
+        }
+        for e in window
+    ]
