@@ -13,6 +13,12 @@ POLICY = "e/<str:environment>/<str:kind>/<str:name>/"
 
 urlpatterns = [
     path("", policy_views.dashboard, name="dashboard"),
+    path(
+        "e/<str:environment>/export.<str:fmt>",
+        policy_views.environment_export,
+        name="environment-export",
+    ),
+    path("e/<str:environment>/import/", policy_views.environment_import, name="environment-import"),
     path("e/<str:environment>/<str:kind>/new/", policy_views.policy_create, name="policy-create"),
     path(POLICY, policy_views.policy_detail, name="policy-detail"),
     path(POLICY + "edit/", policy_views.policy_edit, name="policy-edit"),

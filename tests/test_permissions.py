@@ -30,6 +30,9 @@ PAGES: list[tuple[str, str, Role]] = [
     ("post", POLICY + "edit/", Role.EDITOR),
     ("post", POLICY + "versions/1/restore/", Role.EDITOR),
     ("post", POLICY + "delete/", Role.EDITOR),
+    ("get", "/e/production/export.yaml", Role.VIEWER),
+    ("get", "/e/production/import/", Role.EDITOR),
+    ("post", "/e/production/import/", Role.EDITOR),
     ("get", "/tokens/", Role.ADMIN),
     ("post", "/tokens/", Role.ADMIN),
 ]

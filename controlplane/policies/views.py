@@ -21,6 +21,14 @@ from controlplane.policies.actions import (
     do_rollback_policy,
     do_update_policy,
 )
+from controlplane.policies.config_as_code import (
+    FORMATS,
+    apply_import,
+    dump,
+    export_environment,
+    parse,
+    plan_import,
+)
 from controlplane.policies.diff import masked_spec, spec_diff
 from controlplane.policies.forms import PolicyForm
 from controlplane.policies.models import Environment, Policy, PolicyVersion
@@ -266,3 +274,45 @@ def policy_restore(
     do_rollback_policy(policy, version, Actor.from_request(request), request.POST.get("reason", ""))
     messages.success(request, f"Restored version {version} of {name} as a new version.")
     return redirect("policy-detail", environment, kind, name)
+
+
+@role_required(Role.VIEWER)
+@require_GET
+def environment_export(request: HttpRequest, environment: str, fmt: str) -> HttpResponse:
+    if fmt not in FORMATS:
+        raise Http404("Export as yaml or json.")
+    env = _get_environment(environment)
+    content_type = "application/json" if fmt == "json" else "application/yaml"
+    response = HttpResponse(dump(export_environment(env), fmt), content_type=content_type)
+    response["Content-Disposition"] = f'attachment; filename="{env.name}-policies.{fmt}"'
+    return response
+
+
+@role_required(Role.EDITOR)
+@require_http_methods(["GET", "POST"])
+def environment_import(request: HttpRequest, environment: str) -> HttpResponse:
+    """Upload or paste a document; preview the changes; apply them all or none."""
+    env = _get_environment(environment)
+    context: dict[str, Any] = {"environment": env, "text": "", "prune": False}
+    if request.method == "POST":
+        upload = request.FILES.get("file")
+        text = upload.read().decode("utf-8", "replace") if upload else request.POST.get("text", "")
+        prune = request.POST.get("prune") == "on"
+        context.update(text=text, prune=prune)
+        try:
+            document = parse(text)
+            if request.POST.get("action") == "apply":
+                changes, _ = apply_import(
+                    env,
+                    document,
+                    Actor.from_request(request),
+                    prune=prune,
+                    reason=request.POST.get("reason", ""),
+                )
+                messages.success(request, f"Applied {len(changes)} change(s) to {env.name}.")
+                return redirect("dashboard")
+            context["changes"] = plan_import(env, document, prune=prune)
+        except PolicyError as exc:
+            context["errors"] = exc.errors
+            return render(request, "policies/import.html", context, status=422)
+    return render(request, "policies/import.html", context)

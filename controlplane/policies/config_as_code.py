@@ -1,0 +1,157 @@
+"""Config as code: an environment's policies as a YAML or JSON document, and back.
+
+Export writes every live policy in full. Import plans the changes that make the
+environment match the document (a dry run shows them), then applies them all in
+one transaction, or none; importing the same document twice changes nothing.
+Secret config values are exported as null; a null secret on import keeps the
+value the environment has.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+from django.db import transaction
+
+from controlplane.accounts.actors import Actor
+from controlplane.policies.actions import do_create_policy, do_delete_policy, do_update_policy
+from controlplane.policies.diff import FieldDiff, spec_diff
+from controlplane.policies.models import Environment, Policy
+from controlplane.protocol.schema import KINDS, PolicyError, validate_name, validate_spec
+
+FORMAT_VERSION = 1
+FORMATS = ("yaml", "json")
+
+
+def export_environment(environment: Environment) -> dict[str, Any]:
+    policies: dict[str, dict[str, Any]] = {kind: {} for kind in KINDS}
+    for policy in environment.policies.filter(deleted=False).order_by("kind", "name"):
+        spec = dict(policy.spec)
+        if policy.kind == "config" and spec.get("secret"):
+            spec["value"] = None
+        policies[policy.kind][policy.name] = spec
+    return {
+        "version": FORMAT_VERSION,
+        "environment": environment.name,
+        "policies": {kind: specs for kind, specs in policies.items() if specs},
+    }
+
+
+def dump(document: dict[str, Any], fmt: str) -> str:
+    if fmt == "json":
+        return json.dumps(document, indent=2, sort_keys=False) + "\n"
+    return yaml.safe_dump(document, sort_keys=False, allow_unicode=True)
+
+
+def parse(text: str, fmt: str | None = None) -> dict[str, Any]:
+    """Read a document (YAML is a superset of JSON, so YAML reads both)."""
+    try:
+        document = json.loads(text) if fmt == "json" else yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError) as exc:
+        raise PolicyError({"file": [f"Not valid {fmt or 'YAML or JSON'}: {exc}"]}) from None
+    if not isinstance(document, dict):
+        raise PolicyError({"file": ["Expected a mapping with version, environment, policies."]})
+    if document.get("version") != FORMAT_VERSION:
+        raise PolicyError({"version": [f"Only version {FORMAT_VERSION} is supported."]})
+    policies = document.get("policies", {})
+    if not isinstance(policies, dict):
+        raise PolicyError({"policies": ["Expected a mapping of kinds."]})
+    return document
+
+
+@dataclass
+class PlannedChange:
+    op: str  # create, update, delete
+    kind: str
+    name: str
+    spec: dict[str, Any] | None = None
+    diff: list[FieldDiff] = field(default_factory=list)
+
+    def describe(self) -> str:
+        head = f"{self.op} {self.kind} {self.name}"
+        lines = [f"  {d.label}: {d.old or '—'} -> {d.new or '—'}" for d in self.diff]
+        return "\n".join([head, *lines])
+
+
+def plan_import(
+    environment: Environment, document: dict[str, Any], *, prune: bool = False
+) -> list[PlannedChange]:
+    """Validate the whole document and return the changes it implies; raise on any error."""
+    errors: dict[str, list[str]] = {}
+    wanted: dict[tuple[str, str], dict[str, Any]] = {}
+    existing = {(p.kind, p.name): p for p in environment.policies.filter(deleted=False)}
+    for kind, specs in document.get("policies", {}).items():
+        if kind not in KINDS:
+            errors[f"policies.{kind}"] = [f"Unknown kind; use one of: {', '.join(KINDS)}."]
+            continue
+        if not isinstance(specs, dict):
+            errors[f"policies.{kind}"] = ["Expected a mapping of policy names."]
+            continue
+        for name, spec in specs.items():
+            path = f"policies.{kind}.{name}"
+            try:
+                validate_name(name)
+                data = dict(spec or {})
+                current = existing.get((kind, name))
+                if kind == "config" and data.get("value") is None and data.get("secret"):
+                    if current is None:
+                        raise PolicyError({"value": ["A new secret needs its value."]})
+                    data["value"] = current.spec["value"]
+                wanted[(kind, name)] = validate_spec(kind, data)
+            except PolicyError as exc:
+                for field_name, messages in exc.errors.items():
+                    key = path if field_name == "name" else f"{path}.{field_name}"
+                    errors.setdefault(key, []).extend(messages)
+    if errors:
+        raise PolicyError(errors)
+    changes: list[PlannedChange] = []
+    for (kind, name), spec in sorted(wanted.items()):
+        current = existing.get((kind, name))
+        if current is None:
+            changes.append(PlannedChange("create", kind, name, spec, spec_diff(kind, None, spec)))
+        elif current.spec != spec:
+            changes.append(
+                PlannedChange("update", kind, name, spec, spec_diff(kind, current.spec, spec))
+            )
+    if prune:
+        for (kind, name), current in sorted(existing.items()):
+            if (kind, name) not in wanted:
+                changes.append(
+                    PlannedChange("delete", kind, name, None, spec_diff(kind, current.spec, None))
+                )
+    return changes
+
+
+def apply_import(
+    environment: Environment,
+    document: dict[str, Any],
+    actor: Actor,
+    *,
+    prune: bool = False,
+    reason: str = "",
+) -> tuple[list[PlannedChange], uuid.UUID]:
+    """Apply the document in one transaction; every audit entry shares one correlation id."""
+    correlation_id = uuid.uuid4()
+    correlated = actor.correlated(correlation_id)
+    reason = reason or "Imported from a file"
+    with transaction.atomic():
+        changes = plan_import(environment, document, prune=prune)
+        for change in changes:
+            current = Policy.objects.filter(
+                environment=environment, kind=change.kind, name=change.name, deleted=False
+            ).first()
+            if change.op == "create":
+                assert change.spec is not None
+                do_create_policy(
+                    environment, change.kind, change.name, change.spec, correlated, reason
+                )
+            elif change.op == "update" and current is not None:
+                assert change.spec is not None
+                do_update_policy(current, change.spec, correlated, reason)
+            elif change.op == "delete" and current is not None:
+                do_delete_policy(current, correlated, reason)
+    return changes, correlation_id
