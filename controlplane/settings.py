@@ -44,6 +44,7 @@ INSTALLED_APPS = [
     "controlplane.accounts",
     "controlplane.audit",
     "controlplane.policies",
+    "controlplane.live",
 ]
 
 MIDDLEWARE = [

@@ -52,7 +52,7 @@ def do_create_environment(name: str, actor: Actor, description: str = "") -> Env
         raise PolicyError({"name": [f"An environment named {name!r} already exists."]}) from None
 
 
-def _next_revision(environment: Environment) -> int:
+def next_revision(environment: Environment) -> int:
     locked = Environment.objects.select_for_update().get(pk=environment.pk)
     locked.revision += 1
     locked.save(update_fields=["revision"])
@@ -68,7 +68,7 @@ def _record(
     before: Policy | None,
 ) -> PolicyVersion:
     """Save ``policy`` as a new version, audit it, and publish it once the transaction commits."""
-    policy.revision = _next_revision(policy.environment)
+    policy.revision = next_revision(policy.environment)
     policy.version += 1
     policy.updated_by = actor.name
     policy.save()

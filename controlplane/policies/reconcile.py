@@ -18,11 +18,21 @@ from dataclasses import dataclass, field
 import redis
 from django.conf import settings
 from django.db import close_old_connections
+from django.db.models import OuterRef, Subquery
 
+from controlplane.live.actions import expire_overrides, override_document
+from controlplane.live.models import Override
 from controlplane.metrics import DRIFT_FOUND, RECONCILE_RUNS, REDIS_ERRORS
 from controlplane.policies.models import Environment
 from controlplane.policies.publish import policy_document, raise_meta_revision, write_document
-from controlplane.protocol.documents import SECTION_POLICIES, MetaDocument, ProtocolError
+from controlplane.protocol.documents import (
+    SECTION_OVERRIDES,
+    SECTION_POLICIES,
+    MetaDocument,
+    OverrideDocument,
+    PolicyDocument,
+    ProtocolError,
+)
 from controlplane.redis_connection import get_redis
 
 logger = logging.getLogger(__name__)
@@ -74,75 +84,89 @@ def _revision(raw: str | None) -> int | None:
         return -1
 
 
-def _document_revision(raw: str) -> int | None:
-    from controlplane.protocol.documents import PolicyDocument
-
-    try:
-        return PolicyDocument.decode(raw).revision
-    except ProtocolError:
-        return None
-
-
 def published_revision(environment: Environment) -> int | None:
     """Return the revision Redis says it holds for ``environment`` (None: nothing)."""
     raw: str | None = get_redis().get(environment.keys().meta)  # type: ignore[assignment]
     return _revision(raw)
 
 
+def expected_documents(environment: Environment) -> dict[str, dict[str, tuple[int, str]]]:
+    """What Redis must hold for ``environment``: ``{section: {field: (revision, document)}}``.
+
+    Oldest revision first, so a repair rewrites documents in the order they were made.
+    """
+    policies = {
+        p.field: (p.revision, policy_document(p).encode())
+        for p in environment.policies.order_by("revision")
+    }
+    newest = Override.objects.filter(
+        environment=environment, kind=OuterRef("kind"), name=OuterRef("name")
+    ).order_by("-revision")
+    overrides = {
+        o.field: (o.revision, override_document(o).encode())
+        for o in Override.objects.filter(
+            environment=environment, revision=Subquery(newest.values("revision")[:1])
+        ).order_by("revision")
+    }
+    return {SECTION_POLICIES: policies, SECTION_OVERRIDES: overrides}
+
+
+def _revision_in(section: str, raw: str) -> int | None:
+    """The revision of a document read from Redis, or None if it is corrupt."""
+    try:
+        if section == SECTION_POLICIES:
+            return PolicyDocument.decode(raw).revision
+        return OverrideDocument.decode(raw).revision
+    except ProtocolError:
+        return None
+
+
 def reconcile_environment(environment: Environment, *, repair: bool = True) -> Drift:
-    """Compare every policy document of ``environment`` in Redis with the database.
+    """Compare every document of ``environment`` in Redis with the database.
 
     Redis is read before the database: a legitimate publish always follows its
     commit, so anything in Redis newer than the database read is not legitimate
-    and is replaced. With ``repair``, the drift found is fixed.
+    and is replaced. With ``repair``, the drift found is fixed, and the
+    environment's published revision is raised only once every document is in
+    place, so a reader that sees the final revision sees a complete repair.
     """
     keys = environment.keys()
     client = get_redis()
     with client.pipeline(transaction=True) as pipe:
         pipe.hgetall(keys.policies)
+        pipe.hgetall(keys.overrides)
         pipe.get(keys.meta)
-        in_redis, meta_raw = pipe.execute()
+        policies_raw, overrides_raw, meta_raw = pipe.execute()
+    in_redis = {SECTION_POLICIES: policies_raw, SECTION_OVERRIDES: overrides_raw}
     environment.refresh_from_db(fields=["revision"])
     drift = Drift(environment.name, environment.revision, _revision(meta_raw))
-    # Oldest first, and the meta revision raised only at the end: a reader that
-    # sees the final revision sees a complete repair.
-    expected = {p.field: policy_document(p) for p in environment.policies.order_by("revision")}
-    for name, document in expected.items():
-        encoded = document.encode()
-        current = in_redis.get(name)
-        if current is None:
-            drift.missing.append(name)
-            if repair:
-                write_document(
-                    keys, SECTION_POLICIES, name, encoded, document.revision, raise_meta=False
-                )
-            continue
-        if current == encoded:
-            continue
-        current_revision = _document_revision(current)
-        if current_revision is None:
-            drift.corrupt.append(name)
-        else:
-            drift.stale.append(name)
-        if repair:
-            if current_revision is not None and current_revision < document.revision:
-                write_document(
-                    keys, SECTION_POLICIES, name, encoded, document.revision, raise_meta=False
-                )
+    for section, expected in expected_documents(environment).items():
+        held = in_redis[section]
+        label = "" if section == SECTION_POLICIES else "override "
+        for name, (revision, encoded) in expected.items():
+            current = held.get(name)
+            if current == encoded:
+                continue
+            current_revision = None if current is None else _revision_in(section, current)
+            if current is None:
+                drift.missing.append(label + name)
+            elif current_revision is None:
+                drift.corrupt.append(label + name)
+            else:
+                drift.stale.append(label + name)
+            if not repair:
+                continue
+            if current is None or (current_revision is not None and current_revision < revision):
+                write_document(keys, section, name, encoded, revision, raise_meta=False)
             else:
                 write_document(
-                    keys,
-                    SECTION_POLICIES,
-                    name,
-                    encoded,
-                    document.revision,
-                    replacing=current,
-                    raise_meta=False,
+                    keys, section, name, encoded, revision, replacing=current, raise_meta=False
                 )
-    drift.extra = sorted(set(in_redis) - set(expected))
+        extra = sorted(set(held) - set(expected))
+        drift.extra.extend(label + name for name in extra)
+        if repair and extra:
+            client.hdel(getattr(keys, section), *extra)
     if repair:
-        if drift.extra:
-            client.hdel(keys.policies, *drift.extra)
         if drift.redis_revision is not None and drift.redis_revision > environment.revision:
             # The database went back in time (a restore): it is the truth.
             client.delete(keys.meta)
@@ -197,6 +221,7 @@ class Reconciler(threading.Thread):
         while not self._stop_event.is_set():
             close_old_connections()
             try:
+                expire_overrides()
                 if time.monotonic() >= next_full:
                     reconcile_all()
                     next_full = time.monotonic() + self.full_interval
