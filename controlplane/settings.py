@@ -118,6 +118,9 @@ RECONCILE_FULL_INTERVAL = env_float("RECONCILE_FULL_INTERVAL", 30.0, minimum=0.0
 # writes are idempotent).
 RECONCILER_ENABLED = env_bool("RECONCILER_ENABLED", True)
 
+# The environment whose policies govern the control plane itself (login throttling).
+CONTROLPLANE_SELF_ENVIRONMENT = env_str("CONTROLPLANE_SELF_ENVIRONMENT", "controlplane")
+
 CHANNEL_LAYERS: dict[str, Any] = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",

@@ -5,6 +5,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import path
 
 from controlplane.accounts import views as account_views
+from controlplane.accounts.login import LoginView
 from controlplane.api.views import api
 from controlplane.audit import views as audit_views
 from controlplane.policies import views as policy_views
@@ -34,7 +35,7 @@ urlpatterns = [
     path("tokens/", account_views.tokens, name="tokens"),
     path("tokens/<int:token_id>/revoke/", account_views.revoke_token, name="token-revoke"),
     path("api/v1/", api.urls),
-    path("login/", auth_views.LoginView.as_view(), name="login"),
+    path("login/", LoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("admin/", admin.site.urls),
 ]

@@ -12,6 +12,7 @@ from django.contrib.auth.models import Group, User
 
 from controlplane.accounts.actors import Actor
 from controlplane.accounts.roles import Role, group_name
+from controlplane.accounts.throttle import close_clients
 from controlplane.embedded_redis import RedisServer
 from controlplane.policies.actions import do_create_environment
 from controlplane.policies.models import Environment
@@ -36,6 +37,7 @@ def key_prefix(settings: Any) -> Iterator[str]:
     prefix = "t" + uuid.uuid4().hex[:12]
     settings.REDIS_KEY_PREFIX = prefix
     yield prefix
+    close_clients()
     try:
         client = get_redis()
         keys = list(client.scan_iter(match=f"*{prefix}:*", count=1000))

@@ -15,7 +15,7 @@ import uuid
 import weakref
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import redis
 import redis.asyncio.retry
@@ -38,6 +38,7 @@ logger = logging.getLogger("controlplane.client")
 
 LIBRARY_VERSION = "0.1.0"
 _clients: weakref.WeakSet[Client] = weakref.WeakSet()
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 
 class Client:
@@ -82,6 +83,7 @@ class Client:
         )
         self._listeners: dict[str, list[Listener]] = {}
         self._channel_handlers: dict[str, Callable[[bytes], None]] = {}
+        self._resync_hooks: list[Callable[[], None]] = []
         self._components: dict[tuple[str, str], Any] = {}
         self._components_lock = threading.Lock()
         self._follower: threading.Thread | None = None
@@ -210,6 +212,10 @@ class Client:
         self._channel_handlers[channel] = handler
         self._resync_requested.set()  # resubscribe with the new channel
 
+    def on_resync(self, hook: Callable[[], None]) -> None:
+        """Call ``hook()`` after every snapshot read (start, reconnection, timer)."""
+        self._resync_hooks.append(hook)
+
     def component(self, kind: str, name: str, factory: Callable[[], Any]) -> Any:
         """Return the enforcer of ``kind:name``, creating it once."""
         key = (kind, name)
@@ -249,9 +255,11 @@ class Client:
         """Decorate a function so each call is checked against the limiter ``name``."""
         return self.limiter(name, **defaults).decorate(key)
 
-    def cached(self, name: str, **defaults: Any) -> Any:
+    def cached(
+        self, name: str, key: Callable[..., Any] | None = None, **defaults: Any
+    ) -> Callable[[_F], _F]:
         """Decorate a function so its results are cached under the cache policy ``name``."""
-        return self.cache(name, **defaults).decorate()
+        return self.cache(name, **defaults).decorate(key)
 
     @property
     def config(self) -> ConfigView:
@@ -275,6 +283,11 @@ class Client:
         """Re-read the whole snapshot now (normally done by the follower thread)."""
         self._notify(self.state.install_snapshot(self.read_snapshot()))
         self.metrics.resyncs.labels(self.environment).inc()
+        for hook in list(self._resync_hooks):
+            try:
+                hook()
+            except Exception:
+                logger.exception("Resync hook %r failed", hook)
         self._synced.set()
         self._save_snapshot_file()
 

@@ -77,6 +77,6 @@ def rate_limited(
     return _lazy(lambda client: client.rate_limited(name, key=key, **defaults))
 
 
-def cached(name: str, **defaults: Any) -> Callable[[F], F]:
+def cached(name: str, key: Callable[..., Any] | None = None, **defaults: Any) -> Callable[[F], F]:
     """Cache the function's results under the default client's cache policy ``name``."""
-    return _lazy(lambda client: client.cached(name, **defaults))
+    return _lazy(lambda client: client.cached(name, key=key, **defaults))

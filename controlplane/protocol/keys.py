@@ -112,6 +112,10 @@ class KeyLayout:
         """String: one cached value (an envelope, see the protocol document)."""
         return "{" + f"{self.prefix}:{self.environment}:c:{name}:{digest}" + "}" + f":g{generation}"
 
+    def cache_invalidations(self, name: str) -> str:
+        """Pub/sub channel: single entries of cache ``name`` dropped from in-process tiers."""
+        return f"{self._tag}:cache-invalidations:{name}"
+
     def cache_lock(self, name: str, generation: int, digest: str) -> str:
         """String: the recompute lock of one cache entry (same slot as the entry)."""
         return self.cache_entry(name, generation, digest) + ":lock"

@@ -1,0 +1,99 @@
+"""Browser tests: Daphne serves the app from a child process; Playwright drives Debian's Chromium.
+
+Playwright's own browser download does not work here, so the tests launch
+``/usr/bin/chromium`` (``apt-get install chromium``). Without it they skip with
+that message, except under CI, where a missing browser fails the run.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from functools import partial
+from typing import Any
+
+import pytest
+from channels.testing.live import make_application, set_database_connection
+from daphne.testing import DaphneProcess
+from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
+
+from tests.client.conftest import client_factory, set_policy
+
+__all__ = ["client_factory", "set_policy"]
+
+CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
+
+
+def _chromium_or_skip() -> str:
+    if os.access(CHROMIUM, os.X_OK) or shutil.which(CHROMIUM):
+        return CHROMIUM
+    message = f"Chromium not found at {CHROMIUM}: run `apt-get install -y chromium` to enable"
+    if os.environ.get("CI"):
+        pytest.fail(message + " (CI must run the browser tests)")
+    pytest.skip(message)
+
+
+@pytest.fixture
+def live_url(transactional_db: None, settings: Any) -> Iterator[str]:
+    """Serve the app with Daphne (HTTP and websockets) on a loopback port."""
+    settings.ALLOWED_HOSTS = ["127.0.0.1", "localhost"]
+    process = DaphneProcess(
+        "127.0.0.1",
+        partial(make_application, static_wrapper=ASGIStaticFilesHandler),
+        setup=partial(
+            _child_setup, dict(os.environ), settings.REDIS_KEY_PREFIX, settings.REDIS_URL
+        ),
+    )
+    process.start()
+    try:
+        if not process.ready.wait(timeout=30):
+            raise RuntimeError("Daphne did not start")
+        yield f"http://127.0.0.1:{process.port.value}"
+    finally:
+        process.terminate()
+        process.join(timeout=10)
+
+
+def _child_setup(environ: dict[str, str], key_prefix: str, redis_url: str) -> None:
+    from django.conf import settings
+
+    set_database_connection()
+    settings.REDIS_KEY_PREFIX = key_prefix
+    settings.REDIS_URL = redis_url
+
+
+@pytest.fixture
+def browser(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    executable = _chromium_or_skip()
+    # Playwright's sync API keeps an event loop on this thread; the test's own
+    # ORM calls are still plain synchronous calls.
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_FLAGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def log_in(browser: Any, live_url: str, username: str) -> Any:
+    """A new page, logged in through the login form as ``username``."""
+    page = browser.new_page()
+    page.goto(f"{live_url}/login/")
+    page.fill("#id_username", username)
+    page.fill("#id_password", f"password-{username}")
+    page.click("button[type=submit]")
+    page.wait_for_url(f"{live_url}/")
+    return page
