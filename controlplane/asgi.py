@@ -12,9 +12,13 @@ django_application = get_asgi_application()
 
 import logging  # noqa: E402
 
-from channels.routing import ProtocolTypeRouter  # noqa: E402
+from channels.auth import AuthMiddlewareStack  # noqa: E402
+from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 from django.conf import settings  # noqa: E402
 
+from controlplane.live import routing as live_routing  # noqa: E402
+from controlplane.live.ingest import start_ingestor  # noqa: E402
 from controlplane.policies.reconcile import start_reconciler  # noqa: E402
 from controlplane.redis_connection import get_redis  # noqa: E402
 
@@ -35,5 +39,14 @@ if settings.EMBEDDED_REDIS:
     get_redis()  # start the embedded server before the first request needs it
 if settings.RECONCILER_ENABLED:
     start_reconciler()
+if settings.INGEST_ENABLED:
+    start_ingestor()
 
-application = ProtocolTypeRouter({"http": django_application})
+application = ProtocolTypeRouter(
+    {
+        "http": django_application,
+        "websocket": AllowedHostsOriginValidator(
+            AuthMiddlewareStack(URLRouter(live_routing.websocket_urlpatterns))
+        ),
+    }
+)

@@ -117,6 +117,9 @@ RECONCILE_FULL_INTERVAL = env_float("RECONCILE_FULL_INTERVAL", 30.0, minimum=0.0
 # Run the reconciler inside each Daphne process (replicas may all run it: its
 # writes are idempotent).
 RECONCILER_ENABLED = env_bool("RECONCILER_ENABLED", True)
+# Read client reports (heartbeats, transitions, counters) inside each Daphne
+# process; replicas share the work through a Redis consumer group.
+INGEST_ENABLED = env_bool("INGEST_ENABLED", True)
 
 # The environment whose policies govern the control plane itself (login throttling).
 CONTROLPLANE_SELF_ENVIRONMENT = env_str("CONTROLPLANE_SELF_ENVIRONMENT", "controlplane")

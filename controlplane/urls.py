@@ -8,6 +8,7 @@ from controlplane.accounts import views as account_views
 from controlplane.accounts.login import LoginView
 from controlplane.api.views import api
 from controlplane.audit import views as audit_views
+from controlplane.live import views as live_views
 from controlplane.policies import views as policy_views
 
 POLICY = "e/<str:environment>/<str:kind>/<str:name>/"
@@ -18,6 +19,20 @@ urlpatterns = [
         "e/<str:environment>/export.<str:fmt>",
         policy_views.environment_export,
         name="environment-export",
+    ),
+    path("e/<str:environment>/live/", live_views.live_overview, name="live-overview"),
+    path("e/<str:environment>/instances/", live_views.instances, name="live-instances"),
+    path("e/<str:environment>/discovered/", live_views.discovered, name="live-discovered"),
+    path(
+        "e/<str:environment>/discovered/<int:discovered_id>/adopt/",
+        live_views.adopt,
+        name="live-adopt",
+    ),
+    path("e/<str:environment>/override/", live_views.override, name="live-override"),
+    path(
+        "e/<str:environment>/breaker/<str:name>/events/",
+        live_views.breaker_events,
+        name="live-breaker-events",
     ),
     path("e/<str:environment>/import/", policy_views.environment_import, name="environment-import"),
     path("e/<str:environment>/<str:kind>/new/", policy_views.policy_create, name="policy-create"),

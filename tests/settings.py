@@ -11,6 +11,7 @@ from controlplane.settings import *  # noqa: E402, F403
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 # Tests start the reconciler themselves when they need it.
 RECONCILER_ENABLED = False
+INGEST_ENABLED = False
 
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":  # noqa: F405
     # A file, not memory: browser tests serve the app from a Daphne process,

@@ -33,6 +33,11 @@ PAGES: list[tuple[str, str, Role]] = [
     ("get", "/e/production/export.yaml", Role.VIEWER),
     ("get", "/e/production/import/", Role.EDITOR),
     ("post", "/e/production/import/", Role.EDITOR),
+    ("get", "/e/production/live/", Role.VIEWER),
+    ("get", "/e/production/instances/", Role.VIEWER),
+    ("get", "/e/production/discovered/", Role.VIEWER),
+    ("get", "/e/production/breaker/payments/events/", Role.VIEWER),
+    ("post", "/e/production/override/", Role.OPERATOR),
     ("get", "/tokens/", Role.ADMIN),
     ("post", "/tokens/", Role.ADMIN),
 ]

@@ -5,17 +5,19 @@ from __future__ import annotations
 import logging
 from datetime import datetime
 from functools import partial
+from importlib.resources import files
 
 import redis
 from django.db import transaction
+from django.db.models import OuterRef, QuerySet, Subquery
 from django.utils import timezone
 
 from controlplane.accounts.actors import Actor
 from controlplane.audit.record import record
 from controlplane.live.models import Override
 from controlplane.metrics import PUBLISHES, REDIS_ERRORS
-from controlplane.policies.actions import next_revision
-from controlplane.policies.models import Environment
+from controlplane.policies.actions import do_update_policy, next_revision
+from controlplane.policies.models import Environment, Policy
 from controlplane.policies.publish import write_document
 from controlplane.protocol.documents import (
     OVERRIDE_STATES,
@@ -24,6 +26,7 @@ from controlplane.protocol.documents import (
 )
 from controlplane.protocol.keys import KeyLayout
 from controlplane.protocol.schema import PolicyError, validate_name
+from controlplane.redis_connection import get_redis
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +56,26 @@ def current_override(environment: Environment, kind: str, name: str) -> Override
     if latest.expires_at is not None and latest.expires_at <= timezone.now():
         return None
     return latest
+
+
+def newest_overrides(environment: Environment) -> QuerySet[Override]:
+    """The newest row of every overridden policy (lifted ones included): one query."""
+    newest = Override.objects.filter(
+        environment=environment, kind=OuterRef("kind"), name=OuterRef("name")
+    ).order_by("-revision")
+    return Override.objects.filter(
+        environment=environment, revision=Subquery(newest.values("revision")[:1])
+    ).order_by("revision")
+
+
+def active_overrides(environment: Environment) -> dict[str, Override]:
+    """The overrides in force, by ``kind:name``."""
+    now = timezone.now()
+    return {
+        o.field: o
+        for o in newest_overrides(environment)
+        if o.state and (o.expires_at is None or o.expires_at > now)
+    }
 
 
 def publish_override(keys: KeyLayout, document: OverrideDocument) -> bool:
@@ -111,7 +134,71 @@ def _write(
         )
         document = override_document(override)
         transaction.on_commit(partial(publish_override, environment.keys(), document))
+        transaction.on_commit(partial(_announce, environment.name, f"{kind}:{name}"))
     return override
+
+
+def _announce(environment: str, field: str) -> None:
+    from controlplane.live.ingest import broadcast
+
+    try:
+        broadcast(environment, {field})
+    except Exception:  # the dashboards also refresh on their own; never fail the action
+        logger.warning("Could not announce the override of %s to open dashboards", field)
+
+
+_RESET_LUA = (
+    files("controlplane.client").joinpath("lua/breaker_common.lua").read_text()
+    + files("controlplane.live").joinpath("lua/breaker_reset.lua").read_text()
+)
+
+
+def do_reset_breaker(environment: Environment, name: str, actor: Actor, reason: str) -> None:
+    """Back to closed on every instance, windows emptied; lifts any override first."""
+    if not reason.strip():
+        raise PolicyError({"reason": ["Say why: the reason is kept in the audit log."]})
+    do_clear_override(environment, "breaker", name, actor, reason)
+    with transaction.atomic():
+        record(
+            actor,
+            "override.reset",
+            environment=environment.name,
+            kind="breaker",
+            name=name,
+            reason=reason,
+        )
+        transaction.on_commit(partial(_write_reset, environment.keys(), name))
+        transaction.on_commit(partial(_announce, environment.name, f"breaker:{name}"))
+
+
+def _write_reset(keys: KeyLayout, name: str) -> None:
+    try:
+        get_redis().eval(
+            _RESET_LUA,
+            2,
+            keys.breakers,
+            keys.breaker_probes(name),
+            name,
+            "controlplane",
+            keys.breaker_events,
+        )
+    except redis.RedisError as exc:
+        REDIS_ERRORS.labels("reset").inc()
+        logger.warning("Could not reset breaker %s in Redis: %s", name, exc)
+
+
+def do_purge_cache(environment: Environment, name: str, actor: Actor, reason: str) -> Policy:
+    """Invalidate every entry of a cache at once by bumping its generation."""
+    if not reason.strip():
+        raise PolicyError({"reason": ["Say why: the reason is kept in the audit log."]})
+    policy = Policy.objects.filter(
+        environment=environment, kind="cache", name=name, deleted=False
+    ).first()
+    if policy is None:
+        raise PolicyError({"name": [f"No cache policy named {name!r} in {environment.name}."]})
+    return do_update_policy(
+        policy, {"generation": int(policy.spec["generation"]) + 1}, actor, f"Purge: {reason}"
+    )
 
 
 def do_set_override(

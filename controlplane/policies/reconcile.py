@@ -18,10 +18,8 @@ from dataclasses import dataclass, field
 import redis
 from django.conf import settings
 from django.db import close_old_connections
-from django.db.models import OuterRef, Subquery
 
-from controlplane.live.actions import expire_overrides, override_document
-from controlplane.live.models import Override
+from controlplane.live.actions import expire_overrides, newest_overrides, override_document
 from controlplane.metrics import DRIFT_FOUND, RECONCILE_RUNS, REDIS_ERRORS
 from controlplane.policies.models import Environment
 from controlplane.policies.publish import policy_document, raise_meta_revision, write_document
@@ -99,14 +97,8 @@ def expected_documents(environment: Environment) -> dict[str, dict[str, tuple[in
         p.field: (p.revision, policy_document(p).encode())
         for p in environment.policies.order_by("revision")
     }
-    newest = Override.objects.filter(
-        environment=environment, kind=OuterRef("kind"), name=OuterRef("name")
-    ).order_by("-revision")
     overrides = {
-        o.field: (o.revision, override_document(o).encode())
-        for o in Override.objects.filter(
-            environment=environment, revision=Subquery(newest.values("revision")[:1])
-        ).order_by("revision")
+        o.field: (o.revision, override_document(o).encode()) for o in newest_overrides(environment)
     }
     return {SECTION_POLICIES: policies, SECTION_OVERRIDES: overrides}
 

@@ -102,6 +102,20 @@ class KeyLayout:
         """Hash: instance id -> last heartbeat document (JSON)."""
         return f"{self._tag}:instances"
 
+    # Live state kept by the control plane from the reports (see docs/protocol.md).
+    def live_second(self, second: int) -> str:
+        """Hash: ``<kind:name>|<counter>`` -> sum over instances during one second."""
+        return f"{self._tag}:live:s:{second}"
+
+    def live_top_rejected(self, name: str, minute: int) -> str:
+        """Sorted set: subjects a limiter rejected during one minute, by count."""
+        return f"{self._tag}:live:top:{name}:{minute}"
+
+    @property
+    def live_breaker_states(self) -> str:
+        """Hash: ``<breaker name>|<instance>`` -> ``<state>|<unix time>``."""
+        return f"{self._tag}:live:breaker-states"
+
     # Data-plane keys, each with its own hash tag.
     def rate_limit(self, name: str, subject: str) -> str:
         """Base key of one limiter's state for one subject (scripts add suffixes)."""

@@ -1,0 +1,67 @@
+"""Websocket of the live pages: pushes re-rendered widgets, coalesced, to each viewer."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+
+from controlplane.accounts.context_processors import abilities
+from controlplane.accounts.roles import Role, has_role
+from controlplane.live.ingest import group_name
+from controlplane.live.widgets import render_push
+from controlplane.policies.models import Environment
+
+# However many reports arrive, a viewer's widgets re-render at most this often.
+COALESCE_SECONDS = 0.2
+CLOSE_UNAUTHENTICATED = 4401
+CLOSE_FORBIDDEN = 4403
+CLOSE_NOT_FOUND = 4404
+
+
+class LiveConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
+    environment: Environment
+    can: dict[str, bool]
+
+    async def connect(self) -> None:
+        user = self.scope.get("user")
+        if user is None or not user.is_authenticated:
+            await self.close(code=CLOSE_UNAUTHENTICATED)
+            return
+        if not await database_sync_to_async(has_role)(user, Role.VIEWER):
+            await self.close(code=CLOSE_FORBIDDEN)
+            return
+        name = self.scope["url_route"]["kwargs"]["environment"]
+        environment = await database_sync_to_async(Environment.objects.filter(name=name).first)()
+        if environment is None:
+            await self.close(code=CLOSE_NOT_FOUND)
+            return
+        self.environment = environment
+        self.can = await database_sync_to_async(abilities)(user)
+        self._dirty: set[str] = set()
+        self._flush: asyncio.Task[None] | None = None
+        self.group = group_name(environment.name)
+        await self.channel_layer.group_add(self.group, self.channel_name)
+        await self.accept()
+
+    async def disconnect(self, code: int) -> None:
+        if hasattr(self, "group"):
+            await self.channel_layer.group_discard(self.group, self.channel_name)
+        if getattr(self, "_flush", None) is not None and self._flush is not None:
+            self._flush.cancel()
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        return None  # actions go through the HTTP forms, which check roles and CSRF
+
+    async def live_changed(self, event: dict[str, Any]) -> None:
+        self._dirty.update(event.get("changed", ()))
+        if self._flush is None or self._flush.done():
+            self._flush = asyncio.create_task(self._send_after_pause())
+
+    async def _send_after_pause(self) -> None:
+        await asyncio.sleep(COALESCE_SECONDS)
+        changed, self._dirty = self._dirty, set()
+        html = await database_sync_to_async(render_push)(self.environment, changed, self.can)
+        await self.send(text_data=html)

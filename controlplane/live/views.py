@@ -1,0 +1,139 @@
+from __future__ import annotations
+
+from datetime import timedelta
+
+from django.contrib import messages
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.utils import timezone
+from django.utils.http import url_has_allowed_host_and_scheme
+from django.views.decorators.http import require_GET, require_POST
+
+from controlplane.accounts.actors import Actor
+from controlplane.accounts.roles import Role, role_required
+from controlplane.live.actions import (
+    do_clear_override,
+    do_purge_cache,
+    do_reset_breaker,
+    do_set_override,
+)
+from controlplane.live.models import BreakerEvent, DiscoveredName
+from controlplane.live.widgets import live_snapshot, overview
+from controlplane.policies.actions import do_create_policy
+from controlplane.policies.models import Environment
+from controlplane.protocol.schema import PolicyError
+
+# What each override button does: (kind, action) -> state to set, or a verb.
+ACTIONS = {
+    ("breaker", "trip"): "forced_open",
+    ("breaker", "force_closed"): "forced_closed",
+    ("breaker", "disable"): "disabled",
+    ("breaker", "reset"): "reset",
+    ("rate_limit", "block_all"): "block_all",
+    ("rate_limit", "bypass"): "bypass",
+    ("cache", "purge"): "purge",
+}
+
+
+def _environment(name: str) -> Environment:
+    return get_object_or_404(Environment, name=name)
+
+
+@role_required(Role.VIEWER)
+@require_GET
+def live_overview(request: HttpRequest, environment: str) -> HttpResponse:
+    return render(request, "live/overview.html", overview(_environment(environment)))
+
+
+@role_required(Role.VIEWER)
+@require_GET
+def instances(request: HttpRequest, environment: str) -> HttpResponse:
+    env = _environment(environment)
+    snapshot = live_snapshot(env)
+    return render(
+        request,
+        "live/instances.html",
+        {"environment": env, "snapshot": snapshot, "instances": snapshot.instances},
+    )
+
+
+@role_required(Role.VIEWER)
+@require_GET
+def discovered(request: HttpRequest, environment: str) -> HttpResponse:
+    env = _environment(environment)
+    managed = set(env.policies.filter(deleted=False).values_list("kind", "name"))
+    names = [
+        d for d in DiscoveredName.objects.filter(environment=env) if (d.kind, d.name) not in managed
+    ]
+    return render(request, "live/discovered.html", {"environment": env, "names": names})
+
+
+@role_required(Role.EDITOR)
+@require_POST
+def adopt(request: HttpRequest, environment: str, discovered_id: int) -> HttpResponse:
+    """Create a policy from the code defaults a client reported."""
+    env = _environment(environment)
+    found = get_object_or_404(DiscoveredName, pk=discovered_id, environment=env)
+    try:
+        do_create_policy(
+            env,
+            found.kind,
+            found.name,
+            found.defaults,
+            Actor.from_request(request),
+            request.POST.get("reason") or "Adopted from the code defaults",
+        )
+    except PolicyError as exc:
+        messages.error(request, f"Could not adopt {found.name}: {exc}")
+        return redirect("live-discovered", env.name)
+    messages.success(request, f"Adopted {found.kind} {found.name}; it is now managed here.")
+    return redirect("policy-detail", env.name, found.kind, found.name)
+
+
+@role_required(Role.OPERATOR)
+@require_POST
+def override(request: HttpRequest, environment: str) -> HttpResponse:
+    """Trip, force closed, disable, reset, block, bypass, purge or lift, with a reason."""
+    env = _environment(environment)
+    kind = request.POST.get("kind", "")
+    name = request.POST.get("name", "")
+    action = request.POST.get("action", "")
+    reason = request.POST.get("reason", "").strip()
+    actor = Actor.from_request(request)
+    back = request.POST.get("next", "")
+    if not url_has_allowed_host_and_scheme(back, allowed_hosts={request.get_host()}):
+        back = ""
+    try:
+        minutes = request.POST.get("expires_in_minutes", "").strip()
+        expires_at = None
+        if minutes:
+            try:
+                expires_at = timezone.now() + timedelta(minutes=float(minutes))
+            except (ValueError, OverflowError):
+                raise PolicyError({"expires_in_minutes": ["Enter a number of minutes."]}) from None
+        if action == "lift":
+            do_clear_override(env, kind, name, actor, reason)
+        elif (kind, action) not in ACTIONS:
+            choices = ", ".join(a for k, a in ACTIONS if k == kind) or "none for this kind"
+            raise PolicyError({"action": [f"Choose one of: {choices}, lift."]})
+        elif ACTIONS[(kind, action)] == "reset":
+            do_reset_breaker(env, name, actor, reason)
+        elif ACTIONS[(kind, action)] == "purge":
+            do_purge_cache(env, name, actor, reason)
+        else:
+            do_set_override(env, kind, name, ACTIONS[(kind, action)], actor, reason, expires_at)
+    except PolicyError as exc:
+        messages.error(request, f"Nothing was changed. {exc}")
+    else:
+        messages.success(request, f"{action.replace('_', ' ').capitalize()}: {kind} {name}.")
+    return redirect(back or "live-overview", *([] if back else [env.name]))
+
+
+@role_required(Role.VIEWER)
+@require_GET
+def breaker_events(request: HttpRequest, environment: str, name: str) -> HttpResponse:
+    env = _environment(environment)
+    events = BreakerEvent.objects.filter(environment=env, name=name)[:200]
+    return render(
+        request, "live/breaker_events.html", {"environment": env, "name": name, "events": events}
+    )

@@ -1,0 +1,151 @@
+"""The live widgets: each one's data, built once for the first render and every push."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from django.template.loader import render_to_string
+
+from controlplane.live.actions import active_overrides
+from controlplane.live.models import Override
+from controlplane.live.state import LiveSnapshot, PolicyRates, read_snapshot, top_rejected
+from controlplane.policies.models import Environment, Policy
+from controlplane.redis_connection import get_redis
+
+logger = logging.getLogger(__name__)
+
+
+OVERRIDE_ACTIONS: dict[str, list[tuple[str, str]]] = {
+    "breaker": [
+        ("trip", "trip (forced open)"),
+        ("force_closed", "force closed"),
+        ("disable", "disable"),
+        ("reset", "reset to closed"),
+    ],
+    "rate_limit": [("block_all", "block all"), ("bypass", "bypass")],
+    "cache": [("purge", "purge (new generation)")],
+}
+
+
+@dataclass
+class Row:
+    """One policy on the overview: its published settings, override and live figures."""
+
+    policy: Policy
+    rates: PolicyRates
+    override: Override | None
+    states: dict[str, int]
+    top: list[tuple[str, float]]
+
+    @property
+    def dom_id(self) -> str:
+        return f"live-{self.policy.kind}-{self.policy.name}".replace(".", "_")
+
+    @property
+    def reached(self) -> str:
+        """The state the breaker reached by itself, by how many instances report it."""
+        if not self.states:
+            return "no reports"
+        return ", ".join(
+            f"{count} {state.replace('_', '-')}"
+            for state, count in sorted(self.states.items(), key=lambda item: -item[1])
+        )
+
+    @property
+    def state_label(self) -> str:
+        return self.worst_state.replace("_", " ")
+
+    @property
+    def override_label(self) -> str:
+        return self.override.state.replace("_", " ") if self.override else ""
+
+    @property
+    def override_actions(self) -> list[tuple[str, str]]:
+        return OVERRIDE_ACTIONS.get(self.policy.kind, [])
+
+    @property
+    def allowed_per_second(self) -> float:
+        return self.rates.per_second("allowed")
+
+    @property
+    def rejected_per_second(self) -> float:
+        return self.rates.per_second("rejected")
+
+    @property
+    def lookups_per_second(self) -> float:
+        return sum(self.rates.per_second(c) for c in ("hits", "local_hits", "stale_hits", "misses"))
+
+    @property
+    def worst_state(self) -> str:
+        for state in ("open", "forced_open", "half_open", "disabled", "forced_closed", "closed"):
+            if self.states.get(state):
+                return state
+        return "unknown"
+
+
+def live_snapshot(environment: Environment) -> LiveSnapshot:
+    try:
+        return read_snapshot(get_redis(), environment.keys())
+    except redis.RedisError as exc:
+        logger.warning("Live pages cannot read Redis: %s", exc)
+        return LiveSnapshot(rates={}, breaker_states={}, instances=[], redis_ok=False)
+
+
+def overview(environment: Environment, only: set[str] | None = None) -> dict[str, Any]:
+    """The overview's context; with ``only``, the rows of those policy fields alone."""
+    snapshot = live_snapshot(environment)
+    overrides = active_overrides(environment)
+    policies = environment.policies.filter(deleted=False).order_by("kind", "name")
+    rows: dict[str, list[Row]] = {"breaker": [], "rate_limit": [], "cache": []}
+    client = get_redis()
+    for policy in policies:
+        if policy.kind not in rows or (only is not None and policy.field not in only):
+            continue
+        top: list[tuple[str, float]] = []
+        if policy.kind == "rate_limit" and snapshot.redis_ok:
+            try:
+                top = top_rejected(client, environment.keys(), policy.name)
+            except redis.RedisError:
+                top = []
+        rows[policy.kind].append(
+            Row(
+                policy=policy,
+                rates=snapshot.rates_for(policy.field),
+                override=overrides.get(policy.field),
+                states=snapshot.breaker_states.get(policy.name, {})
+                if policy.kind == "breaker"
+                else {},
+                top=top,
+            )
+        )
+    in_sync = sum(1 for i in snapshot.instances if i.revision >= environment.revision)
+    return {
+        "environment": environment,
+        "rows": rows,
+        "snapshot": snapshot,
+        "instances_in_sync": in_sync,
+        "instances_behind": len(snapshot.instances) - in_sync,
+    }
+
+
+ROW_TEMPLATES = {
+    "breaker": "live/_breaker_row.html",
+    "rate_limit": "live/_limiter_row.html",
+    "cache": "live/_cache_row.html",
+}
+
+
+def render_push(environment: Environment, changed: set[str], can: dict[str, bool]) -> str:
+    """The HTML fragments a websocket push carries: each swaps its element by id."""
+    fields = {c for c in changed if not c.startswith("@")}
+    context = overview(environment, only=fields)
+    parts = [
+        render_to_string(ROW_TEMPLATES[kind], {"row": row, "can": can, "oob": True})
+        for kind, kind_rows in context["rows"].items()
+        for row in kind_rows
+    ]
+    parts.append(render_to_string("live/_sync_summary.html", {**context, "oob": True}))
+    return "\n".join(parts)

@@ -1,0 +1,106 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from channels.db import database_sync_to_async
+from channels.layers import channel_layers, get_channel_layer
+from channels.testing import WebsocketCommunicator
+from django.contrib.auth.models import User
+
+from controlplane.accounts.actors import Actor
+from controlplane.asgi import application
+from controlplane.live.ingest import group_name
+from controlplane.policies.actions import do_create_policy
+from controlplane.policies.models import Environment
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture(autouse=True)
+def in_memory_layer(settings: Any) -> Iterator[None]:
+    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    channel_layers.backends.clear()
+    yield
+    channel_layers.backends.clear()
+
+
+async def _session_communicator(
+    user: User, origin: bytes = b"http://127.0.0.1"
+) -> WebsocketCommunicator:
+    from django.test import Client
+
+    client = Client()
+    await database_sync_to_async(client.force_login)(user)
+    cookie = f"sessionid={client.cookies['sessionid'].value}".encode()
+    return WebsocketCommunicator(
+        application,
+        "/ws/live/production/",
+        headers=[(b"origin", origin), (b"host", b"127.0.0.1"), (b"cookie", cookie)],
+    )
+
+
+async def test_anonymous_websocket_is_refused(production: Environment) -> None:
+    communicator = WebsocketCommunicator(
+        application,
+        "/ws/live/production/",
+        headers=[(b"origin", b"http://127.0.0.1"), (b"host", b"127.0.0.1")],
+    )
+    connected, code = await communicator.connect()
+    assert not connected and code == 4401
+    await communicator.disconnect()
+
+
+async def test_cross_origin_websocket_is_refused(production: Environment, viewer: User) -> None:
+    communicator = await _session_communicator(viewer, origin=b"http://evil.example")
+    connected, _ = await communicator.connect()
+    assert not connected
+    await communicator.disconnect()
+
+
+async def test_user_without_a_role_is_refused(production: Environment, outsider: User) -> None:
+    communicator = await _session_communicator(outsider)
+    connected, code = await communicator.connect()
+    assert not connected and code == 4403
+    await communicator.disconnect()
+
+
+async def test_unknown_environment_is_refused(viewer: User, production: Environment) -> None:
+    from django.test import Client
+
+    client = Client()
+    await database_sync_to_async(client.force_login)(viewer)
+    cookie = f"sessionid={client.cookies['sessionid'].value}".encode()
+    communicator = WebsocketCommunicator(
+        application,
+        "/ws/live/nowhere/",
+        headers=[(b"origin", b"http://127.0.0.1"), (b"host", b"127.0.0.1"), (b"cookie", cookie)],
+    )
+    connected, code = await communicator.connect()
+    assert not connected and code == 4404
+    await communicator.disconnect()
+
+
+async def test_viewer_receives_one_coalesced_push_for_many_changes(
+    production: Environment, viewer: User, system: Actor
+) -> None:
+    await database_sync_to_async(do_create_policy)(production, "breaker", "payments", {}, system)
+    await database_sync_to_async(do_create_policy)(production, "cache", "prices", {}, system)
+    communicator = await _session_communicator(viewer)
+    connected, _ = await communicator.connect()
+    assert connected
+    layer = get_channel_layer()
+    for _ in range(50):
+        await layer.group_send(
+            group_name("production"), {"type": "live.changed", "changed": ["breaker:payments"]}
+        )
+    await layer.group_send(
+        group_name("production"), {"type": "live.changed", "changed": ["cache:prices"]}
+    )
+    html = await communicator.receive_from(timeout=5)
+    assert 'id="live-breaker-payments"' in html and 'hx-swap-oob="true"' in html
+    assert 'id="live-cache-prices"' in html
+    assert 'id="sync-summary"' in html
+    assert await communicator.receive_nothing(timeout=0.5)
+    await communicator.disconnect()
