@@ -39,6 +39,7 @@ urlpatterns = [
     path(POLICY, policy_views.policy_detail, name="policy-detail"),
     path(POLICY + "edit/", policy_views.policy_edit, name="policy-edit"),
     path(POLICY + "delete/", policy_views.policy_delete, name="policy-delete"),
+    path(POLICY + "series.json", live_views.series, name="live-series"),
     path(POLICY + "compare/", policy_views.policy_compare, name="policy-compare"),
     path(
         POLICY + "versions/<int:version>/restore/",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from typing import Any
+from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
@@ -40,6 +41,7 @@ class LiveConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
             return
         self.environment = environment
         self.can = await database_sync_to_async(abilities)(user)
+        self.focus = _focus(self.scope.get("query_string", b""))
         self._dirty: set[str] = set()
         self._flush: asyncio.Task[None] | None = None
         self.group = group_name(environment.name)
@@ -63,5 +65,14 @@ class LiveConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
     async def _send_after_pause(self) -> None:
         await asyncio.sleep(COALESCE_SECONDS)
         changed, self._dirty = self._dirty, set()
-        html = await database_sync_to_async(render_push)(self.environment, changed, self.can)
-        await self.send(text_data=html)
+        html = await database_sync_to_async(render_push)(
+            self.environment, changed, self.can, self.focus
+        )
+        if html:
+            await self.send(text_data=html)
+
+
+def _focus(query_string: bytes) -> str | None:
+    """``?policy=<kind>:<name>``: the page shows one policy's live section."""
+    values = parse_qs(query_string.decode("latin-1")).get("policy")
+    return values[0] if values else None

@@ -219,3 +219,24 @@ def top_rejected(
         for subject, score in reply:
             merged[subject] += score
     return sorted(merged.items(), key=lambda item: -item[1])[:limit]
+
+
+def breaker_instances(
+    client: redis.Redis, keys: KeyLayout, name: str
+) -> list[tuple[str, str, float]]:
+    """``(instance, state, since)`` of every instance that reported breaker ``name``."""
+    raw: dict[str, str] = client.hgetall(keys.live_breaker_states)  # type: ignore[assignment]
+    found = []
+    for key, value in raw.items():
+        breaker, _, instance = key.partition("|")
+        if breaker == name:
+            state, _, at = value.partition("|")
+            found.append((instance, state, float(at or 0)))
+    return sorted(found)
+
+
+SERIES: dict[str, tuple[str, ...]] = {
+    "breaker": ("calls", "failures", "slow", "rejected"),
+    "rate_limit": ("allowed", "rejected"),
+    "cache": ("hits", "local_hits", "misses"),
+}

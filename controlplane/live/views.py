@@ -2,8 +2,9 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import redis
 from django.contrib import messages
-from django.http import HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme
@@ -18,10 +19,12 @@ from controlplane.live.actions import (
     do_set_override,
 )
 from controlplane.live.models import BreakerEvent, DiscoveredName
+from controlplane.live.state import SERIES, read_history
 from controlplane.live.widgets import live_snapshot, overview
 from controlplane.policies.actions import do_create_policy
 from controlplane.policies.models import Environment
 from controlplane.protocol.schema import PolicyError
+from controlplane.redis_connection import get_redis
 
 # What each override button does: (kind, action) -> state to set, or a verb.
 ACTIONS = {
@@ -137,3 +140,21 @@ def breaker_events(request: HttpRequest, environment: str, name: str) -> HttpRes
     return render(
         request, "live/breaker_events.html", {"environment": env, "name": name, "events": events}
     )
+
+
+@role_required(Role.VIEWER)
+@require_GET
+def series(request: HttpRequest, environment: str, kind: str, name: str) -> JsonResponse:
+    """Per-second figures of one policy for its charts (the last 15 minutes by default)."""
+    env = _environment(environment)
+    if kind not in SERIES:
+        raise Http404("No live figures for this kind.")
+    try:
+        seconds = max(10, min(int(request.GET.get("seconds", 900)), 900))
+    except ValueError:
+        seconds = 900
+    try:
+        data = read_history(get_redis(), env.keys(), f"{kind}:{name}", SERIES[kind], seconds)
+    except redis.RedisError:
+        return JsonResponse({"error": "Redis cannot be reached"}, status=503)
+    return JsonResponse(data)

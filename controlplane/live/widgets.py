@@ -11,7 +11,13 @@ from django.template.loader import render_to_string
 
 from controlplane.live.actions import active_overrides
 from controlplane.live.models import Override
-from controlplane.live.state import LiveSnapshot, PolicyRates, read_snapshot, top_rejected
+from controlplane.live.state import (
+    LiveSnapshot,
+    PolicyRates,
+    breaker_instances,
+    read_snapshot,
+    top_rejected,
+)
 from controlplane.policies.models import Environment, Policy
 from controlplane.redis_connection import get_redis
 
@@ -138,8 +144,25 @@ ROW_TEMPLATES = {
 }
 
 
-def render_push(environment: Environment, changed: set[str], can: dict[str, bool]) -> str:
-    """The HTML fragments a websocket push carries: each swaps its element by id."""
+def render_push(
+    environment: Environment,
+    changed: set[str],
+    can: dict[str, bool],
+    focus: str | None = None,
+) -> str:
+    """The HTML fragments a websocket push carries: each swaps its element by id.
+
+    ``focus`` (``kind:name``) is set for a policy's own page, which shows that
+    policy's live section instead of the overview's rows.
+    """
+    if focus is not None:
+        kind, _, name = focus.partition(":")
+        policy = environment.policies.filter(kind=kind, name=name, deleted=False).first()
+        if policy is None or (focus not in changed and "@instances" not in changed):
+            return ""
+        return render_to_string(
+            "live/_policy_live.html", {**policy_live(policy), "can": can, "oob": True}
+        )
     fields = {c for c in changed if not c.startswith("@")}
     context = overview(environment, only=fields)
     parts = [
@@ -149,3 +172,27 @@ def render_push(environment: Environment, changed: set[str], can: dict[str, bool
     ]
     parts.append(render_to_string("live/_sync_summary.html", {**context, "oob": True}))
     return "\n".join(parts)
+
+
+def policy_live(policy: Policy) -> dict[str, Any]:
+    """The live section of a policy's page: fleet figures, per-instance states, override."""
+    environment = policy.environment
+    context = overview(environment, only={policy.field})
+    rows = context["rows"].get(policy.kind, [])
+    instances: list[tuple[str, str, float]] = []
+    if policy.kind == "breaker" and context["snapshot"].redis_ok:
+        try:
+            alive = {i.instance for i in context["snapshot"].instances}
+            instances = [
+                item
+                for item in breaker_instances(get_redis(), environment.keys(), policy.name)
+                if item[0] in alive
+            ]
+        except redis.RedisError:
+            instances = []
+    return {
+        "policy": policy,
+        "row": rows[0] if rows else None,
+        "instances": instances,
+        "snapshot": context["snapshot"],
+    }

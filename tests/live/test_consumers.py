@@ -104,3 +104,32 @@ async def test_viewer_receives_one_coalesced_push_for_many_changes(
     assert 'id="sync-summary"' in html
     assert await communicator.receive_nothing(timeout=0.5)
     await communicator.disconnect()
+
+
+async def test_policy_page_receives_only_its_own_section(
+    production: Environment, viewer: User, system: Actor
+) -> None:
+    await database_sync_to_async(do_create_policy)(production, "breaker", "payments", {}, system)
+    from django.test import Client
+
+    client = Client()
+    await database_sync_to_async(client.force_login)(viewer)
+    cookie = f"sessionid={client.cookies['sessionid'].value}".encode()
+    communicator = WebsocketCommunicator(
+        application,
+        "/ws/live/production/?policy=breaker:payments",
+        headers=[(b"origin", b"http://127.0.0.1"), (b"host", b"127.0.0.1"), (b"cookie", cookie)],
+    )
+    connected, _ = await communicator.connect()
+    assert connected
+    layer = get_channel_layer()
+    await layer.group_send(
+        group_name("production"), {"type": "live.changed", "changed": ["cache:other"]}
+    )
+    assert await communicator.receive_nothing(timeout=0.5)
+    await layer.group_send(
+        group_name("production"), {"type": "live.changed", "changed": ["breaker:payments"]}
+    )
+    html = await communicator.receive_from(timeout=5)
+    assert html.startswith('<section class="card" id="policy-live" hx-swap-oob="true">')
+    await communicator.disconnect()

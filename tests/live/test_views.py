@@ -228,3 +228,58 @@ def test_instances_page_flags_instances_behind(
     html = client.get("/e/production/instances/").content.decode()
     assert 'data-instance="fresh"' in html and 'data-instance="stale"' in html
     assert html.count("data-behind") == 1
+
+
+def test_policy_page_shows_live_state_per_instance_and_series(
+    client: Client,
+    viewer: User,
+    production: Environment,
+    policies: None,
+    redis_client: redis.Redis,
+) -> None:
+    for instance, state in (("i1", "open"), ("i2", "closed")):
+        redis_client.hset(
+            production.keys().instances,
+            instance,
+            json.dumps(
+                {
+                    "service": "shop",
+                    "host": "h",
+                    "pid": 1,
+                    "library_version": "0.1.0",
+                    "revision": production.revision,
+                    "connected": True,
+                    "at": time.time(),
+                }
+            ),
+        )
+        process_entries(
+            production,
+            [
+                (
+                    "1-0",
+                    {
+                        "type": "counters",
+                        "instance": instance,
+                        "data": json.dumps(
+                            {
+                                "at": time.time() - 2,
+                                "policies": {
+                                    "breaker:payments": {"calls": 4, "failures": 2, "state": state}
+                                },
+                            }
+                        ),
+                    },
+                )
+            ],
+        )
+    client.force_login(viewer)
+
+    html = client.get("/e/production/breaker/payments/").content.decode()
+
+    assert 'id="policy-live"' in html
+    assert html.count("data-instance-state=") == 2
+    assert "1 open, 1 closed" in html or "1 closed, 1 open" in html
+    assert 'ws-connect="/ws/live/production/?policy=breaker%3Apayments"' in html
+    series = client.get("/e/production/breaker/payments/series.json?seconds=10").json()
+    assert len(series["t"]) == 10 and sum(series["calls"]) == 8 and sum(series["failures"]) == 4
