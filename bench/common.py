@@ -8,7 +8,7 @@ import platform
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +30,24 @@ def per_call_us(fn: Callable[[], object], calls: int, repeats: int = 7) -> list[
         for _ in range(calls):
             fn()
         samples.append((time.perf_counter() - started) / calls * 1e6)
+    return samples
+
+
+def interleaved(
+    contenders: Mapping[str, tuple[Callable[[], object], int]], repeats: int = 7, warmup: int = 20
+) -> dict[str, list[float]]:
+    """``per_call_us`` of several contenders, ``{name: (fn, calls)}``, taking turns.
+
+    Each repeat runs every contender once, so a burst of load from the shared
+    machine falls on all of them rather than on whichever ran at that moment.
+    """
+    for fn, _ in contenders.values():
+        for _ in range(warmup):  # scripts loaded, connections open
+            fn()
+    samples: dict[str, list[float]] = {name: [] for name in contenders}
+    for _ in range(repeats):
+        for name, (fn, calls) in contenders.items():
+            samples[name] += per_call_us(fn, calls, repeats=1)
     return samples
 
 
