@@ -83,3 +83,22 @@ class AuditOut(Schema):
     reason: str
     changes: dict[str, Any]
     correlation_id: str | None
+
+
+class OverrideIn(Schema):
+    kind: Literal["breaker", "rate_limit"]
+    name: str
+    state: Literal["forced_open", "forced_closed", "disabled", "block_all", "bypass"]
+    reason: str = Field(min_length=1, description="Required: kept in the audit log.")
+    expires_in_seconds: float | None = Field(default=None, gt=0, le=366 * 86400)
+
+
+class OverrideOut(Schema):
+    kind: str
+    name: str
+    state: str
+    reason: str
+    actor: str
+    created_at: datetime
+    expires_at: datetime | None
+    revision: int

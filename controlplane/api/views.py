@@ -6,10 +6,12 @@ action functions. Errors are JSON naming the field.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404
+from django.utils import timezone
 from ninja import NinjaAPI, Query, Schema, Status
 from ninja.errors import HttpError, ValidationError
 from pydantic import Field
@@ -23,6 +25,8 @@ from controlplane.api.schemas import (
     EnvironmentOut,
     ErrorOut,
     Kind,
+    OverrideIn,
+    OverrideOut,
     PolicyIn,
     PolicyOut,
     PolicyPatch,
@@ -30,6 +34,8 @@ from controlplane.api.schemas import (
     VersionOut,
 )
 from controlplane.audit.models import AuditEntry
+from controlplane.live.actions import active_overrides, do_clear_override, do_set_override
+from controlplane.live.models import Override
 from controlplane.policies.actions import (
     StaleVersionError,
     do_create_policy,
@@ -234,7 +240,7 @@ class AuditQuery(Schema):
     object: str | None = None
     action: str | None = None
     limit: int = Field(100, ge=1, le=1000)
-    offset: int = Field(0, ge=0)
+    offset: int = Field(0, ge=0, le=1_000_000_000)
 
 
 @api.get("/audit", response={200: list[AuditOut], **AUTH_ERRORS})
@@ -269,3 +275,56 @@ def audit_log(request: HttpRequest, filters: Query[AuditQuery]) -> Any:
         }
         for e in window
     ]
+
+
+def _override_out(override: Override) -> dict[str, Any]:
+    return {
+        "kind": override.kind,
+        "name": override.name,
+        "state": override.state,
+        "reason": override.reason,
+        "actor": override.actor_name,
+        "created_at": override.created_at,
+        "expires_at": override.expires_at,
+        "revision": override.revision,
+    }
+
+
+@api.get("/environments/{environment}/overrides", response={200: list[OverrideOut], **READ})
+def list_overrides(request: HttpRequest, environment: str) -> Any:
+    """The overrides in force (lifted and expired ones are in the audit log)."""
+    require(request, Role.VIEWER)
+    env = get_object_or_404(Environment, name=environment)
+    return [_override_out(o) for o in active_overrides(env).values()]
+
+
+@api.post("/environments/{environment}/overrides", response={201: OverrideOut, **WRITE})
+def set_override(request: HttpRequest, environment: str, payload: OverrideIn) -> Any:
+    token = require(request, Role.OPERATOR)
+    env = get_object_or_404(Environment, name=environment)
+    expires_at = (
+        timezone.now() + timedelta(seconds=payload.expires_in_seconds)
+        if payload.expires_in_seconds
+        else None
+    )
+    override = do_set_override(
+        env,
+        payload.kind,
+        payload.name,
+        payload.state,
+        actor_for(request, token),
+        payload.reason,
+        expires_at,
+    )
+    return Status(201, _override_out(override))
+
+
+@api.delete("/environments/{environment}/overrides/{kind}/{name}", response={204: None, **WRITE})
+def lift_override(
+    request: HttpRequest, environment: str, kind: str, name: str, query: Query[DeleteQuery]
+) -> Any:
+    token = require(request, Role.OPERATOR)
+    env = get_object_or_404(Environment, name=environment)
+    if do_clear_override(env, kind, name, actor_for(request, token), query.reason) is None:
+        return Status(404, {"detail": f"No override in force for {kind}:{name}."})
+    return Status(204, None)

@@ -26,6 +26,14 @@ ENDPOINTS: list[tuple[str, str, Any, Role, int]] = [
     ("patch", P + "/rate_limit/api", {"spec": {"limit": 5}}, Role.EDITOR, 200),
     ("post", P + "/rate_limit/api/rollback", {"version": 1}, Role.EDITOR, 200),
     ("delete", P + "/rate_limit/api", None, Role.EDITOR, 204),
+    ("get", "/environments/production/overrides", None, Role.VIEWER, 200),
+    (
+        "post",
+        "/environments/production/overrides",
+        {"kind": "rate_limit", "name": "api", "state": "bypass", "reason": "test"},
+        Role.OPERATOR,
+        201,
+    ),
 ]
 CALLERS = ["none", "viewer", "operator", "editor", "admin", "expired", "revoked"]
 

@@ -119,3 +119,52 @@ def test_openapi_schema_is_served(api_as: Callable[..., ApiClient]) -> None:
     schema = api_as(Role.VIEWER).call("get", "/openapi.json").json()
     assert schema["info"]["title"] == "Resilience control plane API"
     assert "/api/v1/environments/{environment}/policies/{kind}/{name}/rollback" in schema["paths"]
+
+
+def test_overrides_set_list_and_lift(
+    api_as: Callable[..., ApiClient], production: Environment, redis_client: redis.Redis
+) -> None:
+    api = api_as(Role.OPERATOR)
+    created = api.call(
+        "post",
+        "/environments/production/overrides",
+        {
+            "kind": "breaker",
+            "name": "payments",
+            "state": "forced_open",
+            "reason": "db failover",
+            "expires_in_seconds": 600,
+        },
+    )
+    assert created.status_code == 201, created.content
+    assert created.json()["expires_at"] is not None
+    listed = api.call("get", "/environments/production/overrides").json()
+    assert [(o["name"], o["state"], o["actor"]) for o in listed] == [
+        ("payments", "forced_open", "token:operator-active")
+    ]
+    assert (
+        api.call(
+            "delete", "/environments/production/overrides/breaker/payments?reason=ok"
+        ).status_code
+        == 204
+    )
+    assert api.call("get", "/environments/production/overrides").json() == []
+    assert (
+        api.call("delete", "/environments/production/overrides/breaker/payments").status_code == 404
+    )
+    actions = list(
+        AuditEntry.objects.filter(object_name="payments").values_list("action", flat=True)
+    )
+    assert sorted(actions) == ["override.clear", "override.set"]
+
+
+def test_override_without_reason_is_refused_naming_it(
+    api_as: Callable[..., ApiClient], production: Environment
+) -> None:
+    response = api_as(Role.OPERATOR).call(
+        "post",
+        "/environments/production/overrides",
+        {"kind": "breaker", "name": "payments", "state": "forced_open", "reason": ""},
+    )
+    assert response.status_code == 422
+    assert "reason" in response.json()["errors"]

@@ -98,7 +98,7 @@ async def test_viewer_receives_one_coalesced_push_for_many_changes(
     await layer.group_send(
         group_name("production"), {"type": "live.changed", "changed": ["cache:prices"]}
     )
-    html = await communicator.receive_from(timeout=5)
+    html = await communicator.receive_from(timeout=15)
     assert 'id="live-breaker-payments"' in html and 'hx-swap-oob="true"' in html
     assert 'id="live-cache-prices"' in html
     assert 'id="sync-summary"' in html
@@ -130,6 +130,6 @@ async def test_policy_page_receives_only_its_own_section(
     await layer.group_send(
         group_name("production"), {"type": "live.changed", "changed": ["breaker:payments"]}
     )
-    html = await communicator.receive_from(timeout=5)
+    html = await communicator.receive_from(timeout=15)
     assert html.startswith('<section class="card" id="policy-live" hx-swap-oob="true">')
     await communicator.disconnect()
