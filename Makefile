@@ -9,6 +9,8 @@ RUN_STAMP := $(VENV)/.installed-server
 PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check
 HOST ?= 127.0.0.1
 PORT ?= 8000
+# `make run DEMO=false`: no simulated demo-shop traffic next to the server.
+DEMO ?= true
 
 .PHONY: install run test lint format bench stop-redis clean
 
@@ -25,13 +27,25 @@ $(STAMP): $(RUN_STAMP)
 install: $(STAMP)
 
 # A local run: DEBUG on (a development secret key) unless the environment says otherwise.
+# Daphne and the demo traffic run as children of one shell: Ctrl-C, or a signal to
+# make or that shell, stops both, and the shell waits for them before exiting.
 run: export DEBUG ?= true
 run: $(RUN_STAMP)
 	$(BIN)/python manage.py migrate --noinput -v0
 	$(BIN)/python manage.py ensure_demo_admin
 	$(BIN)/python manage.py load_example_policies
 	@echo "Serving on http://$(HOST):$(PORT)/ (log in with the demo administrator above)"
-	exec $(BIN)/daphne -b $(HOST) -p $(PORT) controlplane.asgi:application
+	@demo=; daphne=; stopping=; \
+	trap 'stopping=1; kill $$daphne $$demo 2>/dev/null' INT TERM HUP; \
+	if [ "$(DEMO)" = true ]; then \
+		echo "Demo traffic from demo-shop: http://$(HOST):$(PORT)/e/production/live/"; \
+		$(BIN)/python manage.py demo_traffic & demo=$$!; \
+	fi; \
+	$(BIN)/daphne -b $(HOST) -p $(PORT) controlplane.asgi:application & daphne=$$!; \
+	wait $$daphne; status=$$?; \
+	if kill -0 $$daphne 2>/dev/null; then wait $$daphne; status=$$?; fi; \
+	if [ -n "$$demo" ]; then [ -n "$$stopping" ] || kill $$demo 2>/dev/null; wait $$demo; fi; \
+	exit $$status
 
 test: $(STAMP)
 	$(BIN)/pytest

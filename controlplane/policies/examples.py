@@ -15,9 +15,10 @@ EXAMPLES: dict[str, list[tuple[str, str, dict[str, Any]]]] = {
             "payments",
             {
                 "failure_rate_threshold": 50,
-                "open_for": "30s",
-                "minimum_calls": 20,
-                "slow_call_duration": "2s",
+                "window_size": 20,
+                "minimum_calls": 10,
+                "open_for": "10s",
+                "slow_call_duration": "1s",
             },
         ),
         ("breaker", "inventory", {"window_type": "time", "window_size": 60, "open_for": "1m"}),
