@@ -1,0 +1,79 @@
+"""An incident as an operator lives it: a breaker opens, they trip it, a colleague sees it."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from django.contrib.auth.models import User
+
+from controlplane import demo
+from controlplane.live.ingest import Ingestor
+from controlplane.policies.examples import load_examples
+from tests.browser.conftest import log_in
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+ROW = 'tr[data-breaker="payments"]'
+
+
+@pytest.fixture
+def demo_traffic(settings: Any) -> Iterator[None]:
+    """Example policies, the ingest, and the demo service with a short failure cycle."""
+    load_examples()
+    ingestor = Ingestor(block_ms=100)
+    ingestor.start()
+    stop = threading.Event()
+    worker = threading.Thread(
+        target=demo.run,
+        args=(settings.REDIS_URL,),
+        kwargs={"key_prefix": settings.REDIS_KEY_PREFIX, "stop_event": stop, "cycle_seconds": 6.0},
+        daemon=True,
+    )
+    worker.start()
+    yield
+    stop.set()
+    worker.join(timeout=20)
+    ingestor.stop()
+
+
+def test_operator_watches_a_breaker_open_trips_it_and_a_colleague_sees_it(
+    live_url: str, browser: Any, operator: User, viewer: User, demo_traffic: None
+) -> None:
+    olga = log_in(browser, live_url, "olga")
+    olga.goto(f"{live_url}/e/production/live/")
+    olga.wait_for_selector('[data-live-status="connected"]')
+    # Pushed over the websocket when the simulated upstream starts failing.
+    olga.wait_for_selector(
+        f'{ROW}[data-state="open"], {ROW}[data-state="half_open"]', timeout=60_000
+    )
+
+    alice = log_in(browser, live_url, "alice")
+    alice.goto(f"{live_url}/e/production/live/")
+    alice.wait_for_selector('[data-live-status="connected"]')
+    assert alice.locator(f"{ROW} .override-form").count() == 0  # viewers get no controls
+
+    row = olga.locator(ROW)
+    row.locator("select[name=action]").select_option("trip")
+    row.locator("input[name=reason]").fill("incident 7: payments provider down")
+    row.locator("button[type=submit]").click()
+    olga.wait_for_selector("text=Trip: breaker payments.")
+
+    # Alice's page changes without a reload.
+    alice.wait_for_selector(f"{ROW} [data-override]:has-text('forced open by olga')")
+    alice.wait_for_selector(f'{ROW}[data-state="forced_open"]', timeout=30_000)
+
+    row = olga.locator(ROW)
+    row.locator("select[name=action]").select_option("reset")
+    row.locator("input[name=reason]").fill("provider recovered")
+    row.locator("button[type=submit]").click()
+    olga.wait_for_selector("text=Reset: breaker payments.")
+    alice.wait_for_selector(f"{ROW} [data-override]:has-text('none')")
+
+    olga.goto(f"{live_url}/audit/?object=payments&action=override")
+    actions = olga.locator("tr[data-action]")
+    texts = [actions.nth(i).inner_text() for i in range(actions.count())]
+    assert any("override.set" in t and "incident 7" in t for t in texts)
+    assert any("override.reset" in t and "provider recovered" in t for t in texts)
