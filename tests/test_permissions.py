@@ -103,3 +103,29 @@ def test_navigation_shows_only_what_the_role_may_do(
     as_editor = client.get(POLICY).content.decode()
     assert "/edit/" not in as_viewer and "Restore" not in as_viewer and "New cache" not in as_viewer
     assert "/edit/" in as_editor and "Restore" in as_editor
+
+
+WEBSOCKET = "/ws/live/production/"
+
+
+@pytest.mark.parametrize("who", CAST)
+async def test_websocket_permission_matrix(request: pytest.FixtureRequest, who: str, api: None) -> None:
+    from channels.db import database_sync_to_async
+    from channels.testing import WebsocketCommunicator
+
+    from controlplane.asgi import application
+
+    headers = [(b"origin", b"http://127.0.0.1"), (b"host", b"127.0.0.1")]
+    if who != "anonymous":
+        user: User = await database_sync_to_async(request.getfixturevalue)(who)
+        client = Client()
+        await database_sync_to_async(client.force_login)(user)
+        headers.append((b"cookie", f"sessionid={client.cookies['sessionid'].value}".encode()))
+    communicator = WebsocketCommunicator(application, WEBSOCKET, headers=headers)
+    connected, code = await communicator.connect()
+    expected = _expected(who, Role.VIEWER)
+    if expected == "ok":
+        assert connected
+    else:
+        assert not connected and code == (4401 if expected == "login" else 4403)
+    await communicator.disconnect()

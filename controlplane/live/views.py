@@ -85,6 +85,7 @@ def adopt(request: HttpRequest, environment: str, discovered_id: int) -> HttpRes
             found.defaults,
             Actor.from_request(request),
             request.POST.get("reason") or "Adopted from the code defaults",
+            audit_action="policy.adopt",
         )
     except PolicyError as exc:
         messages.error(request, f"Could not adopt {found.name}: {exc}")

@@ -66,6 +66,7 @@ def _record(
     actor: Actor,
     reason: str,
     before: Policy | None,
+    audit_action: str = "",
 ) -> PolicyVersion:
     """Save ``policy`` as a new version, audit it, and publish it once the transaction commits."""
     policy.revision = next_revision(policy.environment)
@@ -85,7 +86,7 @@ def _record(
     )
     record(
         actor,
-        f"policy.{action}",
+        audit_action or f"policy.{action}",
         environment=policy.environment.name,
         kind=policy.kind,
         name=policy.name,
@@ -119,8 +120,14 @@ def do_create_policy(
     spec: Mapping[str, Any],
     actor: Actor,
     reason: str = "",
+    *,
+    audit_action: str = "",
 ) -> Policy:
-    """Create a policy (or bring back a deleted one of the same name)."""
+    """Create a policy (or bring back a deleted one of the same name).
+
+    ``audit_action`` names the action in the audit log when it is more than a
+    create (``policy.adopt``).
+    """
     kind_spec(kind)
     validate_name(name)
     clean = validate_spec(kind, spec)
@@ -140,7 +147,7 @@ def do_create_policy(
             )
         policy.spec = clean
         policy.deleted = False
-        _record(policy, PolicyVersion.Action.CREATE, actor, reason, before)
+        _record(policy, PolicyVersion.Action.CREATE, actor, reason, before, audit_action)
     return policy
 
 

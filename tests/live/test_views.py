@@ -198,7 +198,7 @@ def test_adopt_creates_a_policy_from_code_defaults(
         'data-discovered="breaker:search"'
         not in client.get("/e/production/discovered/").content.decode()
     )
-    assert AuditEntry.objects.get(action="policy.create", object_name="search").actor_name == "erin"
+    assert AuditEntry.objects.get(action="policy.adopt", object_name="search").actor_name == "erin"
 
 
 def test_instances_page_flags_instances_behind(

@@ -141,3 +141,43 @@ def test_an_older_publish_arriving_late_never_replaces_a_newer_one(
     stored = json.loads(redis_client.hget(keys.policies, "rate_limit:api"))
     assert stored["spec"]["limit"] == 20
     assert MetaDocument.decode(redis_client.get(keys.meta)).revision == 2
+
+
+def test_two_editors_saving_at_the_same_moment_one_wins_the_other_is_told(
+    production: Environment, system: Actor
+) -> None:
+    import threading
+
+    from django.db import connection
+
+    policy = do_create_policy(production, "rate_limit", "api", {"limit": 10}, system)
+    barrier = threading.Barrier(2)
+    outcomes: list[str] = []
+
+    def save(limit: int, name: str) -> None:
+        try:
+            barrier.wait(timeout=10)
+            do_update_policy(policy, {"limit": limit}, Actor.system(name), expected_version=1)
+            outcomes.append(f"saved by {name}")
+        except StaleVersionError as exc:
+            outcomes.append(f"refused: {exc.current.author_name} was first")
+        finally:
+            connection.close()
+
+    threads = [
+        threading.Thread(target=save, args=(20, "erin")),
+        threading.Thread(target=save, args=(30, "bob")),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+
+    assert len(outcomes) == 2
+    saved = [o for o in outcomes if o.startswith("saved")]
+    refused = [o for o in outcomes if o.startswith("refused")]
+    assert len(saved) == 1 and len(refused) == 1
+    winner = saved[0].removeprefix("saved by ")
+    assert refused[0] == f"refused: {winner} was first"
+    policy.refresh_from_db()
+    assert policy.version == 2 and policy.spec["limit"] == (20 if winner == "erin" else 30)
