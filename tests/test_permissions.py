@@ -109,7 +109,9 @@ WEBSOCKET = "/ws/live/production/"
 
 
 @pytest.mark.parametrize("who", CAST)
-async def test_websocket_permission_matrix(request: pytest.FixtureRequest, who: str, api: None) -> None:
+async def test_websocket_permission_matrix(
+    request: pytest.FixtureRequest, who: str, api: None
+) -> None:
     from channels.db import database_sync_to_async
     from channels.testing import WebsocketCommunicator
 
