@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from collections.abc import Iterator
+
+from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
 
 PUBLISHES = Counter(
     "controlplane_publishes_total",
@@ -29,3 +32,62 @@ REDIS_ERRORS = Counter(
     "Redis operations of the control plane that failed, by operation.",
     ["operation"],
 )
+WEBSOCKETS = Gauge(
+    "controlplane_websocket_connections",
+    "Open websocket connections of live pages in this process.",
+)
+REPORTS_INGESTED = Counter(
+    "controlplane_reports_ingested_total",
+    "Client report entries processed by this process, by type.",
+    ["type"],
+)
+
+
+class FleetCollector:
+    """The fleet's state as clients report it, read from the live state at scrape time."""
+
+    def describe(self) -> list[Metric]:
+        return []  # not known before the first scrape: environments and policies vary
+
+    def collect(self) -> Iterator[Metric]:
+        from controlplane.live.state import read_snapshot
+        from controlplane.policies.models import Environment
+        from controlplane.redis_connection import get_redis
+
+        states = GaugeMetricFamily(
+            "controlplane_fleet_breaker_instances",
+            "Instances reporting each breaker in each state.",
+            labels=["environment", "breaker", "state"],
+        )
+        rates = GaugeMetricFamily(
+            "controlplane_fleet_events_per_second",
+            "Per-second rate over the last 5 s, summed over instances, by policy and counter "
+            "(calls, failures, slow, rejected, allowed, hits, misses...).",
+            labels=["environment", "policy", "counter"],
+        )
+        hit_ratio = GaugeMetricFamily(
+            "controlplane_fleet_cache_hit_ratio",
+            "Share of cache lookups served from the cache over the last 5 s (0 to 1).",
+            labels=["environment", "cache"],
+        )
+        instances = GaugeMetricFamily(
+            "controlplane_fleet_instances", "Client instances reporting.", labels=["environment"]
+        )
+        try:
+            for environment in Environment.objects.all():
+                snapshot = read_snapshot(get_redis(), environment.keys())
+                instances.add_metric([environment.name], len(snapshot.instances))
+                for breaker, counts in snapshot.breaker_states.items():
+                    for state, count in counts.items():
+                        states.add_metric([environment.name, breaker, state], count)
+                for policy, policy_rates in snapshot.rates.items():
+                    for counter in policy_rates.counters:
+                        rates.add_metric(
+                            [environment.name, policy, counter], policy_rates.per_second(counter)
+                        )
+                    ratio = policy_rates.hit_ratio
+                    if policy.startswith("cache:") and ratio is not None:
+                        hit_ratio.add_metric([environment.name, policy[6:]], ratio / 100)
+        except Exception:  # a scrape must still return the process's own metrics
+            REDIS_ERRORS.labels("metrics").inc()
+        yield from (states, rates, hit_ratio, instances)

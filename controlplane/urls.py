@@ -4,6 +4,7 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
+from controlplane import health
 from controlplane.accounts import views as account_views
 from controlplane.accounts.login import LoginView
 from controlplane.api.views import api
@@ -14,6 +15,9 @@ from controlplane.policies import views as policy_views
 POLICY = "e/<str:environment>/<str:kind>/<str:name>/"
 
 urlpatterns = [
+    path("healthz", health.healthz, name="healthz"),
+    path("readyz", health.readyz, name="readyz"),
+    path("metrics", health.metrics, name="metrics"),
     path("", policy_views.dashboard, name="dashboard"),
     path(
         "e/<str:environment>/export.<str:fmt>",

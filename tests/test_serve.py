@@ -37,6 +37,7 @@ def _env(var_dir: Path) -> dict[str, str]:
         SECRET_KEY="serve-test",
         DJANGO_SETTINGS_MODULE="controlplane.settings",
         RECONCILE_INTERVAL="0.1",
+        SECURE_SSL_REDIRECT="false",
     )
     return env
 

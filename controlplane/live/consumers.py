@@ -13,6 +13,7 @@ from controlplane.accounts.context_processors import abilities
 from controlplane.accounts.roles import Role, has_role
 from controlplane.live.ingest import group_name
 from controlplane.live.widgets import render_push
+from controlplane.metrics import WEBSOCKETS
 from controlplane.policies.models import Environment
 
 # However many reports arrive, a viewer's widgets re-render at most this often.
@@ -47,8 +48,12 @@ class LiveConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         self.group = group_name(environment.name)
         await self.channel_layer.group_add(self.group, self.channel_name)
         await self.accept()
+        WEBSOCKETS.inc()
+        self.counted = True
 
     async def disconnect(self, code: int) -> None:
+        if getattr(self, "counted", False):
+            WEBSOCKETS.dec()
         if hasattr(self, "group"):
             await self.channel_layer.group_discard(self.group, self.channel_name)
         if getattr(self, "_flush", None) is not None and self._flush is not None:

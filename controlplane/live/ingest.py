@@ -26,12 +26,14 @@ from django.db import close_old_connections
 
 from controlplane.live import state
 from controlplane.live.models import BreakerEvent, DiscoveredName
+from controlplane.metrics import REPORTS_INGESTED
 from controlplane.policies.models import Environment, Policy
 from controlplane.redis_connection import get_redis
 
 logger = logging.getLogger(__name__)
 
 GROUP = "controlplane"
+REPORT_TYPES = ("heartbeat", "transition", "counters", "discovered")
 BATCH = 500
 CLAIM_IDLE_MS = 60_000
 
@@ -74,6 +76,7 @@ def process_entries(
                 continue
             kind = fields.get("type")
             instance = fields.get("instance", "")
+            REPORTS_INGESTED.labels(kind if kind in REPORT_TYPES else "other").inc()
             if kind == "counters" and isinstance(data.get("policies"), dict):
                 changed |= state.record_counters(pipe, keys, instance, _at(data), data["policies"])
             elif kind == "transition":

@@ -193,6 +193,8 @@ def quick_check() -> list[Environment]:
 
 
 class Reconciler(threading.Thread):
+    last_success: float = 0.0  # monotonic time of the last run that reached Redis
+
     """Background thread: a quick check every interval, a full comparison less often."""
 
     def __init__(self, interval: float | None = None, full_interval: float | None = None) -> None:
@@ -220,6 +222,7 @@ class Reconciler(threading.Thread):
                 else:
                     for environment in quick_check():
                         reconcile_environment(environment)
+                self.last_success = time.monotonic()
                 if redis_was_down:
                     logger.info("Redis answers again; the reconciler is catching up")
                     redis_was_down = False
@@ -247,3 +250,18 @@ def start_reconciler() -> Reconciler:
             _reconciler = Reconciler()
             _reconciler.start()
         return _reconciler
+
+
+def reconciler_health() -> bool:
+    """Whether this process's reconciler (if it runs one) is alive and caught up.
+
+    Behind means no successful comparison for five intervals, or an environment
+    whose revision in Redis still differs from the database.
+    """
+    if not settings.RECONCILER_ENABLED:
+        return not quick_check()
+    reconciler = _reconciler
+    if reconciler is None or not reconciler.is_alive():
+        return False
+    age = time.monotonic() - reconciler.last_success
+    return age <= max(5 * reconciler.interval, 5.0) and not quick_check()

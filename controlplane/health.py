@@ -1,0 +1,89 @@
+"""Health, readiness and Prometheus endpoints: for load balancers and scrapers.
+
+``/healthz`` says the process answers. ``/readyz`` checks the database, Redis
+and that the reconciler is not behind; it names each check and nothing else.
+``/metrics`` needs ``Authorization: Bearer $METRICS_TOKEN`` when that setting
+is set, and otherwise answers only to addresses in ``METRICS_ALLOWED_IPS``
+(loopback by default).
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+
+import redis
+from django.conf import settings
+from django.db import DatabaseError, connection
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+
+from controlplane.metrics import FleetCollector
+from controlplane.redis_connection import get_redis
+
+logger = logging.getLogger(__name__)
+REGISTRY.register(FleetCollector())
+
+
+@never_cache
+@require_GET
+def healthz(request: HttpRequest) -> HttpResponse:
+    return HttpResponse("ok\n", content_type="text/plain")
+
+
+def _database_ok() -> bool:
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+        return True
+    except DatabaseError:
+        return False
+
+
+def _redis_ok() -> bool:
+    try:
+        return bool(get_redis().ping())
+    except redis.RedisError:
+        return False
+
+
+def _reconciler_ok() -> bool:
+    from controlplane.policies.reconcile import reconciler_health
+
+    return reconciler_health()
+
+
+@never_cache
+@require_GET
+def readyz(request: HttpRequest) -> JsonResponse:
+    checks = {
+        "database": _database_ok(),
+        "redis": _redis_ok(),
+    }
+    checks["reconciler"] = checks["database"] and checks["redis"] and _reconciler_ok()
+    ready = all(checks.values())
+    return JsonResponse(
+        {
+            "status": "ready" if ready else "not ready",
+            "checks": {name: "ok" if ok else "failing" for name, ok in checks.items()},
+        },
+        status=200 if ready else 503,
+    )
+
+
+def _metrics_allowed(request: HttpRequest) -> bool:
+    token: str = settings.METRICS_TOKEN
+    if token:
+        header = request.headers.get("Authorization", "")
+        return hmac.compare_digest(header.encode(), f"Bearer {token}".encode())
+    return request.META.get("REMOTE_ADDR", "") in settings.METRICS_ALLOWED_IPS
+
+
+@never_cache
+@require_GET
+def metrics(request: HttpRequest) -> HttpResponse:
+    if not _metrics_allowed(request):
+        return HttpResponse("forbidden\n", status=403, content_type="text/plain")
+    return HttpResponse(generate_latest(REGISTRY), content_type=CONTENT_TYPE_LATEST)
