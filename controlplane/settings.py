@@ -15,7 +15,9 @@ from django.core.exceptions import ImproperlyConfigured
 from controlplane.env import env_bool, env_float, env_list, env_str
 from controlplane.protocol.keys import PREFIX_PATTERN
 
-BASE_DIR = Path(__file__).resolve().parent.parent
+# Where templates/ and static/ are: the checkout, or CONTROLPLANE_HOME in an image
+# where the package itself is installed in site-packages.
+BASE_DIR = Path(env_str("CONTROLPLANE_HOME") or Path(__file__).resolve().parent.parent)
 VAR_DIR = Path(env_str("CONTROLPLANE_VAR_DIR") or BASE_DIR / "var")
 
 DEBUG = env_bool("DEBUG", False)
@@ -170,7 +172,7 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
-STATIC_ROOT = VAR_DIR / "static"
+STATIC_ROOT = Path(env_str("STATIC_ROOT") or VAR_DIR / "static")
 # Daphne serves static files through WhiteNoise: from STATIC_ROOT once
 # `collectstatic` ran (production), straight from the source folders in DEBUG.
 WHITENOISE_USE_FINDERS = DEBUG
