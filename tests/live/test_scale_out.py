@@ -16,12 +16,14 @@ import socket
 import struct
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from http.cookies import SimpleCookie
 from typing import Any
 from urllib.parse import urlencode
 
 import pytest
+from asgiref.sync import AsyncToSync, SyncToAsync
 from channels.layers import channel_layers
 from channels.testing.live import make_application, set_database_connection
 from daphne.testing import DaphneProcess
@@ -52,6 +54,11 @@ def _layers(redis_url: str, key_prefix: str) -> dict[str, Any]:
 def _child_setup(key_prefix: str, redis_url: str, layers: dict[str, Any]) -> None:
     from django.conf import settings
 
+    # A forked child inherits asgiref's executors without their worker threads
+    # (the parent's async tests started them): give it fresh ones.
+    SyncToAsync.single_thread_executor = ThreadPoolExecutor(max_workers=1)
+    SyncToAsync.context_to_thread_executor.clear()
+    AsyncToSync.loop_thread_executors.clear()
     set_database_connection()
     settings.REDIS_KEY_PREFIX = key_prefix
     settings.REDIS_URL = redis_url

@@ -72,8 +72,10 @@ def test_reconciler_restores_everything_after_flushall(
     get_redis().flushall()
 
     def restored() -> bool:
+        # The meta revision comes back last, once an environment's repair is complete.
         return all(
-            get_redis().hgetall(env.keys().policies) == before[env.name]
+            get_redis().get(env.keys().meta) is not None
+            and get_redis().hgetall(env.keys().policies) == before[env.name]
             for env in (production, staging)
         )
 
