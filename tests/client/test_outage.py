@@ -40,6 +40,11 @@ def test_traffic_through_a_redis_outage(
     def price(sku: str) -> int:
         return len(sku)
 
+    @breaker
+    def pay(declined: bool) -> None:
+        if declined:
+            raise UpstreamError("declined")
+
     seen: Counter[str] = Counter()
     unexpected: list[BaseException] = []
     stop = threading.Event()
@@ -52,13 +57,7 @@ def test_traffic_through_a_redis_outage(
                 limiter.hit(f"user:{worker}")
                 assert price(f"sku-{calls % 7}") == len(f"sku-{calls % 7}")
                 client.config.get("banner", "default")
-
-                @breaker
-                def pay() -> None:
-                    if calls % 3 == 0:
-                        raise UpstreamError("declined")
-
-                pay()
+                pay(calls % 3 == 0)
                 seen["ok"] += 1
             except (CircuitOpenError, RateLimitExceeded, UpstreamError) as exc:
                 seen[type(exc).__name__] += 1
