@@ -19,6 +19,7 @@ urlpatterns = [
     path("readyz", health.readyz, name="readyz"),
     path("metrics", health.metrics, name="metrics"),
     path("", policy_views.dashboard, name="dashboard"),
+    path("environments/new/", policy_views.environment_create, name="environment-create"),
     path(
         "e/<str:environment>/export.<str:fmt>",
         policy_views.environment_export,

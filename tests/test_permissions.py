@@ -38,6 +38,7 @@ PAGES: list[tuple[str, str, Role]] = [
     ("get", "/e/production/discovered/", Role.VIEWER),
     ("get", "/e/production/breaker/payments/events/", Role.VIEWER),
     ("post", "/e/production/override/", Role.OPERATOR),
+    ("post", "/environments/new/", Role.ADMIN),
     ("get", "/tokens/", Role.ADMIN),
     ("post", "/tokens/", Role.ADMIN),
 ]

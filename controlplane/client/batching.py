@@ -1,7 +1,10 @@
-"""Send concurrent Lua script calls of one event loop to Redis together.
+"""Run Lua scripts on Redis with as little client work per call as possible.
 
-Every ``EVALSHA`` submitted during one event-loop iteration is queued; at the
-end of the iteration (``loop.call_soon``), or as soon as ``max_batch`` calls
+Sync: :class:`ScriptRunner` sends one ``EVALSHA`` per call on a connection of
+the client's pool, kept checked out between calls (see the class).
+
+Async: every ``EVALSHA`` submitted during one event-loop iteration is queued; at
+the end of the iteration (``loop.call_soon``), or as soon as ``max_batch`` calls
 are waiting, they go out together, as a pipeline without ``MULTI`` does: one
 write on one connection, then the replies in order (one round trip).
 Each script still runs atomically on its own; the pipeline only saves round
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -30,6 +34,7 @@ if TYPE_CHECKING:
     from controlplane.client.client import Client
 
 MAX_BATCH = 256
+MAX_IDLE = 32  # connections a ScriptRunner keeps between calls; more go back to the pool
 
 
 @dataclass(frozen=True)
@@ -51,12 +56,100 @@ class LuaScript:
             return client.evalsha(self.sha, len(keys), *keys, *args)
 
 
-@dataclass
-class _Call:
-    script: LuaScript
-    keys: Sequence[str]
-    args: Sequence[str]
-    future: asyncio.Future[Any]
+class ScriptRunner:
+    """Run Lua scripts on a synchronous client's pool: one ``EVALSHA``, one round trip per call.
+
+    ``client.evalsha`` checks a connection out of the pool and back in for every
+    command; on this path that bookkeeping (locks, pool metrics and events, and
+    three system calls to probe the socket) costs more than the script. A runner
+    keeps up to ``max_idle`` connections of the pool checked out between its
+    calls instead, on a stack that threads share (one call uses a connection at
+    a time). Before reuse, a connection with anything to read (closed by the
+    server, say) is disconnected and connects again, as the pool would do (one
+    non-blocking read, ``can_read``). On any failure but an error reply the
+    connection is disconnected and returned to the pool, so no reply is ever
+    left unread on it. Timeouts and health checks are the connection's own.
+    ``pool.disconnect()`` (``Redis.close()``) closes these connections too; a
+    forked child forgets its parent's (``os.register_at_fork``).
+    """
+
+    def __init__(self, pool: redis.ConnectionPool, max_idle: int = MAX_IDLE) -> None:
+        self.pool = pool
+        self._max_idle = max_idle
+        self._idle: list[Any] = []
+        _runners.add(self)
+
+    def run(self, script: LuaScript, keys: Sequence[str], args: Sequence[str]) -> Any:
+        """Run the script in one round trip (two more only after a Redis restart)."""
+        command = ("EVALSHA", script.sha, len(keys), *keys, *args)
+        try:
+            return self.execute(command)
+        except redis.exceptions.NoScriptError:
+            self.execute(("SCRIPT", "LOAD", script.source))
+            return self.execute(command)
+
+    def execute(self, command: tuple[Any, ...]) -> Any:
+        """Send one command and return its reply (an error reply raises ``ResponseError``)."""
+        try:
+            connection = self._idle.pop()
+        except IndexError:
+            connection = self.pool.get_connection()  # checked by the pool
+        else:
+            try:
+                if connection.can_read(0):  # unexpected data, or closed by the server
+                    connection.disconnect()  # the send below connects again
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
+                connection.disconnect()
+        try:
+            if _pack_command is not None:
+                connection.send_packed_command([_pack_command(command)])
+            else:
+                connection.send_command(*command)
+            reply = connection.read_response()
+        except redis.exceptions.ResponseError:
+            self._keep(connection)  # an error reply, read whole: the connection is fine
+            raise
+        except BaseException:
+            # Maybe half sent, or a reply left unread: never reuse this connection as is.
+            connection.disconnect()
+            self.pool.release(connection)
+            raise
+        self._keep(connection)
+        return reply
+
+    def _keep(self, connection: Any) -> None:
+        if len(self._idle) < self._max_idle:
+            self._idle.append(connection)
+        else:
+            self.pool.release(connection)
+
+    def _forget(self) -> None:
+        # In a forked child: the parent's sockets are not ours to use (nor to shut down).
+        self._idle = []
+
+
+_runners: weakref.WeakSet[ScriptRunner] = weakref.WeakSet()
+# Runners hold the pool, not the client, so a client's runner goes away with it.
+_runner_of: weakref.WeakKeyDictionary[redis.Redis, ScriptRunner] = weakref.WeakKeyDictionary()
+
+
+def runner_for(client: redis.Redis) -> ScriptRunner:
+    """Return the script runner of a synchronous client (one per client)."""
+    runner = _runner_of.get(client)
+    if runner is None or runner.pool is not client.connection_pool:
+        runner = _runner_of[client] = ScriptRunner(client.connection_pool)
+    return runner
+
+
+def _forget_connections_in_child() -> None:
+    for runner in list(_runners):
+        runner._forget()
+
+
+os.register_at_fork(after_in_child=_forget_connections_in_child)
+
+
+_Call = tuple[LuaScript, tuple[Any, ...], "asyncio.Future[Any]"]  # script, EVALSHA, future
 
 
 class AsyncBatcher:
@@ -77,8 +170,9 @@ class AsyncBatcher:
         """Queue one call; the future gets its reply or the Redis error."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        self._pending.append(_Call(script, keys, args, future))
-        if len(self._pending) >= self._max_batch:
+        pending = self._pending
+        pending.append((script, ("EVALSHA", script.sha, len(keys), *keys, *args), future))
+        if len(pending) >= self._max_batch:
             self._flush()
         elif not self._scheduled:
             self._scheduled = True
@@ -105,25 +199,25 @@ class AsyncBatcher:
                 if isinstance(reply, redis.exceptions.NoScriptError)
             ]
             if missing:  # Redis restarted and lost its scripts: load them, run those again
-                for script in {batch[i].script for i in missing}:
+                for script in {batch[i][0] for i in missing}:
                     await self._redis.script_load(script.source)
                 again = await self._execute([batch[i] for i in missing])
                 for i, reply in zip(missing, again, strict=True):
                     replies[i] = reply
         except BaseException as exc:  # the pipeline failed as a whole: every call fails
-            for call in batch:
-                if not call.future.done():
-                    call.future.set_exception(_as_exception(exc))
+            for _, _, future in batch:
+                if not future.done():
+                    future.set_exception(_as_exception(exc))
             if not isinstance(exc, Exception):
                 raise
             return
-        for call, reply in zip(batch, replies, strict=True):
-            if call.future.done():
+        for (_, _, future), reply in zip(batch, replies, strict=True):
+            if future.done():
                 continue  # the caller gave up (cancelled)
             if isinstance(reply, Exception):
-                call.future.set_exception(reply)
+                future.set_exception(reply)
             else:
-                call.future.set_result(reply)
+                future.set_result(reply)
 
     async def _execute(self, batch: list[_Call]) -> list[Any]:
         """Send every call in one write and read the replies: one round trip.
@@ -132,20 +226,15 @@ class AsyncBatcher:
         (hiredis packs the commands when installed); an error reply of one call
         (``NOSCRIPT``, a script error) is returned in its place, not raised.
         """
-        commands = [
-            ("EVALSHA", call.script.sha, len(call.keys), *call.keys, *call.args) for call in batch
-        ]
         pool = self._redis.connection_pool
         connection = await pool.get_connection()  # type: ignore[no-untyped-call]
         try:
             if _pack_command is not None:
-                packed: bytes | list[bytes] = b"".join(
-                    [_pack_command(command) for command in commands]
-                )
+                packed: bytes | list[bytes] = b"".join([_pack_command(call[1]) for call in batch])
             else:
-                packed = connection.pack_commands(commands)
+                packed = connection.pack_commands([call[1] for call in batch])
             await connection.send_packed_command(packed, check_health=False)
-            return await self._read_replies(connection, len(commands))
+            return await self._read_replies(connection, len(batch))
         except BaseException:
             # Replies may be left unread on this connection: never reuse it.
             await connection.disconnect(nowait=True)

@@ -29,7 +29,13 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import redis
 
-from controlplane.client.batching import AsyncBatcher, LuaScript, batcher_for
+from controlplane.client.batching import (
+    AsyncBatcher,
+    LuaScript,
+    ScriptRunner,
+    batcher_for,
+    runner_for,
+)
 from controlplane.client.errors import RateLimitExceeded
 from controlplane.protocol.schema import RATE_LIMIT, validate_spec
 
@@ -56,6 +62,7 @@ KEY_SUFFIXES: Final = {
 }
 GLOBAL_SUBJECT: Final = "global"
 LOCAL_SUBJECTS: Final = 10_000  # subjects the local fallback remembers (LRU)
+KEYS_CACHED: Final = 10_000  # subjects whose key a limiter remembers (forgotten all at once)
 TOP_SUBJECTS_TRACKED: Final = 1_000  # distinct rejected subjects counted per interval
 REDIS_RETRY_AFTER: Final = 1.0  # after a Redis failure, skip Redis this long
 DENY_RETRY_AFTER: Final = 1.0
@@ -88,6 +95,45 @@ class Decision:
     source: str = "redis"
 
 
+# A frozen dataclass's __init__ sets each field through object.__setattr__; the
+# hot path writes the slots directly instead (the same object, in a third of the time).
+_new_object = object.__new__
+(
+    _set_allowed,
+    _set_limit,
+    _set_remaining,
+    _set_reset_after,
+    _set_retry_after,
+    _set_observed_rejection,
+    _set_source,
+) = (
+    getattr(Decision, name).__set__
+    for name in (
+        "allowed",
+        "limit",
+        "remaining",
+        "reset_after",
+        "retry_after",
+        "observed_rejection",
+        "source",
+    )
+)
+
+
+def _redis_decision(reply: Any) -> Decision:
+    """The decision of a script reply: ``{allowed, limit, remaining, reset_ms, retry_ms}``."""
+    allowed, limit, remaining, reset_ms, retry_ms = reply
+    decision: Decision = _new_object(Decision)
+    _set_allowed(decision, allowed == 1)
+    _set_limit(decision, int(limit))
+    _set_remaining(decision, int(remaining))
+    _set_reset_after(decision, reset_ms / 1000.0)
+    _set_retry_after(decision, retry_ms / 1000.0)
+    _set_observed_rejection(decision, False)
+    _set_source(decision, "redis")
+    return decision
+
+
 @dataclass(frozen=True)
 class LimiterSettings:
     """A limiter's effective policy, swapped as a whole when the policy changes."""
@@ -118,6 +164,23 @@ class LimiterSettings:
     @functools.cached_property
     def argv(self) -> tuple[str, str, str]:
         return (str(self.limit), repr(self.period * 1000.0), str(self.capacity))
+
+
+class _Prepared:
+    """What a check needs from one version of the settings, computed once per version.
+
+    Swapped as a whole with the settings, so a check never mixes two versions
+    (a key cached under one algorithm's suffix is never used under another).
+    """
+
+    __slots__ = ("settings", "script", "hit_args", "peek_args", "keys")
+
+    def __init__(self, settings: LimiterSettings) -> None:
+        self.settings = settings
+        self.script = settings.script
+        self.hit_args = (*settings.argv, "1", "0")  # cost 1
+        self.peek_args = (*settings.argv, "1", "1")
+        self.keys: dict[str, str] = {}  # subject -> key, at most KEYS_CACHED
 
 
 class _LocalBuckets:
@@ -182,16 +245,29 @@ class RateLimiter:
         self._redis_down_until = 0.0
         self._last_error_log = 0.0
         self._discovered = False
+        # The metric's children, labelled once (labels() per check costs more than inc()).
         self._metric = {
             result: client.metrics.rate_limit_decisions.labels(name, result)
             for result in ("allowed", "rejected", "would_reject", "fallback")
         }
+        self._allowed_metric = self._metric["allowed"]
+        self._override_field = f"{RATE_LIMIT}:{name}"
         self._batcher: tuple[asyncio.AbstractEventLoop, AsyncBatcher] | None = None
-        self.settings = self._load_settings()
+        self._runner: ScriptRunner | None = None
+        self._prepared = _Prepared(self._load_settings())
         client.watch(RATE_LIMIT, name, self._policy_changed)
         client.reporter.add_collector(self._collect)
 
     # Settings
+
+    @property
+    def settings(self) -> LimiterSettings:
+        """The effective policy (swapped as a whole when the policy changes)."""
+        return self._prepared.settings
+
+    @settings.setter
+    def settings(self, settings: LimiterSettings) -> None:
+        self._prepared = _Prepared(settings)
 
     def _load_settings(self) -> LimiterSettings:
         spec = self._client.policy_spec(RATE_LIMIT, self.name)
@@ -223,11 +299,22 @@ class RateLimiter:
         self._rejected_subjects = Counter()
         self._redis_down_until = 0.0
         self._batcher = None
+        self._runner = None
 
     def key_for(self, subject: str, settings: LimiterSettings | None = None) -> str:
         """Return the Redis key holding ``subject``'s state under the current algorithm."""
         settings = settings or self.settings
         return self._client.keys.rate_limit(self.name, subject) + KEY_SUFFIXES[settings.algorithm]
+
+    def _key(self, prepared: _Prepared, subject: str) -> str:
+        keys = prepared.keys
+        key = keys.get(subject)
+        if key is None:
+            key = self.key_for(subject, prepared.settings)
+            if len(keys) >= KEYS_CACHED:
+                keys.clear()
+            keys[subject] = key
+        return key
 
     # Checks
 
@@ -250,9 +337,11 @@ class RateLimiter:
         return await self._acheck(subject, cost, peek=True)
 
     def _check(self, subject: object, cost: int, peek: bool) -> Decision:
-        settings = self.settings
-        text = _subject_text(subject)
-        _check_cost(cost)
+        prepared = self._prepared
+        settings = prepared.settings
+        text = subject if type(subject) is str else _subject_text(subject)
+        if type(cost) is not int or cost < 1:
+            _check_cost(cost)
         try:
             decision = self._before_redis(settings)
             if decision is None:
@@ -260,23 +349,28 @@ class RateLimiter:
                     decision = self._fallback(settings, text, cost, peek)
                 else:
                     try:
-                        reply = settings.script.run(
-                            self._client.redis,
-                            (self.key_for(text, settings),),
-                            (*settings.argv, str(cost), "1" if peek else "0"),
+                        reply = self._sync_runner().run(
+                            prepared.script,
+                            (self._key(prepared, text),),
+                            _args(prepared, cost, peek),
                         )
-                        decision = _decision(reply)
+                        decision = _redis_decision(reply)
                     except (redis.RedisError, OSError) as exc:
                         self._redis_failed(exc)
                         decision = self._fallback(settings, text, cost, peek)
         except Exception:
             decision = self._internal_error(settings, text, cost, peek)
+        if decision.allowed and not peek:
+            self._count_allowed()
+            return decision
         return self._finish(settings, text, decision, peek)
 
     async def _acheck(self, subject: object, cost: int, peek: bool) -> Decision:
-        settings = self.settings
-        text = _subject_text(subject)
-        _check_cost(cost)
+        prepared = self._prepared
+        settings = prepared.settings
+        text = subject if type(subject) is str else _subject_text(subject)
+        if type(cost) is not int or cost < 1:
+            _check_cost(cost)
         try:
             decision = self._before_redis(settings)
             if decision is None:
@@ -285,11 +379,11 @@ class RateLimiter:
                 else:
                     try:
                         reply = await self._loop_batcher().submit(
-                            settings.script,
-                            (self.key_for(text, settings),),
-                            (*settings.argv, str(cost), "1" if peek else "0"),
+                            prepared.script,
+                            (self._key(prepared, text),),
+                            _args(prepared, cost, peek),
                         )
-                        decision = _decision(reply)
+                        decision = _redis_decision(reply)
                     except (redis.RedisError, OSError) as exc:
                         self._redis_failed(exc)
                         decision = self._fallback(settings, text, cost, peek)
@@ -297,7 +391,17 @@ class RateLimiter:
             raise
         except Exception:
             decision = self._internal_error(settings, text, cost, peek)
+        if decision.allowed and not peek:
+            self._count_allowed()
+            return decision
         return self._finish(settings, text, decision, peek)
+
+    def _sync_runner(self) -> ScriptRunner:
+        client = self._client.redis
+        runner = self._runner
+        if runner is None or runner.pool is not client.connection_pool:
+            runner = self._runner = runner_for(client)
+        return runner
 
     def _loop_batcher(self) -> AsyncBatcher:
         loop = asyncio.get_running_loop()
@@ -310,6 +414,8 @@ class RateLimiter:
 
     def _before_redis(self, settings: LimiterSettings) -> Decision | None:
         """The override's decision, if an operator set one; None to ask Redis."""
+        if self._override_field not in self._client.state.overrides:
+            return None  # the common case, without building the field name
         override = self._client.state.override(RATE_LIMIT, self.name)
         if override is None:
             return None
@@ -372,6 +478,11 @@ class RateLimiter:
         return decision
 
     # Counters
+
+    def _count_allowed(self) -> None:
+        self._allowed_metric.inc()
+        with self._lock:
+            self._counts["allowed"] += 1
 
     def _count(self, result: str, subject: str | None = None) -> None:
         self._metric[result].inc()
@@ -444,6 +555,7 @@ def _check_cost(cost: object) -> None:
         raise ValueError(f"cost must be a whole number >= 1, not {cost!r}")
 
 
-def _decision(reply: Any) -> Decision:
-    allowed, limit, remaining, reset_ms, retry_ms = reply
-    return Decision(allowed == 1, int(limit), int(remaining), reset_ms / 1000.0, retry_ms / 1000.0)
+def _args(prepared: _Prepared, cost: int, peek: bool) -> tuple[str, ...]:
+    if cost == 1:
+        return prepared.peek_args if peek else prepared.hit_args
+    return (*prepared.settings.argv, str(cost), "1" if peek else "0")

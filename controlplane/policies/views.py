@@ -17,6 +17,7 @@ from controlplane.accounts.roles import Role, role_required
 from controlplane.live.widgets import policy_live
 from controlplane.policies.actions import (
     StaleVersionError,
+    do_create_environment,
     do_create_policy,
     do_delete_policy,
     do_rollback_policy,
@@ -318,3 +319,19 @@ def environment_import(request: HttpRequest, environment: str) -> HttpResponse:
             context["errors"] = exc.errors
             return render(request, "policies/import.html", context, status=422)
     return render(request, "policies/import.html", context)
+
+
+@role_required(Role.ADMIN)
+@require_POST
+def environment_create(request: HttpRequest) -> HttpResponse:
+    try:
+        environment = do_create_environment(
+            request.POST.get("name", "").strip(),
+            Actor.from_request(request),
+            request.POST.get("description", "").strip(),
+        )
+    except PolicyError as exc:
+        messages.error(request, f"Nothing was created. {exc}")
+    else:
+        messages.success(request, f"Created environment {environment.name}.")
+    return redirect("dashboard")

@@ -82,3 +82,15 @@ def test_login_with_credentials_reaches_the_dashboard(client: Client, viewer: Us
 def test_user_without_a_role_is_refused(client: Client, outsider: User) -> None:
     client.force_login(outsider)
     assert client.get("/").status_code == 403
+
+
+def test_admin_creates_an_environment_and_it_is_audited(client: Client, admin: User) -> None:
+    from controlplane.audit.models import AuditEntry
+
+    client.force_login(admin)
+    response = client.post("/environments/new/", {"name": "staging", "description": "pre-prod"})
+    assert response.status_code == 302
+    assert Environment.objects.get(name="staging").description == "pre-prod"
+    assert AuditEntry.objects.get(action="environment.create").actor_name == "adam"
+    bad = client.post("/environments/new/", {"name": "no spaces"}, follow=True)
+    assert "Nothing was created" in bad.content.decode()

@@ -8,7 +8,9 @@
 --   ARGV[4]  cost             requests this one counts for (>= 1)
 --   ARGV[5]  "1": peek (decide, change nothing), otherwise "0"
 -- Returns {allowed (1|0), limit, remaining, reset_after_ms, retry_after_ms}.
--- A rejected request (or a peek) writes nothing.
+-- A rejected request (or a peek) writes nothing. The first admitted request of a
+-- window writes the hash and its TTL (the end of the window); later ones in the
+-- same window only add to n (HINCRBY).
 local limit = tonumber(ARGV[1])
 local P = tonumber(ARGV[2]) * 1000
 local cost = tonumber(ARGV[4])
@@ -25,8 +27,11 @@ end
 local index = math.floor(now / P)
 local state = redis.call('HMGET', KEYS[1], 'w', 'P', 'n')
 local count = 0
+local stored = false -- true: this window's count is stored, HINCRBY can add to it
 if tonumber(state[1]) == index and tonumber(state[2]) == P then
-  count = tonumber(state[3]) or 0
+  count = tonumber(state[3])
+  stored = count ~= nil
+  count = count or 0
 end
 local reset = (index + 1) * P - now
 
@@ -35,9 +40,16 @@ local retry = 0
 if count + cost <= limit then
   allowed = 1
   if not peek then
-    count = count + cost
-    redis.call('HSET', KEYS[1], 'w', index, 'P', P, 'n', count)
-    redis.call('PEXPIRE', KEYS[1], ms(reset) + 1)
+    if stored then
+      local added = redis.pcall('HINCRBY', KEYS[1], 'n', cost)
+      stored = type(added) == 'number' -- else n is a number but no integer: write it anew
+      if stored then count = added end
+    end
+    if not stored then
+      count = count + cost
+      redis.call('HSET', KEYS[1], 'w', index, 'P', P, 'n', count)
+      redis.call('PEXPIRE', KEYS[1], ms(reset) + 1)
+    end
   end
 else
   retry = reset

@@ -11,7 +11,9 @@
 -- current window began: it assumes the previous window's requests were spread
 -- evenly. A request is admitted when estimate + cost <= limit.
 -- Returns {allowed (1|0), limit, remaining, reset_after_ms, retry_after_ms}.
--- A rejected request (or a peek) writes nothing.
+-- A rejected request (or a peek) writes nothing. The first admitted request of a
+-- window writes the hash and its TTL (the end of the next window); later ones in
+-- the same window only add to c (HINCRBY).
 local limit = tonumber(ARGV[1])
 local P = tonumber(ARGV[2]) * 1000
 local cost = tonumber(ARGV[4])
@@ -29,10 +31,13 @@ end
 local index = math.floor(now / P)
 local state = redis.call('HMGET', KEYS[1], 'w', 'P', 'c', 'p')
 local cur, prev = 0, 0
+local stored = false -- true: this window's count is stored, HINCRBY can add to it
 if tonumber(state[2]) == P then
   local w = tonumber(state[1])
   if w == index then
-    cur = tonumber(state[3]) or 0
+    cur = tonumber(state[3])
+    stored = cur ~= nil
+    cur = cur or 0
     prev = tonumber(state[4]) or 0
   elseif w == index - 1 then
     prev = tonumber(state[3]) or 0
@@ -47,11 +52,18 @@ local retry = 0
 if estimate + cost <= limit + EPSILON then
   allowed = 1
   if not peek then
-    cur = cur + cost
     estimate = estimate + cost
-    redis.call('HSET', KEYS[1], 'w', index, 'P', P, 'c', cur, 'p', prev)
-    -- After the next window ends, both counts are out of the estimate.
-    redis.call('PEXPIRE', KEYS[1], ms(left + P) + 1)
+    if stored then
+      local added = redis.pcall('HINCRBY', KEYS[1], 'c', cost)
+      stored = type(added) == 'number' -- else c is a number but no integer: write it anew
+      if stored then cur = added end
+    end
+    if not stored then
+      cur = cur + cost
+      redis.call('HSET', KEYS[1], 'w', index, 'P', P, 'c', cur, 'p', prev)
+      -- After the next window ends, both counts are out of the estimate.
+      redis.call('PEXPIRE', KEYS[1], ms(left + P) + 1)
+    end
   end
 else
   local need = limit - cost - cur
