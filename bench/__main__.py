@@ -22,6 +22,7 @@ BENCHES = {
     "propagation": ("bench.propagation", "bare Redis PUBLISH"),
     "breaker": ("bench.breaker", "bare call"),
     "rate_limit": ("bench.rate_limit", "bare Redis PING"),  # async: see its BASELINES
+    "live": ("bench.live", "10 policies"),  # dashboard: see its BASELINES
 }
 
 

@@ -1099,7 +1099,8 @@ class CircuitBreaker:
                 self._open_until = 0.0
                 self._generation += 1  # a new half-open: new probes, fleet-wide ones
                 self._reset_probes_locked()
-            elif local != CLOSED:
+            elif local != CLOSED or shared.reason == "reset":
+                # An operator's reset clears the counters even of a closed breaker.
                 self._state = CLOSED
                 self._generation += 1
                 self._reset_window_locked()

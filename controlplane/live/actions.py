@@ -142,7 +142,7 @@ def _announce(environment: str, field: str) -> None:
     from controlplane.live.ingest import broadcast
 
     try:
-        broadcast(environment, {field})
+        broadcast(environment, {field}, urgent=True)
     except Exception:  # the dashboards also refresh on their own; never fail the action
         logger.warning("Could not announce the override of %s to open dashboards", field)
 

@@ -11,13 +11,11 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 
 from controlplane.accounts.context_processors import abilities
 from controlplane.accounts.roles import Role, has_role
-from controlplane.live.ingest import group_name
+from controlplane.live.push import group_name, overview_group
 from controlplane.live.widgets import render_push
 from controlplane.metrics import WEBSOCKETS
 from controlplane.policies.models import Environment
 
-# However many reports arrive, a viewer's widgets re-render at most this often.
-COALESCE_SECONDS = 0.2
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_FORBIDDEN = 4403
 CLOSE_NOT_FOUND = 4404
@@ -45,7 +43,13 @@ class LiveConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         self.focus = _focus(self.scope.get("query_string", b""))
         self._dirty: set[str] = set()
         self._flush: asyncio.Task[None] | None = None
-        self.group = group_name(environment.name)
+        # A policy's page renders its own section from the changed list; the
+        # overview gets ready HTML, rendered once for every viewer of its variant.
+        if self.focus is None:
+            variant = "operator" if self.can["operate"] else "viewer"
+            self.group = overview_group(environment.name, variant)
+        else:
+            self.group = group_name(environment.name)
         await self.channel_layer.group_add(self.group, self.channel_name)
         await self.accept()
         WEBSOCKETS.inc()
@@ -62,19 +66,27 @@ class LiveConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         return None  # actions go through the HTTP forms, which check roles and CSRF
 
-    async def live_changed(self, event: dict[str, Any]) -> None:
-        self._dirty.update(event.get("changed", ()))
-        if self._flush is None or self._flush.done():
-            self._flush = asyncio.create_task(self._send_after_pause())
+    async def live_html(self, event: dict[str, Any]) -> None:
+        if event.get("html"):
+            await self.send(text_data=event["html"])
 
-    async def _send_after_pause(self) -> None:
-        await asyncio.sleep(COALESCE_SECONDS)
-        changed, self._dirty = self._dirty, set()
-        html = await database_sync_to_async(render_push)(
-            self.environment, changed, self.can, self.focus
-        )
-        if html:
-            await self.send(text_data=html)
+    async def live_changed(self, event: dict[str, Any]) -> None:
+        changed = event.get("changed", ())
+        if self.focus not in changed and "@instances" not in changed:
+            return
+        self._dirty.update(changed)
+        if self._flush is None or self._flush.done():
+            self._flush = asyncio.create_task(self._render_while_dirty())
+
+    async def _render_while_dirty(self) -> None:
+        # Changes that arrive while a render runs are taken by the next round.
+        while self._dirty:
+            changed, self._dirty = self._dirty, set()
+            html = await database_sync_to_async(render_push)(
+                self.environment, changed, self.can, self.focus
+            )
+            if html:
+                await self.send(text_data=html)
 
 
 def _focus(query_string: bytes) -> str | None:

@@ -16,16 +16,16 @@ import os
 import socket
 import threading
 import time
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import redis
-from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
 from django.db import close_old_connections
 
 from controlplane.live import state
 from controlplane.live.models import BreakerEvent, DiscoveredName
+from controlplane.live.push import pusher
 from controlplane.metrics import REPORTS_INGESTED
 from controlplane.policies.models import Environment, Policy
 from controlplane.redis_connection import get_redis
@@ -36,11 +36,6 @@ GROUP = "controlplane"
 REPORT_TYPES = ("heartbeat", "transition", "counters", "discovered")
 BATCH = 500
 CLAIM_IDLE_MS = 60_000
-
-
-def group_name(environment: str) -> str:
-    """The channel-layer group of an environment's live pages."""
-    return f"live.{environment}"
 
 
 def ensure_group(client: redis.Redis, stream: str) -> None:
@@ -56,14 +51,24 @@ def _at(data: dict[str, Any]) -> float:
     return float(value) if isinstance(value, int | float) else time.time()
 
 
-def process_entries(
-    environment: Environment, entries: list[tuple[str, dict[str, str]]]
-) -> set[str]:
-    """Apply one environment's entries; return what changed (policy fields, ``@instances``)."""
+@dataclass
+class Changes:
+    """What a batch of reports changed: ``state`` (transitions) is pushed sooner than figures."""
+
+    figures: set[str] = field(default_factory=set)
+    state: set[str] = field(default_factory=set)
+
+    @property
+    def all(self) -> set[str]:
+        return self.figures | self.state
+
+
+def process_entries(environment: Environment, entries: list[tuple[str, dict[str, str]]]) -> Changes:
+    """Apply one environment's entries; return the policy fields (and ``@instances``) changed."""
     keys = environment.keys()
     client = get_redis()
-    changed: set[str] = set()
     events: list[BreakerEvent] = []
+    changes = Changes()
     discovered: dict[tuple[str, str], tuple[dict[str, Any], str]] = {}
     with client.pipeline(transaction=False) as pipe:
         for _entry_id, fields in entries:
@@ -78,7 +83,9 @@ def process_entries(
             instance = fields.get("instance", "")
             REPORTS_INGESTED.labels(kind if kind in REPORT_TYPES else "other").inc()
             if kind == "counters" and isinstance(data.get("policies"), dict):
-                changed |= state.record_counters(pipe, keys, instance, _at(data), data["policies"])
+                changes.figures |= state.record_counters(
+                    pipe, keys, instance, _at(data), data["policies"]
+                )
             elif kind == "transition":
                 policy = str(data.get("policy", ""))
                 policy_kind, _, name = policy.partition(":")
@@ -99,9 +106,9 @@ def process_entries(
                             at=datetime.fromtimestamp(_at(data), tz=UTC),
                         )
                     )
-                    changed.add(policy)
+                    changes.state.add(policy)
             elif kind == "heartbeat":
-                changed.add("@instances")
+                changes.figures.add("@instances")
             elif kind == "discovered":
                 policy_kind, _, name = str(data.get("policy", "")).partition(":")
                 defaults = data.get("defaults")
@@ -112,8 +119,8 @@ def process_entries(
         BreakerEvent.objects.bulk_create(events)
     if discovered:
         _record_discovered(environment, discovered)
-        changed.add("@discovered")
-    return changed
+        changes.figures.add("@discovered")
+    return changes
 
 
 def _number(value: Any) -> float | None:
@@ -138,13 +145,10 @@ def _record_discovered(
         )
 
 
-def broadcast(environment: str, changed: set[str]) -> None:
-    layer = get_channel_layer()
-    if layer is None or not changed:
-        return
-    async_to_sync(layer.group_send)(
-        group_name(environment), {"type": "live.changed", "changed": sorted(changed)}
-    )
+def broadcast(environment: str, changed: set[str], *, urgent: bool = True) -> None:
+    """Tell open live pages what changed; the pusher coalesces and renders."""
+    if changed:
+        pusher().notify(environment, changed, urgent=urgent)
 
 
 class Ingestor(threading.Thread):
@@ -216,10 +220,11 @@ class Ingestor(threading.Thread):
     ) -> None:
         if not entries:
             return
-        changed = process_entries(environment, entries)
+        changes = process_entries(environment, entries)
         client.xack(stream, GROUP, *[entry_id for entry_id, _ in entries])
         self.processed += len(entries)
-        broadcast(environment.name, changed)
+        broadcast(environment.name, changes.state, urgent=True)
+        broadcast(environment.name, changes.figures - changes.state, urgent=False)
 
     def _claim_abandoned(self, environments: dict[str, Environment]) -> None:
         client = get_redis()

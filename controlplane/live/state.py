@@ -160,17 +160,49 @@ def _instances(raw: dict[str, str], now: float) -> list[Instance]:
     return sorted(instances, key=lambda i: (i.service, i.instance))
 
 
-def read_snapshot(client: redis.Redis, keys: KeyLayout, now: float | None = None) -> LiveSnapshot:
-    """Read the last complete seconds, breaker states and instances (one pipeline)."""
+COUNTERS_BY_KIND: dict[str, tuple[str, ...]] = {
+    "breaker": ("calls", "failures", "slow", "rejected", "would_reject"),
+    "rate_limit": ("allowed", "rejected", "would_reject", "fallback"),
+    "cache": ("hits", "local_hits", "stale_hits", "misses"),
+}
+
+
+def read_snapshot(
+    client: redis.Redis,
+    keys: KeyLayout,
+    now: float | None = None,
+    policies: list[str] | None = None,
+) -> LiveSnapshot:
+    """Read the last complete seconds, breaker states and instances (one pipeline).
+
+    With ``policies`` (``kind:name`` fields), only their counters are read, so
+    refreshing a few rows costs the same however many policies there are.
+    """
     now = time.time() if now is None else now
     last = int(now) - 1  # the current second is still being reported
+    wanted: list[str] | None = None
+    if policies is not None:
+        wanted = [
+            f"{policy}|{counter}"
+            for policy in policies
+            for counter in COUNTERS_BY_KIND.get(policy.partition(":")[0], ())
+        ]
     with client.pipeline(transaction=False) as pipe:
         for second in range(last - RATE_WINDOW + 1, last + 1):
-            pipe.hgetall(keys.live_second(second))
+            if wanted is None:
+                pipe.hgetall(keys.live_second(second))
+            elif wanted:
+                pipe.hmget(keys.live_second(second), wanted)
         pipe.hgetall(keys.live_breaker_states)
         pipe.hgetall(keys.instances)
         replies = pipe.execute()
-    seconds, states_raw, instances_raw = replies[:RATE_WINDOW], replies[-2], replies[-1]
+    states_raw, instances_raw = replies[-2], replies[-1]
+    seconds: list[dict[str, Any]] = []
+    for reply in replies[:-2]:
+        if wanted is None:
+            seconds.append(reply)
+        else:
+            seconds.append({f: v for f, v in zip(wanted, reply, strict=True) if v is not None})
     totals: dict[str, dict[str, float]] = defaultdict(dict)
     for counters in seconds:
         for key, value in counters.items():
@@ -207,18 +239,25 @@ def read_history(
 
 
 def top_rejected(
-    client: redis.Redis, keys: KeyLayout, name: str, limit: int = 5
-) -> list[tuple[str, float]]:
+    client: redis.Redis, keys: KeyLayout, names: list[str], limit: int = 5
+) -> dict[str, list[tuple[str, float]]]:
+    """The subjects each limiter rejected most in this minute and the last (one round trip)."""
+    if not names:
+        return {}
     minute = int(time.time()) // 60
     with client.pipeline(transaction=False) as pipe:
-        for m in (minute - 1, minute):
-            pipe.zrevrange(keys.live_top_rejected(name, m), 0, limit - 1, withscores=True)
+        for name in names:
+            for m in (minute - 1, minute):
+                pipe.zrevrange(keys.live_top_rejected(name, m), 0, limit - 1, withscores=True)
         replies = pipe.execute()
-    merged: dict[str, float] = defaultdict(float)
-    for reply in replies:
-        for subject, score in reply:
-            merged[subject] += score
-    return sorted(merged.items(), key=lambda item: -item[1])[:limit]
+    result: dict[str, list[tuple[str, float]]] = {}
+    for index, name in enumerate(names):
+        merged: dict[str, float] = defaultdict(float)
+        for reply in replies[2 * index : 2 * index + 2]:
+            for subject, score in reply:
+                merged[subject] += score
+        result[name] = sorted(merged.items(), key=lambda item: -item[1])[:limit]
+    return result
 
 
 def breaker_instances(

@@ -11,7 +11,7 @@ from django.contrib.auth.models import User
 
 from controlplane.accounts.actors import Actor
 from controlplane.asgi import application
-from controlplane.live.ingest import group_name
+from controlplane.live.push import group_name, send_now
 from controlplane.policies.actions import do_create_policy
 from controlplane.policies.models import Environment
 
@@ -82,28 +82,26 @@ async def test_unknown_environment_is_refused(viewer: User, production: Environm
     await communicator.disconnect()
 
 
-async def test_viewer_receives_one_coalesced_push_for_many_changes(
-    production: Environment, viewer: User, system: Actor
+async def test_overview_receives_rendered_rows_with_controls_for_operators_only(
+    production: Environment, viewer: User, operator: User, system: Actor
 ) -> None:
     await database_sync_to_async(do_create_policy)(production, "breaker", "payments", {}, system)
     await database_sync_to_async(do_create_policy)(production, "cache", "prices", {}, system)
-    communicator = await _session_communicator(viewer)
-    connected, _ = await communicator.connect()
-    assert connected
-    layer = get_channel_layer()
-    for _ in range(50):
-        await layer.group_send(
-            group_name("production"), {"type": "live.changed", "changed": ["breaker:payments"]}
-        )
-    await layer.group_send(
-        group_name("production"), {"type": "live.changed", "changed": ["cache:prices"]}
-    )
-    html = await communicator.receive_from(timeout=15)
-    assert 'id="live-breaker-payments"' in html and 'hx-swap-oob="true"' in html
-    assert 'id="live-cache-prices"' in html
-    assert 'id="sync-summary"' in html
-    assert await communicator.receive_nothing(timeout=0.5)
-    await communicator.disconnect()
+    as_viewer = await _session_communicator(viewer)
+    as_operator = await _session_communicator(operator)
+    assert (await as_viewer.connect())[0] and (await as_operator.connect())[0]
+
+    await database_sync_to_async(send_now)("production", {"breaker:payments", "cache:prices"})
+
+    viewer_html = await as_viewer.receive_from(timeout=15)
+    operator_html = await as_operator.receive_from(timeout=15)
+    for html in (viewer_html, operator_html):
+        assert 'id="live-breaker-payments"' in html and 'hx-swap-oob="true"' in html
+        assert 'id="live-cache-prices"' in html and 'id="sync-summary"' in html
+    assert "override-form" not in viewer_html
+    assert "override-form" in operator_html
+    await as_viewer.disconnect()
+    await as_operator.disconnect()
 
 
 async def test_policy_page_receives_only_its_own_section(

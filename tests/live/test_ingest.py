@@ -81,7 +81,8 @@ def test_counters_from_several_instances_are_summed_per_second(
 
     changed = process_entries(production, entries)
 
-    assert changed == {"breaker:payments", "rate_limit:api", "cache:prices"}
+    assert changed.figures == {"breaker:payments", "rate_limit:api", "cache:prices"}
+    assert changed.state == set()
     snapshot = read_snapshot(redis_client, production.keys(), now=at + 1.5)
     payments = snapshot.rates_for("breaker:payments")
     assert payments.counters["calls"] == 20
@@ -94,7 +95,7 @@ def test_counters_from_several_instances_are_summed_per_second(
 
 
 def test_transitions_are_stored_as_events(production: Environment) -> None:
-    process_entries(
+    changes = process_entries(
         production,
         [
             (
@@ -114,6 +115,7 @@ def test_transitions_are_stored_as_events(production: Environment) -> None:
             )
         ],
     )
+    assert changes.state == {"breaker:payments"}  # pushed sooner than figures
     event = BreakerEvent.objects.get()
     assert (event.name, event.instance, event.to_state, event.failure_rate) == (
         "payments",
@@ -150,7 +152,7 @@ def test_malformed_entries_are_skipped(production: Environment) -> None:
             ("1-1", {"type": "counters", "instance": "a", "data": "[]"}),
         ],
     )
-    assert changed == set()
+    assert changed.all == set()
 
 
 def test_two_replicas_process_each_report_once(

@@ -122,3 +122,33 @@ def test_reconciler_restores_overrides_after_flushall(
     assert redis_client.hgetall(production.keys().overrides) == before
     assert current_override(production, "rate_limit", "api") is None
     assert reconcile_environment(production).clean
+
+
+def test_reset_from_the_control_plane_clears_a_closed_breakers_window(
+    production: Environment, client_factory: Callable[..., Client]
+) -> None:
+    from controlplane.live.actions import do_reset_breaker
+
+    do_create_policy(
+        production,
+        "breaker",
+        "payments",
+        {"minimum_calls": 50, "window_size": 100},
+        Actor.system("t"),
+    )
+    client = client_factory().start()
+    breaker = client.breaker("payments")
+
+    @breaker
+    def fail() -> None:
+        raise OSError("upstream")
+
+    for _ in range(10):
+        with pytest.raises(OSError):
+            fail()
+    assert breaker.stats()["window_calls"] == 10 and breaker.state == "closed"
+
+    do_reset_breaker(production, "payments", Actor.system("olga"), "clean slate")
+
+    wait_for(lambda: breaker.stats()["window_calls"] == 0)
+    assert breaker.state == "closed"
