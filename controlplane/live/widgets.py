@@ -112,14 +112,15 @@ def overview(environment: Environment, only: set[str] | None = None) -> dict[str
     """
     policies = environment.policies.filter(deleted=False, kind__in=LIVE_KINDS)
     if only is not None:
-        pairs = [field.partition(":") for field in only if not field.startswith("@")]
-        if not pairs:
-            policies = policies.none()
-        else:
-            condition = Q()
-            for kind, _, name in pairs:
-                condition |= Q(kind=kind, name=name)
-            policies = policies.filter(condition)
+        names: dict[str, list[str]] = {}
+        for policy_field in only:
+            kind, _, name = policy_field.partition(":")
+            if kind in LIVE_KINDS and name:
+                names.setdefault(kind, []).append(name)
+        condition = Q(pk__in=[])
+        for kind, kind_names in names.items():  # at most one term per kind
+            condition |= Q(kind=kind, name__in=kind_names)
+        policies = policies.filter(condition)
     selected = list(policies.order_by("kind", "name"))
     snapshot = live_snapshot(environment, None if only is None else [p.field for p in selected])
     overrides = active_overrides(environment)
