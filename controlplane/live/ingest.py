@@ -25,7 +25,7 @@ from django.db import close_old_connections
 
 from controlplane.live import state
 from controlplane.live.models import BreakerEvent, DiscoveredName
-from controlplane.live.push import pusher
+from controlplane.live.push import notify
 from controlplane.metrics import REPORTS_INGESTED
 from controlplane.policies.models import Environment, Policy
 from controlplane.redis_connection import get_redis
@@ -148,7 +148,7 @@ def _record_discovered(
 def broadcast(environment: str, changed: set[str], *, urgent: bool = True) -> None:
     """Tell open live pages what changed; the pusher coalesces and renders."""
     if changed:
-        pusher().notify(environment, changed, urgent=urgent)
+        notify(environment, changed, urgent=urgent)
 
 
 class Ingestor(threading.Thread):

@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
@@ -44,15 +43,26 @@ def overview_group(environment: str, variant: str) -> str:
     return f"live.{environment}.overview.{variant}"
 
 
-@dataclass
-class _Pending:
-    fields: set[str] = field(default_factory=set)
-    urgent: bool = False
+class _Sent:
+    """What each overview variant last received per row, and when rows' state was pushed."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.html: dict[tuple[str, str, str], str] = {}  # (environment, variant, row) -> HTML
+        self.state_at: dict[tuple[str, str], float] = {}  # (environment, row) -> monotonic
 
 
-def send_now(environment_name: str, changed: set[str]) -> None:
-    """Render and send one push for ``changed`` (``kind:name`` and ``@instances``)."""
-    from controlplane.live.widgets import render_push
+_sent = _Sent()
+
+
+def send_now(environment_name: str, changed: set[str], *, state: bool = True) -> None:
+    """Render and send one push for ``changed`` (``kind:name`` and ``@instances``).
+
+    A figures push (``state=False``) leaves out rows whose state was pushed
+    after it started rendering (they would be older), and rows whose HTML is
+    what the viewers already have.
+    """
+    from controlplane.live.widgets import render_rows
 
     layer = get_channel_layer()
     if layer is None or not changed:
@@ -60,41 +70,62 @@ def send_now(environment_name: str, changed: set[str]) -> None:
     environment = Environment.objects.filter(name=environment_name).first()
     if environment is None:
         return
+    started = time.monotonic()
     send = async_to_sync(layer.group_send)
     send(group_name(environment_name), {"type": "live.changed", "changed": sorted(changed)})
-    for variant, can in VARIANTS.items():
-        html = render_push(environment, changed, can)
-        send(overview_group(environment_name, variant), {"type": "live.html", "html": html})
+    rendered = render_rows(environment, changed, VARIANTS)
+    with _sent.lock:
+        for variant, rows in rendered.items():
+            parts = []
+            for row, html in rows.items():
+                key = (environment_name, variant, row)
+                if not state and (
+                    _sent.state_at.get((environment_name, row), 0.0) > started
+                    or _sent.html.get(key) == html
+                ):
+                    continue
+                _sent.html[key] = html
+                parts.append(html)
+            if parts:
+                send(
+                    overview_group(environment_name, variant),
+                    {"type": "live.html", "html": "\n".join(parts)},
+                )
+        if state:
+            for row in changed:
+                _sent.state_at[(environment_name, row)] = time.monotonic()
 
 
 class LivePusher(threading.Thread):
-    def __init__(self) -> None:
-        super().__init__(name="controlplane-live-push", daemon=True)
-        self._pending: dict[str, _Pending] = {}
+    """One kind of push for every environment: state changes or figures."""
+
+    def __init__(self, *, state: bool = True) -> None:
+        super().__init__(
+            name=f"controlplane-live-push-{'state' if state else 'figures'}", daemon=True
+        )
+        self.state = state
+        self.interval = STATE_INTERVAL if state else FIGURES_INTERVAL
+        self._pending: dict[str, set[str]] = {}
         self._last_sent: dict[str, float] = {}
         self._condition = threading.Condition()
         self.pushes = 0
 
-    def notify(self, environment: str, changed: set[str], *, urgent: bool) -> None:
+    def notify(self, environment: str, changed: set[str]) -> None:
         if not changed:
             return
         with self._condition:
-            pending = self._pending.setdefault(environment, _Pending())
-            pending.fields |= changed
-            pending.urgent = pending.urgent or urgent
+            self._pending.setdefault(environment, set()).update(changed)
             self._condition.notify()
 
     def _due(self, now: float) -> tuple[list[tuple[str, set[str]]], float]:
         """Pop the pushes due now; return them and how long to wait for the next one."""
         due: list[tuple[str, set[str]]] = []
         wait = 1.0
-        for environment, pending in list(self._pending.items()):
-            interval = STATE_INTERVAL if pending.urgent else FIGURES_INTERVAL
-            at = self._last_sent.get(environment, 0.0) + interval
+        for environment, fields in list(self._pending.items()):
+            at = self._last_sent.get(environment, 0.0) + self.interval
             if now >= at:
-                due.append((environment, pending.fields))
+                due.append((environment, fields))
                 del self._pending[environment]
-                self._last_sent[environment] = now
             else:
                 wait = min(wait, at - now)
         return due, wait
@@ -109,21 +140,27 @@ class LivePusher(threading.Thread):
             close_old_connections()
             for environment, changed in due:
                 try:
-                    send_now(environment, changed)
+                    send_now(environment, changed, state=self.state)
                     self.pushes += 1
                 except Exception:
                     logger.exception("Could not push live changes of %s", environment)
+                # Measured from the end of a push: a slow render spaces the next one.
+                self._last_sent[environment] = time.monotonic()
 
 
-_pusher: LivePusher | None = None
+_pushers: dict[bool, LivePusher] = {}
 _lock = threading.Lock()
 
 
-def pusher() -> LivePusher:
-    """This process's pusher, started on first use."""
-    global _pusher
+def notify(environment: str, changed: set[str], *, urgent: bool) -> None:
+    """Hand changes to this process's pusher for state changes, or the one for figures.
+
+    They run in separate threads, so a transition never waits behind a large
+    refresh of figures.
+    """
     with _lock:
-        if _pusher is None or not _pusher.is_alive():
-            _pusher = LivePusher()
-            _pusher.start()
-        return _pusher
+        pusher = _pushers.get(urgent)
+        if pusher is None or not pusher.is_alive():
+            pusher = _pushers[urgent] = LivePusher(state=urgent)
+            pusher.start()
+    pusher.notify(environment, changed)

@@ -99,8 +99,9 @@ def adopt(request: HttpRequest, environment: str, discovered_id: int) -> HttpRes
 def override(request: HttpRequest, environment: str) -> HttpResponse:
     """Trip, force closed, disable, reset, block, bypass, purge or lift, with a reason."""
     env = _environment(environment)
-    kind = request.POST.get("kind", "")
-    name = request.POST.get("name", "")
+    kind, _, name = request.POST.get("policy", "").partition(":")
+    if not name:
+        kind, name = request.POST.get("kind", ""), request.POST.get("name", "")
     action = request.POST.get("action", "")
     reason = request.POST.get("reason", "").strip()
     actor = Actor.from_request(request)

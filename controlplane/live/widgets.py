@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 import redis
 from django.db.models import Q
-from django.template.loader import render_to_string
+from django.template.loader import get_template, render_to_string
+from django.urls import reverse
 
 from controlplane.live.actions import active_overrides
 from controlplane.live.models import Override
@@ -62,6 +65,10 @@ class Row:
         )
 
     @property
+    def detail_url(self) -> str:
+        return _detail_url(self.policy.environment.name, self.policy.kind, self.policy.name)
+
+    @property
     def state_label(self) -> str:
         return self.worst_state.replace("_", " ")
 
@@ -91,6 +98,21 @@ class Row:
             if self.states.get(state):
                 return state
         return "unknown"
+
+
+@functools.cache
+def _detail_pattern() -> str:
+    return reverse("policy-detail", args=["ENV", "KIND", "NAME"])
+
+
+def _detail_url(environment: str, kind: str, name: str) -> str:
+    """The policy page's URL, without a URL reversal per row of a 1,000-row page."""
+    return (
+        _detail_pattern()
+        .replace("ENV", quote(environment))
+        .replace("KIND", kind)
+        .replace("NAME", quote(name))
+    )
 
 
 def live_snapshot(environment: Environment, policies: list[str] | None = None) -> LiveSnapshot:
@@ -148,6 +170,7 @@ def overview(environment: Environment, only: set[str] | None = None) -> dict[str
     return {
         "environment": environment,
         "rows": rows,
+        "override_actions": OVERRIDE_ACTIONS,
         "snapshot": snapshot,
         "instances_in_sync": in_sync,
         "instances_behind": len(snapshot.instances) - in_sync,
@@ -159,6 +182,26 @@ ROW_TEMPLATES = {
     "rate_limit": "live/_limiter_row.html",
     "cache": "live/_cache_row.html",
 }
+
+
+def render_rows(
+    environment: Environment, changed: set[str], variants: dict[str, dict[str, bool]]
+) -> dict[str, dict[str, str]]:
+    """Each variant's HTML per row (``kind:name``, and ``@summary``), from one data read."""
+    fields = {c for c in changed if not c.startswith("@")}
+    context = overview(environment, only=fields)
+    rendered: dict[str, dict[str, str]] = {variant: {} for variant in variants}
+    for kind, kind_rows in context["rows"].items():
+        template = get_template(ROW_TEMPLATES[kind])
+        for row in kind_rows:
+            for variant, can in variants.items():
+                rendered[variant][row.policy.field] = template.render(
+                    {"row": row, "can": can, "oob": True}
+                )
+    summary = get_template("live/_sync_summary.html")
+    for variant in variants:
+        rendered[variant]["@summary"] = summary.render({**context, "oob": True})
+    return rendered
 
 
 def render_push(
@@ -180,15 +223,7 @@ def render_push(
         return render_to_string(
             "live/_policy_live.html", {**policy_live(policy), "can": can, "oob": True}
         )
-    fields = {c for c in changed if not c.startswith("@")}
-    context = overview(environment, only=fields)
-    parts = [
-        render_to_string(ROW_TEMPLATES[kind], {"row": row, "can": can, "oob": True})
-        for kind, kind_rows in context["rows"].items()
-        for row in kind_rows
-    ]
-    parts.append(render_to_string("live/_sync_summary.html", {**context, "oob": True}))
-    return "\n".join(parts)
+    return "\n".join(render_rows(environment, changed, {"one": can})["one"].values())
 
 
 def policy_live(policy: Policy) -> dict[str, Any]:
@@ -212,4 +247,5 @@ def policy_live(policy: Policy) -> dict[str, Any]:
         "row": rows[0] if rows else None,
         "instances": instances,
         "snapshot": context["snapshot"],
+        "override_actions": OVERRIDE_ACTIONS,
     }

@@ -12,3 +12,13 @@ document.addEventListener("htmx:wsClose", function () {
     el.dataset.liveStatus = "disconnected";
   });
 });
+// "Act" on a row picks that policy in the page's override form.
+document.addEventListener("click", function (event) {
+  var button = event.target.closest("[data-act]");
+  if (!button) return;
+  var form = document.getElementById("override-form");
+  if (!form) return;
+  form.querySelector("select[name=policy]").value = button.dataset.act;
+  form.scrollIntoView({ block: "center" });
+  form.querySelector("input[name=reason]").focus();
+});

@@ -53,22 +53,25 @@ def test_operator_watches_a_breaker_open_trips_it_and_a_colleague_sees_it(
     alice = log_in(browser, live_url, "alice")
     alice.goto(f"{live_url}/e/production/live/")
     alice.wait_for_selector('[data-live-status="connected"]')
-    assert alice.locator(f"{ROW} .override-form").count() == 0  # viewers get no controls
+    assert alice.locator("#override-form, [data-act]").count() == 0  # viewers get no controls
 
-    row = olga.locator(ROW)
-    row.locator("select[name=action]").select_option("trip")
-    row.locator("input[name=reason]").fill("incident 7: payments provider down")
-    row.locator("button[type=submit]").click()
+    olga.locator(f"{ROW} [data-act]").click()  # picks payments in the override form
+    form = olga.locator("#override-form")
+    assert form.locator("select[name=policy]").input_value() == "breaker:payments"
+    form.locator("select[name=action]").select_option("trip")
+    form.locator("input[name=reason]").fill("incident 7: payments provider down")
+    form.locator("button[type=submit]").click()
     olga.wait_for_selector("text=Trip: breaker payments.")
 
     # Alice's page changes without a reload.
     alice.wait_for_selector(f"{ROW} [data-override]:has-text('forced open by olga')")
     alice.wait_for_selector(f'{ROW}[data-state="forced_open"]', timeout=30_000)
 
-    row = olga.locator(ROW)
-    row.locator("select[name=action]").select_option("reset")
-    row.locator("input[name=reason]").fill("provider recovered")
-    row.locator("button[type=submit]").click()
+    olga.locator(f"{ROW} [data-act]").click()
+    form = olga.locator("#override-form")
+    form.locator("select[name=action]").select_option("reset")
+    form.locator("input[name=reason]").fill("provider recovered")
+    form.locator("button[type=submit]").click()
     olga.wait_for_selector("text=Reset: breaker payments.")
     alice.wait_for_selector(f"{ROW} [data-override]:has-text('none')")
 

@@ -98,8 +98,8 @@ async def test_overview_receives_rendered_rows_with_controls_for_operators_only(
     for html in (viewer_html, operator_html):
         assert 'id="live-breaker-payments"' in html and 'hx-swap-oob="true"' in html
         assert 'id="live-cache-prices"' in html and 'id="sync-summary"' in html
-    assert "override-form" not in viewer_html
-    assert "override-form" in operator_html
+    assert "data-act=" not in viewer_html
+    assert 'data-act="breaker:payments"' in operator_html
     await as_viewer.disconnect()
     await as_operator.disconnect()
 

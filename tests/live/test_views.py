@@ -74,7 +74,7 @@ def test_overview_shows_live_figures(
     assert "<code>user:9</code>" in html
     assert 'data-in-sync="1"' in html
     assert 'ws-connect="/ws/live/production/"' in html
-    assert "override-form" not in html  # viewers see no controls
+    assert "override-form" not in html and "data-act" not in html  # viewers see no controls
 
 
 def test_operator_trips_a_breaker_with_a_reason_and_expiry(
