@@ -18,7 +18,7 @@ import time
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
-from django.db import close_old_connections
+from django.db import close_old_connections, connections
 
 from controlplane.policies.models import Environment
 
@@ -146,6 +146,7 @@ class LivePusher(threading.Thread):
                     logger.exception("Could not push live changes of %s", environment)
                 # Measured from the end of a push: a slow render spaces the next one.
                 self._last_sent[environment] = time.monotonic()
+            connections.close_all()  # idle until the next change: hold no connection
 
 
 _pushers: dict[bool, LivePusher] = {}

@@ -10,15 +10,12 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Iterator
-from functools import partial
 from typing import Any
 
 import pytest
-from channels.testing.live import make_application, set_database_connection
-from daphne.testing import DaphneProcess
-from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
 
 from tests.client.conftest import client_factory, set_policy
+from tests.daphne import HOST, daphne_servers
 
 __all__ = ["client_factory", "set_policy"]
 
@@ -46,30 +43,9 @@ def _chromium_or_skip() -> str:
 @pytest.fixture
 def live_url(transactional_db: None, settings: Any) -> Iterator[str]:
     """Serve the app with Daphne (HTTP and websockets) on a loopback port."""
-    settings.ALLOWED_HOSTS = ["127.0.0.1", "localhost"]
-    process = DaphneProcess(
-        "127.0.0.1",
-        partial(make_application, static_wrapper=ASGIStaticFilesHandler),
-        setup=partial(
-            _child_setup, dict(os.environ), settings.REDIS_KEY_PREFIX, settings.REDIS_URL
-        ),
-    )
-    process.start()
-    try:
-        if not process.ready.wait(timeout=30):
-            raise RuntimeError("Daphne did not start")
-        yield f"http://127.0.0.1:{process.port.value}"
-    finally:
-        process.terminate()
-        process.join(timeout=10)
-
-
-def _child_setup(environ: dict[str, str], key_prefix: str, redis_url: str) -> None:
-    from django.conf import settings
-
-    set_database_connection()
-    settings.REDIS_KEY_PREFIX = key_prefix
-    settings.REDIS_URL = redis_url
+    settings.ALLOWED_HOSTS = [HOST, "localhost"]
+    with daphne_servers(1) as ports:
+        yield f"http://{HOST}:{ports[0]}"
 
 
 @pytest.fixture

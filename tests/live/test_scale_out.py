@@ -16,24 +16,19 @@ import socket
 import struct
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
-from functools import partial
 from http.cookies import SimpleCookie
 from typing import Any
 from urllib.parse import urlencode
 
 import pytest
-from asgiref.sync import AsyncToSync, SyncToAsync
 from channels.layers import channel_layers
-from channels.testing.live import make_application, set_database_connection
-from daphne.testing import DaphneProcess
 from django.contrib.auth.models import User
-from django.db import connections
 from django.test import Client
 
 from controlplane.accounts.actors import Actor
 from controlplane.policies.actions import do_create_policy
 from controlplane.policies.models import Environment
+from tests.daphne import daphne_servers
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -49,21 +44,6 @@ def _layers(redis_url: str, key_prefix: str) -> dict[str, Any]:
             "CONFIG": {"hosts": [redis_url], "prefix": f"{key_prefix}:asgi"},
         }
     }
-
-
-def _child_setup(key_prefix: str, redis_url: str, layers: dict[str, Any]) -> None:
-    from django.conf import settings
-
-    # A forked child inherits asgiref's executors without their worker threads
-    # (the parent's async tests started them): give it fresh ones.
-    SyncToAsync.single_thread_executor = ThreadPoolExecutor(max_workers=1)
-    SyncToAsync.context_to_thread_executor.clear()
-    AsyncToSync.loop_thread_executors.clear()
-    set_database_connection()
-    settings.REDIS_KEY_PREFIX = key_prefix
-    settings.REDIS_URL = redis_url
-    settings.CHANNEL_LAYERS = layers
-    channel_layers.backends.clear()
 
 
 @pytest.fixture(params=["configured", "own-tcp-server"])
@@ -84,33 +64,8 @@ def two_servers(
     settings.CHANNEL_LAYERS = layers
     settings.ALLOWED_HOSTS = [HOST, "localhost"]
     channel_layers.backends.clear()
-    connections.close_all()  # no open database connection crosses the fork
-    processes = [
-        DaphneProcess(
-            HOST,
-            partial(make_application, static_wrapper=None),
-            setup=partial(_child_setup, key_prefix, redis_url, layers),
-        )
-        for _ in range(2)
-    ]
-    try:
-        for process in processes:
-            process.start()
-        for process in processes:
-            deadline = time.monotonic() + 30
-            while not process.ready.wait(timeout=0.1):
-                if not process.is_alive() or time.monotonic() > deadline:
-                    raise RuntimeError("Daphne did not start")
-        yield [process.port.value for process in processes]
-    finally:
-        for process in processes:
-            if process.is_alive():
-                process.terminate()
-            process.join(timeout=10)
-            if process.is_alive():
-                process.kill()
-                process.join(timeout=5)
-        channel_layers.backends.clear()
+    with daphne_servers(2, CHANNEL_LAYERS=layers) as ports:
+        yield ports
 
 
 def _session_cookie(user: User) -> str:
