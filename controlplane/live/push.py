@@ -107,6 +107,7 @@ class LivePusher(threading.Thread):
         self.interval = STATE_INTERVAL if state else FIGURES_INTERVAL
         self._pending: dict[str, set[str]] = {}
         self._last_sent: dict[str, float] = {}
+        self._spacing: dict[str, float] = {}
         self._condition = threading.Condition()
         self.pushes = 0
 
@@ -122,7 +123,9 @@ class LivePusher(threading.Thread):
         due: list[tuple[str, set[str]]] = []
         wait = 1.0
         for environment, fields in list(self._pending.items()):
-            at = self._last_sent.get(environment, 0.0) + self.interval
+            at = self._last_sent.get(environment, 0.0) + self._spacing.get(
+                environment, self.interval
+            )
             if now >= at:
                 due.append((environment, fields))
                 del self._pending[environment]
@@ -139,13 +142,19 @@ class LivePusher(threading.Thread):
                     continue
             close_old_connections()
             for environment, changed in due:
+                started = time.monotonic()
                 try:
                     send_now(environment, changed, state=self.state)
                     self.pushes += 1
                 except Exception:
                     logger.exception("Could not push live changes of %s", environment)
-                # Measured from the end of a push: a slow render spaces the next one.
+                # Measured from the end of a push, and figures pushes that take long
+                # to render come less often: state changes keep most of the CPU.
                 self._last_sent[environment] = time.monotonic()
+                if not self.state:
+                    self._spacing[environment] = max(
+                        self.interval, 4 * (self._last_sent[environment] - started)
+                    )
             connections.close_all()  # idle until the next change: hold no connection
 
 

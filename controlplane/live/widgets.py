@@ -187,20 +187,26 @@ ROW_TEMPLATES = {
 def render_rows(
     environment: Environment, changed: set[str], variants: dict[str, dict[str, bool]]
 ) -> dict[str, dict[str, str]]:
-    """Each variant's HTML per row (``kind:name``, and ``@summary``), from one data read."""
+    """Each variant's HTML per row (``kind:name``, and ``@summary``), from one data read.
+
+    A row is rendered once, with the operators' Act cell; the variants without
+    the right to operate get the same HTML without that cell.
+    """
     fields = {c for c in changed if not c.startswith("@")}
     context = overview(environment, only=fields)
     rendered: dict[str, dict[str, str]] = {variant: {} for variant in variants}
+    full = {"view": True, "operate": True}
+    act_cell = get_template("live/_act_cell.html")
     for kind, kind_rows in context["rows"].items():
         template = get_template(ROW_TEMPLATES[kind])
         for row in kind_rows:
+            html = template.render({"row": row, "can": full, "oob": True})
+            without_act = html.replace(act_cell.render({"row": row}), "", 1)
             for variant, can in variants.items():
-                rendered[variant][row.policy.field] = template.render(
-                    {"row": row, "can": can, "oob": True}
-                )
-    summary = get_template("live/_sync_summary.html")
+                rendered[variant][row.policy.field] = html if can.get("operate") else without_act
+    summary = get_template("live/_sync_summary.html").render({**context, "oob": True})
     for variant in variants:
-        rendered[variant]["@summary"] = summary.render({**context, "oob": True})
+        rendered[variant]["@summary"] = summary
     return rendered
 
 
