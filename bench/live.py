@@ -7,11 +7,14 @@ not grow with the number of policies.
 
 How it is measured:
 
-* the app is served by Daphne's own command line in a child process on
-  loopback (channels-redis on the run's Redis), with one addition: each
-  websocket push's ``render_push`` is timed, to show where the time goes; the
-  ingest (``controlplane.live.ingest.Ingestor``, its batches timed) runs in
-  this process. Each scenario gets a fresh server, so no backlog carries over;
+* the app is served by Daphne's own command line (``python -m daphne``) in a
+  child process on loopback (channels-redis on the run's Redis): it only fans
+  the pushes out to the websockets. The ingest
+  (``controlplane.live.ingest.Ingestor``, its batches timed) runs in this
+  process, so this process's pusher (``controlplane.live.push``) is the one
+  that renders: each push (``send_now``) and its ``render_rows`` are timed
+  here, by kind (state changes or figures). Each scenario gets a fresh
+  server, so no backlog carries over;
 * 100 viewers (one session each, viewer role) hold a websocket each, in one
   child process of their own (a minimal RFC 6455 reader: reading and scanning
   stay cheap, so the clients are not what is measured);
@@ -29,7 +32,8 @@ How it is measured:
 * the overview page is a ``GET /e/<env>/live/`` through Django's test client
   (middleware, session, view, template) with 10, 100 and 1,000 policies (8
   breakers, 1 limiter and 1 cache in 10), its database queries counted; and
-  ``overview()`` (the data) and ``render_push`` (one viewer's push) alone.
+  ``overview()`` (the data) and ``render_rows`` (one push's rows, rendered
+  once for every viewer) alone.
 """
 
 from __future__ import annotations
@@ -73,7 +77,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 PUSH = "live push: transition to 100 viewers"
 PAGE = "live overview page GET"
-PUSH_RENDER = "live render_push, 1,000 breakers"
+PUSH_RENDER = "live push render_rows, 1,000 breakers"
 DATA = "live overview() data alone"
 BASELINES = {
     PUSH + " (p50)": "quiet, 1 viewer",
@@ -190,54 +194,26 @@ def viewers_main() -> None:
 VIEWERS_CHILD = "from bench.live import viewers_main; viewers_main()"
 
 
-# The server's side: Daphne's own command line, with each push's render timed.
-
-
-def serve_main() -> None:
-    """Daphne as ``python -m daphne`` runs it, ``render_push`` timed; stats to ``$1`` at exit."""
-    import django
-
-    django.setup()
-    import controlplane.live.consumers as consumers
-
-    render = consumers.render_push
-    timings: list[tuple[float, float, int, int]] = []
-
-    def timed(*args: Any) -> str:
-        started, cpu = time.perf_counter(), time.thread_time()
-        html = render(*args)
-        timings.append(
-            (time.perf_counter() - started, time.thread_time() - cpu, len(args[1]), len(html))
-        )
-        return html
-
-    consumers.render_push = timed  # type: ignore[assignment]
-    from daphne.cli import CommandLineInterface
-
-    stats_path = Path(sys.argv[1])
-    try:
-        CommandLineInterface().run(sys.argv[2:])
-    finally:
-        stats_path.write_text(json.dumps(timings))
-
-
-SERVER_CHILD = "from bench.live import serve_main; serve_main()"
+# The server's side: Daphne's own command line; it renders nothing for the overview.
 
 
 class Server:
-    """One Daphne process on a loopback port (ingest and reconciler off: this process ingests)."""
+    """One Daphne process on a loopback port (ingest and reconciler off: this process ingests).
+
+    Its overview consumers only forward the HTML this process's pusher sends
+    through the channel layer.
+    """
 
     def __init__(self, directory: Path) -> None:
         from controlplane.embedded_redis import free_port
 
         self.port = free_port()
         self.log = directory / f"daphne-{self.port}.log"
-        self.stats = directory / f"renders-{self.port}.json"
         env = {**os.environ, "INGEST_ENABLED": "false", "RECONCILER_ENABLED": "false"}
         with self.log.open("w") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-c", SERVER_CHILD, str(self.stats)]
-                + ["-b", HOST, "-p", str(self.port), "controlplane.asgi:application"],
+                [sys.executable, "-m", "daphne", "-b", HOST, "-p", str(self.port)]
+                + ["controlplane.asgi:application"],
                 env=env,
                 cwd=ROOT,
                 stdout=log,
@@ -254,18 +230,13 @@ class Server:
     def cpu_seconds(self) -> float:
         return _process_cpu_seconds(self.process.pid)
 
-    def stop(self) -> list[tuple[float, float, int, int]]:
-        """Stop the server; the renders it timed: (seconds, CPU seconds, fields, bytes)."""
+    def stop(self) -> None:
         self.process.terminate()
         try:
             self.process.wait(timeout=15)
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait(timeout=10)
-        try:
-            return [(a, b, int(c), int(d)) for a, b, c, d in json.loads(self.stats.read_text())]
-        except (OSError, ValueError):
-            return []
 
 
 # The control plane's side.
@@ -591,6 +562,90 @@ class Viewers:
             self.process.wait(timeout=10)
 
 
+@dataclass
+class Push:
+    """One push of this process's pusher, timed."""
+
+    kind: str  # "state" or "figures"
+    seconds: float  # the whole ``send_now``: lookup, render, sends through the layer
+    render_seconds: float  # its ``render_rows``
+    render_cpu: float  # CPU seconds of that render (its thread's)
+    rows: int  # policy rows rendered (the ``@summary`` aside)
+
+
+class PushTimings:
+    """Times each ``send_now`` and its ``render_rows``, in whichever thread runs them.
+
+    The product's pusher renders in the process that learned of the change,
+    here the bench process running the ingest, so this is where rendering is
+    timed. Both functions are looked up at call time (``send_now`` as a module
+    global of ``push``, ``render_rows`` imported inside it), so replacing them
+    on their modules times every push without changing the product.
+    """
+
+    def __init__(self) -> None:
+        import controlplane.live.push as push
+        import controlplane.live.widgets as widgets
+
+        self._push, self._widgets = push, widgets
+        self._send, self._render = push.send_now, widgets.render_rows
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self.pushes: list[Push] = []
+        push.send_now = self._timed_send
+        widgets.render_rows = self._timed_render
+
+    def _timed_send(self, environment_name: str, changed: set[str], *, state: bool = True) -> None:
+        self._local.render = None
+        started = time.perf_counter()
+        try:
+            self._send(environment_name, changed, state=state)
+        finally:
+            seconds = time.perf_counter() - started
+            render = self._local.render
+            self._local.render = None
+            if render is not None:  # pushes that rendered (not those with no layer)
+                with self._lock:
+                    self.pushes.append(Push("state" if state else "figures", seconds, *render))
+
+    def _timed_render(
+        self, environment: Any, changed: set[str], variants: dict[str, dict[str, bool]]
+    ) -> dict[str, dict[str, str]]:
+        started, cpu = time.perf_counter(), time.thread_time()
+        rendered = self._render(environment, changed, variants)
+        policy_rows = (sum(1 for r in by_row if r[0] != "@") for by_row in rendered.values())
+        rows = max(policy_rows, default=0)
+        self._local.render = (time.perf_counter() - started, time.thread_time() - cpu, rows)
+        return rendered
+
+    def take(self) -> list[Push]:
+        with self._lock:
+            pushes, self.pushes = self.pushes, []
+        return pushes
+
+    def restore(self) -> None:
+        self._push.send_now = self._send
+        self._widgets.render_rows = self._render
+
+
+def _plural(count: float, noun: str) -> str:
+    return f"{count:.0f} {noun}{'' if round(count) == 1 else 's'}"
+
+
+def _pushes_note(pushes: list[Push], kind: str, elapsed: float) -> str:
+    """``N state pushes, median 12 ms (render 8 ms, 7 ms CPU, 1 row), 3% of a core``."""
+    mine = [p for p in pushes if p.kind == kind]
+    if not mine:
+        return f"0 {kind} pushes"
+    return (
+        f"{len(mine)} {kind} pushes, median {statistics.median(p.seconds for p in mine) * 1000:.0f}"
+        f" ms (render {statistics.median(p.render_seconds for p in mine) * 1000:.0f} ms,"
+        f" {statistics.median(p.render_cpu for p in mine) * 1000:.0f} ms CPU,"
+        f" {_plural(statistics.median(p.rows for p in mine), 'row')}),"
+        f" render CPU {sum(p.render_cpu for p in mine) / elapsed:.0%} of a core"
+    )
+
+
 def _start_ingestor() -> Any:
     """The product's Ingestor, each batch timed (entries, seconds)."""
     from controlplane.live.ingest import Ingestor
@@ -640,11 +695,11 @@ def _scenario(
     cookies: list[str],
     simulation: Simulation,
     ingestor: Any,
+    timings: PushTimings,
     directory: Path,
 ) -> list[Row]:
     server = Server(directory)
     viewers: Viewers | None = None
-    renders: list[tuple[float, float, int, int]] = []
     try:
         viewers = Viewers(server.port, cookies[: scenario.viewers])
         simulation.loaded = scenario.loaded
@@ -655,6 +710,7 @@ def _scenario(
             warm = {warm_up: simulation.transition(warm_up)}
             _await_arrivals(viewers, warm, scenario.viewers)
         ingestor.batches.clear()
+        timings.take()
         cpu_before, started = server.cpu_seconds(), time.monotonic()
         written: dict[str, float] = {}
         next_at = time.monotonic()
@@ -664,13 +720,15 @@ def _scenario(
             next_at += TRANSITION_SPACING
         expected = len(breakers) * scenario.viewers
         _await_arrivals(viewers, written, expected)
-        server_cpu = (server.cpu_seconds() - cpu_before) / (time.monotonic() - started)
+        elapsed = time.monotonic() - started
+        server_cpu = (server.cpu_seconds() - cpu_before) / elapsed
+        pushes = timings.take()
         simulation.loaded = False
         viewers.stop()
     finally:
         if viewers is not None:
             viewers.stop()
-        renders = server.stop()
+        server.stop()
     latencies = [
         (at - written[breaker]) * 1000
         for (_, breaker), at in viewers.arrivals.items()
@@ -680,8 +738,6 @@ def _scenario(
     # A push that never came counts as infinitely late.
     samples = sorted(latencies) + [math.inf] * missing
     batches = list(ingestor.batches)
-    render_ms = statistics.median(r[0] for r in renders) * 1000 if renders else 0.0
-    render_cpu = statistics.median(r[1] for r in renders) * 1000 if renders else 0.0
     note = (
         f"{len(latencies)}/{expected} pushes in time"
         + (
@@ -690,8 +746,9 @@ def _scenario(
             if missing and latencies
             else ""
         )
-        + f"; server: {len(renders)} renders, median {render_ms:.0f} ms"
-        + f" ({render_cpu:.0f} ms CPU), {server_cpu:.0%} of a core"
+        + f"; pusher: {_pushes_note(pushes, 'state', elapsed)};"
+        + f" {_pushes_note(pushes, 'figures', elapsed)}"
+        + f"; Daphne (fan-out) {server_cpu:.0%} of a core"
         + f"; ingest: {len(batches)} batches, median"
         + f" {statistics.median(t for _, t in batches) * 1000 if batches else 0:.0f} ms"
     )
@@ -711,12 +768,13 @@ def _scenario(
     ]
 
 
-def _render_push_rows(environment: Any, can: dict[str, bool]) -> list[Row]:
-    """What one viewer's push costs to render, here (each viewer renders its own)."""
+def _render_rows_rows(environment: Any) -> list[Row]:
+    """What one push costs to render: ``render_rows``, once per push for every viewer."""
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
 
-    from controlplane.live.widgets import render_push
+    from controlplane.live.push import VARIANTS
+    from controlplane.live.widgets import render_rows
 
     breakers = [f"breaker:b{i:04d}" for i in range(BREAKERS)]
     cases = {
@@ -727,22 +785,22 @@ def _render_push_rows(environment: Any, can: dict[str, bool]) -> list[Row]:
     }
     rows = []
     for label, changed in cases.items():
-        render_push(environment, changed, can)
-        samples, queries, size = [], 0, 0
+        render_rows(environment, changed, VARIANTS)
+        samples, queries, sizes = [], 0, {}
         for _ in range(5):
             with CaptureQueriesContext(connection) as captured:
                 started = time.perf_counter()
-                html = render_push(environment, changed, can)
+                rendered = render_rows(environment, changed, VARIANTS)
                 samples.append((time.perf_counter() - started) * 1000)
-            queries, size = len(captured.captured_queries), len(html)
-        total = statistics.median(samples) * VIEWERS / 1000
-        note = f"{queries} DB queries, {size // 1024} KiB; x{VIEWERS} viewers = {total:.1f} s"
+            queries = len(captured.captured_queries)
+            sizes = {v: sum(map(len, by_row.values())) for v, by_row in rendered.items()}
+        kib = ", ".join(f"{variant} {size // 1024} KiB" for variant, size in sizes.items())
+        note = f"{queries} DB queries; {kib}; once per push, whatever the number of viewers"
         rows.append(Row.of(PUSH_RENDER, label, samples, "ms", note))
     return rows
 
 
 def _push_rows(ctx: Any) -> list[Row]:
-    from controlplane.accounts.context_processors import abilities
     from controlplane.accounts.roles import Role
 
     started = time.monotonic()
@@ -756,6 +814,7 @@ def _push_rows(ctx: Any) -> list[Row]:
     )
     directory = Path(tempfile.mkdtemp(prefix="cp-bench-live-"))
     simulation = Simulation(ctx.redis_url, environment.keys(), environment.revision)
+    timings = PushTimings()
     ingestor = _start_ingestor()
     rows: list[Row] = []
     try:
@@ -763,11 +822,12 @@ def _push_rows(ctx: Any) -> list[Row]:
             print(f"  scenario {scenario.name}...", file=sys.stderr, flush=True)
             count = scenario.transitions + (0 if scenario.loaded else 1)  # + a warm-up
             picked, chosen = chosen[:count], chosen[count:]
-            rows += _scenario(scenario, picked, cookies, simulation, ingestor, directory)
+            rows += _scenario(scenario, picked, cookies, simulation, ingestor, timings, directory)
     finally:
         simulation.stop()
         ingestor.stop()
-    rows += _render_push_rows(environment, abilities(viewer))
+        timings.restore()
+    rows += _render_rows_rows(environment)
     return rows
 
 
