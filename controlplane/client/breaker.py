@@ -28,7 +28,6 @@ import json
 import logging
 import math
 import os
-import re
 import sys
 import threading
 import time
@@ -43,7 +42,7 @@ import redis
 from controlplane.client.errors import CircuitOpenError
 from controlplane.protocol.documents import OverrideDocument
 from controlplane.protocol.keys import PROTOCOL_VERSION
-from controlplane.protocol.schema import BREAKER, validate_name, validate_spec
+from controlplane.protocol.schema import BREAKER, EXCEPTION_NAME, validate_name, validate_spec
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -75,7 +74,6 @@ KWARG_FIELDS: Final = {
     "record": "record_exceptions",
     "ignore": "ignore_exceptions",
 }
-_EXCEPTION_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*\Z")
 
 # How an exception counts.
 _SUCCESS: Final = 0
@@ -109,7 +107,7 @@ def _count_value(counter: itertools.count[int]) -> int:
 def exception_name(cls: type[BaseException]) -> str:
     """The name an exception class is listed under in a policy."""
     name = f"{cls.__module__}.{cls.__qualname__}"
-    return name if _EXCEPTION_NAME.match(name) else cls.__name__
+    return name if EXCEPTION_NAME.match(name) else cls.__name__
 
 
 def _resolve_dotted(name: str) -> type | None:
@@ -1099,8 +1097,9 @@ class CircuitBreaker:
                 self._open_until = 0.0
                 self._generation += 1  # a new half-open: new probes, fleet-wide ones
                 self._reset_probes_locked()
-            elif local != CLOSED or shared.reason == "reset":
-                # An operator's reset clears the counters even of a closed breaker.
+            else:
+                # A newer closed state always starts afresh: after half-open probes, and
+                # after an operator's reset of a breaker that was already closed.
                 self._state = CLOSED
                 self._generation += 1
                 self._reset_window_locked()

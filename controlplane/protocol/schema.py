@@ -39,7 +39,7 @@ CONFIG_TYPES: Final = ("string", "integer", "float", "boolean", "duration", "jso
 
 MAX_DURATION: Final = 366 * 24 * 3600.0  # a year: longer periods are almost surely typos
 MAX_COUNT: Final = 1_000_000_000
-_EXCEPTION_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*\Z")
+EXCEPTION_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*\Z")
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _DURATION_UNITS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _TRUE: Final = frozenset({"true", "1", "yes", "on"})
@@ -141,7 +141,7 @@ def _parse_exception_names(value: Any) -> list[str]:
         raise InvalidValue("Enter a list of exception class names.")
     names: list[str] = []
     for item in value:
-        if not isinstance(item, str) or not _EXCEPTION_NAME.match(item):
+        if not isinstance(item, str) or not EXCEPTION_NAME.match(item):
             raise InvalidValue(f"{item!r} is not a Python class name such as requests.Timeout.")
         if item not in names:
             names.append(item)
