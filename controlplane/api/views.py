@@ -246,18 +246,13 @@ class AuditQuery(Schema):
 @api.get("/audit", response={200: list[AuditOut], **AUTH_ERRORS})
 def audit_log(request: HttpRequest, filters: Query[AuditQuery]) -> Any:
     require(request, Role.VIEWER)
-    entries = AuditEntry.objects.all()
-    for field, column in (
-        ("actor", "actor_name"),
-        ("environment", "environment"),
-        ("kind", "object_kind"),
-        ("object", "object_name"),
-    ):
-        value = getattr(filters, field)
-        if value:
-            entries = entries.filter(**{column: value})
-    if filters.action:
-        entries = entries.filter(action__startswith=filters.action)
+    entries = AuditEntry.objects.matching(
+        actor=filters.actor,
+        environment=filters.environment,
+        kind=filters.kind,
+        object=filters.object,
+        action=filters.action,
+    )
     window = entries[filters.offset : filters.offset + filters.limit]
     return [
         {

@@ -19,6 +19,30 @@ class AuditEntryQuerySet(models.QuerySet["AuditEntry"]):
     def delete(self) -> tuple[int, dict[str, int]]:
         raise AppendOnlyError("audit entries cannot be deleted")
 
+    def matching(
+        self,
+        *,
+        actor: str | None = None,
+        environment: str | None = None,
+        kind: str | None = None,
+        object: str | None = None,
+        action: str | None = None,
+    ) -> AuditEntryQuerySet:
+        """Entries of exactly this actor, environment, kind and object, and actions by prefix;
+        empty criteria match everything (the log page and the API filter alike)."""
+        entries = self
+        for column, value in (
+            ("actor_name", actor),
+            ("environment", environment),
+            ("object_kind", kind),
+            ("object_name", object),
+        ):
+            if value:
+                entries = entries.filter(**{column: value})
+        if action:
+            entries = entries.filter(action__startswith=action)
+        return entries
+
 
 class AuditEntry(models.Model):
     """One change made by anyone or anything: who, when, from where, what, why, field by field.

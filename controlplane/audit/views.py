@@ -13,7 +13,7 @@ from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
 from controlplane.accounts.roles import Role, role_required
-from controlplane.audit.models import AuditEntry
+from controlplane.audit.models import AuditEntry, AuditEntryQuerySet
 from controlplane.protocol.schema import KIND_LABELS
 
 PAGE_SIZE = 50
@@ -44,7 +44,7 @@ class AuditFilterForm(forms.Form):
     since = forms.DateTimeField(required=False, label="From")
     until = forms.DateTimeField(required=False, label="Until")
 
-    def filter(self, entries: QuerySet[AuditEntry]) -> QuerySet[AuditEntry]:
+    def filter(self, entries: AuditEntryQuerySet) -> AuditEntryQuerySet:
         data = self.cleaned_data
         if data.get("q"):
             text = data["q"]
@@ -55,17 +55,13 @@ class AuditFilterForm(forms.Form):
                 | Q(action__icontains=text)
                 | Q(environment__icontains=text)
             )
-        exact = {
-            "actor": "actor_name",
-            "environment": "environment",
-            "kind": "object_kind",
-            "object": "object_name",
-        }
-        for field, column in exact.items():
-            if data.get(field):
-                entries = entries.filter(**{column: data[field]})
-        if data.get("action"):
-            entries = entries.filter(action__startswith=data["action"])
+        entries = entries.matching(
+            actor=data.get("actor"),
+            environment=data.get("environment"),
+            kind=data.get("kind"),
+            object=data.get("object"),
+            action=data.get("action"),
+        )
         if data.get("since"):
             entries = entries.filter(at__gte=data["since"])
         if data.get("until"):
