@@ -139,10 +139,10 @@ def _write(
 
 
 def _announce(environment: str, field: str) -> None:
-    from controlplane.live.ingest import broadcast
+    from controlplane.live.push import notify
 
     try:
-        broadcast(environment, {field}, urgent=True)
+        notify(environment, {field}, urgent=True)
     except Exception:  # the dashboards also refresh on their own; never fail the action
         logger.warning("Could not announce the override of %s to open dashboards", field)
 

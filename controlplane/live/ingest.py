@@ -145,12 +145,6 @@ def _record_discovered(
         )
 
 
-def broadcast(environment: str, changed: set[str], *, urgent: bool = True) -> None:
-    """Tell open live pages what changed; the pusher coalesces and renders."""
-    if changed:
-        notify(environment, changed, urgent=urgent)
-
-
 class Ingestor(threading.Thread):
     """Background thread of each control-plane process: read, apply, acknowledge, announce."""
 
@@ -223,8 +217,8 @@ class Ingestor(threading.Thread):
         changes = process_entries(environment, entries)
         client.xack(stream, GROUP, *[entry_id for entry_id, _ in entries])
         self.processed += len(entries)
-        broadcast(environment.name, changes.state, urgent=True)
-        broadcast(environment.name, changes.figures - changes.state, urgent=False)
+        notify(environment.name, changes.state, urgent=True)
+        notify(environment.name, changes.figures - changes.state, urgent=False)
 
     def _claim_abandoned(self, environments: dict[str, Environment]) -> None:
         client = get_redis()

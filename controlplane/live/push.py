@@ -168,6 +168,8 @@ def notify(environment: str, changed: set[str], *, urgent: bool) -> None:
     They run in separate threads, so a transition never waits behind a large
     refresh of figures.
     """
+    if not changed:
+        return
     with _lock:
         pusher = _pushers.get(urgent)
         if pusher is None or not pusher.is_alive():

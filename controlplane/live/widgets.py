@@ -108,10 +108,6 @@ class Row:
             return ""
         return f" until {self.override.expires_at:%H:%M:%S}"
 
-    @property
-    def override_actions(self) -> list[tuple[str, str]]:
-        return OVERRIDE_ACTIONS.get(self.policy.kind, [])
-
     @functools.cached_property
     def act_cell(self) -> str:
         return format_html(
