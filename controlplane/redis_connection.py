@@ -11,6 +11,7 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from controlplane.embedded_redis import ensure_embedded_redis
+from controlplane.protocol.connection import connect
 
 _clients: dict[str, redis.Redis] = {}
 _lock = threading.Lock()
@@ -30,7 +31,7 @@ def get_redis() -> redis.Redis:
         if url not in _clients:
             if settings.EMBEDDED_REDIS:
                 ensure_embedded_redis(Path(url.removeprefix("unix://")))
-            _clients[url] = redis.Redis.from_url(
+            _clients[url] = connect(
                 url,
                 decode_responses=True,
                 socket_timeout=settings.REDIS_SOCKET_TIMEOUT,

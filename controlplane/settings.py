@@ -13,6 +13,7 @@ import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
 from controlplane.env import env_bool, env_float, env_list, env_str
+from controlplane.protocol.connection import split_cluster_url
 from controlplane.protocol.keys import PREFIX_PATTERN
 
 # Where templates/ and static/ are: the checkout, or CONTROLPLANE_HOME in an image
@@ -113,6 +114,18 @@ if not PREFIX_PATTERN.match(REDIS_KEY_PREFIX):
         "dashes and underscores"
     )
 REDIS_SOCKET_TIMEOUT = env_float("REDIS_SOCKET_TIMEOUT", 2.0, minimum=0.01)
+try:
+    REDIS_CLUSTER = split_cluster_url(REDIS_URL)[1]  # `?cluster=true`: a Redis Cluster
+except ValueError as exc:
+    raise ImproperlyConfigured(f"REDIS_URL: {exc}") from None
+# The channel layer carries dashboard pushes between Daphne replicas. It needs
+# one Redis server (or a Sentinel-managed one): channels-redis cannot use a cluster.
+CHANNEL_LAYER_URL = env_str("CHANNEL_LAYER_URL") or REDIS_URL
+if split_cluster_url(CHANNEL_LAYER_URL)[1]:
+    raise ImproperlyConfigured(
+        "CHANNEL_LAYER_URL: channels-redis cannot use a Redis Cluster; with REDIS_URL on a "
+        "cluster, set CHANNEL_LAYER_URL to a single Redis server for the dashboard pushes"
+    )
 
 # How often the reconciler compares each environment's revision in Redis with
 # the database, and how often it compares every document.
@@ -135,7 +148,7 @@ METRICS_ALLOWED_IPS = env_list("METRICS_ALLOWED_IPS", ["127.0.0.1", "::1"])
 CHANNEL_LAYERS: dict[str, Any] = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
-        "CONFIG": {"hosts": [REDIS_URL], "prefix": f"{REDIS_KEY_PREFIX}:asgi"},
+        "CONFIG": {"hosts": [CHANNEL_LAYER_URL], "prefix": f"{REDIS_KEY_PREFIX}:asgi"},
     }
 }
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -13,7 +14,7 @@ from django.contrib.auth.models import Group, User
 from controlplane.accounts.actors import Actor
 from controlplane.accounts.roles import Role, group_name
 from controlplane.accounts.throttle import close_clients
-from controlplane.embedded_redis import RedisServer
+from controlplane.embedded_redis import RedisClusterServers, RedisServer
 from controlplane.policies.actions import do_create_environment
 from controlplane.policies.models import Environment
 from controlplane.redis_connection import get_redis
@@ -63,6 +64,53 @@ def disposable_redis(settings: Any, tmp_path: Path) -> Iterator[RedisServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterServers]:
+    """A three-master Redis Cluster on loopback ports, shared by the tests that use it."""
+    cluster = RedisClusterServers(tmp_path_factory.mktemp("redis-cluster"))
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+# These modules run against the suite's Redis server and again against a Redis
+# Cluster (except tests that stop a server of their own). CONTROLPLANE_TEST_CLUSTER=false
+# leaves the cluster runs out (.ci/run's second pass: they do not depend on its settings).
+ON_CLUSTER_TOO = {
+    "tests.client.test_breaker",
+    "tests.client.test_cache",
+    "tests.client.test_client",
+    "tests.client.test_limiter",
+    "tests.live.test_ingest",
+    "tests.live.test_overrides",
+    "tests.policies.test_publish",
+    "tests.policies.test_reconcile",
+}
+CLUSTER_RUNS = os.environ.get("CONTROLPLANE_TEST_CLUSTER", "true").lower() != "false"
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if (
+        CLUSTER_RUNS
+        and metafunc.module.__name__ in ON_CLUSTER_TOO
+        and "disposable_redis" not in metafunc.fixturenames
+    ):
+        metafunc.parametrize("redis_backend", ["server", "cluster"], indirect=True)
+
+
+@pytest.fixture(autouse=True)
+def redis_backend(request: pytest.FixtureRequest, settings: Any) -> str:
+    """``server``: the suite's Redis; ``cluster``: the three-master cluster."""
+    backend: str = getattr(request, "param", "server")
+    if backend == "cluster":
+        cluster = request.getfixturevalue("redis_cluster")
+        settings.REDIS_URL = cluster.url
+        settings.EMBEDDED_REDIS = False
+    return backend
 
 
 @pytest.fixture

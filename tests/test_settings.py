@@ -42,6 +42,29 @@ def test_secret_key_can_come_from_a_file(tmp_path: Path) -> None:
     assert "redis://127.0.0.1:1/0 False" in result.stdout
 
 
+def test_a_cluster_for_policies_and_a_server_for_the_channel_layer() -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import controlplane.settings as s; "
+            "print(s.REDIS_CLUSTER, s.CHANNEL_LAYERS['default']['CONFIG']['hosts'])",
+        ],
+        cwd=ROOT,
+        env={
+            **os.environ,
+            "SECRET_KEY": "x",
+            "REDIS_URL": "rediss://:pw@redis-0:6379/0?cluster=true",
+            "CHANNEL_LAYER_URL": "redis://layer:6379/1",
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "True ['redis://layer:6379/1']"
+
+
 @pytest.mark.parametrize(
     ("name", "value", "message"),
     [
@@ -49,6 +72,8 @@ def test_secret_key_can_come_from_a_file(tmp_path: Path) -> None:
         ("RECONCILE_INTERVAL", "fast", "RECONCILE_INTERVAL='fast' is not a number"),
         ("REDIS_KEY_PREFIX", "a b", "REDIS_KEY_PREFIX='a b'"),
         ("DATABASE_URL", "nonsense://x", "DATABASE_URL is not a database URL"),
+        ("REDIS_URL", "redis://r:6379/0?cluster=maybe", "REDIS_URL: cluster='maybe'"),
+        ("REDIS_URL", "redis://r:6379/0?cluster=true", "CHANNEL_LAYER_URL: channels-redis cannot"),
     ],
 )
 def test_bad_setting_stops_start_up_naming_it(name: str, value: str, message: str) -> None:

@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any
 import redis
 from redis.asyncio import Redis as AsyncRedis
 
+from controlplane.protocol.connection import is_cluster
+
 _pack_command: Callable[[tuple[Any, ...]], bytes] | None
 try:
     from hiredis import pack_command as _pack_command
@@ -58,6 +60,9 @@ class LuaScript:
 
 class ScriptRunner:
     """Run Lua scripts on a synchronous client's pool: one ``EVALSHA``, one round trip per call.
+
+    (A cluster client has a pool per node: :func:`runner_for` gives it a
+    :class:`ClusterScriptRunner` instead.)
 
     ``client.evalsha`` checks a connection out of the pool and back in for every
     command; on this path that bookkeeping (locks, pool metrics and events, and
@@ -128,6 +133,19 @@ class ScriptRunner:
         self._idle = []
 
 
+class ClusterScriptRunner(ScriptRunner):
+    """Run Lua scripts on a Redis Cluster: redis-py sends each to the node of its keys."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self._client = weakref.ref(client)  # held by the client: no cycle through the registry
+
+    def run(self, script: LuaScript, keys: Sequence[str], args: Sequence[str]) -> Any:
+        client = self._client()
+        if client is None:
+            raise redis.exceptions.ConnectionError("the Redis client was closed")
+        return script.run(client, keys, args)
+
+
 _runners: weakref.WeakSet[ScriptRunner] = weakref.WeakSet()
 # Runners hold the pool, not the client, so a client's runner goes away with it.
 _runner_of: weakref.WeakKeyDictionary[redis.Redis, ScriptRunner] = weakref.WeakKeyDictionary()
@@ -135,6 +153,11 @@ _runner_of: weakref.WeakKeyDictionary[redis.Redis, ScriptRunner] = weakref.WeakK
 
 def runner_for(client: redis.Redis) -> ScriptRunner:
     """Return the script runner of a synchronous client (one per client)."""
+    if is_cluster(client):
+        runner = _runner_of.get(client)
+        if runner is None:
+            runner = _runner_of[client] = ClusterScriptRunner(client)
+        return runner
     runner = _runner_of.get(client)
     if runner is None or runner.pool is not client.connection_pool:
         runner = _runner_of[client] = ScriptRunner(client.connection_pool)
@@ -226,6 +249,11 @@ class AsyncBatcher:
         (hiredis packs the commands when installed); an error reply of one call
         (``NOSCRIPT``, a script error) is returned in its place, not raised.
         """
+        if is_cluster(self._redis):  # a pool per node: redis-py's pipeline groups by node
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for call in batch:
+                    pipe.execute_command(*call[1])
+                return list(await pipe.execute(raise_on_error=False))
         pool = self._redis.connection_pool
         connection = await pool.get_connection()  # type: ignore[no-untyped-call]
         try:

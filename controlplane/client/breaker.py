@@ -94,7 +94,7 @@ _LUA_DIR = files("controlplane.client").joinpath("lua")
 _LUA_COMMON = _LUA_DIR.joinpath("breaker_common.lua").read_text()
 LUA_SCRIPTS: Final = {
     name: _LUA_COMMON + "\n" + _LUA_DIR.joinpath(f"breaker_{name}.lua").read_text()
-    for name in ("transition", "probe", "probe_done")
+    for name in ("transition", "probe", "probe_done", "read")
 }
 
 
@@ -460,15 +460,14 @@ class _BreakerHub:
         if not breakers:
             return
         try:
-            with self.client.redis.pipeline(transaction=False) as pipe:
-                pipe.time()
-                pipe.hmget(self.client.keys.breakers, [b.name for b in breakers])
-                (seconds, micros), raws = pipe.execute()
+            now, raws = self.script("read")(
+                keys=[self.client.keys.breakers], args=[b.name for b in breakers]
+            )
         except (redis.RedisError, OSError) as exc:
             self.client.metrics.redis_errors.labels("breaker").inc()
             logger.debug("Cannot read the shared breaker states (%s)", exc)
             return
-        server_now = seconds + micros / 1_000_000
+        server_now = float(now)
         for breaker, raw in zip(breakers, raws, strict=True):
             if raw is None:
                 continue

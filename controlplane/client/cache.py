@@ -693,11 +693,10 @@ class Cache:
     def _delete(self, key: LocalKey) -> None:
         self._local.discard(key)
         message = _invalidation_message(key, self._client.instance_id)
-        try:
-            with self._client.redis.pipeline(transaction=False) as pipe:
-                pipe.delete(self._entry_key(key))
-                pipe.publish(self._channel, message)
-                pipe.execute()
+        try:  # two commands, not a pipeline: a cluster pipeline cannot PUBLISH
+            client = self._client.redis
+            client.delete(self._entry_key(key))
+            client.publish(self._channel, message)
         except (redis.RedisError, OSError) as exc:
             self._redis_failed("DEL", exc)
 
@@ -928,11 +927,10 @@ class Cache:
     async def _adelete(self, key: LocalKey) -> None:
         self._local.discard(key)
         message = _invalidation_message(key, self._client.instance_id)
-        try:
-            async with self._client.async_redis().pipeline(transaction=False) as pipe:
-                pipe.delete(self._entry_key(key))
-                pipe.publish(self._channel, message)
-                await pipe.execute()
+        try:  # two commands, not a pipeline: a cluster pipeline cannot PUBLISH
+            client = self._client.async_redis()
+            await client.delete(self._entry_key(key))
+            await client.publish(self._channel, message)
         except (redis.RedisError, OSError) as exc:
             self._redis_failed("DEL", exc)
 

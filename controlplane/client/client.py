@@ -26,6 +26,7 @@ from redis.retry import Retry
 from controlplane.client.metrics import ClientMetrics
 from controlplane.client.reporting import Reporter
 from controlplane.client.state import Listener, PolicyState, Snapshot
+from controlplane.protocol.connection import connect, connect_async, read_policy_store
 from controlplane.protocol.keys import DEFAULT_PREFIX, KeyLayout
 
 if TYPE_CHECKING:
@@ -170,7 +171,7 @@ class Client:
     # Redis connections
 
     def _connect(self) -> redis.Redis:
-        return redis.Redis.from_url(
+        return connect(
             self.redis_url,
             socket_timeout=self.timeout,
             socket_connect_timeout=self.timeout,
@@ -188,7 +189,7 @@ class Client:
         loop = asyncio.get_running_loop()
         client = self._async_redis.get(loop)
         if client is None:
-            client = AsyncRedis.from_url(
+            client = connect_async(
                 self.redis_url,
                 socket_timeout=self.timeout,
                 socket_connect_timeout=self.timeout,
@@ -272,12 +273,7 @@ class Client:
     # Following changes (background thread)
 
     def read_snapshot(self) -> Snapshot:
-        with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hgetall(self.keys.policies)
-            pipe.hgetall(self.keys.overrides)
-            pipe.get(self.keys.meta)
-            policies, overrides, meta = pipe.execute()
-        return Snapshot(policies, overrides, meta)
+        return Snapshot(*read_policy_store(self._redis, self.keys))
 
     def resync(self) -> None:
         """Re-read the whole snapshot now (normally done by the follower thread)."""
@@ -318,6 +314,8 @@ class Client:
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 2.0)
             except Exception:
+                if self._stop.is_set():  # closing: the pubsub was closed under our feet
+                    return
                 logger.exception("Policy follower failed; restarting it")
                 self._stop.wait(1.0)
             finally:

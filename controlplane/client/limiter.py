@@ -253,7 +253,7 @@ class RateLimiter:
         self._allowed_metric = self._metric["allowed"]
         self._override_field = f"{RATE_LIMIT}:{name}"
         self._batcher: tuple[asyncio.AbstractEventLoop, AsyncBatcher] | None = None
-        self._runner: ScriptRunner | None = None
+        self._runner: tuple[redis.Redis, ScriptRunner] | None = None
         self._prepared = _Prepared(self._load_settings())
         client.watch(RATE_LIMIT, name, self._policy_changed)
         client.reporter.add_collector(self._collect)
@@ -397,10 +397,12 @@ class RateLimiter:
         return self._finish(settings, text, decision, peek)
 
     def _sync_runner(self) -> ScriptRunner:
-        client = self._client.redis
-        runner = self._runner
-        if runner is None or runner.pool is not client.connection_pool:
-            runner = self._runner = runner_for(client)
+        client = self._client.redis  # a new one after a fork
+        cached = self._runner
+        if cached is not None and cached[0] is client:
+            return cached[1]
+        runner = runner_for(client)
+        self._runner = (client, runner)
         return runner
 
     def _loop_batcher(self) -> AsyncBatcher:

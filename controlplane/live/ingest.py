@@ -28,6 +28,7 @@ from controlplane.live.models import BreakerEvent, DiscoveredName
 from controlplane.live.push import notify
 from controlplane.metrics import REPORTS_INGESTED
 from controlplane.policies.models import Environment, Policy
+from controlplane.protocol.connection import is_cluster
 from controlplane.redis_connection import get_redis
 
 logger = logging.getLogger(__name__)
@@ -36,6 +37,7 @@ GROUP = "controlplane"
 REPORT_TYPES = ("heartbeat", "transition", "counters", "discovered")
 BATCH = 500
 CLAIM_IDLE_MS = 60_000
+CLUSTER_POLL_INTERVAL = 0.05  # seconds between reads of idle streams on a Redis Cluster
 
 
 def ensure_group(client: redis.Redis, stream: str) -> None:
@@ -195,13 +197,23 @@ class Ingestor(threading.Thread):
 
     def _read_once(self, environments: dict[str, Environment]) -> None:
         client = get_redis()
-        replies: Any = client.xreadgroup(
-            GROUP,
-            self.consumer,
-            dict.fromkeys(environments, ">"),
-            count=BATCH,
-            block=self.block_ms,
-        )
+        replies: Any
+        if is_cluster(client) and len(environments) > 1:
+            # One XREADGROUP reads streams of one hash slot only, and each
+            # environment has its own: read each without blocking, then pause.
+            replies = []
+            for stream in environments:
+                replies += client.xreadgroup(GROUP, self.consumer, {stream: ">"}, count=BATCH) or []
+            if not any(entries for _, entries in replies):
+                self._stop_event.wait(CLUSTER_POLL_INTERVAL)
+        else:
+            replies = client.xreadgroup(
+                GROUP,
+                self.consumer,
+                dict.fromkeys(environments, ">"),
+                count=BATCH,
+                block=self.block_ms,
+            )
         for stream, entries in replies or []:
             self._handle(client, environments[stream], stream, entries)
 

@@ -23,6 +23,7 @@ from controlplane.live.actions import expire_overrides, newest_overrides, overri
 from controlplane.metrics import DRIFT_FOUND, RECONCILE_RUNS, REDIS_ERRORS
 from controlplane.policies.models import Environment
 from controlplane.policies.publish import policy_document, raise_meta_revision, write_document
+from controlplane.protocol.connection import read_policy_store
 from controlplane.protocol.documents import (
     SECTION_OVERRIDES,
     SECTION_POLICIES,
@@ -124,11 +125,7 @@ def reconcile_environment(environment: Environment, *, repair: bool = True) -> D
     """
     keys = environment.keys()
     client = get_redis()
-    with client.pipeline(transaction=True) as pipe:
-        pipe.hgetall(keys.policies)
-        pipe.hgetall(keys.overrides)
-        pipe.get(keys.meta)
-        policies_raw, overrides_raw, meta_raw = pipe.execute()
+    policies_raw, overrides_raw, meta_raw = read_policy_store(client, keys)
     in_redis = {SECTION_POLICIES: policies_raw, SECTION_OVERRIDES: overrides_raw}
     environment.refresh_from_db(fields=["revision"])
     drift = Drift(environment.name, environment.revision, _revision(meta_raw))

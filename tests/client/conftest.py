@@ -4,12 +4,21 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+import redis
 from django.conf import settings
 
 from controlplane.accounts.actors import Actor
 from controlplane.client import Client
 from controlplane.policies.actions import do_create_policy, do_update_policy
 from controlplane.policies.models import Environment, Policy
+from controlplane.protocol.connection import connect, is_cluster
+
+
+def subscribers(client: redis.Redis, channel: str) -> int:
+    """How many connections listen on ``channel`` (on every node of a cluster)."""
+    options = {"target_nodes": "all"} if is_cluster(client) else {}
+    replies: Any = client.pubsub_numsub(channel, **options)
+    return int(replies[0][1])
 
 
 def make_client(**options: Any) -> Client:
@@ -17,7 +26,14 @@ def make_client(**options: Any) -> Client:
     options.setdefault("environment", "production")
     options.setdefault("service", "tests")
     options.setdefault("start_timeout", 5.0)
-    return Client(settings.REDIS_URL, key_prefix=settings.REDIS_KEY_PREFIX, **options)
+    url = options.pop("redis_url", settings.REDIS_URL)
+    return Client(url, key_prefix=settings.REDIS_KEY_PREFIX, **options)
+
+
+@pytest.fixture
+def raw_redis(settings: Any) -> redis.Redis:
+    """The test's Redis (server or cluster) with bytes replies, as the client reads them."""
+    return connect(settings.REDIS_URL)
 
 
 @pytest.fixture

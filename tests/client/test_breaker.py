@@ -22,6 +22,7 @@ from controlplane.policies.models import Environment, Policy
 from controlplane.policies.publish import write_document
 from controlplane.protocol.documents import OverrideDocument
 from controlplane.protocol.schema import PolicyError
+from tests.client.conftest import subscribers
 from tests.conftest import wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -76,7 +77,7 @@ def shared_state(redis_client: redis.Redis, client: Client, name: str) -> dict[s
 def wait_subscribed(raw_redis: redis.Redis, client: Client, listeners: int) -> None:
     """Wait until ``listeners`` connections listen on the breaker events channel."""
     channel = client.keys.breaker_events
-    wait_for(lambda: raw_redis.pubsub_numsub(channel)[0][1] >= listeners)
+    wait_for(lambda: subscribers(raw_redis, channel) >= listeners)
 
 
 def set_override(
@@ -99,12 +100,6 @@ def reports(redis_client: redis.Redis, client: Client, entry_type: str) -> list[
         for _, fields in redis_client.xrange(client.keys.reports)
         if fields[b"type"] == entry_type.encode()
     ]
-
-
-@pytest.fixture
-def raw_redis(settings: Any) -> redis.Redis:
-    """A bytes-reply connection to the test's Redis (the fixtures' may decode)."""
-    return redis.Redis.from_url(settings.REDIS_URL)
 
 
 # The window and its thresholds

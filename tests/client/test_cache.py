@@ -21,6 +21,7 @@ from controlplane.client.cache import Cache, make_digest
 from controlplane.embedded_redis import RedisServer
 from controlplane.policies.models import Environment, Policy
 from controlplane.protocol.schema import PolicyError
+from tests.client.conftest import subscribers
 from tests.conftest import wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -61,12 +62,6 @@ class Upstream:
             return f"{sku}-v{n}"
 
         return price
-
-
-@pytest.fixture
-def raw_redis(settings: Any) -> redis.Redis:
-    """The test's Redis with bytes replies (envelopes are binary)."""
-    return redis.Redis.from_url(settings.REDIS_URL)
 
 
 def cache_keys(redis_client: redis.Redis, client: Client, name: str = "prices") -> list[Any]:
@@ -333,11 +328,11 @@ def test_two_clients_elect_one_computer_through_the_lock(
 
 PROCESS_CHILD = """
 import sys, threading, time
-import redis
 from controlplane.client import Client
+from controlplane.protocol.connection import connect
 
 url, prefix, start_at = sys.argv[1], sys.argv[2], float(sys.argv[3])
-counter = redis.Redis.from_url(url)
+counter = connect(url)
 client = Client(url, environment="production", key_prefix=prefix)
 
 def price(sku):
@@ -586,7 +581,7 @@ def test_invalidate_reaches_the_local_tier_of_other_clients(
     price_1 = first.cached("prices", ttl=30, local_size=10)(function)
     price_2 = second.cached("prices", ttl=30, local_size=10)(function)
     channel = first.cache("prices")._channel
-    wait_for(lambda: redis_client.pubsub_numsub(channel)[0][1] == 2)
+    wait_for(lambda: subscribers(redis_client, channel) == 2)
     assert price_1("a") == price_2("a") == "a-EUR-v1"
     assert second.cache("prices").local_entries == 1
 

@@ -11,7 +11,7 @@ from controlplane.accounts.actors import Actor
 from controlplane.live.ingest import GROUP, Ingestor, ensure_group, process_entries
 from controlplane.live.models import BreakerEvent, DiscoveredName
 from controlplane.live.state import RATE_WINDOW, read_history, read_snapshot
-from controlplane.policies.actions import do_create_policy
+from controlplane.policies.actions import do_create_environment, do_create_policy
 from controlplane.policies.models import Environment
 from tests.conftest import wait_for
 
@@ -156,10 +156,13 @@ def test_malformed_entries_are_skipped(production: Environment) -> None:
 
 
 def test_two_replicas_process_each_report_once(
-    production: Environment, redis_client: redis.Redis
+    production: Environment, system: Actor, redis_client: redis.Redis
 ) -> None:
-    stream = production.keys().reports
-    ensure_group(redis_client, stream)
+    # Two environments: on a cluster their streams live in different hash slots.
+    staging = do_create_environment("staging", system)
+    streams = [production.keys().reports, staging.keys().reports]
+    for stream in streams:
+        ensure_group(redis_client, stream)
     first, second = Ingestor(block_ms=50), Ingestor(block_ms=50)
     second.consumer += "-b"
     first.start()
@@ -167,7 +170,7 @@ def test_two_replicas_process_each_report_once(
     try:
         for number in range(40):
             redis_client.xadd(
-                stream,
+                streams[number % 2],
                 _entry(
                     "transition",
                     f"i{number}",
@@ -175,9 +178,10 @@ def test_two_replicas_process_each_report_once(
                 ),
             )
         wait_for(lambda: first.processed + second.processed == 40)
-        assert BreakerEvent.objects.count() == 40
-        pending = redis_client.xpending(stream, GROUP)
-        assert pending["pending"] == 0
+        assert BreakerEvent.objects.filter(environment=production).count() == 20
+        assert BreakerEvent.objects.filter(environment=staging).count() == 20
+        for stream in streams:
+            assert redis_client.xpending(stream, GROUP)["pending"] == 0
     finally:
         first.stop()
         second.stop()
