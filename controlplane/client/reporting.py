@@ -95,6 +95,10 @@ class Reporter:
             except (redis.RedisError, OSError) as exc:
                 self.client.metrics.redis_errors.labels("report").inc()
                 logger.debug("Cannot report to Redis (%s); will retry", exc)
+                # Wait before trying again: a refused connection fails at once.
+                retry_at = time.monotonic() + self.report_interval
+                next_heartbeat = max(next_heartbeat, retry_at)
+                next_counters = max(next_counters, retry_at)
             except Exception:
                 logger.exception("Reporting failed; will retry")
             if stopping:

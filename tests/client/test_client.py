@@ -4,12 +4,14 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
+from prometheus_client import REGISTRY
 
 from controlplane.client import Client
 from controlplane.embedded_redis import RedisServer
@@ -93,6 +95,21 @@ def test_start_while_redis_is_down_uses_code_defaults_and_catches_up(
 
     reconcile_all()
     wait_for(lambda: client.config.get("banner") == "from the control plane")
+
+
+def test_reports_wait_between_attempts_while_redis_refuses_connections(
+    client_factory: Callable[..., Client], disposable_redis: RedisServer
+) -> None:
+    disposable_redis.stop()  # connections are refused at once: nothing slows a retry loop
+    client = client_factory(start_timeout=0.1, report_interval=0.2).start()
+    labels = {"operation": "report"}
+    name = "controlplane_client_redis_errors_total"
+    wait_for(lambda: (REGISTRY.get_sample_value(name, labels) or 0) > 0)
+    before = REGISTRY.get_sample_value(name, labels) or 0
+    threading.Event().wait(1.0)  # observe one second of reporting, whatever it does
+    attempts = (REGISTRY.get_sample_value(name, labels) or 0) - before
+    assert 1 <= attempts <= 10  # about one per report interval, not thousands
+    assert client.config.get("banner", default="still served") == "still served"
 
 
 def test_snapshot_file_gives_the_last_policies_when_redis_is_down(
