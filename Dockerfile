@@ -38,4 +38,4 @@ USER controlplane
 EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
     CMD python -c "import urllib.request,sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2).status != 200)"
-CMD ["daphne", "--bind", "0.0.0.0", "--port", "8000", "--proxy-headers", "controlplane.asgi:application"]
+CMD ["daphne", "--bind", "0.0.0.0", "--port", "8000", "controlplane.asgi:application"]

@@ -20,6 +20,7 @@ from django.conf import settings  # noqa: E402
 from controlplane.live import routing as live_routing  # noqa: E402
 from controlplane.live.ingest import start_ingestor  # noqa: E402
 from controlplane.policies.reconcile import start_reconciler  # noqa: E402
+from controlplane.proxy import TrustedProxies  # noqa: E402
 from controlplane.redis_connection import get_redis  # noqa: E402
 
 logger = logging.getLogger("controlplane")
@@ -42,11 +43,14 @@ if settings.RECONCILER_ENABLED:
 if settings.INGEST_ENABLED:
     start_ingestor()
 
-application = ProtocolTypeRouter(
-    {
-        "http": django_application,
-        "websocket": AllowedHostsOriginValidator(
-            AuthMiddlewareStack(URLRouter(live_routing.websocket_urlpatterns))
-        ),
-    }
+application = TrustedProxies(
+    ProtocolTypeRouter(
+        {
+            "http": django_application,
+            "websocket": AllowedHostsOriginValidator(
+                AuthMiddlewareStack(URLRouter(live_routing.websocket_urlpatterns))
+            ),
+        }
+    ),
+    settings.TRUSTED_PROXIES,
 )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+from collections.abc import Callable
 
 import redis
 from django.conf import settings
@@ -87,3 +88,25 @@ def metrics(request: HttpRequest) -> HttpResponse:
     if not _metrics_allowed(request):
         return HttpResponse("forbidden\n", status=403, content_type="text/plain")
     return HttpResponse(generate_latest(REGISTRY), content_type=CONTENT_TYPE_LATEST)
+
+
+PROBES = {"/healthz": healthz, "/readyz": readyz, "/metrics": metrics}
+
+
+class ProbeMiddleware:
+    """Answer the probes first, before anything reads the ``Host`` header.
+
+    Orchestrators and Prometheus reach each replica by its own address, which is
+    not in ``ALLOWED_HOSTS``: checked as any request, the probes would answer 400.
+    They reveal nothing that depends on the host, and ``/metrics`` has its own
+    protection. Every other path goes through the whole middleware stack.
+    """
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        probe = PROBES.get(request.path_info)
+        if probe is not None:
+            return probe(request)
+        return self.get_response(request)

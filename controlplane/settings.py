@@ -51,6 +51,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "controlplane.health.ProbeMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -160,6 +161,9 @@ AUTH_PASSWORD_VALIDATORS = [
 ]
 # Security: strict outside DEBUG (HTTPS assumed, as behind a TLS-terminating
 # load balancer; set TRUST_X_FORWARDED_PROTO there). Each can be turned off.
+# How many reverse proxies (load balancers) in front of Daphne append to
+# X-Forwarded-For; the client address is read from their entries (controlplane/proxy.py).
+TRUSTED_PROXIES = int(env_float("TRUSTED_PROXIES", 0))
 if env_bool("TRUST_X_FORWARDED_PROTO", False):
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", not DEBUG)

@@ -6,6 +6,8 @@ from typing import Any
 
 import pytest
 import redis
+from asgiref.testing import ApplicationCommunicator
+from django.core.asgi import get_asgi_application
 from django.test import Client
 
 from controlplane.accounts.actors import Actor
@@ -13,6 +15,7 @@ from controlplane.embedded_redis import RedisServer
 from controlplane.live.ingest import process_entries
 from controlplane.policies.actions import do_create_policy
 from controlplane.policies.models import Environment
+from controlplane.proxy import TrustedProxies
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -157,3 +160,55 @@ def test_production_cookies_are_secure_and_http_only() -> None:
         timeout=60,
     )
     assert result.stdout.split() == ["True", "True", "True", "True", "31536000"], result.stderr
+
+
+def test_probes_answer_whatever_the_host_while_pages_check_it(
+    client: Client, settings: Any
+) -> None:
+    settings.ALLOWED_HOSTS = ["controlplane.example.com"]
+    # An orchestrator probing a replica by its pod address:
+    assert client.get("/healthz", HTTP_HOST="10.0.0.7:8000").status_code == 200
+    assert client.get("/readyz", HTTP_HOST="10.0.0.7:8000").status_code in (200, 503)
+    assert client.get("/metrics", HTTP_HOST="10.0.0.7:8000").status_code == 200  # loopback
+    assert client.get("/login/", HTTP_HOST="10.0.0.7:8000").status_code == 400
+
+
+async def _status_through(application: Any, path: str, peer: str, forwarded_for: str) -> int:
+    communicator = ApplicationCommunicator(
+        application,
+        {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "GET",
+            "scheme": "http",
+            "path": path,
+            "raw_path": path.encode(),
+            "query_string": b"",
+            "root_path": "",
+            "headers": [(b"host", b"127.0.0.1"), (b"x-forwarded-for", forwarded_for.encode())],
+            "client": (peer, 40000),
+            "server": ("127.0.0.1", 8000),
+        },
+    )
+    await communicator.send_input({"type": "http.request", "body": b""})
+    start = await communicator.receive_output(timeout=10)
+    await communicator.receive_output(timeout=10)  # the body
+    status: int = start["status"]
+    return status
+
+
+async def test_the_client_address_comes_from_the_trusted_proxy_only() -> None:
+    # One load balancer in front (its own address 10.0.0.2) appends the address it saw.
+    application = TrustedProxies(get_asgi_application(), 1)
+    # A client forging "127.0.0.1" on the left does not pass the loopback-only /metrics.
+    assert (
+        await _status_through(application, "/metrics", "10.0.0.2", "127.0.0.1, 203.0.113.9") == 403
+    )
+    # The address the balancer wrote is believed (here, a loopback client).
+    assert (
+        await _status_through(application, "/metrics", "10.0.0.2", "203.0.113.9, 127.0.0.1") == 200
+    )
+    # Without trusted proxies the header is ignored: the peer is the balancer.
+    plain = get_asgi_application()
+    assert await _status_through(plain, "/metrics", "10.0.0.2", "127.0.0.1") == 403

@@ -81,15 +81,23 @@ def unregister_key(name: str) -> None:
 # Subjects
 
 
+def forwarded_client(forwarded_for: str, trusted: int) -> str | None:
+    """The client address in an ``X-Forwarded-For`` value written by ``trusted`` proxies.
+
+    Each proxy appends the address it received from, so only the last ``trusted``
+    entries are theirs; anything left of them came from the client and may be forged.
+    """
+    if trusted <= 0:
+        return None
+    hops = [hop.strip() for hop in forwarded_for.split(",") if hop.strip()]
+    return hops[-min(trusted, len(hops))] if hops else None
+
+
 def client_ip(request: HttpRequest) -> str:
     """Return the client address, trusting ``CONTROLPLANE_TRUSTED_PROXIES`` proxies."""
     trusted = int(getattr(settings, "CONTROLPLANE_TRUSTED_PROXIES", 0) or 0)
-    if trusted > 0:
-        forwarded = str(request.META.get("HTTP_X_FORWARDED_FOR", ""))
-        hops = [hop.strip() for hop in forwarded.split(",") if hop.strip()]
-        if hops:
-            return hops[-min(trusted, len(hops))]
-    return str(request.META.get("REMOTE_ADDR") or "unknown")
+    forwarded = forwarded_client(str(request.META.get("HTTP_X_FORWARDED_FOR", "")), trusted)
+    return forwarded or str(request.META.get("REMOTE_ADDR") or "unknown")
 
 
 def _endpoint(request: HttpRequest) -> str:
