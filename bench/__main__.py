@@ -23,6 +23,7 @@ BENCHES = {
     "breaker": ("bench.breaker", "bare call"),
     "rate_limit": ("bench.rate_limit", "bare Redis PING"),  # async: see its BASELINES
     "live": ("bench.live", "10 policies"),  # dashboard: see its BASELINES
+    "cluster": ("bench.cluster_load", "one server"),  # see its BASELINES
 }
 
 

@@ -134,16 +134,39 @@ class ScriptRunner:
 
 
 class ClusterScriptRunner(ScriptRunner):
-    """Run Lua scripts on a Redis Cluster: redis-py sends each to the node of its keys."""
+    """Run Lua scripts on a Redis Cluster: on the node of their first key, one round trip.
+
+    The node comes from redis-py's slot map, and the script goes out through a
+    :class:`ScriptRunner` on that node's pool. When the map is wrong or the node
+    cannot be used (``MOVED``, ``ASK``, a failover, a node gone), the call goes
+    through redis-py's cluster client instead, which follows the redirection
+    and refreshes the map for the next calls.
+    """
 
     def __init__(self, client: redis.Redis) -> None:
         self._client = weakref.ref(client)  # held by the client: no cycle through the registry
+        self._runners: dict[str, ScriptRunner] = {}
 
     def run(self, script: LuaScript, keys: Sequence[str], args: Sequence[str]) -> Any:
-        client = self._client()
+        client: Any = self._client()
         if client is None:
             raise redis.exceptions.ConnectionError("the Redis client was closed")
-        return script.run(client, keys, args)
+        try:
+            cluster = client.cluster_client()
+            node = cluster.get_node_from_key(keys[0])
+            runner = self._runners.get(node.name)
+            if runner is None:
+                pool = cluster.get_redis_connection(node).connection_pool
+                runner = self._runners[node.name] = ScriptRunner(pool)
+            return runner.run(script, keys, args)
+        except (
+            redis.exceptions.AskError,  # MOVED too
+            redis.exceptions.TryAgainError,
+            redis.exceptions.ClusterDownError,
+            redis.exceptions.ConnectionError,  # refused: the node may have failed over
+            redis.exceptions.RedisClusterException,
+        ):
+            return script.run(client, keys, args)
 
 
 _runners: weakref.WeakSet[ScriptRunner] = weakref.WeakSet()
