@@ -1,10 +1,26 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from ninja import Schema
-from pydantic import Field
+from pydantic import AfterValidator, Field
+
+from controlplane.protocol.schema import InvalidValue, check_text
+
+
+def _storable(value: str) -> str:
+    try:
+        return check_text(value)
+    except InvalidValue as exc:  # pydantic reports ValueError as a 422 naming the field
+        raise ValueError(str(exc)) from None
+
+
+# Text the database can store: no NUL character, no lone surrogate (the pattern tells
+# the OpenAPI schema's readers; the validator checks).
+Text = Annotated[
+    str, AfterValidator(_storable), Field(json_schema_extra={"pattern": "^[^\\u0000]*$"})
+]
 
 Kind = Literal["breaker", "rate_limit", "cache", "config"]
 
@@ -38,12 +54,12 @@ class PolicyIn(Schema):
     kind: Kind
     name: str
     spec: dict[str, Any] = Field(default_factory=dict)
-    reason: str = ""
+    reason: Text = ""
 
 
 class PolicyPatch(Schema):
     spec: dict[str, Any] = Field(description="Fields to change; the others keep their value.")
-    reason: str = ""
+    reason: Text = ""
     expected_version: int | None = Field(
         default=None, description="Refuse the change (409) if the policy is no longer at it."
     )
@@ -51,7 +67,7 @@ class PolicyPatch(Schema):
 
 class RollbackIn(Schema):
     version: int = Field(ge=1)
-    reason: str = ""
+    reason: Text = ""
     expected_version: int | None = None
 
 
@@ -89,7 +105,7 @@ class OverrideIn(Schema):
     kind: Literal["breaker", "rate_limit"]
     name: str
     state: Literal["forced_open", "forced_closed", "disabled", "block_all", "bypass"]
-    reason: str = Field(min_length=1, description="Required: kept in the audit log.")
+    reason: Text = Field(min_length=1, description="Required: kept in the audit log.")
     expires_in_seconds: float | None = Field(default=None, gt=0, le=366 * 86400)
 
 

@@ -31,6 +31,7 @@ from controlplane.api.schemas import (
     PolicyOut,
     PolicyPatch,
     RollbackIn,
+    Text,
     VersionOut,
 )
 from controlplane.audit.models import AuditEntry
@@ -183,7 +184,7 @@ def update_policy(
 
 
 class DeleteQuery(Schema):
-    reason: str = ""
+    reason: Text = ""
     expected_version: int | None = None
 
 
@@ -234,11 +235,11 @@ def rollback_policy(
 
 
 class AuditQuery(Schema):
-    actor: str | None = None
-    environment: str | None = None
-    kind: str | None = None
-    object: str | None = None
-    action: str | None = None
+    actor: Text | None = None
+    environment: Text | None = None
+    kind: Text | None = None
+    object: Text | None = None
+    action: Text | None = None
     limit: int = Field(100, ge=1, le=1000)
     offset: int = Field(0, ge=0, le=1_000_000_000)
 

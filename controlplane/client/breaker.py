@@ -269,7 +269,7 @@ class SharedState:
     def decode(cls, raw: str | bytes) -> SharedState:
         try:
             doc = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep
             raise ValueError(f"breaker state: not valid JSON ({exc})") from None
         if not isinstance(doc, dict):
             raise ValueError("breaker state: expected a JSON object")
@@ -309,7 +309,11 @@ class SharedState:
 def _number(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    return float(value) if math.isfinite(value) else None
+    try:
+        number = float(value)
+    except OverflowError:  # an integer beyond any float
+        return None
+    return number if math.isfinite(number) else None
 
 
 @dataclass(frozen=True)

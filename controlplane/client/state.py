@@ -93,6 +93,12 @@ class PolicyState:
             document = self._decode(section, name, raw)
             if document is None:
                 continue
+            if f"{document.kind}:{document.name}" != name:
+                self._bad(
+                    f"{section} field {name}",
+                    ProtocolError(f"holds the document of {document.kind}:{document.name}"),
+                )
+                continue
             current = updated.get(name)
             if (
                 current is None

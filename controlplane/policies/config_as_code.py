@@ -21,10 +21,18 @@ from controlplane.accounts.actors import Actor
 from controlplane.policies.actions import do_create_policy, do_delete_policy, do_update_policy
 from controlplane.policies.diff import FieldDiff, spec_diff
 from controlplane.policies.models import Environment, Policy
-from controlplane.protocol.schema import KINDS, PolicyError, validate_name, validate_spec
+from controlplane.protocol.schema import (
+    KINDS,
+    InvalidValue,
+    PolicyError,
+    check_text,
+    validate_name,
+    validate_spec,
+)
 
 FORMAT_VERSION = 1
 FORMATS = ("yaml", "json")
+MAX_VALUES = 100_000  # in one document: far more than any environment has
 
 
 def export_environment(environment: Environment) -> dict[str, Any]:
@@ -47,12 +55,45 @@ def dump(document: dict[str, Any], fmt: str) -> str:
     return yaml.safe_dump(document, sort_keys=False, allow_unicode=True)
 
 
+def _load(text: str, fmt: str | None) -> Any:
+    if fmt != "yaml":
+        try:
+            # JSON first: YAML reads JSON too, but turns the escapes JSON writes for
+            # characters beyond U+FFFF (emoji: "\\ud83d\\ude00") into lone surrogates.
+            return json.loads(text)
+        except ValueError:
+            if fmt == "json":
+                raise
+    return yaml.safe_load(text)
+
+
+def _check_readable(document: Any) -> None:
+    """Refuse text that cannot be shown or stored, and documents too big to walk (YAML
+    aliases let a few lines stand for millions of values)."""
+    pending, seen = [document], 0
+    while pending:
+        item = pending.pop()
+        seen += 1
+        if seen > MAX_VALUES:
+            raise PolicyError({"file": [f"Too large: more than {MAX_VALUES} values."]})
+        if isinstance(item, str):
+            try:
+                check_text(item)
+            except InvalidValue as exc:
+                raise PolicyError({"file": [f"{exc} Found in {item[:40]!r}."]}) from None
+        elif isinstance(item, dict):
+            pending += [*item.keys(), *item.values()]
+        elif isinstance(item, list | tuple | set):
+            pending += item
+
+
 def parse(text: str, fmt: str | None = None) -> dict[str, Any]:
-    """Read a document (YAML is a superset of JSON, so YAML reads both)."""
+    """Read a document: JSON, or YAML (of which JSON is a subset)."""
     try:
-        document = json.loads(text) if fmt == "json" else yaml.safe_load(text)
+        document = _load(text, fmt)
     except (ValueError, yaml.YAMLError) as exc:
         raise PolicyError({"file": [f"Not valid {fmt or 'YAML or JSON'}: {exc}"]}) from None
+    _check_readable(document)
     if not isinstance(document, dict):
         raise PolicyError({"file": ["Expected a mapping with version, environment, policies."]})
     if document.get("version") != FORMAT_VERSION:
@@ -95,6 +136,8 @@ def plan_import(
             path = f"policies.{kind}.{name}"
             try:
                 validate_name(name)
+                if not isinstance(spec, dict | None):
+                    raise PolicyError({"name": ["Expected a mapping of policy fields."]})
                 data = dict(spec or {})
                 current = existing.get((kind, name))
                 if kind == "config" and data.get("value") is None and data.get("secret"):

@@ -35,7 +35,7 @@ def dumps(document: Mapping[str, Any]) -> str:
 def _loads(raw: str | bytes, what: str) -> dict[str, Any]:
     try:
         document = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep
         raise ProtocolError(f"{what}: not valid JSON ({exc})") from None
     if not isinstance(document, dict):
         raise ProtocolError(f"{what}: expected a JSON object")
@@ -169,10 +169,14 @@ class OverrideDocument:
         if state is not None and state not in OVERRIDE_STATES.get(kind, ()):
             raise ProtocolError(f"{what}: invalid state {state!r}")
         expires_at = document.get("expires_at")
-        if expires_at is not None and (
-            not isinstance(expires_at, int | float) or isinstance(expires_at, bool)
-        ):
-            raise ProtocolError(f"{what}: field 'expires_at' must be a number or null")
+        if expires_at is not None:
+            bad = ProtocolError(f"{what}: field 'expires_at' must be a number or null")
+            if not isinstance(expires_at, int | float) or isinstance(expires_at, bool):
+                raise bad
+            try:
+                expires_at = float(expires_at)
+            except OverflowError:  # an integer beyond any float
+                raise bad from None
         return cls(
             kind=kind,
             name=name,
@@ -181,7 +185,7 @@ class OverrideDocument:
             reason=str(document.get("reason", "")),
             actor=str(document.get("actor", "")),
             created_at=str(document.get("created_at", "")),
-            expires_at=None if expires_at is None else float(expires_at),
+            expires_at=expires_at,
         )
 
 

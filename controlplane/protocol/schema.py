@@ -71,7 +71,10 @@ def parse_duration(value: Any) -> float:
     elif isinstance(value, bool):
         raise InvalidValue("Enter a duration in seconds, or with a unit such as 30s, 5m, 1h.")
     elif isinstance(value, int | float):
-        seconds = float(value)
+        try:
+            seconds = float(value)
+        except OverflowError:
+            raise InvalidValue("Enter a finite duration.") from None
     elif isinstance(value, str):
         text = value.strip().lower().replace(" ", "")
         try:
@@ -112,6 +115,8 @@ def _parse_float(value: Any) -> float:
         number = float(value.strip() if isinstance(value, str) else value)
     except (TypeError, ValueError):
         raise InvalidValue("Enter a number.") from None
+    except OverflowError:  # an integer beyond any float
+        raise InvalidValue("Enter a finite number.") from None
     if not math.isfinite(number):
         raise InvalidValue("Enter a finite number.")
     return number
@@ -128,10 +133,48 @@ def parse_bool(value: Any) -> bool:
     raise InvalidValue("Enter true or false.")
 
 
+def check_text(value: str) -> str:
+    """Return ``value`` if every database and Redis client can store it, else raise.
+
+    PostgreSQL refuses NUL characters in text and JSON, and a lone surrogate
+    (which JSON's ``\\ud800`` escapes can produce) cannot be encoded as UTF-8.
+    """
+    if "\x00" in value:
+        raise InvalidValue("Text cannot contain NUL characters.")
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        raise InvalidValue("Text must be valid Unicode (no lone surrogates).") from None
+    return value
+
+
+def check_json(value: Any) -> Any:
+    """Return ``value`` if it is plain JSON (what the database, Redis and clients read back
+    unchanged), else raise ``InvalidValue`` saying why."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            check_text(item)
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                raise InvalidValue("JSON has no NaN or Infinity: enter finite numbers.")
+        elif isinstance(item, list):
+            pending.extend(item)
+        elif isinstance(item, dict):
+            for key, member in item.items():
+                if not isinstance(key, str):
+                    raise InvalidValue(f"JSON object keys are text, not {key!r}.")
+                pending += [key, member]
+        elif item is not None and not isinstance(item, bool | int):
+            raise InvalidValue("Enter a JSON value.")
+    return value
+
+
 def _parse_text(value: Any) -> str:
     if not isinstance(value, str):
         raise InvalidValue("Enter text.")
-    return value.strip()
+    return check_text(value).strip()
 
 
 def _parse_exception_names(value: Any) -> list[str]:
@@ -301,7 +344,7 @@ def _check_config(spec: dict[str, Any], errors: dict[str, list[str]]) -> None:
     if spec["pattern"]:
         try:
             re.compile(spec["pattern"])
-        except re.error as exc:
+        except (re.error, OverflowError, RecursionError) as exc:
             errors.setdefault("pattern", []).append(f"Not a valid regular expression: {exc}.")
     if spec["json_schema"] is not None:
         _check_json_schema(spec["json_schema"], errors)
@@ -324,6 +367,11 @@ def _check_json_schema(schema: Any, errors: dict[str, list[str]]) -> None:
         errors.setdefault("json_schema", []).append("Enter a JSON object.")
         return
     try:
+        check_json(schema)
+    except InvalidValue as exc:
+        errors.setdefault("json_schema", []).append(str(exc))
+        return
+    try:
         import jsonschema
     except ImportError:  # the client library runs without jsonschema
         return
@@ -338,7 +386,7 @@ def coerce_config_value(value_type: str, raw: Any) -> Any:
     if value_type == "string":
         if not isinstance(raw, str):
             raise InvalidValue("Enter text.")
-        return raw
+        return check_text(raw)
     if value_type == "integer":
         return _parse_int(raw)
     if value_type == "float":
@@ -349,9 +397,7 @@ def coerce_config_value(value_type: str, raw: Any) -> Any:
         return parse_duration(raw)
     if value_type == "json":
         # Any JSON value, a string included; text from a form is parsed by the form.
-        if not isinstance(raw, str | int | float | bool | list | dict | None):
-            raise InvalidValue("Enter a JSON value.")
-        return raw
+        return check_json(raw)
     raise InvalidValue(f"Unknown type {value_type!r}.")
 
 
@@ -369,12 +415,17 @@ def check_config_value(spec: Mapping[str, Any], raw: Any) -> Any:
     if spec.get("json_schema") is not None:
         try:
             import jsonschema
+            import referencing.exceptions
         except ImportError:  # the control plane validated it before publishing
             return value
         try:
             jsonschema.validate(value, spec["json_schema"])
         except jsonschema.ValidationError as exc:
             raise InvalidValue(f"Does not match the JSON schema: {exc.message}") from None
+        except referencing.exceptions.Unresolvable as exc:  # a $ref to nowhere
+            raise InvalidValue(
+                f"The JSON schema refers to what it does not define: {exc}"
+            ) from None
     return value
 
 
@@ -674,7 +725,7 @@ def validate_spec(
     if not isinstance(data, Mapping):
         raise PolicyError({"spec": ["Enter an object of policy fields."]})
     errors: dict[str, list[str]] = {}
-    for unknown in sorted(set(data) - set(spec_def.by_name)):
+    for unknown in sorted(set(data) - set(spec_def.by_name), key=str):  # YAML keys may be numbers
         errors[str(unknown)] = [f"Not a {KIND_LABELS[kind].lower()} field."]
     spec = spec_def.defaults() if base is None else {**spec_def.defaults(), **base}
     for field_spec in spec_def.fields:

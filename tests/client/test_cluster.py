@@ -18,7 +18,7 @@ def test_on_a_cluster_a_stale_slot_map_is_followed_and_corrected(
     client = client_factory().start()
     limiter = client.limiter("api", limit=3, period=60)
     assert limiter.hit("user:1").source == "redis"  # the slot map is loaded
-    cluster = client.redis.cluster_client()  # type: ignore[attr-defined]
+    cluster = client.redis.cluster_client()
     key = limiter.key_for("user:1")
     slot = key_slot(key.encode())
     right = cluster.get_node_from_key(key)
