@@ -38,6 +38,9 @@ def test_editor_changes_a_limit_the_client_follows_and_the_audit_shows_it(
     page = log_in(browser, live_url, "erin")
     page.click('#env-production tr[data-policy="rate_limit:api"] a')
     page.click('a.button:has-text("Edit")')
+    page.fill("#id_limit", "-5")  # checked as typed: refused (422), the error shows by the field
+    page.press("#id_limit", "Tab")
+    page.locator('[data-error-for="limit"]').wait_for()
     page.fill("#id_limit", "250")
     page.click("button[value=preview]")
     diff = page.locator('.preview tr[data-field="limit"]')
