@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
+from redis.exceptions import RedisError
 
 from controlplane.accounts.context_processors import abilities
 from controlplane.accounts.roles import Role, has_role
@@ -19,6 +21,9 @@ from controlplane.policies.models import Environment
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_FORBIDDEN = 4403
 CLOSE_NOT_FOUND = 4404
+CLOSE_TRY_AGAIN_LATER = 1013  # the channel layer's Redis does not answer; the page reconnects
+
+logger = logging.getLogger(__name__)
 
 
 class LiveConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
@@ -47,10 +52,16 @@ class LiveConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         # overview gets ready HTML, rendered once for every viewer of its variant.
         if self.focus is None:
             variant = "operator" if self.can["operate"] else "viewer"
-            self.group = overview_group(environment.name, variant)
+            group = overview_group(environment.name, variant)
         else:
-            self.group = group_name(environment.name)
-        await self.channel_layer.group_add(self.group, self.channel_name)
+            group = group_name(environment.name)
+        try:
+            await self.channel_layer.group_add(group, self.channel_name)
+        except (RedisError, OSError) as exc:
+            logger.warning("Refusing a live websocket: the channel layer fails (%s)", exc)
+            await self.close(code=CLOSE_TRY_AGAIN_LATER)
+            return
+        self.group = group
         await self.accept()
         WEBSOCKETS.inc()
         self.counted = True
@@ -59,7 +70,10 @@ class LiveConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         if getattr(self, "counted", False):
             WEBSOCKETS.dec()
         if hasattr(self, "group"):
-            await self.channel_layer.group_discard(self.group, self.channel_name)
+            try:
+                await self.channel_layer.group_discard(self.group, self.channel_name)
+            except (RedisError, OSError) as exc:  # its membership expires by itself
+                logger.debug("Cannot leave %s (%s)", self.group, exc)
         if getattr(self, "_flush", None) is not None and self._flush is not None:
             self._flush.cancel()
 
