@@ -92,6 +92,12 @@ try:
     DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_health_checks=True)}
 except ValueError as exc:
     raise ImproperlyConfigured(f"DATABASE_URL is not a database URL: {exc}") from exc
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    # A database that does not answer at all must fail a request in seconds (a 503
+    # page), not after TCP gives up; ?connect_timeout= in the URL wins.
+    DATABASES["default"].setdefault("OPTIONS", {}).setdefault(
+        "connect_timeout", int(env_float("DATABASE_CONNECT_TIMEOUT", 5, minimum=1))
+    )
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # WAL lets the dashboard read while a change commits; IMMEDIATE takes the
     # write lock at BEGIN, so concurrent writers queue instead of failing.

@@ -80,3 +80,28 @@ def test_bad_setting_stops_start_up_naming_it(name: str, value: str, message: st
     result = _load_settings(SECRET_KEY="x", **{name: value})
     assert result.returncode != 0
     assert message in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("postgres://u@db.internal:5432/cp", "5"),
+        ("postgres://u@db.internal:5432/cp?connect_timeout=2", "2"),
+    ],
+)
+def test_postgresql_connections_give_up_after_a_timeout(url: str, expected: str) -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import controlplane.settings as s; "
+            "print(s.DATABASES['default']['OPTIONS']['connect_timeout'])",
+        ],
+        cwd=ROOT,
+        env={**os.environ, "SECRET_KEY": "x", "DATABASE_URL": url},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == expected
