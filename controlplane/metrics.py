@@ -32,6 +32,11 @@ REDIS_ERRORS = Counter(
     "Redis operations of the control plane that failed, by operation.",
     ["operation"],
 )
+DATABASE_ERRORS = Counter(
+    "controlplane_database_errors_total",
+    "Times the control plane could not reach its database, by where (request, reconcile).",
+    ["operation"],
+)
 WEBSOCKETS = Gauge(
     "controlplane_websocket_connections",
     "Open websocket connections of live pages in this process.",

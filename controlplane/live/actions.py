@@ -18,7 +18,7 @@ from controlplane.live.models import Override
 from controlplane.metrics import PUBLISHES, REDIS_ERRORS
 from controlplane.policies.actions import do_update_policy, next_revision
 from controlplane.policies.models import Environment, Policy
-from controlplane.policies.publish import write_document
+from controlplane.policies.publish import redis_answers, write_document
 from controlplane.protocol.documents import (
     OVERRIDE_STATES,
     SECTION_OVERRIDES,
@@ -29,6 +29,10 @@ from controlplane.protocol.schema import PolicyError, validate_name
 from controlplane.redis_connection import get_redis
 
 logger = logging.getLogger(__name__)
+
+
+class RedisUnavailableError(Exception):
+    """An action that only Redis can carry out was refused: Redis does not answer."""
 
 
 def override_document(override: Override) -> OverrideDocument:
@@ -154,9 +158,17 @@ _RESET_LUA = (
 
 
 def do_reset_breaker(environment: Environment, name: str, actor: Actor, reason: str) -> None:
-    """Back to closed on every instance, windows emptied; lifts any override first."""
+    """Back to closed on every instance, windows emptied; lifts any override first.
+
+    A reset is written to Redis only, never stored for the reconciler to replay,
+    so it is refused, with nothing lifted or audited, while Redis does not answer.
+    """
     if not reason.strip():
         raise PolicyError({"reason": ["Say why: the reason is kept in the audit log."]})
+    if not redis_answers():
+        raise RedisUnavailableError(
+            "Redis cannot be reached, and a reset exists only there: try again when it answers."
+        )
     do_clear_override(environment, "breaker", name, actor, reason)
     with transaction.atomic():
         record(

@@ -13,6 +13,7 @@ from django.views.decorators.http import require_GET, require_POST
 from controlplane.accounts.actors import Actor
 from controlplane.accounts.roles import Role, role_required
 from controlplane.live.actions import (
+    RedisUnavailableError,
     do_clear_override,
     do_purge_cache,
     do_reset_breaker,
@@ -23,6 +24,7 @@ from controlplane.live.state import SERIES, read_history
 from controlplane.live.widgets import live_snapshot, overview
 from controlplane.policies.actions import do_create_policy
 from controlplane.policies.models import Environment
+from controlplane.policies.views import confirm_saved
 from controlplane.protocol.schema import PolicyError
 from controlplane.redis_connection import get_redis
 
@@ -90,14 +92,18 @@ def adopt(request: HttpRequest, environment: str, discovered_id: int) -> HttpRes
     except PolicyError as exc:
         messages.error(request, f"Could not adopt {found.name}: {exc}")
         return redirect("live-discovered", env.name)
-    messages.success(request, f"Adopted {found.kind} {found.name}; it is now managed here.")
+    confirm_saved(request, f"Adopted {found.kind} {found.name}; it is now managed here.")
     return redirect("policy-detail", env.name, found.kind, found.name)
 
 
 @role_required(Role.OPERATOR)
 @require_POST
 def override(request: HttpRequest, environment: str) -> HttpResponse:
-    """Trip, force closed, disable, reset, block, bypass, purge or lift, with a reason."""
+    """Trip, force closed, disable, reset, block, bypass, purge or lift, with a reason.
+
+    While Redis is down, an override, a lift and a purge are saved and audited,
+    and reach the instances when Redis answers again; a reset is refused.
+    """
     env = _environment(environment)
     kind, _, name = request.POST.get("policy", "").partition(":")
     if not name:
@@ -127,10 +133,10 @@ def override(request: HttpRequest, environment: str) -> HttpResponse:
             do_purge_cache(env, name, actor, reason)
         else:
             do_set_override(env, kind, name, ACTIONS[(kind, action)], actor, reason, expires_at)
-    except PolicyError as exc:
+    except (PolicyError, RedisUnavailableError) as exc:
         messages.error(request, f"Nothing was changed. {exc}")
     else:
-        messages.success(request, f"{action.replace('_', ' ').capitalize()}: {kind} {name}.")
+        confirm_saved(request, f"{action.replace('_', ' ').capitalize()}: {kind} {name}.")
     return redirect(back or "live-overview", *([] if back else [env.name]))
 
 

@@ -19,8 +19,9 @@ import redis
 from django.conf import settings
 from django.db import close_old_connections
 
+from controlplane.errors import DATABASE_UNAVAILABLE
 from controlplane.live.actions import expire_overrides, newest_overrides, override_document
-from controlplane.metrics import DRIFT_FOUND, RECONCILE_RUNS, REDIS_ERRORS
+from controlplane.metrics import DATABASE_ERRORS, DRIFT_FOUND, RECONCILE_RUNS, REDIS_ERRORS
 from controlplane.policies.models import Environment
 from controlplane.policies.publish import policy_document, raise_meta_revision, write_document
 from controlplane.protocol.connection import read_policy_store
@@ -208,7 +209,7 @@ class Reconciler(threading.Thread):
 
     def run(self) -> None:
         next_full = 0.0  # a full comparison at start-up
-        redis_was_down = False
+        redis_was_down = database_was_down = False
         while not self._stop_event.is_set():
             close_old_connections()
             try:
@@ -223,12 +224,21 @@ class Reconciler(threading.Thread):
                 if redis_was_down:
                     logger.info("Redis answers again; the reconciler is catching up")
                     redis_was_down = False
+                if database_was_down:
+                    logger.info("The database answers again; the reconciler is running")
+                    database_was_down = False
             except redis.RedisError as exc:
                 REDIS_ERRORS.labels("reconcile").inc()
                 if not redis_was_down:
                     logger.warning("Reconciler cannot reach Redis (%s); will retry", exc)
                 redis_was_down = True
                 next_full = 0.0  # whatever Redis lost while down, compare it all
+            except DATABASE_UNAVAILABLE as exc:
+                # One line per outage, not a stack trace every interval.
+                DATABASE_ERRORS.labels("reconcile").inc()
+                if not database_was_down:
+                    logger.warning("Reconciler cannot reach the database (%s); will retry", exc)
+                database_was_down = True
             except Exception:
                 logger.exception("Reconciler run failed; will retry")
             self._stop_event.wait(self.interval)

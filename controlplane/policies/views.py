@@ -34,6 +34,7 @@ from controlplane.policies.config_as_code import (
 from controlplane.policies.diff import masked_spec, spec_diff
 from controlplane.policies.forms import PolicyForm
 from controlplane.policies.models import Environment, Policy, PolicyVersion
+from controlplane.policies.publish import redis_answers
 from controlplane.protocol.documents import PolicyDocument, ProtocolError
 from controlplane.protocol.schema import KIND_LABELS, KINDS, PolicyError
 from controlplane.redis_connection import get_redis
@@ -64,6 +65,18 @@ def _published_versions(environments: list[Environment]) -> dict[str, dict[str, 
             except ProtocolError:
                 versions[field] = -1
     return published
+
+
+def confirm_saved(request: HttpRequest, text: str) -> None:
+    """Say that a change was saved and, while Redis is down, that services get it later."""
+    if redis_answers():
+        messages.success(request, text)
+    else:
+        messages.warning(
+            request,
+            f"{text} Redis cannot be reached: services get this change when it answers "
+            "again (the reconciler publishes it).",
+        )
 
 
 def _get_environment(name: str) -> Environment:
@@ -182,7 +195,7 @@ def policy_create(request: HtmxHttpRequest, environment: str, kind: str) -> Http
         for field, errors in exc.errors.items():
             form.add_error(field if field in form.fields else None, errors)
         return _form_response(request, form, context, status=422)
-    messages.success(request, f"Created {KIND_LABELS[kind].lower()} {policy.name}.")
+    confirm_saved(request, f"Created {KIND_LABELS[kind].lower()} {policy.name}.")
     return redirect("policy-detail", env.name, kind, policy.name)
 
 
@@ -226,7 +239,7 @@ def policy_edit(request: HtmxHttpRequest, environment: str, kind: str, name: str
         for field, errors in exc.errors.items():
             form.add_error(field if field in form.fields else None, errors)
         return _form_response(request, form, context, status=422)
-    messages.success(request, f"Saved {KIND_LABELS[kind].lower()} {policy.name}.")
+    confirm_saved(request, f"Saved {KIND_LABELS[kind].lower()} {policy.name}.")
     return redirect("policy-detail", policy.environment.name, kind, policy.name)
 
 
@@ -235,7 +248,7 @@ def policy_edit(request: HtmxHttpRequest, environment: str, kind: str, name: str
 def policy_delete(request: HttpRequest, environment: str, kind: str, name: str) -> HttpResponse:
     policy = _get_policy(environment, kind, name)
     do_delete_policy(policy, Actor.from_request(request), request.POST.get("reason", ""))
-    messages.success(request, f"Deleted {KIND_LABELS[kind].lower()} {name}.")
+    confirm_saved(request, f"Deleted {KIND_LABELS[kind].lower()} {name}.")
     return redirect("dashboard")
 
 
@@ -275,7 +288,7 @@ def policy_restore(
     if not PolicyVersion.objects.filter(policy=policy, version=version).exists():
         raise Http404("No such version.")
     do_rollback_policy(policy, version, Actor.from_request(request), request.POST.get("reason", ""))
-    messages.success(request, f"Restored version {version} of {name} as a new version.")
+    confirm_saved(request, f"Restored version {version} of {name} as a new version.")
     return redirect("policy-detail", environment, kind, name)
 
 
@@ -312,7 +325,7 @@ def environment_import(request: HttpRequest, environment: str) -> HttpResponse:
                     prune=prune,
                     reason=request.POST.get("reason", ""),
                 )
-                messages.success(request, f"Applied {len(changes)} change(s) to {env.name}.")
+                confirm_saved(request, f"Applied {len(changes)} change(s) to {env.name}.")
                 return redirect("dashboard")
             context["changes"] = plan_import(env, document, prune=prune)
         except PolicyError as exc:

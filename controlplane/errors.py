@@ -1,0 +1,63 @@
+"""The database out of reach: a 503 that says so, instead of a 500.
+
+The database is the source of truth, so while it cannot be reached no page can
+be shown and no change can be saved. Every request that fails for that reason
+gets a 503 with ``Retry-After``: a page saying the database is unreachable and
+that nothing was changed, or a JSON error under ``/api/``. The error is logged
+and counted (``controlplane_database_errors_total``). ``/healthz`` and
+``/readyz`` need no database to answer. Services are not affected: their
+clients read the policies from Redis.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from django.db import InterfaceError, OperationalError
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.template.loader import render_to_string
+
+from controlplane.metrics import DATABASE_ERRORS
+
+logger = logging.getLogger(__name__)
+
+# What a lost, refused or broken database connection raises (a locked SQLite
+# file and a deadlock too: all of them worth a retry, none a bug of ours).
+DATABASE_UNAVAILABLE = (OperationalError, InterfaceError)
+MESSAGE = "The database cannot be reached. Nothing was changed: try again in a moment."
+RETRY_AFTER_SECONDS = 10
+
+
+class DatabaseUnavailableMiddleware:
+    """Answer 503 when a view (or its template) cannot reach the database."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        return self.get_response(request)
+
+    def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
+        if not isinstance(exception, DATABASE_UNAVAILABLE):
+            return None
+        DATABASE_ERRORS.labels("request").inc()
+        logger.error(
+            "Database unreachable; answered %s %s with 503: %s",
+            request.method,
+            request.path,
+            " ".join(str(exception).split()),  # one line: libpq's messages span several
+        )
+        response: HttpResponse
+        if request.path_info.startswith("/api/"):
+            response = JsonResponse({"detail": MESSAGE}, status=503)
+        else:
+            # Rendered without the request: context processors would query the database.
+            response = HttpResponse(
+                render_to_string("errors/database.html", {"message": MESSAGE}), status=503
+            )
+            if request.headers.get("HX-Request"):
+                # htmx swaps no 5xx answer: reload the page, which shows this one.
+                response["HX-Refresh"] = "true"
+        response["Retry-After"] = str(RETRY_AFTER_SECONDS)
+        return response
