@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from django.db import InterfaceError, OperationalError
 from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 
@@ -34,7 +35,8 @@ REDIS_ERRORS = Counter(
 )
 DATABASE_ERRORS = Counter(
     "controlplane_database_errors_total",
-    "Times the control plane could not reach its database, by where (request, reconcile).",
+    "Times the control plane could not reach its database, by where "
+    "(request, reconcile, ingest, metrics).",
     ["operation"],
 )
 WEBSOCKETS = Gauge(
@@ -93,6 +95,8 @@ class FleetCollector:
                     ratio = policy_rates.hit_ratio
                     if policy.startswith("cache:") and ratio is not None:
                         hit_ratio.add_metric([environment.name, policy[6:]], ratio / 100)
+        except (OperationalError, InterfaceError):  # the environments come from the database
+            DATABASE_ERRORS.labels("metrics").inc()
         except Exception:  # a scrape must still return the process's own metrics
             REDIS_ERRORS.labels("metrics").inc()
         yield from (states, rates, hit_ratio, instances)

@@ -21,12 +21,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 import redis
-from django.db import close_old_connections
+from django.db import InterfaceError, OperationalError, close_old_connections
 
 from controlplane.live import state
 from controlplane.live.models import BreakerEvent, DiscoveredName
 from controlplane.live.push import notify
-from controlplane.metrics import REPORTS_INGESTED
+from controlplane.metrics import DATABASE_ERRORS, REPORTS_INGESTED
 from controlplane.policies.models import Environment, Policy
 from controlplane.protocol.connection import is_cluster
 from controlplane.redis_connection import get_redis
@@ -165,6 +165,7 @@ class Ingestor(threading.Thread):
         environments: dict[str, Environment] = {}
         next_refresh = 0.0
         next_claim = 0.0
+        database_was_down = False
         while not self._stop_event.is_set():
             close_old_connections()
             try:
@@ -180,6 +181,9 @@ class Ingestor(threading.Thread):
                     self._claim_abandoned(environments)
                     next_claim = time.monotonic() + 30
                 self._read_once(environments)
+                if database_was_down:
+                    logger.info("The database answers again; ingest is running")
+                    database_was_down = False
             except redis.ResponseError as exc:
                 if "NOGROUP" in str(exc):  # Redis lost the stream and its group
                     next_refresh = 0.0
@@ -189,6 +193,13 @@ class Ingestor(threading.Thread):
             except redis.RedisError as exc:
                 logger.debug("Ingest cannot reach Redis (%s); will retry", exc)
                 next_refresh = 0.0
+                self._stop_event.wait(1)
+            except (OperationalError, InterfaceError) as exc:
+                # One line per outage, not a stack trace a second; entries stay pending.
+                DATABASE_ERRORS.labels("ingest").inc()
+                if not database_was_down:
+                    logger.warning("Ingest cannot reach the database (%s); will retry", exc)
+                database_was_down = True
                 self._stop_event.wait(1)
             except Exception:
                 logger.exception("Ingest failed; will retry")

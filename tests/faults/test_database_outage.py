@@ -26,6 +26,7 @@ from controlplane.audit.models import AuditEntry
 from controlplane.client import CircuitOpenError, Client
 from controlplane.errors import MESSAGE
 from controlplane.live.actions import do_set_override
+from controlplane.live.ingest import Ingestor
 from controlplane.policies.models import Environment, Policy
 from controlplane.policies.reconcile import Reconciler
 from tests.conftest import wait_for
@@ -61,16 +62,21 @@ class Records(logging.Handler):
 
 @pytest.fixture
 def reconciler_log() -> Iterator[Records]:
-    logger = logging.getLogger("controlplane.policies.reconcile")
+    """What the reconciler and the ingest log."""
+    loggers = [
+        logging.getLogger(f"controlplane.{name}") for name in ("policies.reconcile", "live.ingest")
+    ]
     handler = Records()
-    logger.addHandler(handler)
+    for logger in loggers:
+        logger.addHandler(handler)
     yield handler
-    logger.removeHandler(handler)
+    for logger in loggers:
+        logger.removeHandler(handler)
 
 
-def _reconciler_failures() -> float:
+def _failures(operation: str) -> float:
     value = REGISTRY.get_sample_value(
-        "controlplane_database_errors_total", {"operation": "reconcile"}
+        "controlplane_database_errors_total", {"operation": operation}
     )
     return value or 0.0
 
@@ -100,10 +106,12 @@ def test_database_outage_answers_503_keeps_services_running_and_loses_nothing(
     )
     bearer = {"Authorization": f"Bearer {token}"}
     reconciler = Reconciler(interval=0.05, full_interval=0.5)
+    ingestor = Ingestor(block_ms=100)
     try:
         with daphne_servers(1) as (port,):
             # Threads with connections start after the fork: SQLite must not cross it.
             reconciler.start()
+            ingestor.start()
             do_set_override(production, "breaker", "payments", "forced_open", system, "down")
             service = client_factory().start()
             limiter = service.limiter("api", limit=1000)  # code defaults; the policy wins
@@ -115,7 +123,8 @@ def test_database_outage_answers_503_keeps_services_running_and_loses_nothing(
             before = _audit()
             connections.close_all()
 
-            failures_before = _reconciler_failures()
+            failures_before = _failures("reconcile")
+            ingest_failures_before = _failures("ingest")
             database_link.cut()
             refused = []
             for path in ("/", "/e/production/config/banner/", "/e/production/live/", "/audit/"):
@@ -160,7 +169,8 @@ def test_database_outage_answers_503_keeps_services_running_and_loses_nothing(
             with pytest.raises(CircuitOpenError):
                 service.breaker("payments")(lambda: None)()
             assert service.config.get("banner") == "second"
-            wait_for(lambda: _reconciler_failures() >= failures_before + 3)
+            wait_for(lambda: _failures("reconcile") >= failures_before + 3)
+            wait_for(lambda: _failures("ingest") >= ingest_failures_before + 2, timeout=30)
 
             database_link.restore()
             restored_at = time.monotonic()
@@ -168,9 +178,13 @@ def test_database_outage_answers_503_keeps_services_running_and_loses_nothing(
             assert web.get("/readyz").status == 200
             wait_for(lambda: reconciler.last_success > restored_at)
             assert reconciler.is_alive()
+            processed = ingestor.processed  # the service's reports flow again
+            wait_for(lambda: ingestor.processed > processed, timeout=30)
     finally:
         if reconciler.is_alive():
             reconciler.stop()
+        if ingestor.is_alive():
+            ingestor.stop()
 
     connections.close_all()
     banner = Policy.objects.get(environment=production, kind="config", name="banner")
@@ -181,5 +195,8 @@ def test_database_outage_answers_503_keeps_services_running_and_loses_nothing(
     failures = [r.getMessage() for r in reconciler_log.records if r.levelno >= logging.WARNING]
     assert [m.split(" (")[0] for m in failures if m.startswith("Reconciler")] == [
         "Reconciler cannot reach the database"
+    ]
+    assert [m.split(" (")[0] for m in failures if m.startswith("Ingest")] == [
+        "Ingest cannot reach the database"
     ]
     assert not any(r.exc_info for r in reconciler_log.records)
