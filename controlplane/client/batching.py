@@ -272,13 +272,17 @@ class AsyncBatcher:
         (hiredis packs the commands when installed); an error reply of one call
         (``NOSCRIPT``, a script error) is returned in its place, not raised.
         """
-        if is_cluster(self._redis):  # a pool per node: redis-py's pipeline groups by node
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for call in batch:
-                    pipe.execute_command(*call[1])
-                return list(await pipe.execute(raise_on_error=False))
+        if is_cluster(self._redis):
+            return await self._execute_on_cluster(batch)
         pool = self._redis.connection_pool
         connection = await pool.get_connection()  # type: ignore[no-untyped-call]
+        try:
+            return await self._round_trip(connection, batch)
+        finally:
+            await pool.release(connection)
+
+    async def _round_trip(self, connection: Any, batch: list[_Call]) -> list[Any]:
+        """The round trip of :meth:`_execute` on one connection."""
         try:
             if _pack_command is not None:
                 packed: bytes | list[bytes] = b"".join([_pack_command(call[1]) for call in batch])
@@ -290,8 +294,55 @@ class AsyncBatcher:
             # Replies may be left unread on this connection: never reuse it.
             await connection.disconnect(nowait=True)
             raise
-        finally:
-            await pool.release(connection)
+
+    async def _execute_on_cluster(self, batch: list[_Call]) -> list[Any]:
+        """:meth:`_execute` on a cluster: one write per node, to the nodes together.
+
+        Each call goes to the node of its first key in redis-py's slot map. Calls
+        that node refuses (``MOVED``, ``ASK``, ``TRYAGAIN``, cluster down) or that
+        it cannot take (connection failed) go again through redis-py's cluster
+        pipeline, which follows redirections and refreshes the map.
+        """
+        cluster: Any = self._redis
+        try:
+            await cluster.initialize()  # the slot map; nothing to do once loaded
+            groups: dict[Any, list[int]] = {}
+            for index, call in enumerate(batch):
+                node = cluster.get_node_from_key(call[1][3])  # EVALSHA sha numkeys key ...
+                groups.setdefault(node, []).append(index)
+        except redis.exceptions.RedisClusterException:  # no map, or a slot not covered
+            return await self._through_cluster_pipeline(batch)
+        replies: list[Any] = [None] * len(batch)
+        again: list[int] = []
+
+        async def on_node(node: Any, indexes: list[int]) -> None:
+            connection = node.acquire_connection()
+            try:
+                await node.disconnect_if_needed(connection)
+                answers = await self._round_trip(connection, [batch[i] for i in indexes])
+            except redis.exceptions.ConnectionError:
+                again.extend(indexes)
+                return
+            finally:
+                node.release(connection)
+            for index, answer in zip(indexes, answers, strict=True):
+                if isinstance(answer, _REDIRECTED):
+                    again.append(index)
+                else:
+                    replies[index] = answer
+
+        await asyncio.gather(*(on_node(node, indexes) for node, indexes in groups.items()))
+        if again:
+            answers = await self._through_cluster_pipeline([batch[i] for i in again])
+            for index, answer in zip(again, answers, strict=True):
+                replies[index] = answer
+        return replies
+
+    async def _through_cluster_pipeline(self, batch: list[_Call]) -> list[Any]:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for call in batch:
+                pipe.execute_command(*call[1])
+            return list(await pipe.execute(raise_on_error=False))
 
     @staticmethod
     async def _read_replies(connection: Any, count: int) -> list[Any]:
@@ -315,6 +366,14 @@ class AsyncBatcher:
             raise
         except OSError as exc:
             raise redis.exceptions.ConnectionError(f"Error reading the batch: {exc}") from exc
+
+
+# Error replies of a node that does not (or not yet) serve the slot: MOVED is an AskError.
+_REDIRECTED = (
+    redis.exceptions.AskError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.ClusterDownError,
+)
 
 
 def _as_exception(exc: BaseException) -> Exception:
