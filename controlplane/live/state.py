@@ -22,6 +22,9 @@ from controlplane.protocol.keys import KeyLayout
 HISTORY_SECONDS = 960  # 16 minutes: charts show the last 15
 TOP_TTL_SECONDS = 1200
 RATE_WINDOW = 5  # seconds averaged for the overview's rates
+# A second's last reports (stamped when an instance flushes, just before the second
+# ends) reach the ingest a little later: a second is read once this much has passed.
+REPORT_GRACE = 0.5
 INSTANCE_TIMEOUT = 30.0  # an instance without a heartbeat this long is gone
 NUMERIC_COUNTERS = (
     "calls",
@@ -175,11 +178,14 @@ def read_snapshot(
 ) -> LiveSnapshot:
     """Read the last complete seconds, breaker states and instances (one pipeline).
 
-    With ``policies`` (``kind:name`` fields), only their counters are read, so
-    refreshing a few rows costs the same however many policies there are.
+    With ``policies`` (``kind:name`` fields), only their counters are read (and
+    their breakers' states counted), so refreshing a few rows costs about the
+    same however many policies there are.
     """
     now = time.time() if now is None else now
-    last = int(now) - 1  # the current second is still being reported
+    # The current second is still being reported; so, for REPORT_GRACE, is the last one:
+    # read early, it would show lower figures, and rows would change back and forth.
+    last = int(now - REPORT_GRACE) - 1
     wanted: list[str] | None = None
     if policies is not None:
         wanted = [
@@ -203,17 +209,24 @@ def read_snapshot(
             seconds.append(reply)
         else:
             seconds.append({f: v for f, v in zip(wanted, reply, strict=True) if v is not None})
-    totals: dict[str, dict[str, float]] = defaultdict(dict)
+    # Summed per field first, then split: a field is split once, not once per second.
+    sums: dict[str, float] = {}
     for counters in seconds:
         for key, value in counters.items():
-            policy, _, counter = key.rpartition("|")
-            totals[policy][counter] = totals[policy].get(counter, 0.0) + float(value)
+            sums[key] = sums.get(key, 0.0) + float(value)
+    totals: dict[str, dict[str, float]] = defaultdict(dict)
+    for key, total in sums.items():
+        policy, _, counter = key.rpartition("|")
+        totals[policy][counter] = total
     instances = _instances(instances_raw, now)
     alive = {i.instance for i in instances}
+    breakers = None  # with ``policies``, only their breakers' states are counted
+    if policies is not None:
+        breakers = {p.partition(":")[2] for p in policies if p.startswith("breaker:")}
     breaker_states: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     for key, value in states_raw.items():
         name, _, instance = key.partition("|")
-        if instance in alive:
+        if instance in alive and (breakers is None or name in breakers):
             breaker_states[name][value.partition("|")[0]] += 1
     return LiveSnapshot(
         rates={policy: PolicyRates(dict(c)) for policy, c in totals.items()},

@@ -11,6 +11,7 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_POST
 
 from controlplane.accounts.actors import Actor
+from controlplane.accounts.context_processors import abilities
 from controlplane.accounts.roles import Role, role_required
 from controlplane.live.actions import (
     RedisUnavailableError,
@@ -21,7 +22,7 @@ from controlplane.live.actions import (
 )
 from controlplane.live.models import BreakerEvent, DiscoveredName
 from controlplane.live.state import SERIES, read_history
-from controlplane.live.widgets import live_snapshot, overview
+from controlplane.live.widgets import live_snapshot, overview, table_rows
 from controlplane.policies.actions import do_create_policy
 from controlplane.policies.models import Environment
 from controlplane.policies.views import confirm_saved
@@ -47,7 +48,12 @@ def _environment(name: str) -> Environment:
 @role_required(Role.VIEWER)
 @require_GET
 def live_overview(request: HttpRequest, environment: str) -> HttpResponse:
-    return render(request, "live/overview.html", overview(_environment(environment)))
+    context = overview(_environment(environment))
+    operate = abilities(request.user)["operate"]
+    context["row_html"] = {
+        kind: table_rows(rows, operate=operate) for kind, rows in context["rows"].items()
+    }
+    return render(request, "live/overview.html", context)
 
 
 @role_required(Role.VIEWER)
@@ -115,6 +121,8 @@ def override(request: HttpRequest, environment: str) -> HttpResponse:
     if not url_has_allowed_host_and_scheme(back, allowed_hosts={request.get_host()}):
         back = ""
     try:
+        if not name:
+            raise PolicyError({"policy": ["Pick a policy with the Act button of its row."]})
         minutes = request.POST.get("expires_in_minutes", "").strip()
         expires_at = None
         if minutes:

@@ -2,17 +2,20 @@ from __future__ import annotations
 
 import json
 import time
+from html.parser import HTMLParser
 
 import pytest
 import redis
 from django.contrib.auth.models import User
+from django.db import connection
 from django.test import Client
+from django.test.utils import CaptureQueriesContext
 
 from controlplane.accounts.actors import Actor
 from controlplane.audit.models import AuditEntry
-from controlplane.live.actions import current_override
+from controlplane.live.actions import current_override, do_set_override
 from controlplane.live.ingest import process_entries
-from controlplane.live.models import DiscoveredName
+from controlplane.live.models import DiscoveredName, Override
 from controlplane.policies.actions import do_create_policy
 from controlplane.policies.models import Environment, Policy
 from controlplane.protocol.documents import OverrideDocument
@@ -283,3 +286,152 @@ def test_policy_page_shows_live_state_per_instance_and_series(
     assert 'ws-connect="/ws/live/production/?policy=breaker%3Apayments"' in html
     series = client.get("/e/production/breaker/payments/series.json?seconds=10").json()
     assert len(series["t"]) == 10 and sum(series["calls"]) == 8 and sum(series["failures"]) == 4
+
+
+class OverrideForm(HTMLParser):
+    """The fields of a page's override form: its action, inputs and each select's options."""
+
+    def __init__(self, html: str) -> None:
+        super().__init__()
+        self.action = ""
+        self.inputs: dict[str, str] = {}
+        self.options: dict[str, list[str]] = {}
+        self._inside = False
+        self._select = ""
+        self.feed(html)
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        found = {name: value or "" for name, value in attrs}
+        if tag == "form" and found.get("id") == "override-form":
+            self._inside, self.action = True, found["action"]
+        elif not self._inside:
+            return
+        elif tag == "input":
+            self.inputs[found["name"]] = found.get("value", "")
+        elif tag == "select":
+            self._select = found["name"]
+            self.options[self._select] = []
+        elif tag == "option" and self._select:
+            self.options[self._select].append(found["value"])
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "form":
+            self._inside = False
+        elif tag == "select":
+            self._select = ""
+
+
+# Every override an operator can place, and what it leaves behind.
+OVERRIDES = [
+    ("breaker:payments", "trip", "forced_open"),
+    ("breaker:payments", "force_closed", "forced_closed"),
+    ("breaker:payments", "disable", "disabled"),
+    ("breaker:payments", "reset", None),
+    ("breaker:payments", "lift", None),
+    ("rate_limit:api", "block_all", "block_all"),
+    ("rate_limit:api", "bypass", "bypass"),
+    ("rate_limit:api", "lift", None),
+    ("cache:prices", "purge", None),
+]
+
+
+@pytest.mark.parametrize("page", ["overview", "policy"])
+@pytest.mark.parametrize(("field", "action", "state"), OVERRIDES)
+def test_operator_places_every_override_from_the_overview_and_the_policy_page(
+    client: Client,
+    operator: User,
+    production: Environment,
+    policies: None,
+    page: str,
+    field: str,
+    action: str,
+    state: str | None,
+) -> None:
+    kind, _, name = field.partition(":")
+    if action in ("reset", "lift"):
+        first = "forced_open" if kind == "breaker" else "block_all"
+        do_set_override(production, kind, name, first, Actor.system("olga"), "earlier")
+    client.force_login(operator)
+    url = "/e/production/live/" if page == "overview" else f"/e/production/{kind}/{name}/"
+    html = client.get(url).content.decode()
+    form = OverrideForm(html)
+    if page == "overview":  # the row's Act button picks the policy (live.js)
+        assert f'data-act="{field}"' in html
+        assert f'href="/e/production/{kind}/{name}/#override-form" data-act=' in html
+    else:
+        assert form.inputs["policy"] == field
+    assert action in form.options["action"]
+
+    response = client.post(
+        form.action,
+        {
+            **form.inputs,
+            "policy": field,
+            "action": action,
+            "reason": "incident 7",
+            "expires_in_minutes": "10",
+        },
+        follow=True,
+    )
+
+    assert response.redirect_chain[-1][0] == url
+    assert f"{action.replace('_', ' ').capitalize()}: {kind} {name}." in response.content.decode()
+    override = current_override(production, kind, name)
+    assert (override.state if override else None) == state
+    if state is not None:
+        assert override is not None and override.expires_at is not None
+        assert override.reason == "incident 7"
+    if action == "reset":
+        assert AuditEntry.objects.filter(action="override.reset", reason="incident 7").exists()
+    if action == "purge":
+        assert Policy.objects.get(name="prices").spec["generation"] == 1
+
+
+def test_policy_page_offers_only_its_kinds_overrides(
+    client: Client, operator: User, production: Environment, policies: None
+) -> None:
+    client.force_login(operator)
+    form = OverrideForm(client.get("/e/production/rate_limit/api/").content.decode())
+    assert form.options["action"] == ["block_all", "bypass", "lift"]
+
+
+def test_overview_override_form_lists_no_policies(
+    client: Client, operator: User, production: Environment, policies: None, system: Actor
+) -> None:
+    for number in range(30):
+        do_create_policy(production, "breaker", f"b{number}", {}, system)
+    client.force_login(operator)
+
+    html = client.get("/e/production/live/").content.decode()
+
+    assert OverrideForm(html).options["policy"] == [""]  # a row's Act button fills it
+    assert html.count(" data-act=") == 33
+
+
+def test_override_without_a_policy_changes_nothing(
+    client: Client, operator: User, production: Environment, policies: None
+) -> None:
+    client.force_login(operator)
+    response = client.post(
+        "/e/production/override/", {"policy": "", "action": "trip", "reason": "x"}, follow=True
+    )
+    assert "Nothing was changed. policy: Pick a policy" in response.content.decode()
+    assert not Override.objects.exists()
+
+
+def test_overview_page_queries_do_not_grow_with_the_policies(
+    client: Client, operator: User, production: Environment, system: Actor
+) -> None:
+    client.force_login(operator)
+    kinds = ["breaker", "breaker", "rate_limit", "cache"]
+    queries: list[int] = []
+    for total in (4, 40):
+        for number in range(len(queries) * 4, total):
+            spec = {"ttl": 30} if kinds[number % 4] == "cache" else {}
+            do_create_policy(production, kinds[number % 4], f"p{number}", spec, system)
+        do_set_override(production, "breaker", f"p{total - 4}", "disabled", system, "x")
+        with CaptureQueriesContext(connection) as captured:
+            html = client.get("/e/production/live/").content.decode()
+        assert html.count("<tr id=") == total
+        queries.append(len(captured))
+    assert queries[0] == queries[1]
