@@ -167,7 +167,7 @@ def test_dashboard_and_services_through_a_redis_kill(
             "/e/production/breaker/payments/": "Redis cannot be reached: live figures",
             "/e/production/rate_limit/api/": "Redis cannot be reached: live figures",
             "/e/production/config/banner/": "<h1>banner <small>v1</small></h1>",
-            "/e/production/instances/": "<h1>Instances <small>0 reporting",
+            "/e/production/instances/": "Redis cannot be reached: the instances' heartbeats",
             "/e/production/discovered/": "<h1>Used in code, not managed here</h1>",
             "/e/production/breaker/payments/events/": "<h1>Transitions of payments</h1>",
             "/audit/": "<h1>Audit log</h1>",
