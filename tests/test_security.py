@@ -384,3 +384,35 @@ def test_a_bearer_token_writes_without_a_csrf_token(world: World) -> None:
     )
     deleted = client.delete(f"{base}/cache/fresh")
     assert (created.status_code, updated.status_code, deleted.status_code) == (201, 200, 204)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "data", "expected"),
+    [
+        ("get", "/e/pro%00duction/live/", {}, "The address holds a NUL character"),
+        ("get", "/audit/", {"object": "ap\x00i"}, 'The query parameter "object" holds'),
+        (
+            "post",
+            "/e/production/rate_limit/api/delete/",
+            {"reason": "gone\x00"},
+            'The field "reason"',
+        ),
+    ],
+)
+def test_a_nul_character_anywhere_is_refused_before_it_reaches_a_query(
+    client: Client,
+    editor: User,
+    production: Environment,
+    system: Actor,
+    method: str,
+    path: str,
+    data: dict[str, str],
+    expected: str,
+) -> None:
+    do_create_policy(production, "rate_limit", "api", {"limit": 10}, system)
+    client.force_login(editor)
+    before = stored_state()
+    response = getattr(client, method)(path, data)
+    assert response.status_code == 400
+    assert response.content.decode().startswith(expected)
+    assert stored_state() == before

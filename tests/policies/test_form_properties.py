@@ -3,6 +3,7 @@ never a server error, and a refused post changes nothing."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -57,7 +58,11 @@ def existing(production: Environment, system: Actor) -> dict[str, Policy]:
 
 def check_answer(response: Any, before: dict[str, Any], saved: bool) -> None:
     """A redirect once saved; else the form again, each error shown next to its field."""
-    assert response.status_code in (200, 302, 409, 422), response.status_code
+    assert response.status_code in (200, 302, 400, 409, 422), response.status_code
+    if response.status_code == 400:  # refused at the door (controlplane.security)
+        assert re.match(rb'The field "[^"]+" holds a NUL character', response.content)
+        assert stored_state() == before
+        return
     if response.status_code == 302:
         assert saved
         return
