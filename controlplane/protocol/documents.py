@@ -159,7 +159,7 @@ class OverrideDocument:
     def decode(cls, raw: str | bytes) -> OverrideDocument:
         document = _loads(raw, "override")
         kind, name = document.get("kind"), document.get("name")
-        if kind not in OVERRIDE_STATES and kind != "cache":
+        if not isinstance(kind, str) or (kind not in OVERRIDE_STATES and kind != "cache"):
             raise ProtocolError(f"override: unknown kind {kind!r}")
         if not isinstance(name, str) or not NAME_PATTERN.match(name):
             raise ProtocolError(f"override: invalid name {name!r}")

@@ -191,6 +191,14 @@ def garbage(data: st.DataObject, raw_redis: redis.Redis, key: str) -> bytes:
         b'"state":"block_all","expires_at":1' + b"0" * 400 + b"}",
     )
 )
+# An override whose kind is a list: a dict lookup of it raised TypeError (found in CI).
+@example(
+    data=(
+        "overrides",
+        "rate_limit:api",
+        b'{"schema":1,"kind":[],"name":"api","revision":5,"deleted":false,"state":"bypass"}',
+    )
+)
 # A well-formed document under another policy's field was held under that field: the
 # config read then found a breaker's spec and raised KeyError into the caller.
 @example(
