@@ -144,7 +144,7 @@ class Row:
         ordered = sorted(self.states.items(), key=lambda item: -item[1])
         return ", ".join(f"{count} {state.replace('_', '-')}" for state, count in ordered)
 
-    @property
+    @functools.cached_property
     def worst_state(self) -> str:
         for state in BREAKER_STATES:
             if self.states.get(state):
@@ -178,8 +178,7 @@ class Row:
     @functools.cached_property
     def view(self) -> RowView:
         """The values the row's partial shows, formatted: the row's HTML is kept by them."""
-        kind, name, rates = self.kind, self.name, self.rates
-        field = f"{kind}:{name}"
+        kind, name, rates, field = self.kind, self.name, self.rates, self.field
         dom_id = f"live-{kind}-{name}".replace(".", "_")
         detail_url = _detail_url(self.environment, kind, name)
         if kind == "cache":
@@ -202,16 +201,15 @@ class Row:
                 self.override.reason,
             )
         if kind == "breaker":
-            state = self.worst_state
             return BreakerView(
                 field,
                 dom_id,
                 name,
                 detail_url,
                 self.observe,
-                state,
-                state.replace("_", ""),
-                state.replace("_", " "),
+                self.worst_state,
+                self.state_class,
+                self.state_label,
                 self.reached,
                 _percent(rates.failure_rate),
                 _percent(rates.slow_rate),
