@@ -133,7 +133,7 @@ class ScriptRunner:
         self._idle = []
 
 
-class ClusterScriptRunner(ScriptRunner):
+class ClusterScriptRunner:
     """Run Lua scripts on a Redis Cluster: on the node of their first key, one round trip.
 
     The node comes from redis-py's slot map, and the script goes out through a
@@ -169,20 +169,21 @@ class ClusterScriptRunner(ScriptRunner):
             return script.run(client, keys, args)
 
 
+Runner = ScriptRunner | ClusterScriptRunner
+
 _runners: weakref.WeakSet[ScriptRunner] = weakref.WeakSet()
-# Runners hold the pool, not the client, so a client's runner goes away with it.
-_runner_of: weakref.WeakKeyDictionary[redis.Redis, ScriptRunner] = weakref.WeakKeyDictionary()
+# Runners hold the pool (or a weak reference), not the client, so a client's
+# runner goes away with it.
+_runner_of: weakref.WeakKeyDictionary[redis.Redis, Runner] = weakref.WeakKeyDictionary()
 
 
-def runner_for(client: redis.Redis) -> ScriptRunner:
+def runner_for(client: redis.Redis) -> Runner:
     """Return the script runner of a synchronous client (one per client)."""
+    runner = _runner_of.get(client)
     if is_cluster(client):
-        runner = _runner_of.get(client)
         if runner is None:
             runner = _runner_of[client] = ClusterScriptRunner(client)
-        return runner
-    runner = _runner_of.get(client)
-    if runner is None or runner.pool is not client.connection_pool:
+    elif not isinstance(runner, ScriptRunner) or runner.pool is not client.connection_pool:
         runner = _runner_of[client] = ScriptRunner(client.connection_pool)
     return runner
 

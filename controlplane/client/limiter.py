@@ -32,7 +32,7 @@ import redis
 from controlplane.client.batching import (
     AsyncBatcher,
     LuaScript,
-    ScriptRunner,
+    Runner,
     batcher_for,
     runner_for,
 )
@@ -253,7 +253,7 @@ class RateLimiter:
         self._allowed_metric = self._metric["allowed"]
         self._override_field = f"{RATE_LIMIT}:{name}"
         self._batcher: tuple[asyncio.AbstractEventLoop, AsyncBatcher] | None = None
-        self._runner: tuple[redis.Redis, ScriptRunner] | None = None
+        self._runner: tuple[redis.Redis, Runner] | None = None
         self._prepared = _Prepared(self._load_settings())
         client.watch(RATE_LIMIT, name, self._policy_changed)
         client.reporter.add_collector(self._collect)
@@ -396,7 +396,7 @@ class RateLimiter:
             return decision
         return self._finish(settings, text, decision, peek)
 
-    def _sync_runner(self) -> ScriptRunner:
+    def _sync_runner(self) -> Runner:
         client = self._client.redis  # a new one after a fork
         cached = self._runner
         if cached is not None and cached[0] is client:
