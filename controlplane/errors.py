@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Any
 
 from django.db import InterfaceError, OperationalError
 from django.http import HttpRequest, HttpResponse, JsonResponse
@@ -61,3 +62,30 @@ class DatabaseUnavailableMiddleware:
                 response["HX-Refresh"] = "true"
         response["Retry-After"] = str(RETRY_AFTER_SECONDS)
         return response
+
+
+class Outage:
+    """A dependency a background loop retries: every failure counted, logged once.
+
+    ``failed`` counts and logs one warning when the outage starts; ``answered``
+    logs one line when it ends. A loop retrying every interval thus leaves one
+    warning per outage in the log, not a line (or a stack trace) per attempt.
+    """
+
+    def __init__(self, log: logging.Logger, counter: Any, failing: str, back: str) -> None:
+        self.log = log
+        self.counter = counter  # a Prometheus counter with its labels applied
+        self.failing = failing
+        self.back = back
+        self.down = False
+
+    def failed(self, exc: Exception) -> None:
+        self.counter.inc()
+        if not self.down:
+            self.log.warning("%s (%s); will retry", self.failing, exc)
+        self.down = True
+
+    def answered(self) -> None:
+        if self.down:
+            self.log.info(self.back)
+        self.down = False

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from django.db import InterfaceError, OperationalError
 from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 
@@ -57,6 +56,7 @@ class FleetCollector:
         return []  # not known before the first scrape: environments and policies vary
 
     def collect(self) -> Iterator[Metric]:
+        from controlplane.errors import DATABASE_UNAVAILABLE  # it counts in this module
         from controlplane.live.state import read_snapshot
         from controlplane.policies.models import Environment
         from controlplane.redis_connection import get_redis
@@ -95,7 +95,7 @@ class FleetCollector:
                     ratio = policy_rates.hit_ratio
                     if policy.startswith("cache:") and ratio is not None:
                         hit_ratio.add_metric([environment.name, policy[6:]], ratio / 100)
-        except (OperationalError, InterfaceError):  # the environments come from the database
+        except DATABASE_UNAVAILABLE:  # the environments come from the database
             DATABASE_ERRORS.labels("metrics").inc()
         except Exception:  # a scrape must still return the process's own metrics
             REDIS_ERRORS.labels("metrics").inc()

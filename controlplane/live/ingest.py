@@ -21,8 +21,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 import redis
-from django.db import InterfaceError, OperationalError, close_old_connections
+from django.db import close_old_connections
 
+from controlplane.errors import DATABASE_UNAVAILABLE, Outage
 from controlplane.live import state
 from controlplane.live.models import BreakerEvent, DiscoveredName
 from controlplane.live.push import notify
@@ -165,7 +166,12 @@ class Ingestor(threading.Thread):
         environments: dict[str, Environment] = {}
         next_refresh = 0.0
         next_claim = 0.0
-        database_was_down = False
+        database = Outage(
+            logger,
+            DATABASE_ERRORS.labels("ingest"),
+            "Ingest cannot reach the database",
+            "The database answers again; ingest is running",
+        )
         while not self._stop_event.is_set():
             close_old_connections()
             try:
@@ -181,9 +187,7 @@ class Ingestor(threading.Thread):
                     self._claim_abandoned(environments)
                     next_claim = time.monotonic() + 30
                 self._read_once(environments)
-                if database_was_down:
-                    logger.info("The database answers again; ingest is running")
-                    database_was_down = False
+                database.answered()
             except redis.ResponseError as exc:
                 if "NOGROUP" in str(exc):  # Redis lost the stream and its group
                     next_refresh = 0.0
@@ -194,12 +198,8 @@ class Ingestor(threading.Thread):
                 logger.debug("Ingest cannot reach Redis (%s); will retry", exc)
                 next_refresh = 0.0
                 self._stop_event.wait(1)
-            except (OperationalError, InterfaceError) as exc:
-                # One line per outage, not a stack trace a second; entries stay pending.
-                DATABASE_ERRORS.labels("ingest").inc()
-                if not database_was_down:
-                    logger.warning("Ingest cannot reach the database (%s); will retry", exc)
-                database_was_down = True
+            except DATABASE_UNAVAILABLE as exc:  # entries stay pending until it answers
+                database.failed(exc)
                 self._stop_event.wait(1)
             except Exception:
                 logger.exception("Ingest failed; will retry")

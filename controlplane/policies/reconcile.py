@@ -19,7 +19,7 @@ import redis
 from django.conf import settings
 from django.db import close_old_connections
 
-from controlplane.errors import DATABASE_UNAVAILABLE
+from controlplane.errors import DATABASE_UNAVAILABLE, Outage
 from controlplane.live.actions import expire_overrides, newest_overrides, override_document
 from controlplane.metrics import DATABASE_ERRORS, DRIFT_FOUND, RECONCILE_RUNS, REDIS_ERRORS
 from controlplane.policies.models import Environment
@@ -209,7 +209,18 @@ class Reconciler(threading.Thread):
 
     def run(self) -> None:
         next_full = 0.0  # a full comparison at start-up
-        redis_was_down = database_was_down = False
+        redis_outage = Outage(
+            logger,
+            REDIS_ERRORS.labels("reconcile"),
+            "Reconciler cannot reach Redis",
+            "Redis answers again; the reconciler is catching up",
+        )
+        database_outage = Outage(
+            logger,
+            DATABASE_ERRORS.labels("reconcile"),
+            "Reconciler cannot reach the database",
+            "The database answers again; the reconciler is running",
+        )
         while not self._stop_event.is_set():
             close_old_connections()
             try:
@@ -221,24 +232,13 @@ class Reconciler(threading.Thread):
                     for environment in quick_check():
                         reconcile_environment(environment)
                 self.last_success = time.monotonic()
-                if redis_was_down:
-                    logger.info("Redis answers again; the reconciler is catching up")
-                    redis_was_down = False
-                if database_was_down:
-                    logger.info("The database answers again; the reconciler is running")
-                    database_was_down = False
+                redis_outage.answered()
+                database_outage.answered()
             except redis.RedisError as exc:
-                REDIS_ERRORS.labels("reconcile").inc()
-                if not redis_was_down:
-                    logger.warning("Reconciler cannot reach Redis (%s); will retry", exc)
-                redis_was_down = True
+                redis_outage.failed(exc)
                 next_full = 0.0  # whatever Redis lost while down, compare it all
             except DATABASE_UNAVAILABLE as exc:
-                # One line per outage, not a stack trace every interval.
-                DATABASE_ERRORS.labels("reconcile").inc()
-                if not database_was_down:
-                    logger.warning("Reconciler cannot reach the database (%s); will retry", exc)
-                database_was_down = True
+                database_outage.failed(exc)
             except Exception:
                 logger.exception("Reconciler run failed; will retry")
             self._stop_event.wait(self.interval)
