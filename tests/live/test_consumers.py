@@ -14,6 +14,7 @@ from controlplane.asgi import application
 from controlplane.live.push import group_name, send_now
 from controlplane.policies.actions import do_create_policy
 from controlplane.policies.models import Environment
+from tests.live.conftest import session_communicator
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -24,21 +25,6 @@ def in_memory_layer(settings: Any) -> Iterator[None]:
     channel_layers.backends.clear()
     yield
     channel_layers.backends.clear()
-
-
-async def _session_communicator(
-    user: User, origin: bytes = b"http://127.0.0.1"
-) -> WebsocketCommunicator:
-    from django.test import Client
-
-    client = Client()
-    await database_sync_to_async(client.force_login)(user)
-    cookie = f"sessionid={client.cookies['sessionid'].value}".encode()
-    return WebsocketCommunicator(
-        application,
-        "/ws/live/production/",
-        headers=[(b"origin", origin), (b"host", b"127.0.0.1"), (b"cookie", cookie)],
-    )
 
 
 async def test_anonymous_websocket_is_refused(production: Environment) -> None:
@@ -53,30 +39,21 @@ async def test_anonymous_websocket_is_refused(production: Environment) -> None:
 
 
 async def test_cross_origin_websocket_is_refused(production: Environment, viewer: User) -> None:
-    communicator = await _session_communicator(viewer, origin=b"http://evil.example")
+    communicator = await session_communicator(viewer, origin=b"http://evil.example")
     connected, _ = await communicator.connect()
     assert not connected
     await communicator.disconnect()
 
 
 async def test_user_without_a_role_is_refused(production: Environment, outsider: User) -> None:
-    communicator = await _session_communicator(outsider)
+    communicator = await session_communicator(outsider)
     connected, code = await communicator.connect()
     assert not connected and code == 4403
     await communicator.disconnect()
 
 
 async def test_unknown_environment_is_refused(viewer: User, production: Environment) -> None:
-    from django.test import Client
-
-    client = Client()
-    await database_sync_to_async(client.force_login)(viewer)
-    cookie = f"sessionid={client.cookies['sessionid'].value}".encode()
-    communicator = WebsocketCommunicator(
-        application,
-        "/ws/live/nowhere/",
-        headers=[(b"origin", b"http://127.0.0.1"), (b"host", b"127.0.0.1"), (b"cookie", cookie)],
-    )
+    communicator = await session_communicator(viewer, "/ws/live/nowhere/")
     connected, code = await communicator.connect()
     assert not connected and code == 4404
     await communicator.disconnect()
@@ -87,8 +64,8 @@ async def test_overview_receives_rendered_rows_with_controls_for_operators_only(
 ) -> None:
     await database_sync_to_async(do_create_policy)(production, "breaker", "payments", {}, system)
     await database_sync_to_async(do_create_policy)(production, "cache", "prices", {}, system)
-    as_viewer = await _session_communicator(viewer)
-    as_operator = await _session_communicator(operator)
+    as_viewer = await session_communicator(viewer)
+    as_operator = await session_communicator(operator)
     assert (await as_viewer.connect())[0] and (await as_operator.connect())[0]
 
     await database_sync_to_async(send_now)("production", {"breaker:payments", "cache:prices"})
@@ -108,16 +85,8 @@ async def test_policy_page_receives_only_its_own_section(
     production: Environment, viewer: User, system: Actor
 ) -> None:
     await database_sync_to_async(do_create_policy)(production, "breaker", "payments", {}, system)
-    from django.test import Client
-
-    client = Client()
-    await database_sync_to_async(client.force_login)(viewer)
-    cookie = f"sessionid={client.cookies['sessionid'].value}".encode()
-    communicator = WebsocketCommunicator(
-        application,
-        "/ws/live/production/?policy=breaker:payments",
-        headers=[(b"origin", b"http://127.0.0.1"), (b"host", b"127.0.0.1"), (b"cookie", cookie)],
-    )
+    page = "/ws/live/production/?policy=breaker:payments"
+    communicator = await session_communicator(viewer, page)
     connected, _ = await communicator.connect()
     assert connected
     layer = get_channel_layer()

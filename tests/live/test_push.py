@@ -11,18 +11,16 @@ from typing import Any
 import pytest
 from channels.db import database_sync_to_async
 from channels.layers import channel_layers
-from channels.testing import WebsocketCommunicator
 from django.contrib.auth.models import User
-from django.test import Client
 
 from controlplane.accounts.actors import Actor
-from controlplane.asgi import application
 from controlplane.live import push
 from controlplane.live.ingest import process_entries
 from controlplane.live.push import LivePusher, send_now
 from controlplane.policies.actions import do_create_policy
 from controlplane.policies.models import Environment
 from controlplane.redis_connection import get_redis
+from tests.live.conftest import session_communicator
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -34,17 +32,7 @@ async def test_many_changes_reach_a_viewer_as_a_few_coalesced_pushes(
         await database_sync_to_async(do_create_policy)(
             production, "breaker", f"b{number}", {}, system
         )
-    client = Client()
-    await database_sync_to_async(client.force_login)(viewer)
-    communicator = WebsocketCommunicator(
-        application,
-        "/ws/live/production/",
-        headers=[
-            (b"origin", b"http://127.0.0.1"),
-            (b"host", b"127.0.0.1"),
-            (b"cookie", f"sessionid={client.cookies['sessionid'].value}".encode()),
-        ],
-    )
+    communicator = await session_communicator(viewer)
     assert (await communicator.connect())[0]
     pusher = LivePusher()
     pusher.start()
@@ -96,17 +84,7 @@ async def test_a_figures_push_sends_only_the_rows_whose_html_changed(
 ) -> None:
     for name in ("b1", "b2"):
         await database_sync_to_async(do_create_policy)(production, "breaker", name, {}, system)
-    client = Client()
-    await database_sync_to_async(client.force_login)(viewer)
-    communicator = WebsocketCommunicator(
-        application,
-        "/ws/live/production/",
-        headers=[
-            (b"origin", b"http://127.0.0.1"),
-            (b"host", b"127.0.0.1"),
-            (b"cookie", f"sessionid={client.cookies['sessionid'].value}".encode()),
-        ],
-    )
+    communicator = await session_communicator(viewer)
     assert (await communicator.connect())[0]
     both = {"breaker:b1", "breaker:b2"}
     figures = partial(send_now, "production", both, state=False)
