@@ -32,21 +32,9 @@ from controlplane.policies.reconcile import Reconciler
 from tests.conftest import wait_for
 from tests.daphne import HOST, daphne_servers
 from tests.faults.network import DatabaseLink
-from tests.faults.web import WebSession
+from tests.faults.web import BANNER_EDIT, WebSession, banner_form
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-BANNER_EDIT = "/e/production/config/banner/edit/"
-
-
-def _banner_form(value: str, version: int, reason: str) -> dict[str, str]:
-    return {
-        "value_type": "string",
-        "value": value,
-        "expected_version": str(version),
-        "reason": reason,
-        "action": "save",
-    }
 
 
 class Records(logging.Handler):
@@ -117,7 +105,7 @@ def test_database_outage_answers_503_keeps_services_running_and_loses_nothing(
             limiter = service.limiter("api", limit=1000)  # code defaults; the policy wins
             web = WebSession(port, editor)
             assert web.get(BANNER_EDIT).status == 200  # also sets the CSRF cookie
-            saved = web.post(BANNER_EDIT, _banner_form("second", 1, "before the outage"))
+            saved = web.post(BANNER_EDIT, banner_form("second", 1, "before the outage"))
             assert saved.status == 302, saved.text[:500]
             wait_for(lambda: service.config.get("banner") == "second")
             before = _audit()
@@ -129,9 +117,9 @@ def test_database_outage_answers_503_keeps_services_running_and_loses_nothing(
             refused = []
             for path in ("/", "/e/production/config/banner/", "/e/production/live/", "/audit/"):
                 refused.append(web.get(path))
-            refused.append(web.post(BANNER_EDIT, _banner_form("third", 2, "during the outage")))
+            refused.append(web.post(BANNER_EDIT, banner_form("third", 2, "during the outage")))
             from_htmx = web.post(
-                BANNER_EDIT, _banner_form("third", 2, "during"), headers={"HX-Request": "true"}
+                BANNER_EDIT, banner_form("third", 2, "during"), headers={"HX-Request": "true"}
             )
             for page in [*refused, from_htmx]:
                 assert page.status == 503

@@ -28,7 +28,7 @@ from controlplane.policies.models import Environment, Policy
 from controlplane.policies.reconcile import Reconciler, reconcile_environment
 from tests.conftest import wait_for
 from tests.daphne import HOST, daphne_servers
-from tests.faults.web import WebSession
+from tests.faults.web import BANNER_EDIT, WebSession, banner_form
 from tests.live.test_scale_out import Websocket
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -68,16 +68,6 @@ def app(
         finally:
             reconciler.stop()
     channel_layers.backends.clear()
-
-
-def _banner_form(value: str, version: int, reason: str) -> dict[str, str]:
-    return {
-        "value_type": "string",
-        "value": value,
-        "expected_version": str(version),
-        "reason": reason,
-        "action": "save",
-    }
 
 
 def _breaker_state(client: Client, name: str) -> str:
@@ -151,7 +141,7 @@ def test_dashboard_and_services_through_a_redis_kill(
     service = client_factory(start_timeout=5).start()
     operating, editing = WebSession(app, operator), WebSession(app, editor)
     assert operating.get("/e/production/live/").status == 200  # sets the CSRF cookies
-    assert editing.get("/e/production/config/banner/edit/").status == 200
+    assert editing.get(BANNER_EDIT).status == 200
 
     with Traffic(service) as traffic:
         wait_for(lambda: traffic.seen["ok"] > 50)
@@ -183,9 +173,7 @@ def test_dashboard_and_services_through_a_redis_kill(
 
         # An edit, an override and a purge are saved and audited, and say they wait for Redis.
         edited = editing.follow(
-            editing.post(
-                "/e/production/config/banner/edit/", _banner_form("after", 1, "during the outage")
-            )
+            editing.post(BANNER_EDIT, banner_form("after", 1, "during the outage"))
         )
         assert f"Saved config entry banner. {NOT_YET_PUBLISHED}" in edited.text
         tripped = operating.follow(

@@ -14,6 +14,20 @@ from django.test import Client
 
 from tests.daphne import HOST
 
+# The form the tests post to change the config entry "banner".
+BANNER_EDIT = "/e/production/config/banner/edit/"
+
+
+def banner_form(value: str, version: int, reason: str) -> dict[str, str]:
+    """Save ``value`` over version ``version`` of the banner, with ``reason``."""
+    return {
+        "value_type": "string",
+        "value": value,
+        "expected_version": str(version),
+        "reason": reason,
+        "action": "save",
+    }
+
 
 @dataclass
 class Answer:
