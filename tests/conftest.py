@@ -48,6 +48,12 @@ def key_prefix(settings: Any) -> Iterator[str]:
         pass  # a test that replaced Redis with a throw-away server
 
 
+def use_redis(settings: Any, url: str) -> None:
+    """Point the control plane (and clients built from its settings) at another Redis."""
+    settings.REDIS_URL = url
+    settings.EMBEDDED_REDIS = False  # else get_redis would start a server for that "path"
+
+
 @pytest.fixture
 def redis_client() -> redis.Redis:
     return get_redis()
@@ -58,8 +64,7 @@ def disposable_redis(settings: Any, tmp_path: Path) -> Iterator[RedisServer]:
     """A Redis server of the test's own, which the test may stop, restart or flush."""
     server = RedisServer(tmp_path / "redis")
     server.start()
-    settings.REDIS_URL = server.url
-    settings.EMBEDDED_REDIS = False
+    use_redis(settings, server.url)
     try:
         yield server
     finally:
@@ -107,9 +112,7 @@ def redis_backend(request: pytest.FixtureRequest, settings: Any) -> str:
     """``server``: the suite's Redis; ``cluster``: the three-master cluster."""
     backend: str = getattr(request, "param", "server")
     if backend == "cluster":
-        cluster = request.getfixturevalue("redis_cluster")
-        settings.REDIS_URL = cluster.url
-        settings.EMBEDDED_REDIS = False
+        use_redis(settings, request.getfixturevalue("redis_cluster").url)
     return backend
 
 

@@ -9,13 +9,13 @@ from typing import Any
 from redis.crc import key_slot
 
 from controlplane.client import Client
+from tests.conftest import use_redis
 
 
 def test_on_a_cluster_a_stale_slot_map_is_followed_and_corrected(
     client_factory: Callable[..., Client], redis_cluster: Any, settings: Any
 ) -> None:
-    settings.REDIS_URL = redis_cluster.url
-    settings.EMBEDDED_REDIS = False
+    use_redis(settings, redis_cluster.url)
     client = client_factory().start()
     limiter = client.limiter("api", limit=3, period=60)
     assert limiter.hit("user:1").source == "redis"  # the slot map is loaded
@@ -35,8 +35,7 @@ def test_on_a_cluster_a_stale_slot_map_is_followed_and_corrected(
 async def test_async_checks_follow_a_stale_slot_map_too(
     client_factory: Callable[..., Client], redis_cluster: Any, settings: Any
 ) -> None:
-    settings.REDIS_URL = redis_cluster.url
-    settings.EMBEDDED_REDIS = False
+    use_redis(settings, redis_cluster.url)
     client = client_factory()
     limiter = client.limiter("api", limit=3, period=60)
     assert (await limiter.ahit("user:1")).source == "redis"  # the slot map is loaded

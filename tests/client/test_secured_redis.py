@@ -22,7 +22,7 @@ from controlplane.policies.models import Environment, Policy
 from controlplane.policies.reconcile import reconcile_environment
 from controlplane.redis_connection import get_redis
 from tests.client.conftest import subscribers
-from tests.conftest import wait_for
+from tests.conftest import use_redis, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -69,8 +69,7 @@ def secured_redis(
     else:
         server = RedisServer(tmp_path / "redis", password=PASSWORD)
         server.start()
-    settings.REDIS_URL = server.url
-    settings.EMBEDDED_REDIS = False
+    use_redis(settings, server.url)
     try:
         yield server
     finally:
