@@ -13,7 +13,6 @@ import hmac
 import logging
 from collections.abc import Callable
 
-import redis
 from django.conf import settings
 from django.db import DatabaseError, connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
@@ -22,7 +21,7 @@ from django.views.decorators.http import require_GET
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from controlplane.metrics import FleetCollector
-from controlplane.redis_connection import get_redis
+from controlplane.policies.publish import redis_answers
 
 logger = logging.getLogger(__name__)
 REGISTRY.register(FleetCollector())
@@ -43,13 +42,6 @@ def _database_ok() -> bool:
         return False
 
 
-def _redis_ok() -> bool:
-    try:
-        return bool(get_redis().ping())
-    except redis.RedisError:
-        return False
-
-
 def _reconciler_ok() -> bool:
     from controlplane.policies.reconcile import reconciler_health
 
@@ -61,7 +53,7 @@ def _reconciler_ok() -> bool:
 def readyz(request: HttpRequest) -> JsonResponse:
     checks = {
         "database": _database_ok(),
-        "redis": _redis_ok(),
+        "redis": redis_answers(),
     }
     checks["reconciler"] = checks["database"] and checks["redis"] and _reconciler_ok()
     ready = all(checks.values())
