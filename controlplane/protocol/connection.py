@@ -145,7 +145,9 @@ def connect(url: str, **options: Any) -> redis.Redis:
     address, cluster = split_cluster_url(url)
     if not cluster:
         return redis.Redis.from_url(address, **options)
-    options.pop("health_check_interval", None)  # per node; redis-py's cluster has its own
+    # Not passed to a cluster's nodes: redis-py's cluster clients accept it, but
+    # it has not been tried there.
+    options.pop("health_check_interval", None)
     return cast(redis.Redis, _LazyCluster(address, options))
 
 
