@@ -1,0 +1,79 @@
+"""Size and depth limits on everything parsed from outside: forms, API, import files, Redis.
+
+One set of limits governs what can be stored, published and exported, so a value
+that was accepted can always be read back. Checks are iterative and bounded by a
+node budget: a YAML document whose aliases share one list many times over is
+refused after ``MAX_JSON_NODES`` visits instead of being walked exponentially.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Final
+
+MAX_JSON_DEPTH: Final = 32  # nesting of lists and objects in a value or schema
+MAX_JSON_NODES: Final = 100_000  # values visited, shared references counted each time
+MAX_DOCUMENT_BYTES: Final = 1024 * 1024  # one JSON/YAML text: a policy, a document, a value
+MAX_IMPORT_BYTES: Final = 8 * 1024 * 1024  # a whole config-as-code file
+MAX_PATTERN_LENGTH: Final = 1000  # a regular expression's source
+MAX_PATTERN_SUBJECT: Final = 64 * 1024  # a string matched against a user's pattern
+
+
+class LimitExceeded(ValueError):
+    """Input over one of the limits above; the message says which, in words."""
+
+
+def check_shape(value: Any, *, what: str = "The value") -> None:
+    """Raise ``LimitExceeded`` if ``value`` nests deeper than ``MAX_JSON_DEPTH`` or has
+    more than ``MAX_JSON_NODES`` members (counting a shared member at each place)."""
+    pending: list[tuple[Any, int]] = [(value, 0)]
+    visited = 0
+    while pending:
+        item, depth = pending.pop()
+        visited += 1
+        if visited > MAX_JSON_NODES:
+            raise LimitExceeded(f"{what} has more than {MAX_JSON_NODES:,} members.")
+        if isinstance(item, list | tuple | dict):
+            if depth >= MAX_JSON_DEPTH:
+                raise LimitExceeded(f"{what} nests deeper than {MAX_JSON_DEPTH} levels.")
+            members = item.values() if isinstance(item, dict) else item
+            pending.extend((member, depth + 1) for member in members)
+
+
+def check_size(
+    text: str | bytes, *, limit: int = MAX_DOCUMENT_BYTES, what: str = "The text"
+) -> None:
+    """Raise ``LimitExceeded`` if ``text`` is longer than ``limit`` bytes (UTF-8)."""
+    # A str of n characters takes at least n bytes: count exactly only near the limit.
+    size = len(text) if isinstance(text, bytes) or len(text) * 4 <= limit else _utf8_len(text)
+    if size > limit:
+        raise LimitExceeded(f"{what} is over {_size(limit)}.")
+
+
+def loads_json(
+    text: str | bytes, *, limit: int = MAX_DOCUMENT_BYTES, what: str = "The JSON"
+) -> Any:
+    """Parse JSON ``text`` within the size, depth and member limits.
+
+    Raises ``LimitExceeded`` for input over a limit and ``ValueError`` for text
+    that is not JSON (``UnicodeDecodeError`` included).
+    """
+    check_size(text, limit=limit, what=what)
+    try:
+        value = json.loads(text)
+    except RecursionError:
+        raise LimitExceeded(f"{what} nests deeper than {MAX_JSON_DEPTH} levels.") from None
+    check_shape(value, what=what)
+    return value
+
+
+def _utf8_len(text: str) -> int:
+    return len(text.encode("utf-8", "surrogatepass"))
+
+
+def _size(limit: int) -> str:
+    if limit % (1024 * 1024) == 0:
+        return f"{limit // (1024 * 1024)} MiB"
+    if limit % 1024 == 0:
+        return f"{limit // 1024} KiB"
+    return f"{limit} bytes"
