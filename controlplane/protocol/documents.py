@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from controlplane.protocol.keys import NAME_PATTERN, PROTOCOL_VERSION
+from controlplane.protocol.limits import MAX_JSON_DEPTH, LimitExceeded, loads_json
 from controlplane.protocol.schema import KINDS, SPECS, PolicyError, validate_spec
 
 
@@ -32,10 +33,16 @@ def dumps(document: Mapping[str, Any]) -> str:
     return json.dumps(document, separators=(",", ":"), sort_keys=True)
 
 
+# A change message wraps a document, which wraps a spec, which holds a value.
+_ENVELOPE_DEPTH = 3
+
+
 def _loads(raw: str | bytes, what: str) -> dict[str, Any]:
     try:
-        document = json.loads(raw)
-    except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep
+        document = loads_json(raw, max_depth=MAX_JSON_DEPTH + _ENVELOPE_DEPTH)
+    except LimitExceeded as exc:
+        raise ProtocolError(f"{what}: {exc}") from None
+    except ValueError as exc:  # UnicodeDecodeError included
         raise ProtocolError(f"{what}: not valid JSON ({exc})") from None
     if not isinstance(document, dict):
         raise ProtocolError(f"{what}: expected a JSON object")

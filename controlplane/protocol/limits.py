@@ -23,8 +23,8 @@ class LimitExceeded(ValueError):
     """Input over one of the limits above; the message says which, in words."""
 
 
-def check_shape(value: Any, *, what: str = "The value") -> None:
-    """Raise ``LimitExceeded`` if ``value`` nests deeper than ``MAX_JSON_DEPTH`` or has
+def check_shape(value: Any, *, what: str = "The value", max_depth: int = MAX_JSON_DEPTH) -> None:
+    """Raise ``LimitExceeded`` if ``value`` nests deeper than ``max_depth`` or has
     more than ``MAX_JSON_NODES`` members (counting a shared member at each place)."""
     pending: list[tuple[Any, int]] = [(value, 0)]
     visited = 0
@@ -34,8 +34,8 @@ def check_shape(value: Any, *, what: str = "The value") -> None:
         if visited > MAX_JSON_NODES:
             raise LimitExceeded(f"{what} has more than {MAX_JSON_NODES:,} members.")
         if isinstance(item, list | tuple | dict):
-            if depth >= MAX_JSON_DEPTH:
-                raise LimitExceeded(f"{what} nests deeper than {MAX_JSON_DEPTH} levels.")
+            if depth >= max_depth:
+                raise LimitExceeded(f"{what} nests deeper than {max_depth} levels.")
             members = item.values() if isinstance(item, dict) else item
             pending.extend((member, depth + 1) for member in members)
 
@@ -51,7 +51,11 @@ def check_size(
 
 
 def loads_json(
-    text: str | bytes, *, limit: int = MAX_DOCUMENT_BYTES, what: str = "The JSON"
+    text: str | bytes,
+    *,
+    limit: int = MAX_DOCUMENT_BYTES,
+    what: str = "The JSON",
+    max_depth: int = MAX_JSON_DEPTH,
 ) -> Any:
     """Parse JSON ``text`` within the size, depth and member limits.
 
@@ -62,8 +66,8 @@ def loads_json(
     try:
         value = json.loads(text)
     except RecursionError:
-        raise LimitExceeded(f"{what} nests deeper than {MAX_JSON_DEPTH} levels.") from None
-    check_shape(value, what=what)
+        raise LimitExceeded(f"{what} nests deeper than {max_depth} levels.") from None
+    check_shape(value, what=what, max_depth=max_depth)
     return value
 
 

@@ -8,6 +8,7 @@ without Django.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping
@@ -15,7 +16,10 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Final
 
+from controlplane.protocol import json_schema, patterns
 from controlplane.protocol.keys import NAME_PATTERN
+from controlplane.protocol.limits import MAX_DOCUMENT_BYTES, LimitExceeded, check_shape, loads_json
+from controlplane.protocol.patterns import PatternError, compile_pattern
 
 BREAKER: Final = "breaker"
 RATE_LIMIT: Final = "rate_limit"
@@ -150,7 +154,11 @@ def check_text(value: str) -> str:
 
 def check_json(value: Any) -> Any:
     """Return ``value`` if it is plain JSON (what the database, Redis and clients read back
-    unchanged), else raise ``InvalidValue`` saying why."""
+    unchanged) within the depth and size limits, else raise ``InvalidValue`` saying why."""
+    try:
+        check_shape(value)
+    except LimitExceeded as exc:
+        raise InvalidValue(str(exc)) from None
     pending = [value]
     while pending:
         item = pending.pop()
@@ -343,9 +351,9 @@ def _check_config(spec: dict[str, Any], errors: dict[str, list[str]]) -> None:
             errors.setdefault("choices", []).append(str(exc))
     if spec["pattern"]:
         try:
-            re.compile(spec["pattern"])
-        except (re.error, OverflowError, RecursionError) as exc:
-            errors.setdefault("pattern", []).append(f"Not a valid regular expression: {exc}.")
+            compile_pattern(spec["pattern"])
+        except PatternError as exc:
+            errors.setdefault("pattern", []).append(f"Not a usable regular expression: {exc}.")
     if spec["json_schema"] is not None:
         _check_json_schema(spec["json_schema"], errors)
     if (
@@ -372,13 +380,9 @@ def _check_json_schema(schema: Any, errors: dict[str, list[str]]) -> None:
         errors.setdefault("json_schema", []).append(str(exc))
         return
     try:
-        import jsonschema
-    except ImportError:  # the client library runs without jsonschema
-        return
-    try:
-        jsonschema.Draft202012Validator.check_schema(schema)
-    except jsonschema.SchemaError as exc:
-        errors.setdefault("json_schema", []).append(f"Not a valid JSON schema: {exc.message}")
+        json_schema.check_schema(schema)
+    except json_schema.SchemaProblem as exc:
+        errors.setdefault("json_schema", []).append(str(exc))
 
 
 def coerce_config_value(value_type: str, raw: Any) -> Any:
@@ -410,22 +414,18 @@ def check_config_value(spec: Mapping[str, Any], raw: Any) -> Any:
         raise InvalidValue(f"Must be at most {_fmt(spec['maximum'])}.")
     if spec.get("choices") and value not in spec["choices"]:
         raise InvalidValue(f"Choose one of: {', '.join(map(str, spec['choices']))}.")
-    if spec.get("pattern") and not re.fullmatch(spec["pattern"], value):
-        raise InvalidValue(f"Must match the pattern {spec['pattern']}.")
+    if spec.get("pattern"):
+        try:
+            matched = patterns.fullmatch(spec["pattern"], value)
+        except PatternError as exc:
+            raise InvalidValue(f"Cannot be checked against the pattern: {exc}.") from None
+        if not matched:
+            raise InvalidValue(f"Must match the pattern {spec['pattern']}.")
     if spec.get("json_schema") is not None:
         try:
-            import jsonschema
-            import referencing.exceptions
-        except ImportError:  # the control plane validated it before publishing
-            return value
-        try:
-            jsonschema.validate(value, spec["json_schema"])
-        except jsonschema.ValidationError as exc:
-            raise InvalidValue(f"Does not match the JSON schema: {exc.message}") from None
-        except referencing.exceptions.Unresolvable as exc:  # a $ref to nowhere
-            raise InvalidValue(
-                f"The JSON schema refers to what it does not define: {exc}"
-            ) from None
+            json_schema.validate(value, spec["json_schema"])
+        except json_schema.SchemaProblem as exc:
+            raise InvalidValue(str(exc)) from None
     return value
 
 
@@ -439,10 +439,10 @@ def _parse_choices(value: Any) -> list[Any]:
 
 def _parse_json_schema(value: Any) -> Any:
     if isinstance(value, str):
-        import json
-
         try:
-            value = json.loads(value)
+            value = loads_json(value, what="The JSON schema")
+        except LimitExceeded as exc:
+            raise InvalidValue(str(exc)) from None
         except ValueError as exc:
             raise InvalidValue(f"Not valid JSON: {exc}.") from None
     return value
@@ -737,9 +737,21 @@ def validate_spec(
             errors[field_spec.name] = [str(exc)]
     if not errors:
         spec_def.check(spec, errors)
+    if not errors:
+        _check_size(spec, errors)
     if errors:
         raise PolicyError(errors)
     return spec
+
+
+def _check_size(spec: dict[str, Any], errors: dict[str, list[str]]) -> None:
+    """A spec is published as one document: keep it under the protocol's size limit."""
+    sizes = {name: len(json.dumps(value)) for name, value in spec.items()}
+    if sum(sizes.values()) > MAX_DOCUMENT_BYTES - 4096:  # room for the envelope
+        largest = max(sizes, key=sizes.__getitem__)
+        errors.setdefault(largest, []).append(
+            f"Too large: a policy is at most {MAX_DOCUMENT_BYTES // (1024 * 1024)} MiB as JSON."
+        )
 
 
 def changed_fields(old: Mapping[str, Any] | None, new: Mapping[str, Any] | None) -> list[str]:
