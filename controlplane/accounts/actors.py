@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import ipaddress
 import uuid
 from dataclasses import dataclass, replace
 
@@ -25,7 +26,7 @@ class Actor:
 
     @classmethod
     def from_request(cls, request: HttpRequest) -> Actor:
-        actor = cls.of(request.user, ip=request.META.get("REMOTE_ADDR") or None)
+        actor = cls.of(request.user, ip=client_address(request))
         token = getattr(request, "api_token", None)
         return replace(actor, token=token.label) if token is not None else actor
 
@@ -36,3 +37,17 @@ class Actor:
     def correlated(self, correlation_id: uuid.UUID) -> Actor:
         """The same actor, with every entry it records tied to ``correlation_id``."""
         return replace(self, correlation_id=correlation_id)
+
+
+def client_address(request: HttpRequest) -> str | None:
+    """The request's client address, or None when it is not an IP address.
+
+    ``REMOTE_ADDR`` comes from the trusted proxies' ``X-Forwarded-For`` when
+    there are any (``controlplane/proxy.py``), which does not check its form;
+    the audit log stores it in an address column.
+    """
+    raw = str(request.META.get("REMOTE_ADDR") or "")
+    try:
+        return str(ipaddress.ip_address(raw))
+    except ValueError:
+        return None

@@ -7,6 +7,7 @@ from django.contrib.auth import views as auth_views
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 
+from controlplane.accounts.actors import client_address
 from controlplane.accounts.throttle import check_login_attempt
 
 
@@ -14,8 +15,7 @@ class LoginView(auth_views.LoginView):
     """Django's login, with attempts per IP limited by the product's own rate limiter."""
 
     def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
-        ip = request.META.get("REMOTE_ADDR") or "unknown"
-        decision = check_login_attempt(ip, request.POST.get("username", ""))
+        decision = check_login_attempt(client_address(request), request.POST.get("username", ""))
         if not decision.allowed:
             retry_after = max(1, math.ceil(decision.retry_after))
             response = render(

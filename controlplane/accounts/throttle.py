@@ -4,7 +4,9 @@ The control plane is a client of itself: the limiter ``login`` of the
 environment named by ``CONTROLPLANE_SELF_ENVIRONMENT`` (default
 ``controlplane``) counts attempts per source IP. Its code default allows 10
 attempts per 5 minutes; an admin can tune it by creating that rate-limit policy
-in that environment. The first refusal of a burst is written to the audit log.
+in that environment. The first refusal of a burst is written to the audit log,
+with the attempted username (whatever the form sent) cut to fit its columns:
+a write the database refuses must never hide a burst.
 """
 
 from __future__ import annotations
@@ -13,8 +15,10 @@ import threading
 
 import redis
 from django.conf import settings
+from django.db import models
 
 from controlplane.accounts.actors import Actor
+from controlplane.audit.models import AuditEntry
 from controlplane.audit.record import record
 from controlplane.client import Client
 from controlplane.client.limiter import Decision
@@ -52,22 +56,34 @@ def _self_client() -> Client:
     return client
 
 
-def check_login_attempt(ip: str, username: str) -> Decision:
-    """Count one login attempt from ``ip``; audit the first refusal of a burst."""
-    decision = _self_client().limiter(LOGIN_LIMITER, **LOGIN_DEFAULTS).hit(f"ip:{ip}")
-    if not decision.allowed and _first_refusal(ip, decision):
+def check_login_attempt(ip: str | None, username: str) -> Decision:
+    """Count one login attempt from ``ip`` (None: not an address); audit a burst's first refusal.
+
+    Attempts whose address is unknown share one count.
+    """
+    source = ip or "unknown"
+    decision = _self_client().limiter(LOGIN_LIMITER, **LOGIN_DEFAULTS).hit(f"ip:{source}")
+    if not decision.allowed and _first_refusal(source, decision):
         record(
-            Actor(name=username or "(unknown)", ip=ip),
+            Actor(name=_clipped(username or "(unknown)", "actor_name"), ip=ip),
             "login.failed_burst",
             kind="login",
-            name=username,
-            reason=f"Too many login attempts from {ip}; refused for {decision.retry_after:.0f}s.",
+            name=_clipped(username, "object_name"),
+            reason=f"Too many login attempts from {source}; "
+            f"refused for {decision.retry_after:.0f}s.",
         )
     return decision
 
 
-def _first_refusal(ip: str, decision: Decision) -> bool:
-    marker = f"{{{settings.REDIS_KEY_PREFIX}:login-burst:{ip}}}"
+def _clipped(text: str, column: str) -> str:
+    """``text`` cut to fit the audit log's ``column``, ending in "…" when it was cut."""
+    field = AuditEntry._meta.get_field(column)
+    limit = (field.max_length if isinstance(field, models.Field) else None) or len(text)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _first_refusal(source: str, decision: Decision) -> bool:
+    marker = f"{{{settings.REDIS_KEY_PREFIX}:login-burst:{source}}}"
     try:
         ttl = max(1, int(decision.reset_after) or 1)
         return bool(get_redis().set(marker, "1", nx=True, ex=ttl))
