@@ -2,21 +2,29 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import uuid
 from collections.abc import Mapping
 from typing import Any
 
+from django.utils.crypto import salted_hmac
+
 from controlplane.accounts.actors import Actor
 from controlplane.audit.models import AuditEntry
 from controlplane.protocol.schema import changed_fields
 
+FINGERPRINT_SALT = "controlplane.audit.record.fingerprint"
+
 
 def fingerprint(value: Any) -> str:
-    """Stand-in for a secret value: tells changes apart without revealing the value."""
-    digest = hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
-    return f"secret:{digest[:8]}"
+    """Stand-in for a secret value: tells changes apart without revealing the value.
+
+    A keyed HMAC (the server's ``SECRET_KEY``): an unkeyed digest of a short secret,
+    a 6-digit PIN say, is reversed by trying every candidate, and viewers see these.
+    """
+    text = json.dumps(value, sort_keys=True)
+    digest = salted_hmac(FINGERPRINT_SALT, text, algorithm="sha256").hexdigest()
+    return f"secret:{digest[:16]}"
 
 
 def field_changes(

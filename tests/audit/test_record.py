@@ -1,10 +1,17 @@
 from __future__ import annotations
 
+import hashlib
+import importlib
+import json
+from typing import Any
+
 import pytest
+from django.apps import apps as django_apps
 from django.contrib.auth.models import User
 
 from controlplane.accounts.actors import Actor
 from controlplane.audit.models import AppendOnlyError, AuditEntry
+from controlplane.audit.record import fingerprint, record
 from controlplane.policies.actions import (
     do_create_policy,
     do_delete_policy,
@@ -59,6 +66,49 @@ def test_secret_values_never_reach_the_audit_log(production: Environment, system
     update = AuditEntry.objects.get(action="policy.update")
     old, new = update.changes["value"]
     assert old.startswith("secret:") and new.startswith("secret:") and old != new
+
+
+def test_secret_fingerprints_are_keyed_so_viewers_cannot_reverse_them(
+    production: Environment, system: Actor, settings: Any
+) -> None:
+    policy = do_create_policy(
+        production, "config", "pin", {"value": "042917", "secret": True}, system
+    )
+    do_update_policy(policy, {"value": "913355"}, system)
+    shown = AuditEntry.objects.get(action="policy.update").changes["value"][1]
+
+    # What a viewer could do with an unkeyed digest: try every 6-digit PIN.
+    unkeyed = {
+        hashlib.sha256(json.dumps(f"{n:06d}").encode()).hexdigest()[:8] for n in range(10**6)
+    }
+    assert shown.removeprefix("secret:")[:8] not in unkeyed
+    assert shown == fingerprint("913355")
+    settings.SECRET_KEY = "another-server-key-" + "x" * 40
+    assert fingerprint("913355") != shown
+
+
+def test_migration_withdraws_the_unkeyed_fingerprints_of_earlier_entries(system: Actor) -> None:
+    withdraw = importlib.import_module(
+        "controlplane.audit.migrations.0002_withdraw_unkeyed_fingerprints"
+    ).withdraw
+    earlier = record(
+        system,
+        "policy.update",
+        kind="config",
+        name="pin",
+        changes={"value": ["secret:0badc0de", "secret:12345678"], "description": ["a", "b"]},
+    )
+    plain = record(
+        system, "policy.update", kind="config", name="motto", changes={"value": ["x", "y"]}
+    )
+    withdraw(django_apps, None)
+    earlier.refresh_from_db()
+    plain.refresh_from_db()
+    assert earlier.changes == {
+        "value": ["secret (fingerprint withdrawn)", "secret (fingerprint withdrawn)"],
+        "description": ["a", "b"],
+    }
+    assert plain.changes == {"value": ["x", "y"]}
 
 
 def test_audit_entries_cannot_be_edited_or_deleted(production: Environment, system: Actor) -> None:
