@@ -24,6 +24,7 @@ BENCHES = {
     "rate_limit": ("bench.rate_limit", "bare Redis PING"),  # async: see its BASELINES
     "live": ("bench.live", "10 policies"),  # dashboard: see its BASELINES
     "cluster": ("bench.cluster_load", "one server"),  # see its BASELINES
+    "hostile": ("bench.hostile", "RE2 (ours)"),  # see its BASELINES
 }
 
 
