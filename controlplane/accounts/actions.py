@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
+from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
 from django.utils import timezone
 
@@ -69,12 +71,34 @@ def do_revoke_token(token: ApiToken, actor: Actor, reason: str = "") -> ApiToken
     return locked
 
 
+def do_revoke_tokens_of(user: AbstractBaseUser, actor: Actor, reason: str) -> int:
+    """Revoke every token ``user`` made that is not revoked yet; return how many."""
+    revoked = 0
+    with transaction.atomic():
+        for token in ApiToken.objects.filter(created_by_id=user.pk, revoked_at__isnull=True):
+            do_revoke_token(token, actor, reason)
+            revoked += 1
+    return revoked
+
+
+def revoke_tokens_of_deleted_user(sender: Any, instance: AbstractBaseUser, **kwargs: Any) -> None:
+    """``pre_delete`` of users: their tokens would otherwise lose their owner and act alone."""
+    do_revoke_tokens_of(
+        instance, Actor.system("accounts"), f"Its creator {instance.get_username()} was deleted."
+    )
+
+
 def authenticate_token(secret: str) -> ApiToken | None:
-    """Return the usable token whose secret this is, recording its use."""
+    """Return the usable token whose secret this is, recording its use.
+
+    A token whose creator is inactive or holds no role is not usable.
+    """
     if not secret.startswith(TOKEN_PREFIX):
         return None
-    token = ApiToken.objects.filter(token_hash=hash_token(secret)).first()
-    if token is None or not token.is_usable():
+    token = (
+        ApiToken.objects.select_related("created_by").filter(token_hash=hash_token(secret)).first()
+    )
+    if token is None or not token.is_usable() or token.acting_role() is None:
         return None
     now = timezone.now()
     if token.last_used_at is None or (now - token.last_used_at).total_seconds() > 60:

@@ -1,7 +1,8 @@
 from __future__ import annotations
 
 from django.apps import AppConfig
-from django.db.models.signals import post_migrate
+from django.conf import settings
+from django.db.models.signals import post_migrate, pre_delete
 
 
 class AccountsConfig(AppConfig):
@@ -10,6 +11,12 @@ class AccountsConfig(AppConfig):
     verbose_name = "Accounts"
 
     def ready(self) -> None:
+        from controlplane.accounts.actions import revoke_tokens_of_deleted_user
         from controlplane.accounts.roles import ensure_role_groups
 
         post_migrate.connect(ensure_role_groups, dispatch_uid="controlplane-role-groups")
+        pre_delete.connect(
+            revoke_tokens_of_deleted_user,
+            sender=settings.AUTH_USER_MODEL,
+            dispatch_uid="controlplane-revoke-tokens-of-deleted-user",
+        )

@@ -8,7 +8,7 @@ from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
-from controlplane.accounts.roles import Role
+from controlplane.accounts.roles import ORDER, Role, role_of
 
 TOKEN_PREFIX = "rcp_"
 
@@ -18,7 +18,12 @@ def hash_token(token: str) -> str:
 
 
 class ApiToken(models.Model):
-    """A credential for automation: shown once, stored hashed, with a role and an expiry."""
+    """A credential for automation: shown once, stored hashed, with a role and an expiry.
+
+    A token made by a user acts for that user: never above the role they hold
+    now, and not at all once they are deactivated or hold no role. Deleting the
+    user revokes it. A token made by the system (no user) has its own role.
+    """
 
     label = models.CharField(max_length=100)
     role = models.CharField(max_length=20, choices=[(r.value, r.value) for r in Role])
@@ -48,6 +53,17 @@ class ApiToken(models.Model):
     def is_usable(self, now: datetime | None = None) -> bool:
         now = now or timezone.now()
         return self.revoked_at is None and (self.expires_at is None or now < self.expires_at)
+
+    def acting_role(self) -> Role | None:
+        """The role the token acts with now: its own, capped by its creator's current role."""
+        own = Role(self.role)
+        creator = self.created_by if self.created_by_id is not None else None
+        if creator is None:
+            return own
+        held = role_of(creator)  # None for an inactive user
+        if held is None:
+            return None
+        return min(own, held, key=ORDER.index)
 
     @property
     def status(self) -> str:

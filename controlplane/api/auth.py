@@ -9,7 +9,7 @@ from ninja.errors import HttpError
 from ninja.security import HttpBearer
 
 from controlplane.accounts.actions import authenticate_token
-from controlplane.accounts.actors import Actor
+from controlplane.accounts.actors import Actor, client_address
 from controlplane.accounts.models import ApiToken
 from controlplane.accounts.roles import ORDER, Role
 
@@ -20,12 +20,20 @@ class TokenAuth(HttpBearer):
 
 
 def require(request: HttpRequest, role: Role) -> ApiToken:
-    """Return the request's token if it carries at least ``role``; else answer 403."""
+    """Return the request's token if it acts with at least ``role``; else answer 403."""
     token: Any = getattr(request, "auth", None)
     if not isinstance(token, ApiToken):
         raise HttpError(401, "Authenticate with an API token: Authorization: Bearer <token>.")
-    if ORDER.index(Role(token.role)) < ORDER.index(role):
-        raise HttpError(403, f"This needs the {role.value} role; the token has {token.role}.")
+    acting = token.acting_role()
+    if acting is None:
+        raise HttpError(401, "This token's creator is inactive or holds no role.")
+    if ORDER.index(acting) < ORDER.index(role):
+        has = (
+            f"the token has {token.role}"
+            if acting == token.role
+            else f"the token acts as {acting.value}, its creator's role now"
+        )
+        raise HttpError(403, f"This needs the {role.value} role; {has}.")
     return token
 
 
@@ -34,5 +42,5 @@ def actor_for(request: HttpRequest, token: ApiToken) -> Actor:
         name=f"token:{token.label}",
         user=None,
         token=token.label,
-        ip=request.META.get("REMOTE_ADDR") or None,
+        ip=client_address(request),
     )

@@ -1,11 +1,13 @@
 from __future__ import annotations
 
 import pytest
-from django.contrib.auth.models import User
+from django.contrib.auth.models import Group, User
 from django.test import Client
 
 from controlplane.accounts.models import ApiToken, hash_token
+from controlplane.accounts.roles import Role, group_name
 from controlplane.audit.models import AuditEntry
+from controlplane.policies.models import Environment
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -48,3 +50,57 @@ def test_bad_role_is_refused_naming_the_field(client: Client, admin: User) -> No
     assert response.status_code == 422
     assert 'data-error-for="role"' in response.content.decode()
     assert not ApiToken.objects.exists()
+
+
+def _token_of(client: Client, creator: User, role: str) -> str:
+    client.force_login(creator)
+    html = client.post("/tokens/", {"label": f"{role}-bot", "role": role}).content.decode()
+    client.logout()
+    return html.split('<code id="new-token">')[1].split("</code>")[0]
+
+
+def _environments(client: Client, secret: str) -> int:
+    return client.get(
+        "/api/v1/environments", headers={"Authorization": f"Bearer {secret}"}
+    ).status_code
+
+
+def test_token_stops_working_when_its_creator_is_deactivated(client: Client, admin: User) -> None:
+    secret = _token_of(client, admin, "viewer")
+    assert _environments(client, secret) == 200
+    admin.is_active = False
+    admin.save(update_fields=["is_active"])
+    assert _environments(client, secret) == 401
+    admin.is_active = True
+    admin.save(update_fields=["is_active"])
+    assert _environments(client, secret) == 200
+
+
+def test_token_acts_with_no_more_than_its_creators_current_role(
+    client: Client, admin: User, production: Environment
+) -> None:
+    secret = _token_of(client, admin, "editor")
+    admin.groups.set([Group.objects.get(name=group_name(Role.VIEWER))])
+    headers = {"Authorization": f"Bearer {secret}"}
+    created = client.post(
+        "/api/v1/environments/production/policies",
+        {"kind": "cache", "name": "prices", "spec": {}},
+        content_type="application/json",
+        headers=headers,
+    )
+    assert created.status_code == 403
+    assert "acts as viewer" in created.json()["detail"]
+    assert not production.policies.exists()
+    assert _environments(client, secret) == 200
+    admin.groups.clear()
+    assert _environments(client, secret) == 401
+
+
+def test_deleting_a_user_revokes_their_tokens(client: Client, admin: User) -> None:
+    secret = _token_of(client, admin, "viewer")
+    admin.delete()
+    assert _environments(client, secret) == 401
+    token = ApiToken.objects.get(label="viewer-bot")
+    assert token.status == "revoked"
+    entry = AuditEntry.objects.get(action="token.revoke", object_name="viewer-bot")
+    assert entry.reason == "Its creator adam was deleted."
