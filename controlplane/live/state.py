@@ -5,19 +5,32 @@ and second (kept 16 minutes), rejected subjects per limiter and minute into a
 sorted set, and each instance's breaker state into one hash. Any replica can
 then render the overview from a handful of reads, whichever replica ingested
 the reports.
+
+Whatever these reads find in Redis is untrusted: bytes are read undecoded and
+each field is checked on its own, so a field that is not UTF-8, not a finite
+number, or not a known state is skipped (one warning per kind of problem every
+few minutes), never a 500 for the page that reads it.
 """
 
 from __future__ import annotations
 
-import json
+import logging
+import math
+import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
 import redis
+from redis.client import NEVER_DECODE
 
-from controlplane.protocol.keys import KeyLayout
+from controlplane.client.breaker import STATES as BREAKER_STATES
+from controlplane.live.models import BreakerEvent
+from controlplane.protocol.keys import NAME_PATTERN, KeyLayout
+from controlplane.protocol.limits import loads_json
+
+logger = logging.getLogger(__name__)
 
 HISTORY_SECONDS = 960  # 16 minutes: charts show the last 15
 TOP_TTL_SECONDS = 1200
@@ -26,6 +39,13 @@ RATE_WINDOW = 5  # seconds averaged for the overview's rates
 # ends) reach the ingest a little later: a second is read once this much has passed.
 REPORT_GRACE = 0.5
 INSTANCE_TIMEOUT = 30.0  # an instance without a heartbeat this long is gone
+HEARTBEAT_BYTES = 16 * 1024  # a heartbeat document takes about 200 bytes
+# An instance id, and each text a heartbeat shows, is as long as the database keeps one.
+INSTANCE_LENGTH: int = BreakerEvent._meta.get_field("instance").max_length  # type: ignore[assignment]
+SUBJECT_LENGTH = 200  # a rejected subject is kept and shown up to this many characters
+MAX_PID = 2**31 - 1
+MAX_REVISION = 2**63 - 1  # a BigIntegerField, as the environment's revision
+SKIPPED_WARNING_INTERVAL = 300.0  # seconds between two warnings about one kind of problem
 NUMERIC_COUNTERS = (
     "calls",
     "successes",
@@ -42,6 +62,72 @@ NUMERIC_COUNTERS = (
     "local_hits",
     "errors",
 )
+
+
+class SkippedEntries:
+    """Malformed entries a loop or a page skipped: one warning per kind of problem and window.
+
+    ``skip`` is called once per entry; the first of each kind is logged with its
+    detail, the next ones only counted until ``interval`` seconds have passed, so
+    a stream or hash full of garbage leaves a line every few minutes, not one per
+    entry or per page view.
+    """
+
+    def __init__(
+        self, log: logging.Logger, what: str, interval: float = SKIPPED_WARNING_INTERVAL
+    ) -> None:
+        self.log = log
+        self.what = what
+        self.interval = interval
+        self.total = 0
+        self._warned_at: dict[str, float] = {}
+        self._unreported: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def skip(self, kind: str, detail: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            self.total += 1
+            unreported = self._unreported.get(kind, 0)
+            warned_at = self._warned_at.get(kind)
+            if warned_at is not None and now - warned_at < self.interval:
+                self._unreported[kind] = unreported + 1
+                return
+            self._warned_at[kind] = now
+            self._unreported[kind] = 0
+        more = f" ({unreported} more since the last warning)" if unreported else ""
+        self.log.warning("Skipped malformed %s: %s%s", self.what, detail, more)
+
+
+# Readers of the live state keep one for the process: pages are many, problems few.
+_skipped_live = SkippedEntries(logger, "live state in Redis")
+
+
+def undecoded(target: Any, *args: Any) -> Any:
+    """Send a command (or queue it on a pipeline) whose reply stays bytes, however the
+    client decodes: a value that is not UTF-8 then costs its field, not the whole reply."""
+    return target.execute_command(*args, **{NEVER_DECODE: True})
+
+
+def _text(raw: Any, max_length: int = INSTANCE_LENGTH) -> str | None:
+    """``raw`` (bytes from Redis) as text, or None if it is not UTF-8, too long or has a NUL."""
+    if isinstance(raw, bytes):
+        try:
+            raw = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    if not isinstance(raw, str) or len(raw) > max_length or "\x00" in raw:
+        return None
+    return raw
+
+
+def _finite(raw: Any) -> float | None:
+    """``raw`` (a number as Redis returns it) as a finite float, else None."""
+    try:
+        value = float(raw)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return value if math.isfinite(value) else None
 
 
 def record_counters(
@@ -141,26 +227,107 @@ class LiveSnapshot:
         return self.rates.get(policy) or PolicyRates()
 
 
-def _instances(raw: dict[str, str], now: float) -> list[Instance]:
+def read_heartbeat(instance_id: str, document: str | bytes) -> Instance:
+    """An instance's heartbeat document (docs/protocol.md, 12.2), checked member by member.
+
+    A missing member takes its empty value; one of the wrong type, too long or out
+    of range raises ``ValueError`` naming it.
+    """
+    data = loads_json(document, limit=HEARTBEAT_BYTES, what="The heartbeat")
+    if not isinstance(data, dict):
+        raise ValueError("The heartbeat is not a JSON object.")
+    return heartbeat_instance(instance_id, data)
+
+
+def heartbeat_instance(instance_id: str, data: dict[str, Any]) -> Instance:
+    """The instance a parsed heartbeat document describes; ``ValueError`` names a bad member."""
+    return Instance(
+        instance=instance_id,
+        service=_member_text(data, "service"),
+        host=_member_text(data, "host"),
+        pid=_member_int(data, "pid", MAX_PID),
+        library_version=_member_text(data, "library_version"),
+        revision=_member_int(data, "revision", MAX_REVISION),
+        connected=_member_bool(data, "connected"),
+        last_seen=_member_time(data, "at"),
+    )
+
+
+def _member_text(data: dict[str, Any], name: str) -> str:
+    value = data.get(name, "")
+    if _text(value) is None:
+        raise ValueError(f"{name}: not a text of at most {INSTANCE_LENGTH} characters without NUL")
+    return str(value)
+
+
+def _member_int(data: dict[str, Any], name: str, maximum: int) -> int:
+    value = data.get(name, 0)
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= maximum:
+        raise ValueError(f"{name}: not an integer from 0 to {maximum}")
+    return value
+
+
+def _member_bool(data: dict[str, Any], name: str) -> bool:
+    value = data.get(name, False)
+    if not isinstance(value, bool):
+        raise ValueError(f"{name}: not true or false")
+    return value
+
+
+def _member_time(data: dict[str, Any], name: str) -> float:
+    value = data.get(name, 0)
+    seconds = None if isinstance(value, bool) else _finite(value)
+    if not isinstance(value, int | float) or seconds is None or seconds < 0:
+        raise ValueError(f"{name}: not a finite, non-negative number of seconds")
+    return seconds
+
+
+def _shown(raw: Any) -> str:
+    """A value found in Redis, short enough for a log line."""
+    text = repr(raw)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _instances(key: str, raw: dict[Any, Any], now: float) -> list[Instance]:
     instances = []
-    for instance_id, document in raw.items():
+    for raw_id, document in raw.items():
+        instance_id = _text(raw_id)
         try:
-            data = json.loads(document)
-            instance = Instance(
-                instance=instance_id,
-                service=str(data.get("service", "")),
-                host=str(data.get("host", "")),
-                pid=int(data.get("pid", 0)),
-                library_version=str(data.get("library_version", "")),
-                revision=int(data.get("revision", 0)),
-                connected=bool(data.get("connected", False)),
-                last_seen=float(data.get("at", 0)),
-            )
-        except (ValueError, TypeError, AttributeError):
+            if instance_id is None:
+                raise ValueError(
+                    f"the instance id is not UTF-8 text of at most {INSTANCE_LENGTH} "
+                    "characters without NUL"
+                )
+            instance = read_heartbeat(instance_id, document)
+        except ValueError as exc:
+            _skipped_live.skip("instances", f"{key} field {_shown(raw_id)}: {exc}")
             continue
         if now - instance.last_seen <= INSTANCE_TIMEOUT:
             instances.append(instance)
     return sorted(instances, key=lambda i: (i.service, i.instance))
+
+
+def _breaker_states(key: str, raw: dict[Any, Any]) -> list[tuple[str, str, str, float]]:
+    """``(breaker, instance, state, since)`` of each well-formed field of the states hash."""
+    found = []
+    for raw_field, raw_value in raw.items():
+        field_text, value = _text(raw_field, 2 * INSTANCE_LENGTH), _text(raw_value)
+        name, _, instance = (field_text or "").partition("|")
+        state, _, at = (value or "").partition("|")
+        since = _finite(at or 0)
+        if (
+            not NAME_PATTERN.match(name)
+            or _text(instance) is None
+            or not instance
+            or state not in BREAKER_STATES
+            or since is None
+        ):
+            _skipped_live.skip(
+                "breaker states", f"{key} field {_shown(raw_field)}: {_shown(raw_value)}"
+            )
+            continue
+        found.append((name, instance, state, since))
+    return found
 
 
 COUNTERS_BY_KIND: dict[str, tuple[str, ...]] = {
@@ -193,41 +360,47 @@ def read_snapshot(
             for policy in policies
             for counter in COUNTERS_BY_KIND.get(policy.partition(":")[0], ())
         ]
+    seconds = range(last - RATE_WINDOW + 1, last + 1)
+    # Undecoded: one field that is not UTF-8 must cost that field, not the page.
     with client.pipeline(transaction=False) as pipe:
-        for second in range(last - RATE_WINDOW + 1, last + 1):
+        for second in seconds:
             if wanted is None:
-                pipe.hgetall(keys.live_second(second))
+                undecoded(pipe, "HGETALL", keys.live_second(second))
             elif wanted:
-                pipe.hmget(keys.live_second(second), wanted)
-        pipe.hgetall(keys.live_breaker_states)
-        pipe.hgetall(keys.instances)
+                undecoded(pipe, "HMGET", keys.live_second(second), *wanted)
+        undecoded(pipe, "HGETALL", keys.live_breaker_states)
+        undecoded(pipe, "HGETALL", keys.instances)
         replies = pipe.execute()
     states_raw, instances_raw = replies[-2], replies[-1]
-    seconds: list[dict[str, Any]] = []
-    for reply in replies[:-2]:
-        if wanted is None:
-            seconds.append(reply)
-        else:
-            seconds.append({f: v for f, v in zip(wanted, reply, strict=True) if v is not None})
     # Summed per field first, then split: a field is split once, not once per second.
     sums: dict[str, float] = {}
-    for counters in seconds:
-        for key, value in counters.items():
-            sums[key] = sums.get(key, 0.0) + float(value)
+    for second, reply in zip(seconds, replies[:-2], strict=False):
+        pairs = reply.items() if wanted is None else zip(wanted, reply, strict=True)
+        for raw_key, raw_value in pairs:
+            if raw_value is None:
+                continue
+            key, value = _text(raw_key, 2 * INSTANCE_LENGTH), _finite(raw_value)
+            if key is None or value is None:
+                _skipped_live.skip(
+                    "counters",
+                    f"{keys.live_second(second)} field {_shown(raw_key)}: {_shown(raw_value)}",
+                )
+                continue
+            sums[key] = sums.get(key, 0.0) + value
     totals: dict[str, dict[str, float]] = defaultdict(dict)
     for key, total in sums.items():
         policy, _, counter = key.rpartition("|")
-        totals[policy][counter] = total
-    instances = _instances(instances_raw, now)
+        if math.isfinite(total):  # finite values can still add up to infinity
+            totals[policy][counter] = total
+    instances = _instances(keys.instances, instances_raw, now)
     alive = {i.instance for i in instances}
     breakers = None  # with ``policies``, only their breakers' states are counted
     if policies is not None:
         breakers = {p.partition(":")[2] for p in policies if p.startswith("breaker:")}
     breaker_states: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-    for key, value in states_raw.items():
-        name, _, instance = key.partition("|")
+    for name, instance, state, _since in _breaker_states(keys.live_breaker_states, states_raw):
         if instance in alive and (breakers is None or name in breakers):
-            breaker_states[name][value.partition("|")[0]] += 1
+            breaker_states[name][state] += 1
     return LiveSnapshot(
         rates={policy: PolicyRates(dict(c)) for policy, c in totals.items()},
         breaker_states={name: dict(states) for name, states in breaker_states.items()},
@@ -238,17 +411,34 @@ def read_snapshot(
 def read_history(
     client: redis.Redis, keys: KeyLayout, policy: str, counters: tuple[str, ...], seconds: int = 900
 ) -> dict[str, Any]:
-    """Per-second values of ``counters`` for one policy over the last ``seconds``."""
+    """Per-second values of ``counters`` for one policy over the last ``seconds``.
+
+    A value that is not a finite number counts as 0.
+    """
     last = int(time.time()) - 1
     times = list(range(last - seconds + 1, last + 1))
+    fields = [f"{policy}|{c}" for c in counters]
     with client.pipeline(transaction=False) as pipe:
         for second in times:
-            pipe.hmget(keys.live_second(second), [f"{policy}|{c}" for c in counters])
+            undecoded(pipe, "HMGET", keys.live_second(second), *fields)
         rows = pipe.execute()
     series: dict[str, Any] = {"t": times}
     for index, counter in enumerate(counters):
-        series[counter] = [float(row[index]) if row[index] else 0.0 for row in rows]
+        series[counter] = [
+            _history_value(keys, second, row[index])
+            for second, row in zip(times, rows, strict=True)
+        ]
     return series
+
+
+def _history_value(keys: KeyLayout, second: int, raw: Any) -> float:
+    if raw is None:
+        return 0.0
+    value = _finite(raw)
+    if value is None:
+        _skipped_live.skip("counters", f"{keys.live_second(second)}: {_shown(raw)}")
+        return 0.0
+    return value
 
 
 def top_rejected(
@@ -261,13 +451,22 @@ def top_rejected(
     with client.pipeline(transaction=False) as pipe:
         for name in names:
             for m in (minute - 1, minute):
-                pipe.zrevrange(keys.live_top_rejected(name, m), 0, limit - 1, withscores=True)
+                key = keys.live_top_rejected(name, m)
+                undecoded(pipe, "ZREVRANGE", key, 0, limit - 1, "WITHSCORES")
         replies = pipe.execute()
     result: dict[str, list[tuple[str, float]]] = {}
     for index, name in enumerate(names):
         merged: dict[str, float] = defaultdict(float)
         for reply in replies[2 * index : 2 * index + 2]:
-            for subject, score in reply:
+            # Members and scores alternate: [member, score, member, score, ...]
+            for raw_subject, raw_score in zip(reply[::2], reply[1::2], strict=True):
+                subject, score = _text(raw_subject, SUBJECT_LENGTH), _finite(raw_score)
+                if subject is None or score is None:
+                    _skipped_live.skip(
+                        "top rejected",
+                        f"a subject of limiter {name}: {_shown(raw_subject)} {_shown(raw_score)}",
+                    )
+                    continue
                 merged[subject] += score
         result[name] = sorted(merged.items(), key=lambda item: -item[1])[:limit]
     return result
@@ -277,14 +476,12 @@ def breaker_instances(
     client: redis.Redis, keys: KeyLayout, name: str
 ) -> list[tuple[str, str, float]]:
     """``(instance, state, since)`` of every instance that reported breaker ``name``."""
-    raw: dict[str, str] = client.hgetall(keys.live_breaker_states)  # type: ignore[assignment]
-    found = []
-    for key, value in raw.items():
-        breaker, _, instance = key.partition("|")
-        if breaker == name:
-            state, _, at = value.partition("|")
-            found.append((instance, state, float(at or 0)))
-    return sorted(found)
+    raw = undecoded(client, "HGETALL", keys.live_breaker_states)
+    return sorted(
+        (instance, state, since)
+        for breaker, instance, state, since in _breaker_states(keys.live_breaker_states, raw)
+        if breaker == name
+    )
 
 
 SERIES: dict[str, tuple[str, ...]] = {

@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 import redis
+from django.db import DataError, OperationalError
 
 from controlplane.accounts.actors import Actor
 from controlplane.live.ingest import GROUP, Ingestor, ensure_group, process_entries
@@ -13,6 +14,7 @@ from controlplane.live.models import BreakerEvent, DiscoveredName
 from controlplane.live.state import RATE_WINDOW, read_history, read_snapshot
 from controlplane.policies.actions import do_create_environment, do_create_policy
 from controlplane.policies.models import Environment
+from controlplane.redis_connection import get_redis
 from tests.conftest import wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -185,3 +187,138 @@ def test_two_replicas_process_each_report_once(
     finally:
         first.stop()
         second.stop()
+
+
+# Hostile entries (issue 10, item 5): each is skipped and acknowledged, and the
+# valid transition written right after it, in the same batch, is stored.
+VALID_TRANSITION = {
+    "policy": "breaker:payments",
+    "from_state": "closed",
+    "to_state": "open",
+    "reason": "failure_rate",
+    "failure_rate": 62.5,
+}
+
+
+def _ingest_once(environment: Environment, *entries: dict[Any, Any]) -> Ingestor:
+    """Write ``entries`` to the environment's stream and run one pass of the ingest."""
+    client = get_redis()
+    stream = environment.keys().reports
+    ensure_group(client, stream)
+    for fields in entries:
+        client.xadd(stream, fields)
+    ingestor = Ingestor(block_ms=50)
+    ingestor.read_once({stream: environment})
+    return ingestor
+
+
+def _transition(instance: str, **changes: Any) -> dict[str, str]:
+    return _entry("transition", instance, {**VALID_TRANSITION, "at": time.time(), **changes})
+
+
+def _assert_only_the_valid_transition_arrived(environment: Environment) -> None:
+    assert list(BreakerEvent.objects.values_list("name", "instance", "to_state")) == [
+        ("payments", "valid", "open")
+    ]
+    client = get_redis()
+    assert client.xpending(environment.keys().reports, GROUP)["pending"] == 0
+    states = client.hgetall(environment.keys().live_breaker_states)
+    assert list(states) == ["payments|valid"]
+
+
+@pytest.mark.parametrize(
+    "bad_entry",
+    [
+        pytest.param(_transition("bad", policy="breaker:" + "n" * 101), id="name-over-100"),
+        pytest.param(_transition("i" * 201), id="instance-over-200"),
+        pytest.param(_transition("bad", to_state="s" * 21), id="state-over-20"),
+        pytest.param(_transition("bad", reason="failure\x00rate"), id="nul-in-data"),
+        pytest.param(_transition("bad\x00nul"), id="nul-in-instance"),
+        pytest.param(_transition("bad", at=1e300), id="at-1e300"),
+        pytest.param(
+            {**_transition("bad"), "data": json.dumps({**VALID_TRANSITION, "at": float("nan")})},
+            id="at-nan",
+        ),
+        pytest.param(_transition("bad", to_state="ajar"), id="unknown-state"),
+        pytest.param({**_transition("bad"), "type": b"transition\xff"}, id="type-not-utf8"),
+        pytest.param({**_transition("bad"), "instance": b"\xffbad"}, id="instance-not-utf8"),
+    ],
+)
+def test_a_malformed_report_is_skipped_and_the_next_valid_one_arrives(
+    production: Environment, bad_entry: dict[str, Any]
+) -> None:
+    ingestor = _ingest_once(production, bad_entry, _transition("valid"))
+
+    assert ingestor.processed == 2  # both acknowledged
+    _assert_only_the_valid_transition_arrived(production)
+
+
+def test_one_warning_per_kind_of_problem_in_a_batch(
+    production: Environment, caplog: pytest.LogCaptureFixture
+) -> None:
+    bad = [_transition(f"bad{n}", at=1e300) for n in range(5)]
+    bad += [_transition(f"bad{n}", to_state="ajar") for n in range(5)]
+
+    _ingest_once(production, *bad, _transition("valid"))
+
+    warnings = [r.getMessage() for r in caplog.records if r.name == "controlplane.live.ingest"]
+    assert len(warnings) == 2, warnings
+    assert any("data.at" in w for w in warnings)
+    assert any("data.to_state" in w for w in warnings)
+    _assert_only_the_valid_transition_arrived(production)
+
+
+def test_a_row_the_database_refuses_costs_that_row_only(
+    production: Environment, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As PostgreSQL refuses what SQLite would take: the check that slipped through.
+    save = BreakerEvent.save
+
+    def refusing_save(self: BreakerEvent, *args: Any, **kwargs: Any) -> None:
+        if self.instance == "refused":
+            raise DataError("value too long for type character varying(100)")
+        save(self, *args, **kwargs)
+
+    def refusing_bulk_create(objs: list[BreakerEvent], *args: Any, **kwargs: Any) -> None:
+        raise DataError("value too long for type character varying(100)")
+
+    monkeypatch.setattr(BreakerEvent, "save", refusing_save)
+    monkeypatch.setattr(BreakerEvent.objects, "bulk_create", refusing_bulk_create)
+
+    ingestor = _ingest_once(production, _transition("refused"), _transition("valid"))
+
+    assert ingestor.processed == 2
+    _assert_only_the_valid_transition_was_stored(production)
+
+
+def _assert_only_the_valid_transition_was_stored(environment: Environment) -> None:
+    assert list(BreakerEvent.objects.values_list("instance", flat=True)) == ["valid"]
+    assert get_redis().xpending(environment.keys().reports, GROUP)["pending"] == 0
+
+
+def test_a_database_outage_leaves_the_batch_pending(
+    production: Environment, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def unreachable(*args: Any, **kwargs: Any) -> None:
+        raise OperationalError("connection refused")
+
+    monkeypatch.setattr(BreakerEvent.objects, "bulk_create", unreachable)
+    monkeypatch.setattr(BreakerEvent, "save", unreachable)
+
+    with pytest.raises(OperationalError):
+        _ingest_once(production, _transition("valid"))
+
+    client = get_redis()
+    assert client.xpending(production.keys().reports, GROUP)["pending"] == 1
+
+
+def test_a_live_key_of_the_wrong_type_does_not_stop_the_transitions(
+    production: Environment, redis_client: redis.Redis
+) -> None:
+    # Whoever can write to Redis turns the live breaker states into a string.
+    redis_client.set(production.keys().live_breaker_states, "garbage")
+
+    ingestor = _ingest_once(production, _transition("valid"))
+
+    assert ingestor.processed == 1
+    _assert_only_the_valid_transition_was_stored(production)
