@@ -1,29 +1,49 @@
-"""Websocket of the live pages: pushes re-rendered widgets, coalesced, to each viewer."""
+"""Websocket of the live pages: pushes re-rendered widgets, coalesced, to each viewer.
+
+What a viewer may see is checked again before a push goes out, at most every
+``RECHECK_AFTER`` seconds: the session must still log its user in (not logged
+out, not deactivated) and the user must still hold a role. If not, the
+websocket is closed; if the role changed, the page gets its new role's pushes.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from importlib import import_module
 from typing import Any
 from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
+from django.contrib import auth
+from django.db import DatabaseError
+from django.http import HttpRequest
 from redis.exceptions import RedisError
 
 from controlplane.accounts.context_processors import abilities
-from controlplane.accounts.roles import Role, has_role
+from controlplane.errors import Outage
 from controlplane.live.push import group_name, overview_group
 from controlplane.live.widgets import render_push
-from controlplane.metrics import WEBSOCKETS
+from controlplane.metrics import DATABASE_ERRORS, WEBSOCKETS
 from controlplane.policies.models import Environment
 
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_FORBIDDEN = 4403
 CLOSE_NOT_FOUND = 4404
 CLOSE_TRY_AGAIN_LATER = 1013  # the channel layer's Redis does not answer; the page reconnects
+# How stale the viewer's session and role may be when a push goes out.
+RECHECK_AFTER = 2.0
 
 logger = logging.getLogger(__name__)
+_database = Outage(
+    logger,
+    DATABASE_ERRORS.labels("websocket"),
+    "Live websockets cannot check their viewers' sessions: the database fails",
+    "The database answers again; live websockets check their viewers' sessions",
+)
 
 
 class LiveConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
@@ -35,7 +55,8 @@ class LiveConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         if user is None or not user.is_authenticated:
             await self.close(code=CLOSE_UNAUTHENTICATED)
             return
-        if not await database_sync_to_async(has_role)(user, Role.VIEWER):
+        self.can = await database_sync_to_async(abilities)(user)
+        if not self.can["view"]:
             await self.close(code=CLOSE_FORBIDDEN)
             return
         name = self.scope["url_route"]["kwargs"]["environment"]
@@ -44,36 +65,36 @@ class LiveConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
             await self.close(code=CLOSE_NOT_FOUND)
             return
         self.environment = environment
-        self.can = await database_sync_to_async(abilities)(user)
+        self.session_key: str | None = self.scope["session"].session_key
+        self.checked_at = time.monotonic()
+        self._checking = asyncio.Lock()
+        self._refused = False
         self.focus = _focus(self.scope.get("query_string", b""))
         self._dirty: set[str] = set()
         self._flush: asyncio.Task[None] | None = None
-        # A policy's page renders its own section from the changed list; the
-        # overview gets ready HTML, rendered once for every viewer of its variant.
-        if self.focus is None:
-            variant = "operator" if self.can["operate"] else "viewer"
-            group = overview_group(environment.name, variant)
-        else:
-            group = group_name(environment.name)
         try:
-            await self.channel_layer.group_add(group, self.channel_name)
+            await self.channel_layer.group_add(self._group_for(self.can), self.channel_name)
         except (RedisError, OSError) as exc:
             logger.warning("Refusing a live websocket: the channel layer fails (%s)", exc)
             await self.close(code=CLOSE_TRY_AGAIN_LATER)
             return
-        self.group = group
+        self.group = self._group_for(self.can)
         await self.accept()
         WEBSOCKETS.inc()
         self.counted = True
+
+    def _group_for(self, can: dict[str, bool]) -> str:
+        # A policy's page renders its own section from the changed list; the
+        # overview gets ready HTML, rendered once for every viewer of its variant.
+        if self.focus is None:
+            return overview_group(self.environment.name, "operator" if can["operate"] else "viewer")
+        return group_name(self.environment.name)
 
     async def disconnect(self, code: int) -> None:
         if getattr(self, "counted", False):
             WEBSOCKETS.dec()
         if hasattr(self, "group"):
-            try:
-                await self.channel_layer.group_discard(self.group, self.channel_name)
-            except (RedisError, OSError) as exc:  # its membership expires by itself
-                logger.debug("Cannot leave %s (%s)", self.group, exc)
+            await self._leave()
         if getattr(self, "_flush", None) is not None and self._flush is not None:
             self._flush.cancel()
 
@@ -81,10 +102,13 @@ class LiveConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         return None  # actions go through the HTTP forms, which check roles and CSRF
 
     async def live_html(self, event: dict[str, Any]) -> None:
-        if event.get("html"):
-            await self.send(text_data=event["html"])
+        group = self.group
+        if event.get("html") and await self._may_see() and self.group == group:
+            await self.send(text_data=event["html"])  # HTML of the variant the viewer still has
 
     async def live_changed(self, event: dict[str, Any]) -> None:
+        if self._refused:
+            return
         changed = event.get("changed", ())
         if self.focus not in changed and "@instances" not in changed:
             return
@@ -96,11 +120,78 @@ class LiveConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         # Changes that arrive while a render runs are taken by the next round.
         while self._dirty:
             changed, self._dirty = self._dirty, set()
+            if not await self._may_see():
+                return
             html = await database_sync_to_async(render_push)(
                 self.environment, changed, self.can, self.focus
             )
             if html:
                 await self.send(text_data=html)
+
+    async def _may_see(self) -> bool:
+        """Whether the viewer may still get pushes; checks again after ``RECHECK_AFTER`` s."""
+        async with self._checking:
+            if self._refused:
+                return False
+            if time.monotonic() - self.checked_at < RECHECK_AFTER:
+                return True
+            try:
+                can = await database_sync_to_async(_abilities_of_session)(self.session_key)
+            except DatabaseError as exc:
+                # No logout, deactivation or role change commits while it is down.
+                _database.failed(exc)
+                self.checked_at = time.monotonic()
+                return True
+            _database.answered()
+            self.checked_at = time.monotonic()
+            if can is None or not can["view"]:
+                await self._refuse(CLOSE_UNAUTHENTICATED if can is None else CLOSE_FORBIDDEN)
+                return False
+            if can != self.can:
+                self.can = can
+                if not await self._join(self._group_for(can)):
+                    await self._refuse(CLOSE_TRY_AGAIN_LATER)
+                    return False
+            return True
+
+    async def _join(self, group: str) -> bool:
+        """Leave the current group for ``group``; False if the channel layer fails."""
+        if group == self.group:
+            return True
+        try:
+            await self.channel_layer.group_add(group, self.channel_name)
+        except (RedisError, OSError) as exc:
+            logger.warning("Closing a live websocket: the channel layer fails (%s)", exc)
+            return False
+        await self._leave()
+        self.group = group
+        return True
+
+    async def _leave(self) -> None:
+        try:
+            await self.channel_layer.group_discard(self.group, self.channel_name)
+        except (RedisError, OSError) as exc:  # its membership expires by itself
+            logger.debug("Cannot leave %s (%s)", self.group, exc)
+
+    async def _refuse(self, code: int) -> None:
+        self._refused = True
+        self._dirty.clear()
+        await self._leave()
+        await self.close(code=code)
+
+
+def _abilities_of_session(session_key: str | None) -> dict[str, bool] | None:
+    """What the user whom this session logs in may do now; None when it logs no one in.
+
+    The session is read afresh: logging out deletes it, and Django's own checks
+    (an inactive user, a changed password) refuse it as they would a request.
+    """
+    if session_key is None:
+        return None
+    request = HttpRequest()
+    request.session = import_module(settings.SESSION_ENGINE).SessionStore(session_key)
+    user = auth.get_user(request)
+    return abilities(user) if user.is_authenticated else None
 
 
 def _focus(query_string: bytes) -> str | None:
