@@ -26,7 +26,12 @@ from redis.retry import Retry
 from controlplane.client.metrics import ClientMetrics
 from controlplane.client.reporting import Reporter
 from controlplane.client.state import Listener, PolicyState, Snapshot
-from controlplane.protocol.connection import connect, connect_async, read_policy_store
+from controlplane.protocol.connection import (
+    connect,
+    connect_async,
+    decode_policy_store,
+    read_policy_store,
+)
 from controlplane.protocol.keys import DEFAULT_PREFIX, KeyLayout
 
 if TYPE_CHECKING:
@@ -273,7 +278,8 @@ class Client:
     # Following changes (background thread)
 
     def read_snapshot(self) -> Snapshot:
-        return Snapshot(*read_policy_store(self._redis, self.keys))
+        """Read the policy store; a malformed value is reported in it, never raised."""
+        return read_policy_store(self._redis, self.keys)
 
     def resync(self) -> None:
         """Re-read the whole snapshot now (normally done by the follower thread)."""
@@ -398,10 +404,13 @@ class Client:
         assert self.snapshot_path is not None
         try:
             saved = json.loads(self.snapshot_path.read_text())
-            snapshot = Snapshot(saved["policies"], saved["overrides"], None)
+            policies, overrides = saved["policies"], saved["overrides"]
+            if not isinstance(policies, dict) or not isinstance(overrides, dict):
+                raise TypeError("policies and overrides must be objects")
+            snapshot = decode_policy_store(policies, overrides, None)
         except FileNotFoundError:
             return
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+        except (OSError, ValueError, KeyError, TypeError, RecursionError) as exc:
             logger.warning(
                 "Ignoring the unreadable policy snapshot %s: %s", self.snapshot_path, exc
             )

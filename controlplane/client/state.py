@@ -15,11 +15,18 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from controlplane.protocol.connection import (
+    PolicyStore,
+    Stored,
+    decode_override,
+    decode_policy,
+    meta_revision,
+    printable,
+)
 from controlplane.protocol.documents import (
     SECTION_OVERRIDES,
     SECTION_POLICIES,
     ChangeMessage,
-    MetaDocument,
     OverrideDocument,
     PolicyDocument,
     ProtocolError,
@@ -28,15 +35,10 @@ from controlplane.protocol.documents import (
 logger = logging.getLogger("controlplane.client")
 
 Listener = Callable[[str, str], None]  # (kind, name)
+Snapshot = PolicyStore  # what a resync installs: the store as read, decoded value by value
 
-
-@dataclass
-class Snapshot:
-    """Raw hash contents and meta value as read from Redis in one transaction."""
-
-    policies: Mapping[str, str | bytes] | Mapping[bytes, bytes]
-    overrides: Mapping[str, str | bytes] | Mapping[bytes, bytes]
-    meta: str | bytes | None
+_MAX_LOGGED = 1000  # places remembered as malformed (each logged once); beyond, only counted
+_OVERFLOW = "(more)"
 
 
 @dataclass
@@ -48,6 +50,9 @@ class PolicyState:
     revision: int = 0
     malformed: int = 0  # documents ignored because they broke the protocol
     on_malformed: Callable[[str], None] | None = None
+    # What is malformed now, by place, with the problem logged: one line per cause,
+    # not one per resync; forgotten once that place holds a good document again.
+    _logged: dict[str, str] = field(default_factory=dict, repr=False)
 
     def spec(self, kind: str, name: str) -> dict[str, object] | None:
         document = self.policies.get(f"{kind}:{name}")
@@ -59,46 +64,46 @@ class PolicyState:
             return None
         return document
 
-    def _bad(self, what: str, error: Exception) -> None:
+    def _bad(self, where: str, problem: str) -> None:
         self.malformed += 1
-        logger.error("Ignoring malformed %s from Redis, keeping the last good one: %s", what, error)
         if self.on_malformed is not None:
-            self.on_malformed(what)
+            self.on_malformed(where)
+        if self._logged.get(where) == problem:
+            return
+        if len(self._logged) >= _MAX_LOGGED and where not in self._logged:
+            if _OVERFLOW not in self._logged:
+                self._logged[_OVERFLOW] = ""
+                logger.error(
+                    "More than %d malformed values in Redis: counting, not logging, the rest",
+                    _MAX_LOGGED,
+                )
+            return
+        self._logged[where] = problem
+        logger.error(
+            "Ignoring malformed %s from Redis, keeping the last good one: %s", where, problem
+        )
 
-    def _decode(
-        self, section: str, field_name: str, raw: str | bytes
-    ) -> PolicyDocument | OverrideDocument | None:
-        try:
-            if section == SECTION_POLICIES:
-                return PolicyDocument.decode(raw)
-            return OverrideDocument.decode(raw)
-        except ProtocolError as exc:
-            if "unknown kind" in str(exc):
-                return None  # a kind from a newer control plane: not an error
-            self._bad(f"{section} field {field_name}", exc)
-            return None
+    def _good(self, where: str) -> None:
+        self._logged.pop(where, None)
 
     def _install(
         self,
         section: str,
-        documents: Mapping[str, str | bytes] | Mapping[bytes, bytes],
+        documents: Mapping[str, Stored[PolicyDocument]] | Mapping[str, Stored[OverrideDocument]],
         *,
         authoritative: bool,
     ) -> set[str]:
         held: dict[str, Any] = self.policies if section == SECTION_POLICIES else self.overrides
         updated = dict(held)
         changed: set[str] = set()
-        for raw_field, raw in documents.items():
-            name = raw_field.decode() if isinstance(raw_field, bytes) else str(raw_field)
-            document = self._decode(section, name, raw)
+        for name, item in documents.items():
+            document = item.document
             if document is None:
+                if not item.newer_kind:  # a kind from a newer control plane: not an error
+                    self._bad(f"{section} field {printable(name)}", item.problem)
                 continue
-            if f"{document.kind}:{document.name}" != name:
-                self._bad(
-                    f"{section} field {name}",
-                    ProtocolError(f"holds the document of {document.kind}:{document.name}"),
-                )
-                continue
+            if self._logged:
+                self._good(f"{section} field {name}")
             current = updated.get(name)
             if (
                 current is None
@@ -114,19 +119,20 @@ class PolicyState:
                 self.overrides = updated
         return changed
 
-    def install_snapshot(self, snapshot: Snapshot) -> set[str]:
+    def install_snapshot(self, snapshot: PolicyStore) -> set[str]:
         """Merge a snapshot; return the ``kind:name`` fields whose document changed."""
-        meta_revision: int | None = None
-        if snapshot.meta is not None:
-            try:
-                meta_revision = MetaDocument.decode(snapshot.meta).revision
-            except ProtocolError as exc:
-                self._bad("meta", exc)
-        authoritative = meta_revision is not None and meta_revision >= self.revision
+        for key, problem in snapshot.problems.items():
+            self._bad(f"{key} key", problem)
+        meta_revision_read = meta_revision(snapshot.meta)
+        if snapshot.meta is not None and snapshot.meta.document is None:
+            self._bad("meta", snapshot.meta.problem)
+        elif snapshot.meta is not None:
+            self._good("meta")
+        authoritative = meta_revision_read is not None and meta_revision_read >= self.revision
         changed = self._install(SECTION_POLICIES, snapshot.policies, authoritative=authoritative)
         changed |= self._install(SECTION_OVERRIDES, snapshot.overrides, authoritative=authoritative)
-        if authoritative and meta_revision is not None:
-            self.revision = meta_revision
+        if authoritative and meta_revision_read is not None:
+            self.revision = meta_revision_read
         return changed
 
     def apply_change(self, raw: str | bytes) -> tuple[set[str], bool]:
@@ -134,14 +140,20 @@ class PolicyState:
         try:
             message = ChangeMessage.decode(raw)
         except ProtocolError as exc:
-            self._bad("change message", exc)
+            self._bad("change message", str(exc))
+            return set(), False
+        except Exception as exc:  # a decoder's bug on hostile input must not stop the follower
+            self._bad("change message", f"{type(exc).__name__}: {exc}")
             return set(), False
         gap = message.revision > self.revision + 1
         self.revision = max(self.revision, message.revision)
-        changed = self._install(
-            message.section, {message.field: message.document}, authoritative=False
-        )
-        return changed, gap
+        if message.section == SECTION_POLICIES:
+            policy = decode_policy(message.field, message.document)
+            return self._install(SECTION_POLICIES, {policy.field: policy}, authoritative=False), gap
+        override = decode_override(message.field, message.document)
+        return self._install(
+            SECTION_OVERRIDES, {override.field: override}, authoritative=False
+        ), gap
 
     def to_dict(self) -> dict[str, object]:
         """Return the state as the local snapshot file stores it."""

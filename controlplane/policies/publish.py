@@ -63,7 +63,7 @@ def write_document(
     document: str,
     revision: int,
     *,
-    replacing: str = "",
+    replacing: str | bytes = "",
     raise_meta: bool = True,
 ) -> bool:
     """Write one document and its change notification atomically; raise on Redis errors.

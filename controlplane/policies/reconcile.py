@@ -13,7 +13,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import redis
 from django.conf import settings
@@ -24,15 +26,13 @@ from controlplane.live.actions import expire_overrides, newest_overrides, overri
 from controlplane.metrics import DATABASE_ERRORS, DRIFT_FOUND, RECONCILE_RUNS, REDIS_ERRORS
 from controlplane.policies.models import Environment
 from controlplane.policies.publish import policy_document, raise_meta_revision, write_document
-from controlplane.protocol.connection import read_policy_store
-from controlplane.protocol.documents import (
-    SECTION_OVERRIDES,
-    SECTION_POLICIES,
-    MetaDocument,
-    OverrideDocument,
-    PolicyDocument,
-    ProtocolError,
+from controlplane.protocol.connection import (
+    Stored,
+    meta_revision,
+    read_meta_revisions,
+    read_policy_store,
 )
+from controlplane.protocol.documents import SECTION_OVERRIDES, SECTION_POLICIES
 from controlplane.redis_connection import get_redis
 
 logger = logging.getLogger(__name__)
@@ -75,19 +75,9 @@ class Drift:
         return "\n".join(parts)
 
 
-def _revision(raw: str | None) -> int | None:
-    if raw is None:
-        return None
-    try:
-        return MetaDocument.decode(raw).revision
-    except ProtocolError:
-        return -1
-
-
 def published_revision(environment: Environment) -> int | None:
-    """Return the revision Redis says it holds for ``environment`` (None: nothing)."""
-    raw: str | None = get_redis().get(environment.keys().meta)  # type: ignore[assignment]
-    return _revision(raw)
+    """The revision Redis says it holds for ``environment`` (None: nothing, -1: malformed)."""
+    return read_meta_revisions(get_redis(), [environment.keys()])[0]
 
 
 def expected_documents(environment: Environment) -> dict[str, dict[str, tuple[int, str]]]:
@@ -105,16 +95,6 @@ def expected_documents(environment: Environment) -> dict[str, dict[str, tuple[in
     return {SECTION_POLICIES: policies, SECTION_OVERRIDES: overrides}
 
 
-def _revision_in(section: str, raw: str) -> int | None:
-    """The revision of a document read from Redis, or None if it is corrupt."""
-    try:
-        if section == SECTION_POLICIES:
-            return PolicyDocument.decode(raw).revision
-        return OverrideDocument.decode(raw).revision
-    except ProtocolError:
-        return None
-
-
 def reconcile_environment(environment: Environment, *, repair: bool = True) -> Drift:
     """Compare every document of ``environment`` in Redis with the database.
 
@@ -123,42 +103,64 @@ def reconcile_environment(environment: Environment, *, repair: bool = True) -> D
     and is replaced. With ``repair``, the drift found is fixed, and the
     environment's published revision is raised only once every document is in
     place, so a reader that sees the final revision sees a complete repair.
+
+    What Redis holds is untrusted: a value that is not a document of its field
+    (not UTF-8, not JSON, another document's, a key of another type) is corrupt
+    and repaired like any other drift, never raised.
     """
     keys = environment.keys()
     client = get_redis()
-    policies_raw, overrides_raw, meta_raw = read_policy_store(client, keys)
-    in_redis = {SECTION_POLICIES: policies_raw, SECTION_OVERRIDES: overrides_raw}
+    store = read_policy_store(client, keys)
     environment.refresh_from_db(fields=["revision"])
-    drift = Drift(environment.name, environment.revision, _revision(meta_raw))
+    drift = Drift(environment.name, environment.revision, meta_revision(store.meta))
+    if "meta" in store.problems:
+        drift.redis_revision = -1
+    if repair:
+        # A key of another type than the protocol's: start it again from the database.
+        wrong = [getattr(keys, name) for name in store.problems]
+        if wrong:
+            client.delete(*wrong)
+    in_redis: dict[str, Mapping[str, Stored[Any]]] = {
+        SECTION_POLICIES: store.policies,
+        SECTION_OVERRIDES: store.overrides,
+    }
     for section, expected in expected_documents(environment).items():
-        held = in_redis[section]
+        held = in_redis[section] if section not in store.problems else {}
         label = "" if section == SECTION_POLICIES else "override "
+        if section in store.problems:
+            drift.corrupt.append(f"{label}{section} key ({store.problems[section]})")
         for name, (revision, encoded) in expected.items():
             current = held.get(name)
-            if current == encoded:
+            if current is not None and current.raw == encoded.encode():
                 continue
-            current_revision = None if current is None else _revision_in(section, current)
             if current is None:
                 drift.missing.append(label + name)
-            elif current_revision is None:
+            elif current.document is None:
                 drift.corrupt.append(label + name)
             else:
                 drift.stale.append(label + name)
             if not repair:
                 continue
-            if current is None or (current_revision is not None and current_revision < revision):
+            if current is None or (
+                current.document is not None and current.document.revision < revision
+            ):
                 write_document(keys, section, name, encoded, revision, raise_meta=False)
             else:
                 write_document(
-                    keys, section, name, encoded, revision, replacing=current, raise_meta=False
+                    keys, section, name, encoded, revision, replacing=current.raw, raise_meta=False
                 )
         extra = sorted(set(held) - set(expected))
-        drift.extra.extend(label + name for name in extra)
+        drift.extra.extend(label + held[name].shown_field for name in extra)
         if repair and extra:
-            client.hdel(getattr(keys, section), *extra)
+            fields: list[Any] = [held[name].key for name in extra]  # bytes, exactly as stored
+            client.hdel(getattr(keys, section), *fields)
     if repair:
-        if drift.redis_revision is not None and drift.redis_revision > environment.revision:
-            # The database went back in time (a restore): it is the truth.
+        if drift.redis_revision is not None and (
+            drift.redis_revision > environment.revision or drift.redis_revision < 0
+        ):
+            # The database went back in time (a restore), or the meta key is garbage
+            # (which could read as any revision to the publish script): the database
+            # is the truth.
             client.delete(keys.meta)
         raise_meta_revision(keys, environment.revision)
     for problem in ("missing", "stale", "corrupt", "extra"):
@@ -172,7 +174,30 @@ def reconcile_environment(environment: Environment, *, repair: bool = True) -> D
 
 
 def reconcile_all(*, repair: bool = True) -> list[Drift]:
-    return [reconcile_environment(env, repair=repair) for env in Environment.objects.all()]
+    """Reconcile every environment; one environment's failure never ends the pass.
+
+    Redis and database outages are raised (after the pass) for the caller's
+    outage handling; any other error is logged once per environment and pass.
+    """
+    drifts: list[Drift] = []
+    outage: Exception | None = None
+    for environment in Environment.objects.all():
+        try:
+            drifts.append(reconcile_environment(environment, repair=repair))
+        except (redis.ConnectionError, redis.TimeoutError, *DATABASE_UNAVAILABLE) as exc:
+            outage = exc
+            break  # the next environment would wait on the same dead dependency
+        except Exception as exc:
+            logger.error(
+                "Could not reconcile %s (%s: %s); going on with the other environments",
+                environment.name,
+                type(exc).__name__,
+                exc,
+                exc_info=logger.isEnabledFor(logging.DEBUG),
+            )
+    if outage is not None:
+        raise outage
+    return drifts
 
 
 def quick_check() -> list[Environment]:
@@ -180,13 +205,12 @@ def quick_check() -> list[Environment]:
     environments = list(Environment.objects.all())
     if not environments:
         return []
-    with get_redis().pipeline(transaction=False) as pipe:
-        for environment in environments:
-            pipe.get(environment.keys().meta)
-        metas = pipe.execute()
+    revisions = read_meta_revisions(get_redis(), [env.keys() for env in environments])
     RECONCILE_RUNS.labels("quick").inc()
     return [
-        env for env, raw in zip(environments, metas, strict=True) if _revision(raw) != env.revision
+        env
+        for env, revision in zip(environments, revisions, strict=True)
+        if revision != env.revision
     ]
 
 

@@ -67,6 +67,51 @@ def test_malformed_document_is_ignored_and_the_last_good_kept(
     assert cp_client.state.malformed == 1
 
 
+def test_client_starts_with_the_good_policies_next_to_undecodable_bytes(
+    set_policy: Callable[..., Policy],
+    client_factory: Callable[..., Client],
+    raw_redis: redis.Redis,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Issue 10, item 3: a field name that is not UTF-8 made every snapshot read fail.
+    set_policy("config", "banner", value="good")
+    set_policy("config", "x", value="also good")
+    client = client_factory()
+    keys = client.keys
+    raw_redis.hset(keys.policies, "config:x", b"\xff")
+    raw_redis.hset(keys.policies, b"config:\xfe", b"{}")
+    raw_redis.hset(keys.overrides, b"\xff", b"\xff")
+
+    client.start()
+
+    assert client.wait_synced(0)
+    assert client.config.get("banner") == "good"
+    assert client.config.get("x", default="code default") == "code default"
+    client.resync()
+    logged = [r.getMessage() for r in caplog.records if "malformed" in r.getMessage()]
+    assert len(logged) == 3  # once per field and cause, not once per resync
+    assert any("config:\\xfe" in line for line in logged)
+
+
+def test_a_field_turned_to_garbage_keeps_its_last_good_version_and_is_logged_once(
+    set_policy: Callable[..., Policy],
+    cp_client: Client,
+    raw_redis: redis.Redis,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    set_policy("config", "banner", value="good")
+    wait_for(lambda: cp_client.config.get("banner") == "good")
+    raw_redis.hset(cp_client.keys.policies, "config:banner", b"\xff")
+
+    for _ in range(3):  # what the follower's timer does every resync_interval
+        cp_client.resync()
+
+    assert cp_client.config.get("banner") == "good"
+    assert cp_client.state.malformed == 3  # counted each time...
+    logged = [r for r in caplog.records if "config:banner" in r.getMessage()]
+    assert len(logged) == 1  # ...logged once
+
+
 def test_a_gap_in_revisions_triggers_a_resync(
     set_policy: Callable[..., Policy], cp_client: Client, redis_client: redis.Redis
 ) -> None:

@@ -9,10 +9,20 @@ from django.core.management import call_command
 
 from controlplane.accounts.actors import Actor
 from controlplane.embedded_redis import RedisServer
-from controlplane.policies.actions import do_create_policy, do_update_policy
+from controlplane.policies.actions import (
+    do_create_environment,
+    do_create_policy,
+    do_update_policy,
+)
 from controlplane.policies.models import Environment
 from controlplane.policies.publish import policy_document
-from controlplane.policies.reconcile import Reconciler, reconcile_environment
+from controlplane.policies.reconcile import (
+    Reconciler,
+    quick_check,
+    reconcile_all,
+    reconcile_environment,
+)
+from controlplane.protocol.connection import connect
 from controlplane.protocol.documents import MetaDocument, PolicyDocument
 from controlplane.redis_connection import get_redis
 from tests.conftest import wait_for
@@ -142,3 +152,90 @@ def test_publish_command_repairs(
     assert redis_client.hget(production.keys().policies, "breaker:payments") is not None
     call_command("policy_drift")  # exits 0 when in sync
     assert "in sync at revision 1" in capsys.readouterr().out
+
+
+def test_undecodable_bytes_are_repaired_and_the_pass_goes_on_to_the_next_environment(
+    production: Environment, system: Actor, settings: Any, caplog: Any
+) -> None:
+    # Issue 10, item 3: one non-UTF-8 byte stopped the full pass at its environment.
+    raw = connect(settings.REDIS_URL)
+    alpha = do_create_environment("alpha", system)  # compared before production
+    banner = do_create_policy(alpha, "config", "banner", {"value": "good"}, system)
+    payments = do_create_policy(production, "breaker", "payments", {}, system)
+    raw.hset(alpha.keys().policies, "config:banner", b"\xff")
+    raw.hset(alpha.keys().policies, b"config:\xfe", b"{}")
+    raw.hdel(production.keys().policies, "breaker:payments")
+
+    drifts = reconcile_all()
+
+    assert [(d.environment, d.corrupt, d.extra) for d in drifts] == [
+        ("alpha", ["config:banner"], ["config:\\xfe"]),
+        ("production", [], []),
+    ]
+    assert raw.hgetall(alpha.keys().policies) == {
+        b"config:banner": policy_document(banner).encode().encode()
+    }
+    assert raw.hgetall(production.keys().policies) == {
+        b"breaker:payments": policy_document(payments).encode().encode()
+    }
+    assert all(drift.clean for drift in reconcile_all())
+    assert not [r for r in caplog.records if r.exc_info]
+
+
+@pytest.mark.parametrize(
+    "meta",
+    [
+        b"\xff",
+        b'{"schema":1,"environment":"production","revision":1e300}',
+    ],
+)
+def test_a_malformed_meta_document_is_replaced(
+    production: Environment, system: Actor, settings: Any, meta: bytes
+) -> None:
+    # A meta value the publish script reads as a huge revision would block every raise.
+    raw = connect(settings.REDIS_URL)
+    do_create_policy(production, "breaker", "payments", {}, system)
+    raw.set(production.keys().meta, meta)
+
+    assert quick_check() == [production]
+    reconcile_environment(production)
+
+    assert MetaDocument.decode(raw.get(production.keys().meta)).revision == 1
+    assert quick_check() == []
+
+
+def test_keys_of_another_redis_type_are_rebuilt_from_the_database(
+    production: Environment, system: Actor, settings: Any
+) -> None:
+    raw = connect(settings.REDIS_URL)
+    keys = production.keys()
+    policy = do_create_policy(production, "breaker", "payments", {}, system)
+    raw.delete(keys.policies, keys.meta)
+    raw.set(keys.policies, "not a hash")
+    raw.hset(keys.meta, "not", "a string")
+
+    assert quick_check() == [production]
+    drift = reconcile_environment(production)
+
+    assert drift.corrupt and not drift.clean
+    assert raw.hgetall(keys.policies) == {
+        b"breaker:payments": policy_document(policy).encode().encode()
+    }
+    assert MetaDocument.decode(raw.get(keys.meta)).revision == 1
+    assert reconcile_environment(production).clean
+
+
+def test_a_document_filed_under_another_field_is_corrupt(
+    production: Environment, system: Actor, settings: Any
+) -> None:
+    raw = connect(settings.REDIS_URL)
+    keys = production.keys()
+    payments = do_create_policy(production, "breaker", "payments", {}, system)
+    other = do_create_policy(production, "breaker", "other", {}, system)
+    raw.hset(keys.policies, "breaker:payments", policy_document(other).encode())
+
+    drift = reconcile_environment(production)
+
+    assert drift.corrupt == ["breaker:payments"]
+    repaired: Any = raw.hget(keys.policies, "breaker:payments")
+    assert repaired == policy_document(payments).encode().encode()
