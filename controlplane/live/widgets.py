@@ -282,12 +282,42 @@ def table_rows(rows: list[Row], *, operate: bool) -> Markup:
     return Markup("\n").join(row_html(row, operate=operate) for row in rows)
 
 
+# What the live state in Redis holds is untrusted (anyone who can write to Redis wrote
+# it). The readers in live/state.py skip a malformed entry; should a value they do not
+# expect still raise, the page shows no live figures for that read instead of a 500.
+UNREADABLE = (ValueError, TypeError, AttributeError, KeyError, OverflowError, RecursionError)
+_unreadable_logged: set[tuple[str, str]] = set()  # (environment, read) logged as unreadable
+
+
+def _unreadable(environment: Environment, read: str, exc: Exception) -> None:
+    """Log an unreadable live read once per environment and read, until it reads again."""
+    if (environment.name, read) not in _unreadable_logged:
+        _unreadable_logged.add((environment.name, read))
+        logger.warning(
+            "Ignoring malformed live state of %s in Redis (%s): %s: %s",
+            environment.name,
+            read,
+            type(exc).__name__,
+            exc,
+        )
+
+
+def _readable(environment: Environment, read: str) -> None:
+    if _unreadable_logged:
+        _unreadable_logged.discard((environment.name, read))
+
+
 def live_snapshot(environment: Environment, policies: list[str] | None = None) -> LiveSnapshot:
     try:
-        return read_snapshot(get_redis(), environment.keys(), policies=policies)
+        snapshot = read_snapshot(get_redis(), environment.keys(), policies=policies)
     except redis.RedisError as exc:
         logger.warning("Live pages cannot read Redis: %s", exc)
         return LiveSnapshot(rates={}, breaker_states={}, instances=[], redis_ok=False)
+    except UNREADABLE as exc:
+        _unreadable(environment, "snapshot", exc)
+        return LiveSnapshot(rates={}, breaker_states={}, instances=[])
+    _readable(environment, "snapshot")
+    return snapshot
 
 
 LIVE_KINDS = ("breaker", "rate_limit", "cache")
@@ -340,7 +370,11 @@ def overview(environment: Environment, only: set[str] | None = None) -> dict[str
     if limiters and snapshot.redis_ok:
         try:
             tops = top_rejected(get_redis(), environment.keys(), limiters)
+            _readable(environment, "rejected subjects")
         except redis.RedisError:
+            tops = {}
+        except UNREADABLE as exc:
+            _unreadable(environment, "rejected subjects", exc)
             tops = {}
     rows: dict[str, list[Row]] = {kind: [] for kind in LIVE_KINDS}
     for (kind, name, mode, limit, period, generation), field in zip(selected, fields, strict=True):
@@ -426,7 +460,11 @@ def policy_live(policy: Policy) -> dict[str, Any]:
                 for item in breaker_instances(get_redis(), environment.keys(), policy.name)
                 if item[0] in alive
             ]
+            _readable(environment, "breaker states")
         except redis.RedisError:
+            instances = []
+        except UNREADABLE as exc:
+            _unreadable(environment, "breaker states", exc)
             instances = []
     return {
         "policy": policy,
