@@ -41,6 +41,8 @@ PAGES: list[tuple[str, str, Role]] = [
     ("post", "/environments/new/", Role.ADMIN),
     ("get", "/tokens/", Role.ADMIN),
     ("post", "/tokens/", Role.ADMIN),
+    ("get", "/admin/", Role.ADMIN),
+    ("get", "/admin/auth/user/", Role.ADMIN),
 ]
 CAST = ["anonymous", "outsider", "viewer", "operator", "editor", "admin"]
 

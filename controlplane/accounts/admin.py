@@ -1,4 +1,9 @@
-"""User administration, with every user and role change written to the audit log."""
+"""User administration, with every user and role change written to the audit log.
+
+Admins reach it through their role (``admin_site.py``); unless they are
+superusers, they grant roles but cannot make anyone a superuser, hand out
+single permissions, or change a superuser's account.
+"""
 
 from __future__ import annotations
 
@@ -19,6 +24,22 @@ admin.site.unregister(User)
 
 @admin.register(User)
 class AuditedUserAdmin(UserAdmin):  # type: ignore[type-arg]
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> tuple[str, ...]:
+        fields = tuple(super().get_readonly_fields(request, obj))
+        if request.user.is_superuser:
+            return fields
+        return (*fields, "is_superuser", "user_permissions")
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return super().has_change_permission(request, obj) and self._may_touch(request, obj)
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return super().has_delete_permission(request, obj) and self._may_touch(request, obj)
+
+    @staticmethod
+    def _may_touch(request: HttpRequest, obj: Any) -> bool:
+        return obj is None or not obj.is_superuser or request.user.is_superuser
+
     def save_model(self, request: HttpRequest, obj: User, form: Any, change: bool) -> None:
         before = User.objects.filter(pk=obj.pk).values(*AUDITED_FIELDS).first() if change else None
         super().save_model(request, obj, form, change)

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from django.apps import AppConfig
 from django.conf import settings
+from django.contrib.admin import apps as admin_apps
 from django.db.models.signals import post_migrate, pre_delete
 
 
@@ -20,3 +21,10 @@ class AccountsConfig(AppConfig):
             sender=settings.AUTH_USER_MODEL,
             dispatch_uid="controlplane-revoke-tokens-of-deleted-user",
         )
+
+
+class AdminConfig(admin_apps.AdminConfig):
+    """Django's admin, on a site open to the admin role (``controlplane.accounts.admin_site``)."""
+
+    default = False  # not this module's app: ``controlplane.accounts`` is AccountsConfig
+    default_site = "controlplane.accounts.admin_site.RoleAdminSite"
