@@ -136,7 +136,7 @@ def read_report(fields: Fields, now: float | None = None) -> Report | None:
     """
     now = time.time() if now is None else now
     by_name = {_key(name): value for name, value in fields.items()}
-    entry_type = _stream_text(by_name, "type", 20, required=False)
+    entry_type = _key(by_name.get("type", ""))
     if entry_type not in REPORT_TYPES:
         return None  # a type of a later protocol version: ignored (docs/protocol.md, 8)
     instance = _stream_text(by_name, "instance", INSTANCE_LENGTH)
@@ -299,12 +299,13 @@ def _counters(instance: str, data: dict[str, Any], now: float) -> Counters:
     if not isinstance(policies, dict):
         raise MalformedReport("data.policies", "is not an object")
     checked: dict[str, dict[str, Any]] = {}
+    # Fields are named without the policy: a warning per kind of problem, not per name.
+    where = "data.policies"
     for policy, counters in policies.items():
-        where = f"data.policies.{policy[:40]}"
         kind, _, name = policy.partition(":")
         if kind not in KINDS:
             continue  # a kind of a later version, or a typo: nothing to show
-        _check_name(name, "data.policies")
+        _check_name(name, where)
         if not isinstance(counters, dict):
             raise MalformedReport(where, "is not an object")
         kept: dict[str, Any] = {
