@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -105,3 +106,58 @@ def test_postgresql_connections_give_up_after_a_timeout(url: str, expected: str)
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == expected
+
+
+def _manage(tmp_path: Path, *command: str, **env: str) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if k not in {"SECRET_KEY", "DEBUG"}}
+    return subprocess.run(
+        [sys.executable, "manage.py", *command],
+        cwd=ROOT,
+        env={
+            **clean,
+            "DJANGO_SETTINGS_MODULE": "controlplane.settings",
+            "CONTROLPLANE_VAR_DIR": str(tmp_path),
+            "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}",
+            "REDIS_URL": "redis://127.0.0.1:1/0",
+            **env,
+        },
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+STRONG = "Kq3v-Zp8_rT1wYb6LmN0xHc4JdF9sGa2UeQ7iOk5VnB-yXj_Wt"
+
+
+@pytest.mark.parametrize(
+    ("key", "weakness"),
+    [
+        ("x", "is too short (1 characters; at least 50)"),
+        ("serve-test", "is too short (10 characters; at least 50)"),
+        ("ab" * 40, "has too few distinct characters (2; at least 5)"),
+        ("django-insecure-" + STRONG, "starts with 'django-insecure-'"),
+    ],
+)
+def test_a_weak_secret_key_fails_the_checks_outside_debug(
+    tmp_path: Path, key: str, weakness: str
+) -> None:
+    result = _manage(tmp_path, "check", SECRET_KEY=key)
+    assert result.returncode != 0
+    assert f"SECRET_KEY {weakness}" in result.stderr
+
+
+def test_migrate_refuses_a_weak_secret_key_and_changes_nothing(tmp_path: Path) -> None:
+    result = _manage(tmp_path, "migrate", "--noinput", SECRET_KEY="x" * 64)
+    assert result.returncode != 0
+    assert "SECRET_KEY has too few distinct characters (1; at least 5)" in result.stderr
+    database = tmp_path / "db.sqlite3"
+    if database.exists():
+        with sqlite3.connect(database) as connection:
+            assert not connection.execute("SELECT name FROM sqlite_master").fetchall()
+
+
+@pytest.mark.parametrize(("key", "debug"), [(STRONG, "false"), ("x", "true")])
+def test_a_strong_secret_key_or_debug_starts(tmp_path: Path, key: str, debug: str) -> None:
+    result = _manage(tmp_path, "check", SECRET_KEY=key, DEBUG=debug)
+    assert result.returncode == 0, result.stderr

@@ -3,6 +3,7 @@ from __future__ import annotations
 from django.apps import AppConfig
 from django.conf import settings
 from django.contrib.admin import apps as admin_apps
+from django.core import checks
 from django.db.models.signals import post_migrate, pre_delete
 
 
@@ -13,7 +14,10 @@ class AccountsConfig(AppConfig):
 
     def ready(self) -> None:
         from controlplane.accounts.actions import revoke_tokens_of_deleted_user
+        from controlplane.accounts.checks import check_secret_key
         from controlplane.accounts.roles import ensure_role_groups
+
+        checks.register(check_secret_key, checks.Tags.security)
 
         post_migrate.connect(ensure_role_groups, dispatch_uid="controlplane-role-groups")
         pre_delete.connect(
