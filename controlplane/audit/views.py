@@ -110,13 +110,23 @@ class _Echo:
         return value
 
 
+# A spreadsheet runs a cell that starts with one of these as a formula (OWASP, CSV injection).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: object) -> str:
+    """``value`` as a CSV cell no spreadsheet runs: a leading quote keeps a formula text."""
+    text = str(value)
+    return "'" + text if text.startswith(FORMULA_STARTS) else text
+
+
 def _csv_lines(entries: QuerySet[AuditEntry]) -> Iterator[str]:
     writer = csv.writer(_Echo())
     yield writer.writerow(EXPORT_COLUMNS)
     for entry in entries.iterator(chunk_size=1000):
         row = _row(entry)
         row["changes"] = json.dumps(row["changes"], sort_keys=True)
-        yield writer.writerow([row[c] for c in EXPORT_COLUMNS])
+        yield writer.writerow([csv_cell(row[c]) for c in EXPORT_COLUMNS])
 
 
 def _json_lines(entries: QuerySet[AuditEntry]) -> Iterator[str]:

