@@ -17,6 +17,7 @@ Only an outage (Redis or the database unreachable) leaves a batch pending.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 import socket
@@ -39,7 +40,7 @@ from controlplane.metrics import DATABASE_ERRORS, REPORTS_INGESTED
 from controlplane.policies.models import Environment, Policy
 from controlplane.protocol.connection import is_cluster
 from controlplane.protocol.keys import NAME_PATTERN
-from controlplane.protocol.limits import MAX_DOCUMENT_BYTES, LimitExceeded, loads_json
+from controlplane.protocol.limits import MAX_JSON_DEPTH, LimitExceeded, check_shape, check_size
 from controlplane.protocol.schema import KINDS
 from controlplane.redis_connection import get_redis
 
@@ -201,28 +202,45 @@ def _data(by_name: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(raw, str | bytes):
         raise MalformedReport("data", "is missing")
     try:
-        data = loads_json(raw, limit=MAX_DOCUMENT_BYTES, what="data")
+        check_size(raw, what="data")
+        text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+        _check_characters(text, "data")
+        data = json.loads(text, parse_float=_finite, parse_constant=_not_finite)
+        check_shape(data, what="data")
+    except MalformedReport:
+        raise
     except LimitExceeded as exc:
         raise MalformedReport("data", str(exc).removeprefix("data ")) from None
-    except ValueError:
+    except RecursionError:
+        raise MalformedReport("data", f"nests deeper than {MAX_JSON_DEPTH} levels") from None
+    except ValueError:  # UnicodeDecodeError included
         raise MalformedReport("data", "is not JSON in UTF-8") from None
     if not isinstance(data, dict):
         raise MalformedReport("data", "is not a JSON object")
-    # Every string and number, wherever it is: the checks below then look at meanings.
-    pending: list[Any] = [data]
-    while pending:
-        item = pending.pop()
-        if isinstance(item, dict):
-            for key, member in item.items():
-                _check_characters(key, "data")
-                pending.append(member)
-        elif isinstance(item, list):
-            pending.extend(item)
-        elif isinstance(item, str):
-            _check_characters(item, "data")
-        elif isinstance(item, float) and item - item != 0:  # NaN and infinities
-            raise MalformedReport("data", "has a number that is not finite")
+    if "\\u" in text:  # only an escape makes a NUL or a lone surrogate in JSON text
+        pending: list[Any] = [data]
+        while pending:
+            item = pending.pop()
+            if isinstance(item, dict):
+                for key, member in item.items():
+                    _check_characters(key, "data")
+                    pending.append(member)
+            elif isinstance(item, list):
+                pending.extend(item)
+            elif isinstance(item, str):
+                _check_characters(item, "data")
     return data
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if value - value != 0:  # 1e400
+        raise MalformedReport("data", "has a number that is not finite")
+    return value
+
+
+def _not_finite(name: str) -> float:
+    raise MalformedReport("data", f"has {name}, which is not a finite number")
 
 
 def _at(data: dict[str, Any], now: float) -> float:
@@ -288,9 +306,9 @@ def _transition(instance: str, service: str, data: dict[str, Any], now: float) -
 
 
 def _count(value: Any, name: str) -> float:
-    if not _is_number(value) or not 0 <= value <= MAX_COUNT:
-        raise MalformedReport(name, f"is not a count from 0 to {MAX_COUNT:,}")
-    return float(value)
+    if (type(value) is int or type(value) is float) and 0 <= value <= MAX_COUNT:  # no bool
+        return value
+    raise MalformedReport(name, f"is not a count from 0 to {MAX_COUNT:,}")
 
 
 def _counters(instance: str, data: dict[str, Any], now: float) -> Counters:

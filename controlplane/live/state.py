@@ -110,7 +110,8 @@ def undecoded(target: Any, *args: Any) -> Any:
 
 
 def _text(raw: Any, max_length: int = INSTANCE_LENGTH) -> str | None:
-    """``raw`` (bytes from Redis) as text, or None if it is not UTF-8, too long or has a NUL."""
+    """``raw`` (bytes from Redis, or text from JSON) as text, or None if it is not UTF-8,
+    too long or has a NUL."""
     if isinstance(raw, bytes):
         try:
             raw = raw.decode("utf-8")
@@ -118,6 +119,11 @@ def _text(raw: Any, max_length: int = INSTANCE_LENGTH) -> str | None:
             return None
     if not isinstance(raw, str) or len(raw) > max_length or "\x00" in raw:
         return None
+    if not raw.isascii():
+        try:  # a lone surrogate, from a \ud800 escape in JSON, could not be shown
+            raw.encode("utf-8")
+        except UnicodeEncodeError:
+            return None
     return raw
 
 
@@ -316,11 +322,10 @@ def _breaker_states(key: str, raw: dict[Any, Any]) -> list[tuple[str, str, str, 
         state, _, at = (value or "").partition("|")
         since = _finite(at or 0)
         if (
-            not NAME_PATTERN.match(name)
-            or _text(instance) is None
-            or not instance
-            or state not in BREAKER_STATES
+            state not in BREAKER_STATES
             or since is None
+            or not 0 < len(instance) <= INSTANCE_LENGTH
+            or not NAME_PATTERN.match(name)
         ):
             _skipped_live.skip(
                 "breaker states", f"{key} field {_shown(raw_field)}: {_shown(raw_value)}"
@@ -373,22 +378,31 @@ def read_snapshot(
         replies = pipe.execute()
     states_raw, instances_raw = replies[-2], replies[-1]
     # Summed per field first, then split: a field is split once, not once per second.
-    sums: dict[str, float] = {}
+    sums: dict[Any, float] = {}  # by field as read: each is decoded once, not once a second
     for second, reply in zip(seconds, replies[:-2], strict=False):
         pairs = reply.items() if wanted is None else zip(wanted, reply, strict=True)
         for raw_key, raw_value in pairs:
             if raw_value is None:
                 continue
-            key, value = _text(raw_key, 2 * INSTANCE_LENGTH), _finite(raw_value)
-            if key is None or value is None:
+            try:  # _finite, inline: this loop runs for every counter of every row
+                value = float(raw_value)
+            except ValueError:
+                value = math.nan
+            if value - value != 0:  # NaN or infinite
                 _skipped_live.skip(
                     "counters",
                     f"{keys.live_second(second)} field {_shown(raw_key)}: {_shown(raw_value)}",
                 )
                 continue
-            sums[key] = sums.get(key, 0.0) + value
+            sums[raw_key] = sums.get(raw_key, 0.0) + value
     totals: dict[str, dict[str, float]] = defaultdict(dict)
-    for key, total in sums.items():
+    for raw_key, total in sums.items():
+        key = _text(raw_key, 2 * INSTANCE_LENGTH)
+        if key is None:
+            _skipped_live.skip(
+                "counters", f"a field of {keys.live_second(last)}: {_shown(raw_key)}"
+            )
+            continue
         policy, _, counter = key.rpartition("|")
         if math.isfinite(total):  # finite values can still add up to infinity
             totals[policy][counter] = total

@@ -63,6 +63,7 @@ def test_garbage_in_the_live_hashes_costs_only_its_own_fields(
     redis_client.hset(keys.instances, "i2", b"\xff{")  # document not UTF-8
     redis_client.hset(keys.instances, "i3", json.dumps({**heartbeat, "pid": float("inf")}))
     redis_client.hset(keys.instances, "i4", json.dumps({**heartbeat, "connected": "false"}))
+    redis_client.hset(keys.instances, "i5", json.dumps({**heartbeat, "host": "\ud800"}))
     redis_client.hset(keys.live_breaker_states, "payments|i1", "open|1")
     redis_client.hset(keys.live_breaker_states, "payments|i1\x00", "open|1")
     redis_client.hset(keys.live_breaker_states, b"payments|\xff", "open|1")
