@@ -50,6 +50,25 @@ run: $(RUN_STAMP)
 test: $(STAMP)
 	$(BIN)/pytest
 
+# The client library again, on the lowest versions it declares (redis-py and
+# hiredis pinned by .ci/constraints-min.txt), in a venv of its own: CI's last
+# pass. It uses the machine's Redis (REDIS_URL) like `make test`; the Redis
+# Cluster runs stay in `make test`.
+MIN_VENV := var/venv-min
+MIN_CONSTRAINTS := .ci/constraints-min.txt
+MIN_STAMP := $(MIN_VENV)/.installed-min
+
+$(MIN_STAMP): pyproject.toml $(MIN_CONSTRAINTS)
+	test -x $(MIN_VENV)/bin/python || $(PYTHON) -m venv $(MIN_VENV)
+	$(MIN_VENV)/bin/python -m pip install --quiet --disable-pip-version-check \
+		-e '.[dev]' -c $(MIN_CONSTRAINTS)
+	touch $(MIN_STAMP)
+
+.PHONY: test-min-deps
+test-min-deps: $(MIN_STAMP)
+	CONTROLPLANE_TEST_CLUSTER=false CONTROLPLANE_TEST_MIN_DEPS=$(MIN_CONSTRAINTS) \
+		$(MIN_VENV)/bin/pytest tests/client tests/protocol
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .

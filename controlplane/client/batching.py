@@ -9,20 +9,28 @@ are waiting, they go out together, as a pipeline without ``MULTI`` does: one
 write on one connection, then the replies in order (one round trip).
 Each script still runs atomically on its own; the pipeline only saves round
 trips. 64 coroutines each checking a rate limit cost one round trip, not 64.
+
+Both go below redis-py's client API, to its connection pools, connections and
+cluster nodes. What they use of those differs between the redis-py versions we
+support (``pyproject.toml``): :data:`INTERNALS` finds it once, at import, and
+each use has a fallback through the public API where this redis-py lacks it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import inspect
 import os
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import redis
+import redis.asyncio
 from redis.asyncio import Redis as AsyncRedis
+from redis.asyncio.cluster import ClusterNode as AsyncClusterNode
 
 from controlplane.protocol.connection import is_cluster
 
@@ -37,6 +45,77 @@ if TYPE_CHECKING:
 
 MAX_BATCH = 256
 MAX_IDLE = 32  # connections a ScriptRunner keeps between calls; more go back to the pool
+
+
+def _wants_command_name(get_connection: Callable[..., Any]) -> bool:
+    """Whether a pool's ``get_connection`` must be given a command name.
+
+    redis-py before 5.3 requires one; from 5.3 it is optional and passing it is
+    deprecated (a ``DeprecationWarning`` on every call).
+    """
+    try:
+        parameter = inspect.signature(get_connection).parameters.get("command_name")
+    except (TypeError, ValueError):
+        return False
+    return parameter is not None and parameter.default is inspect.Parameter.empty
+
+
+def _async_connections_have_a_parser() -> bool:
+    """Whether an asyncio connection reads replies through ``_parser.read_response()``."""
+    try:
+        connection = redis.asyncio.Connection()
+    except Exception:
+        return False
+    return inspect.iscoroutinefunction(
+        getattr(getattr(connection, "_parser", None), "read_response", None)
+    )
+
+
+@dataclass(frozen=True)
+class RedisInternals:
+    """What the installed redis-py offers below its client API (each with a fallback).
+
+    ``pool_wants_command_name``, ``async_pool_wants_command_name``: the pools'
+    ``get_connection`` requires the command's name (before 5.3); it is then given
+    ``"EVALSHA"``, else nothing.
+    ``node_release``: an asyncio cluster node takes a connection back with
+    ``release()`` (7.0); without it a batch goes through redis-py's cluster
+    pipeline instead of straight to each node's connection.
+    ``node_disconnect_if_needed``: a node drops a connection that a maintenance
+    event marked for reconnection (7.2); before, a node marks none.
+    ``async_parser``: an asyncio connection's replies are read with
+    ``_parser.read_response()`` under one deadline for the whole batch; without
+    it, with the public ``read_response()``, one deadline per reply.
+    """
+
+    pool_wants_command_name: bool
+    async_pool_wants_command_name: bool
+    node_release: bool
+    node_disconnect_if_needed: bool
+    async_parser: bool
+
+    @classmethod
+    def of_installed_redis(cls) -> RedisInternals:
+        return cls(
+            pool_wants_command_name=_wants_command_name(redis.ConnectionPool.get_connection),
+            async_pool_wants_command_name=_wants_command_name(
+                redis.asyncio.ConnectionPool.get_connection
+            ),
+            node_release=callable(getattr(AsyncClusterNode, "release", None)),
+            node_disconnect_if_needed=callable(
+                getattr(AsyncClusterNode, "disconnect_if_needed", None)
+            ),
+            async_parser=_async_connections_have_a_parser(),
+        )
+
+
+INTERNALS: Final = RedisInternals.of_installed_redis()
+_GET_CONNECTION_ARGS: Final[tuple[str, ...]] = (
+    ("EVALSHA",) if INTERNALS.pool_wants_command_name else ()
+)
+_ASYNC_GET_CONNECTION_ARGS: Final[tuple[str, ...]] = (
+    ("EVALSHA",) if INTERNALS.async_pool_wants_command_name else ()
+)
 
 
 @dataclass(frozen=True)
@@ -98,7 +177,7 @@ class ScriptRunner:
         try:
             connection = self._idle.pop()
         except IndexError:
-            connection = self.pool.get_connection()  # checked by the pool
+            connection = self.pool.get_connection(*_GET_CONNECTION_ARGS)  # checked by the pool
         else:
             try:
                 if connection.can_read(0):  # unexpected data, or closed by the server
@@ -276,7 +355,8 @@ class AsyncBatcher:
         if is_cluster(self._redis):
             return await self._execute_on_cluster(batch)
         pool = self._redis.connection_pool
-        connection = await pool.get_connection()  # type: ignore[no-untyped-call]
+        get_connection: Any = pool.get_connection  # untyped in redis-py
+        connection = await get_connection(*_ASYNC_GET_CONNECTION_ARGS)
         try:
             return await self._round_trip(connection, batch)
         finally:
@@ -304,6 +384,8 @@ class AsyncBatcher:
         it cannot take (connection failed) go again through redis-py's cluster
         pipeline, which follows redirections and refreshes the map.
         """
+        if not INTERNALS.node_release:  # no way back for a node's connection (before 7.0)
+            return await self._through_cluster_pipeline(batch)
         cluster: Any = self._redis
         try:
             await cluster.initialize()  # the slot map; nothing to do once loaded
@@ -319,7 +401,8 @@ class AsyncBatcher:
         async def on_node(node: Any, indexes: list[int]) -> None:
             connection = node.acquire_connection()
             try:
-                await node.disconnect_if_needed(connection)
+                if INTERNALS.node_disconnect_if_needed:
+                    await node.disconnect_if_needed(connection)
                 answers = await self._round_trip(connection, [batch[i] for i in indexes])
             except redis.exceptions.ConnectionError:
                 again.extend(indexes)
@@ -349,7 +432,7 @@ class AsyncBatcher:
     async def _read_replies(connection: Any, count: int) -> list[Any]:
         # One deadline for the whole batch: Connection.read_response would arm
         # and cancel a timer per reply. Error replies come back as values.
-        parser = getattr(connection, "_parser", None)
+        parser = getattr(connection, "_parser", None) if INTERNALS.async_parser else None
         if parser is None:  # another redis-py layout: the public, slower way
             replies: list[Any] = []
             for _ in range(count):
