@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any, Final, ParamSpec, TypeVar
 
 import redis
 
+from controlplane.client.error_log import ErrorLog
 from controlplane.client.errors import CircuitOpenError
 from controlplane.protocol.documents import OverrideDocument
 from controlplane.protocol.keys import PROTOCOL_VERSION
@@ -376,6 +377,7 @@ class _BreakerHub:
         self._running = False
         self._scripts: dict[str, Script] = {}
         self._scripts_of: Any = None
+        self._errors = ErrorLog(logger, client.metrics.internal_errors.labels("breaker"))
         client.on_channel(client.keys.breaker_events, self.on_message)
         client.on_resync(self.on_resync)
 
@@ -419,7 +421,7 @@ class _BreakerHub:
             try:
                 job()
             except Exception:
-                logger.exception("Breaker background job failed")
+                self._errors.exception("Breaker background job failed")
             finally:
                 with self._cond:
                     self._running = False
@@ -543,6 +545,7 @@ class CircuitBreaker:
         self._reported: dict[str, int] = {}
         self._discovered = False
         self._last_warning = 0.0
+        self._errors = ErrorLog(logger, client.metrics.internal_errors.labels("breaker"))
         self._settings = self._code_settings
         self._slow_s = self._settings.slow_duration
         self._tick_below = self._slow_s  # successes faster than this just take a ticket
@@ -1013,7 +1016,7 @@ class CircuitBreaker:
             if proposal is not None:
                 self._hub.submit(lambda: self._share(proposal))
         except Exception:
-            logger.exception("Breaker %s: cannot report a transition", self.name)
+            self._errors.exception("Breaker %s: cannot report a transition", self.name)
 
     def _set_gauge(self, current: str) -> None:
         gauge = self.client.metrics.breaker_state
@@ -1150,7 +1153,8 @@ class CircuitBreaker:
     def _internal_error(self, doing: str) -> _Permit:
         """A bug of ours: log it and let the call through rather than fail the caller."""
         self.client.metrics.redis_errors.labels("breaker_internal").inc()
-        logger.exception("Breaker %s: internal error while %s", self.name, doing)
+        # `doing` (a literal of the caller) is part of the message: one cause per call site.
+        self._errors.exception(f"Breaker %s: internal error while {doing}", self.name)
         return _PASS_PERMIT
 
     def _permit_step(self) -> _Permit | _ProbeRequest | None:

@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar, cast
 import redis
 from redis.exceptions import NoScriptError
 
+from controlplane.client.error_log import ErrorLog
 from controlplane.protocol.schema import CACHE, validate_name, validate_spec
 
 if TYPE_CHECKING:
@@ -449,6 +450,7 @@ class Cache:
         }
         self._redis_errors = client.metrics.redis_errors.labels("cache")
         self._logged: dict[str, float] = {}
+        self._errors = ErrorLog(logger, client.metrics.internal_errors.labels("cache"))
         client.watch(CACHE, self.name, self._policy_changed)
         self._apply(client.policy_spec(CACHE, self.name))
         client.reporter.add_collector(self._collect)
@@ -544,10 +546,8 @@ class Cache:
 
     def _internal_error(self, what: str) -> None:
         self._count_error()
-        now = time.monotonic()
-        if now - self._logged.get("internal", -_LOG_EVERY) >= _LOG_EVERY:
-            self._logged["internal"] = now
-            logger.exception("Cache %s: %s; calling the function uncached", self.name, what)
+        # `what` (a literal of the caller) is part of the message: one cause per call site.
+        self._errors.exception(f"Cache %s: {what}; calling the function uncached", self.name)
 
     # Freshness (wall clock of this host against the writer's times)
 

@@ -36,6 +36,7 @@ from controlplane.client.batching import (
     batcher_for,
     runner_for,
 )
+from controlplane.client.error_log import ErrorLog
 from controlplane.client.errors import RateLimitExceeded
 from controlplane.protocol.schema import RATE_LIMIT, validate_spec
 
@@ -65,6 +66,7 @@ LOCAL_SUBJECTS: Final = 10_000  # subjects the local fallback remembers (LRU)
 KEYS_CACHED: Final = 10_000  # subjects whose key a limiter remembers (forgotten all at once)
 TOP_SUBJECTS_TRACKED: Final = 1_000  # distinct rejected subjects counted per interval
 REDIS_RETRY_AFTER: Final = 1.0  # after a Redis failure, skip Redis this long
+REDIS_LOG_EVERY: Final = 10.0  # seconds between two warnings of the same Redis failure
 DENY_RETRY_AFTER: Final = 1.0
 
 
@@ -243,7 +245,8 @@ class RateLimiter:
         self._rejected_subjects: Counter[str] = Counter()
         self._local = _LocalBuckets()
         self._redis_down_until = 0.0
-        self._last_error_log = 0.0
+        self._errors = ErrorLog(logger, client.metrics.internal_errors.labels("rate_limit"))
+        self._redis_errors = ErrorLog(logger, window=REDIS_LOG_EVERY)
         self._discovered = False
         # The metric's children, labelled once (labels() per check costs more than inc()).
         self._metric = {
@@ -447,22 +450,22 @@ class RateLimiter:
             # about one key, e.g. a foreign value under it: only that call falls back.)
             self._redis_down_until = time.monotonic() + REDIS_RETRY_AFTER
         self._client.metrics.redis_errors.labels("rate_limit").inc()
-        self._log(logging.WARNING, "Rate limit %r: Redis failed (%s); using on_redis_error", exc)
+        self._redis_errors.log(
+            logging.WARNING,
+            "Rate limit %r: Redis failed (%s); using on_redis_error",
+            self.name,
+            exc,
+            exc=exc,
+        )
 
     def _internal_error(
         self, settings: LimiterSettings, subject: str, cost: int, peek: bool
     ) -> Decision:
-        logger.exception("Rate limit %r: internal error; using on_redis_error", self.name)
+        self._errors.exception("Rate limit %r: internal error; using on_redis_error", self.name)
         try:
             return self._fallback(settings, subject, cost, peek)
         except Exception:
             return Decision(True, settings.capacity, settings.capacity, 0.0, 0.0, source="allow")
-
-    def _log(self, level: int, message: str, exc: BaseException) -> None:
-        now = time.monotonic()
-        if now - self._last_error_log >= 10.0:
-            self._last_error_log = now
-            logger.log(level, message, self.name, exc)
 
     def _finish(
         self, settings: LimiterSettings, subject: str, decision: Decision, peek: bool

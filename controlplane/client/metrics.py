@@ -55,6 +55,12 @@ class ClientMetrics:
         self.redis_errors = counter(
             "redis_errors_total", "Redis operations that failed, by operation.", ["operation"]
         )
+        self.internal_errors = counter(
+            "internal_errors_total",
+            "Errors inside the client library, by component; each cause is logged once a "
+            "minute at most.",
+            ["component"],
+        )
         self.breaker_calls = counter(
             "breaker_calls_total",
             "Calls through a breaker by outcome (success, failure, ignored, rejected, "
@@ -94,6 +100,7 @@ class ClientMetrics:
             "applied_revision",
             "malformed",
             "redis_errors",
+            "internal_errors",
             "breaker_calls",
             "breaker_state",
             "breaker_slow_calls",

@@ -4,6 +4,10 @@ Transitions go out at once; counters are collected from every enforcer and
 written once a second as one batch; a heartbeat says the instance is alive and
 which revision it applied. Everything goes to the environment's report stream
 (bounded with ``MAXLEN ~``), and the heartbeat also to the instances hash.
+
+When a report cannot be written, the thread waits before trying again, twice
+as long after each failure (with jitter, up to one heartbeat interval), and
+logs each cause of failure once a minute at most.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import contextlib
 import json
 import logging
 import os
+import random
 import socket
 import threading
 import time
@@ -20,6 +25,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import redis
+
+from controlplane.client.error_log import ErrorLog
 
 if TYPE_CHECKING:
     from controlplane.client.client import Client
@@ -42,6 +49,9 @@ class Reporter:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.dropped = 0
+        self.failures = 0  # consecutive failed attempts; 0 once a report went out
+        self._errors = ErrorLog(logger, client.metrics.internal_errors.labels("report"))
+        self._redis_errors = ErrorLog(logger)
 
     def start(self) -> None:
         if self._thread is not None and self._thread.is_alive():
@@ -63,6 +73,7 @@ class Reporter:
         self._stop = threading.Event()
         self._thread = None
         self._events.clear()
+        self.failures = 0
 
     def add_collector(self, collector: Collector) -> None:
         """Register ``collector``: called each interval, returns ``{kind:name: counters}``."""
@@ -81,9 +92,14 @@ class Reporter:
     def _run(self) -> None:
         next_heartbeat = 0.0
         next_counters = time.monotonic() + self.report_interval
+        retry_at = 0.0  # after a failure, nothing is sent before then (but at stop)
         while True:
             stopping = self._stop.is_set()
             now = time.monotonic()
+            if now < retry_at and not stopping:
+                self._wake.wait(retry_at - now)  # a transition wakes it: not yet
+                self._wake.clear()
+                continue
             try:
                 self._send_events()
                 if now >= next_heartbeat or stopping:
@@ -92,19 +108,32 @@ class Reporter:
                 if now >= next_counters or stopping:
                     self._send_counters()
                     next_counters = now + self.report_interval
+                self.failures = 0
             except (redis.RedisError, OSError) as exc:
                 self.client.metrics.redis_errors.labels("report").inc()
-                logger.debug("Cannot report to Redis (%s); will retry", exc)
-                # Wait before trying again: a refused connection fails at once.
-                retry_at = time.monotonic() + self.report_interval
-                next_heartbeat = max(next_heartbeat, retry_at)
-                next_counters = max(next_counters, retry_at)
+                self._redis_errors.log(
+                    logging.DEBUG, "Cannot report to Redis (%s); will retry", exc, exc=exc
+                )
+                retry_at = time.monotonic() + self._retry_delay()
             except Exception:
-                logger.exception("Reporting failed; will retry")
+                self._errors.exception("Reporting failed; will retry")
+                retry_at = time.monotonic() + self._retry_delay()
             if stopping:
                 return
-            self._wake.wait(max(0.0, min(next_heartbeat, next_counters) - time.monotonic()))
+            wake_at = max(retry_at, min(next_heartbeat, next_counters))
+            self._wake.wait(max(0.0, wake_at - time.monotonic()))
             self._wake.clear()
+
+    def _retry_delay(self) -> float:
+        """Seconds to wait after one more failure: doubling, jittered, at most a heartbeat.
+
+        A refused connection fails at once, and so does a bug: without a wait the
+        thread would spin. The jitter keeps a fleet from retrying in step.
+        """
+        self.failures += 1
+        cap = max(self.heartbeat_interval, self.report_interval)
+        delay = min(cap, self.report_interval * 2.0 ** min(self.failures - 1, 30))
+        return random.uniform(delay / 2, delay)
 
     def _xadd(self, pipe: Any, entry_type: str, data: Any) -> None:
         pipe.xadd(
