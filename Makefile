@@ -86,4 +86,4 @@ stop-redis:
 	-test -S var/redis.sock && $(BIN)/redis-cli -s var/redis.sock shutdown nosave
 
 clean: stop-redis
-	rm -rf $(VENV) var/controlplane.sqlite3 var/static
+	rm -rf $(VENV) $(MIN_VENV) var/controlplane.sqlite3 var/static
