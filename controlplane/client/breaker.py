@@ -378,6 +378,7 @@ class _BreakerHub:
         self._scripts: dict[str, Script] = {}
         self._scripts_of: Any = None
         self._errors = ErrorLog(logger, client.metrics.internal_errors.labels("breaker"))
+        self._malformed_log = ErrorLog(logger)
         client.on_channel(client.keys.breaker_events, self.on_message)
         client.on_resync(self.on_resync)
 
@@ -486,7 +487,8 @@ class _BreakerHub:
 
     def _malformed(self, exc: Exception) -> None:
         self.client.metrics.malformed.labels(self.client.environment).inc()
-        logger.error("Ignoring a malformed shared breaker state: %s", exc)
+        # Every resync meets it again until someone repairs it: once a minute is enough.
+        self._malformed_log.log(logging.ERROR, "Ignoring a malformed shared breaker state: %s", exc)
 
 
 class CircuitBreaker:

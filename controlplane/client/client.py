@@ -23,6 +23,7 @@ from redis.asyncio import Redis as AsyncRedis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from controlplane.client.error_log import ErrorLog
 from controlplane.client.metrics import ClientMetrics
 from controlplane.client.reporting import Reporter
 from controlplane.client.state import Listener, PolicyState, Snapshot
@@ -80,6 +81,7 @@ class Client:
         self.start_timeout = start_timeout
         self.snapshot_path = Path(snapshot_path) if snapshot_path is not None else None
         self.metrics = metrics or ClientMetrics.shared()
+        self._errors = ErrorLog(logger, self.metrics.internal_errors.labels("client"))
         self.state = PolicyState(on_malformed=self._count_malformed)
         self.instance_id = self._new_instance_id()
         self.reporter = Reporter(self, heartbeat_interval, report_interval)
@@ -289,7 +291,7 @@ class Client:
             try:
                 hook()
             except Exception:
-                logger.exception("Resync hook %r failed", hook)
+                self._errors.exception("Resync hook %r failed", hook)
         self._synced.set()
         self._save_snapshot_file()
 
@@ -300,7 +302,7 @@ class Client:
                 try:
                     listener(kind, name)
                 except Exception:
-                    logger.exception("Policy listener for %s failed", field)
+                    self._errors.exception("Policy listener for %s failed", field)
         if fields:
             self.metrics.applied_revision.labels(self.environment).set(self.state.revision)
 
@@ -322,8 +324,11 @@ class Client:
             except Exception:
                 if self._stop.is_set():  # closing: the pubsub was closed under our feet
                     return
-                logger.exception("Policy follower failed; restarting it")
-                self._stop.wait(1.0)
+                # A bad connection setting fails the same way every time: log it once a
+                # minute, and back off as for a lost Redis.
+                self._errors.exception("Policy follower failed; restarting it")
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 2.0)
             finally:
                 if self._pubsub is not None:
                     with contextlib.suppress(Exception):

@@ -6,6 +6,7 @@ import logging
 import re
 import threading
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from prometheus_client import REGISTRY
@@ -121,3 +122,32 @@ def test_a_reporter_that_cannot_connect_logs_once_and_backs_off(
     # Waits that double from 0.05 s: a handful of attempts in two seconds, not a hot loop.
     assert 2 <= attempts <= 12
     assert client.reporter.failures >= attempts
+
+
+def test_a_follower_that_cannot_connect_logs_once_and_backs_off(
+    client_factory: Callable[..., Client], caplog: pytest.LogCaptureFixture
+) -> None:
+    # Not a RedisError: redis-py fails to build the TLS context with a TypeError.
+    url = "rediss://127.0.0.1:6379/0?ssl_min_version=unusable"
+    before = internal_errors("client")
+    with caplog.at_level(logging.DEBUG, logger="controlplane.client"):
+        client_factory(redis_url=url, start_timeout=0.1, report_interval=60).start()
+        wait_for(lambda: internal_errors("client") - before >= 4)
+    lines = client_lines(caplog, "client")
+    followers = [r for r in lines if r.getMessage() == "Policy follower failed; restarting it"]
+    assert len(followers) == 1
+    assert followers[0].exc_info is not None
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_malformed_shared_breaker_state_is_logged_once_however_often_it_is_read(
+    cp_client: Client, redis_client: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    breaker = cp_client.breaker("payments")
+    redis_client.hset(cp_client.keys.breakers, "payments", b'{"schema": 1, "state": [')
+    with caplog.at_level(logging.DEBUG, logger="controlplane.client"):
+        for _ in range(5):
+            cp_client.resync()
+    lines = [r for r in caplog.records if "malformed shared breaker state" in r.getMessage()]
+    assert len(lines) == 1
+    assert breaker.state == "closed"  # garbage is no shared state, not an error
