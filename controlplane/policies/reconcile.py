@@ -49,11 +49,13 @@ class Drift:
     stale: list[str] = field(default_factory=list)
     corrupt: list[str] = field(default_factory=list)
     extra: list[str] = field(default_factory=list)
+    error: str = ""  # the environment could not be compared at all
 
     @property
     def clean(self) -> bool:
         return (
-            self.redis_revision == self.database_revision
+            not self.error
+            and self.redis_revision == self.database_revision
             and not self.missing
             and not self.stale
             and not self.corrupt
@@ -61,6 +63,8 @@ class Drift:
         )
 
     def describe(self) -> str:
+        if self.error:
+            return f"{self.environment}: could not be compared ({self.error})"
         if self.clean:
             return f"{self.environment}: in sync at revision {self.database_revision}"
         published = "nothing" if self.redis_revision is None else str(self.redis_revision)
@@ -195,6 +199,9 @@ def reconcile_all(*, repair: bool = True) -> list[Drift]:
                 exc,
                 exc_info=logger.isEnabledFor(logging.DEBUG),
             )
+            # Reported as drift, so that policy_drift fails rather than say nothing.
+            error = f"{type(exc).__name__}: {exc}"
+            drifts.append(Drift(environment.name, environment.revision, None, error=error))
     if outage is not None:
         raise outage
     return drifts

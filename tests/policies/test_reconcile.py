@@ -9,6 +9,7 @@ from django.core.management import call_command
 
 from controlplane.accounts.actors import Actor
 from controlplane.embedded_redis import RedisServer
+from controlplane.policies import reconcile
 from controlplane.policies.actions import (
     do_create_environment,
     do_create_policy,
@@ -17,6 +18,7 @@ from controlplane.policies.actions import (
 from controlplane.policies.models import Environment
 from controlplane.policies.publish import policy_document
 from controlplane.policies.reconcile import (
+    Drift,
     Reconciler,
     quick_check,
     reconcile_all,
@@ -138,6 +140,27 @@ def test_drift_command_reports_without_repairing(
     assert exited.value.code == 1
     assert "missing: breaker:payments" in capsys.readouterr().out
     assert redis_client.hget(production.keys().policies, "breaker:payments") is None
+
+
+def test_drift_command_fails_when_an_environment_cannot_be_compared(
+    production: Environment, system: Actor, capsys: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    staging = do_create_environment("staging", system)
+    compare = reconcile.reconcile_environment
+
+    def broken_for_staging(environment: Environment, *, repair: bool = True) -> Drift:
+        if environment.name == "staging":
+            raise RuntimeError("a bug of ours")
+        return compare(environment, repair=repair)
+
+    monkeypatch.setattr(reconcile, "reconcile_environment", broken_for_staging)
+    with pytest.raises(SystemExit) as exited:
+        call_command("policy_drift")
+
+    assert exited.value.code == 1
+    out = capsys.readouterr().out
+    assert f"{staging.name}: could not be compared (RuntimeError: a bug of ours)" in out
+    assert "production: database at revision" in out  # the other environment still compared
 
 
 def test_publish_command_repairs(
