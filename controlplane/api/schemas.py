@@ -6,7 +6,9 @@ from typing import Annotated, Any, Literal
 from ninja import Schema
 from pydantic import AfterValidator, Field
 
-from controlplane.protocol.schema import InvalidValue, check_text
+from controlplane.policies.models import PolicyVersion, max_length
+from controlplane.protocol.keys import NAME_PATTERN
+from controlplane.protocol.schema import InvalidValue, PolicyError, check_text, validate_name
 
 
 def _storable(value: str) -> str:
@@ -16,13 +18,32 @@ def _storable(value: str) -> str:
         raise ValueError(str(exc)) from None
 
 
+def _name(value: str) -> str:
+    try:
+        return validate_name(value)
+    except PolicyError as exc:
+        raise ValueError(" ".join(exc.errors["name"])) from None
+
+
 # Text the database can store: no NUL character, no lone surrogate (the pattern tells
 # the OpenAPI schema's readers; the validator checks).
 Text = Annotated[
     str, AfterValidator(_storable), Field(json_schema_extra={"pattern": "^[^\\u0000]*$"})
 ]
+# An environment's or a policy's name, by the protocol's one rule (which bounds its length).
+Name = Annotated[
+    str,
+    AfterValidator(_name),
+    Field(json_schema_extra={"pattern": NAME_PATTERN.pattern.replace("\\Z", "$")}),
+]
+# Why a change was made: kept in the history and the audit log, within their bound.
+Reason = Annotated[Text, Field(max_length=max_length(PolicyVersion, "reason"))]
+
+# Versions are PositiveIntegerFields: the largest every database stores.
+MAX_VERSION = 2**31 - 1
 
 Kind = Literal["breaker", "rate_limit", "cache", "config"]
+OverrideKind = Literal["breaker", "rate_limit"]
 
 
 class ErrorOut(Schema):
@@ -52,23 +73,26 @@ class PolicyOut(Schema):
 
 class PolicyIn(Schema):
     kind: Kind
-    name: str
+    name: Name
     spec: dict[str, Any] = Field(default_factory=dict)
-    reason: Text = ""
+    reason: Reason = ""
 
 
 class PolicyPatch(Schema):
     spec: dict[str, Any] = Field(description="Fields to change; the others keep their value.")
-    reason: Text = ""
+    reason: Reason = ""
     expected_version: int | None = Field(
-        default=None, description="Refuse the change (409) if the policy is no longer at it."
+        default=None,
+        ge=0,
+        le=MAX_VERSION,
+        description="Refuse the change (409) if the policy is no longer at it.",
     )
 
 
 class RollbackIn(Schema):
-    version: int = Field(ge=1)
-    reason: Text = ""
-    expected_version: int | None = None
+    version: int = Field(ge=1, le=MAX_VERSION)
+    reason: Reason = ""
+    expected_version: int | None = Field(default=None, ge=0, le=MAX_VERSION)
 
 
 class VersionOut(Schema):
@@ -102,10 +126,10 @@ class AuditOut(Schema):
 
 
 class OverrideIn(Schema):
-    kind: Literal["breaker", "rate_limit"]
-    name: str
+    kind: OverrideKind
+    name: Name
     state: Literal["forced_open", "forced_closed", "disabled", "block_all", "bypass"]
-    reason: Text = Field(min_length=1, description="Required: kept in the audit log.")
+    reason: Reason = Field(min_length=1, description="Required: kept in the audit log.")
     expires_in_seconds: float | None = Field(default=None, gt=0, le=366 * 86400)
 
 

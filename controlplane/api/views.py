@@ -7,29 +7,34 @@ action functions. Errors are JSON naming the field.
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404
 from django.utils import timezone
 from ninja import NinjaAPI, Query, Schema, Status
 from ninja.errors import HttpError, ValidationError
+from ninja.parser import Parser
 from pydantic import Field
 
 from controlplane.accounts.roles import Role
 from controlplane.api.auth import TokenAuth, actor_for, require
 from controlplane.api.schemas import (
+    MAX_VERSION,
     AuditOut,
     ConflictOut,
     DetailOut,
     EnvironmentOut,
     ErrorOut,
     Kind,
+    Name,
     OverrideIn,
+    OverrideKind,
     OverrideOut,
     PolicyIn,
     PolicyOut,
     PolicyPatch,
+    Reason,
     RollbackIn,
     Text,
     VersionOut,
@@ -45,13 +50,25 @@ from controlplane.policies.actions import (
     do_update_policy,
 )
 from controlplane.policies.models import Environment, Policy, PolicyVersion
+from controlplane.protocol.limits import MAX_JSON_DEPTH, LimitExceeded, loads_json
 from controlplane.protocol.schema import PolicyError
+
+
+class BoundedJsonParser(Parser):
+    """Request bodies within the size limit and a depth far beyond any value's: parsing
+    stays bounded, and a value a little too deep is refused by validation, naming it."""
+
+    def parse_body(self, request: HttpRequest) -> dict[str, Any]:
+        body = loads_json(request.body, what="The request body", max_depth=4 * MAX_JSON_DEPTH)
+        return cast(dict[str, Any], body)
+
 
 api = NinjaAPI(
     title="Resilience control plane API",
     version="1",
     urls_namespace="api",
     auth=TokenAuth(),
+    parser=BoundedJsonParser(),
     docs_url=None,  # the interactive docs load scripts from a CDN; the schema is enough
 )
 
@@ -67,7 +84,9 @@ def _policy_error(request: HttpRequest, exc: PolicyError) -> HttpResponse:
 def _validation_error(request: HttpRequest, exc: ValidationError) -> HttpResponse:
     errors: dict[str, list[str]] = {}
     for error in exc.errors:
-        location = [str(part) for part in error.get("loc", ()) if part not in ("body", "query")]
+        location = [
+            str(part) for part in error.get("loc", ()) if part not in ("body", "query", "path")
+        ]
         if location and location[0] in ("data", "payload", "filters"):
             location = location[1:]
         errors.setdefault(".".join(location) or "body", []).append(str(error.get("msg")))
@@ -76,8 +95,9 @@ def _validation_error(request: HttpRequest, exc: ValidationError) -> HttpRespons
 
 @api.exception_handler(HttpError)
 def _http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
-    if exc.status_code == 400:  # a body that is not JSON
-        return api.create_response(request, {"errors": {"body": [str(exc)]}}, status=422)
+    if exc.status_code == 400:  # a body that is not JSON, or over a limit
+        message = str(exc.__cause__) if isinstance(exc.__cause__, LimitExceeded) else str(exc)
+        return api.create_response(request, {"errors": {"body": [message]}}, status=422)
     return api.create_response(request, {"detail": str(exc)}, status=exc.status_code)
 
 
@@ -143,7 +163,7 @@ def list_environments(request: HttpRequest) -> Any:
 
 
 @api.get("/environments/{environment}/policies", response={200: list[PolicyOut], **READ})
-def list_policies(request: HttpRequest, environment: str, kind: Kind | None = None) -> Any:
+def list_policies(request: HttpRequest, environment: Name, kind: Kind | None = None) -> Any:
     require(request, Role.VIEWER)
     env = get_object_or_404(Environment, name=environment)
     policies = env.policies.filter(deleted=False).select_related("environment")
@@ -153,7 +173,7 @@ def list_policies(request: HttpRequest, environment: str, kind: Kind | None = No
 
 
 @api.post("/environments/{environment}/policies", response={201: PolicyOut, **WRITE})
-def create_policy(request: HttpRequest, environment: str, payload: PolicyIn) -> Any:
+def create_policy(request: HttpRequest, environment: Name, payload: PolicyIn) -> Any:
     token = require(request, Role.EDITOR)
     env = get_object_or_404(Environment, name=environment)
     policy = do_create_policy(
@@ -163,14 +183,14 @@ def create_policy(request: HttpRequest, environment: str, payload: PolicyIn) -> 
 
 
 @api.get("/environments/{environment}/policies/{kind}/{name}", response={200: PolicyOut, **READ})
-def read_policy(request: HttpRequest, environment: str, kind: Kind, name: str) -> Any:
+def read_policy(request: HttpRequest, environment: Name, kind: Kind, name: Name) -> Any:
     require(request, Role.VIEWER)
     return _policy_out(_policy(environment, kind, name))
 
 
 @api.patch("/environments/{environment}/policies/{kind}/{name}", response={200: PolicyOut, **WRITE})
 def update_policy(
-    request: HttpRequest, environment: str, kind: Kind, name: str, payload: PolicyPatch
+    request: HttpRequest, environment: Name, kind: Kind, name: Name, payload: PolicyPatch
 ) -> Any:
     token = require(request, Role.EDITOR)
     policy = do_update_policy(
@@ -184,16 +204,20 @@ def update_policy(
 
 
 class DeleteQuery(Schema):
-    reason: Text = ""
-    expected_version: int | None = None
+    reason: Reason = ""
+    expected_version: int | None = Field(default=None, ge=0, le=MAX_VERSION)
+
+
+class LiftQuery(Schema):
+    reason: Reason = Field(min_length=1, description="Required: kept in the audit log.")
 
 
 @api.delete("/environments/{environment}/policies/{kind}/{name}", response={204: None, **WRITE})
 def delete_policy(
     request: HttpRequest,
-    environment: str,
+    environment: Name,
     kind: Kind,
-    name: str,
+    name: Name,
     query: Query[DeleteQuery],
 ) -> Any:
     token = require(request, Role.EDITOR)
@@ -210,7 +234,7 @@ def delete_policy(
     "/environments/{environment}/policies/{kind}/{name}/history",
     response={200: list[VersionOut], **READ},
 )
-def policy_history(request: HttpRequest, environment: str, kind: Kind, name: str) -> Any:
+def policy_history(request: HttpRequest, environment: Name, kind: Kind, name: Name) -> Any:
     require(request, Role.VIEWER)
     policy = _policy(environment, kind, name)
     return [_version_out(v) for v in policy.versions.select_related("policy").order_by("-version")]
@@ -221,7 +245,7 @@ def policy_history(request: HttpRequest, environment: str, kind: Kind, name: str
     response={200: PolicyOut, **WRITE},
 )
 def rollback_policy(
-    request: HttpRequest, environment: str, kind: Kind, name: str, payload: RollbackIn
+    request: HttpRequest, environment: Name, kind: Kind, name: Name, payload: RollbackIn
 ) -> Any:
     token = require(request, Role.EDITOR)
     policy = do_rollback_policy(
@@ -287,7 +311,7 @@ def _override_out(override: Override) -> dict[str, Any]:
 
 
 @api.get("/environments/{environment}/overrides", response={200: list[OverrideOut], **READ})
-def list_overrides(request: HttpRequest, environment: str) -> Any:
+def list_overrides(request: HttpRequest, environment: Name) -> Any:
     """The overrides in force (lifted and expired ones are in the audit log)."""
     require(request, Role.VIEWER)
     env = get_object_or_404(Environment, name=environment)
@@ -295,7 +319,7 @@ def list_overrides(request: HttpRequest, environment: str) -> Any:
 
 
 @api.post("/environments/{environment}/overrides", response={201: OverrideOut, **WRITE})
-def set_override(request: HttpRequest, environment: str, payload: OverrideIn) -> Any:
+def set_override(request: HttpRequest, environment: Name, payload: OverrideIn) -> Any:
     token = require(request, Role.OPERATOR)
     env = get_object_or_404(Environment, name=environment)
     expires_at = (
@@ -317,7 +341,7 @@ def set_override(request: HttpRequest, environment: str, payload: OverrideIn) ->
 
 @api.delete("/environments/{environment}/overrides/{kind}/{name}", response={204: None, **WRITE})
 def lift_override(
-    request: HttpRequest, environment: str, kind: str, name: str, query: Query[DeleteQuery]
+    request: HttpRequest, environment: Name, kind: OverrideKind, name: Name, query: Query[LiftQuery]
 ) -> Any:
     token = require(request, Role.OPERATOR)
     env = get_object_or_404(Environment, name=environment)

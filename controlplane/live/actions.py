@@ -17,7 +17,7 @@ from controlplane.audit.record import record
 from controlplane.live.models import Override
 from controlplane.metrics import PUBLISHES, REDIS_ERRORS
 from controlplane.policies.actions import do_update_policy, next_revision
-from controlplane.policies.models import Environment, Policy
+from controlplane.policies.models import Environment, Policy, check_reason
 from controlplane.policies.publish import redis_answers, write_document
 from controlplane.protocol.documents import (
     OVERRIDE_STATES,
@@ -142,6 +142,30 @@ def _write(
     return override
 
 
+def _target_errors(
+    kind: str, kinds: tuple[str, ...], name: str, reason: str
+) -> dict[str, list[str]]:
+    """What is wrong with the policy and reason an operator's action names, by field.
+
+    Every live action checks the name by the protocol's one rule before anything
+    reaches Redis or the database: a name is also part of Redis keys and audit rows.
+    """
+    errors: dict[str, list[str]] = {}
+    if kind not in kinds:
+        errors["kind"] = [f"This action exists for: {', '.join(kinds)}."]
+    try:
+        validate_name(name)
+    except PolicyError as exc:
+        errors.update(exc.errors)
+    try:
+        check_reason(reason)
+    except PolicyError as exc:
+        errors.update(exc.errors)
+    if not reason.strip():
+        errors["reason"] = ["Say why: the reason is shown to everyone and kept in the audit log."]
+    return errors
+
+
 def _announce(environment: str, field: str) -> None:
     from controlplane.live.push import notify
 
@@ -163,8 +187,9 @@ def do_reset_breaker(environment: Environment, name: str, actor: Actor, reason: 
     A reset is written to Redis only, never stored for the reconciler to replay,
     so it is refused, with nothing lifted or audited, while Redis does not answer.
     """
-    if not reason.strip():
-        raise PolicyError({"reason": ["Say why: the reason is kept in the audit log."]})
+    errors = _target_errors("breaker", ("breaker",), name, reason)
+    if errors:
+        raise PolicyError(errors)
     if not redis_answers():
         raise RedisUnavailableError(
             "Redis cannot be reached, and a reset exists only there: try again when it answers."
@@ -201,15 +226,17 @@ def _write_reset(keys: KeyLayout, name: str) -> None:
 
 def do_purge_cache(environment: Environment, name: str, actor: Actor, reason: str) -> Policy:
     """Invalidate every entry of a cache at once by bumping its generation."""
-    if not reason.strip():
-        raise PolicyError({"reason": ["Say why: the reason is kept in the audit log."]})
+    reason = f"Purge: {reason}" if reason.strip() else ""
+    errors = _target_errors("cache", ("cache",), name, reason)
+    if errors:
+        raise PolicyError(errors)
     policy = Policy.objects.filter(
         environment=environment, kind="cache", name=name, deleted=False
     ).first()
     if policy is None:
         raise PolicyError({"name": [f"No cache policy named {name!r} in {environment.name}."]})
     return do_update_policy(
-        policy, {"generation": int(policy.spec["generation"]) + 1}, actor, f"Purge: {reason}"
+        policy, {"generation": int(policy.spec["generation"]) + 1}, actor, reason
     )
 
 
@@ -223,17 +250,9 @@ def do_set_override(
     expires_at: datetime | None = None,
 ) -> Override:
     """Force a breaker or limiter into ``state`` on every instance, until lifted or expired."""
-    errors: dict[str, list[str]] = {}
-    if kind not in OVERRIDE_STATES:
-        errors["kind"] = [f"Overrides exist for: {', '.join(OVERRIDE_STATES)}."]
-    elif state not in OVERRIDE_STATES[kind]:
+    errors = _target_errors(kind, tuple(OVERRIDE_STATES), name, reason)
+    if kind in OVERRIDE_STATES and state not in OVERRIDE_STATES[kind]:
         errors["state"] = [f"Choose one of: {', '.join(OVERRIDE_STATES[kind])}."]
-    try:
-        validate_name(name)
-    except PolicyError as exc:
-        errors.update(exc.errors)
-    if not reason.strip():
-        errors["reason"] = ["Say why: the reason is shown to everyone and kept in the audit log."]
     if expires_at is not None and expires_at <= timezone.now():
         errors["expires_at"] = ["Must be in the future."]
     if errors:
@@ -253,9 +272,12 @@ def do_set_override(
 
 
 def do_clear_override(
-    environment: Environment, kind: str, name: str, actor: Actor, reason: str = ""
+    environment: Environment, kind: str, name: str, actor: Actor, reason: str
 ) -> Override | None:
-    """Lift the override of a policy; returns None if none was in force."""
+    """Lift the override of a policy, saying why; returns None if none was in force."""
+    errors = _target_errors(kind, tuple(OVERRIDE_STATES), name, reason)
+    if errors:
+        raise PolicyError(errors)
     before = current_override(environment, kind, name)
     if before is None:
         return None

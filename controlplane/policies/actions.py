@@ -14,7 +14,13 @@ from django.db import IntegrityError, transaction
 
 from controlplane.accounts.actors import Actor
 from controlplane.audit.record import field_changes, record
-from controlplane.policies.models import Environment, Policy, PolicyVersion
+from controlplane.policies.models import (
+    Environment,
+    Policy,
+    PolicyVersion,
+    check_length,
+    check_reason,
+)
 from controlplane.policies.publish import policy_document, publish_policy
 from controlplane.protocol.schema import (
     KIND_LABELS,
@@ -38,6 +44,7 @@ class StaleVersionError(Exception):
 
 def do_create_environment(name: str, actor: Actor, description: str = "") -> Environment:
     validate_name(name)
+    check_length(description, Environment, "description")
     try:
         with transaction.atomic():
             environment = Environment.objects.create(name=name, description=description)
@@ -130,6 +137,7 @@ def do_create_policy(
     """
     kind_spec(kind)
     validate_name(name)
+    check_reason(reason)
     clean = validate_spec(kind, spec)
     with transaction.atomic():
         policy, created = Policy.objects.select_for_update().get_or_create(
@@ -173,6 +181,7 @@ def do_update_policy(
     With ``expected_version``, the update is refused with ``StaleVersionError``
     if someone else saved the policy in the meantime.
     """
+    check_reason(reason)
     with transaction.atomic():
         locked = _lock_current(policy, expected_version)
         clean = validate_spec(locked.kind, changes, base=locked.spec)
@@ -187,6 +196,7 @@ def do_update_policy(
 def do_delete_policy(
     policy: Policy, actor: Actor, reason: str = "", *, expected_version: int | None = None
 ) -> Policy:
+    check_reason(reason)
     with transaction.atomic():
         locked = _lock_current(policy, expected_version)
         before = _snapshot(locked)
@@ -204,6 +214,7 @@ def do_rollback_policy(
     expected_version: int | None = None,
 ) -> Policy:
     """Restore the content of an earlier version as a new version (history is kept)."""
+    check_reason(reason)
     with transaction.atomic():
         locked = Policy.objects.select_for_update().select_related("environment").get(pk=policy.pk)
         if expected_version is not None and locked.version != expected_version:

@@ -20,7 +20,15 @@ from django.db import transaction
 from controlplane.accounts.actors import Actor
 from controlplane.policies.actions import do_create_policy, do_delete_policy, do_update_policy
 from controlplane.policies.diff import FieldDiff, spec_diff
-from controlplane.policies.models import Environment, Policy
+from controlplane.policies.models import Environment, Policy, check_reason
+from controlplane.protocol.limits import (
+    MAX_IMPORT_BYTES,
+    MAX_JSON_DEPTH,
+    MAX_JSON_NODES,
+    LimitExceeded,
+    check_shape,
+    check_size,
+)
 from controlplane.protocol.schema import (
     KINDS,
     InvalidValue,
@@ -32,12 +40,21 @@ from controlplane.protocol.schema import (
 
 FORMAT_VERSION = 1
 FORMATS = ("yaml", "json")
-MAX_VALUES = 100_000  # in one document: far more than any environment has
+# Parsing stops far beyond the depth any value may have (a document holds each value
+# four levels down): a value a little too deep is refused by validation, naming its path.
+MAX_DOCUMENT_DEPTH = 4 * MAX_JSON_DEPTH
 
 
 def export_environment(environment: Environment) -> dict[str, Any]:
+    """The environment as a document; ``PolicyError`` names any policy over the limits
+    (saved before they applied), which no import would take back."""
     policies: dict[str, dict[str, Any]] = {kind: {} for kind in KINDS}
     for policy in environment.policies.filter(deleted=False).order_by("kind", "name"):
+        try:
+            check_shape(policy.spec, what="Its spec", max_depth=MAX_JSON_DEPTH + 1)
+        except LimitExceeded as exc:
+            path = f"policies.{policy.kind}.{policy.name}"
+            raise PolicyError({path: [f"{exc} Edit it, then export again."]}) from None
         spec = dict(policy.spec)
         if policy.kind == "config" and spec.get("secret"):
             spec["value"] = None
@@ -68,14 +85,13 @@ def _load(text: str, fmt: str | None) -> Any:
 
 
 def _check_readable(document: Any) -> None:
-    """Refuse text that cannot be shown or stored, and documents too big to walk (YAML
-    aliases let a few lines stand for millions of values)."""
+    """Refuse text that cannot be shown or stored."""
     pending, seen = [document], 0
     while pending:
         item = pending.pop()
         seen += 1
-        if seen > MAX_VALUES:
-            raise PolicyError({"file": [f"Too large: more than {MAX_VALUES} values."]})
+        if seen > 2 * MAX_JSON_NODES:  # check_shape counted the values; this adds the keys
+            raise PolicyError({"file": [f"Too large: more than {MAX_JSON_NODES:,} values."]})
         if isinstance(item, str):
             try:
                 check_text(item)
@@ -88,9 +104,19 @@ def _check_readable(document: Any) -> None:
 
 
 def parse(text: str, fmt: str | None = None) -> dict[str, Any]:
-    """Read a document: JSON, or YAML (of which JSON is a subset)."""
+    """Read a document: JSON, or YAML (of which JSON is a subset), within the limits."""
     try:
-        document = _load(text, fmt)
+        check_size(text, limit=MAX_IMPORT_BYTES, what="The file")
+        try:
+            document = _load(text, fmt)
+        except RecursionError:
+            raise LimitExceeded(
+                f"The file nests deeper than {MAX_DOCUMENT_DEPTH} levels."
+            ) from None
+        # Before any walk: YAML aliases let a few lines stand for millions of values.
+        check_shape(document, what="The file", max_depth=MAX_DOCUMENT_DEPTH)
+    except LimitExceeded as exc:
+        raise PolicyError({"file": [str(exc)]}) from None
     except (ValueError, yaml.YAMLError) as exc:
         raise PolicyError({"file": [f"Not valid {fmt or 'YAML or JSON'}: {exc}"]}) from None
     _check_readable(document)
@@ -180,7 +206,7 @@ def apply_import(
     """Apply the document in one transaction; every audit entry shares one correlation id."""
     correlation_id = uuid.uuid4()
     correlated = actor.correlated(correlation_id)
-    reason = reason or "Imported from a file"
+    reason = check_reason(reason) or "Imported from a file"
     with transaction.atomic():
         changes = plan_import(environment, document, prune=prune)
         for change in changes:

@@ -7,6 +7,8 @@ from typing import Any
 
 from django import forms
 
+from controlplane.policies.models import Policy, PolicyVersion, max_length
+from controlplane.protocol.limits import LimitExceeded, loads_json
 from controlplane.protocol.schema import (
     KIND_LABELS,
     FieldSpec,
@@ -52,10 +54,11 @@ def _form_field(spec: FieldSpec) -> forms.Field:
 class PolicyForm(forms.Form):
     """Create or edit one policy of ``kind``; ``clean()`` runs the shared schema validation."""
 
-    name = forms.CharField(label="Name", max_length=100, required=False)
+    name = forms.CharField(label="Name", max_length=max_length(Policy, "name"), required=False)
     reason = forms.CharField(
         label="Reason (optional)",
         required=False,
+        max_length=max_length(PolicyVersion, "reason"),
         widget=forms.Textarea(attrs={"rows": 2}),
         help_text="Why the change: shown in the history and the audit log.",
     )
@@ -132,7 +135,10 @@ class PolicyForm(forms.Form):
             data["value"] = self.current["value"]  # left blank: keep the secret
         elif data.get("value_type") == "json" and isinstance(data.get("value"), str):
             try:
-                data["value"] = json.loads(data["value"])
+                data["value"] = loads_json(data["value"], what="The value")
+            except LimitExceeded as exc:
+                self.add_error("value", str(exc))
+                data["value"] = None
             except ValueError as exc:
                 self.add_error("value", f"Not valid JSON: {exc}.")
                 data["value"] = None

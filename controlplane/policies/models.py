@@ -7,7 +7,7 @@ from django.core.validators import RegexValidator
 from django.db import models
 
 from controlplane.protocol.keys import NAME_PATTERN, KeyLayout, policy_field
-from controlplane.protocol.schema import KIND_LABELS
+from controlplane.protocol.schema import KIND_LABELS, PolicyError
 
 name_validator = RegexValidator(
     NAME_PATTERN, "Use letters, digits, dots, dashes and underscores, starting with a letter."
@@ -99,7 +99,8 @@ class PolicyVersion(models.Model):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
     )
     author_name = models.CharField(max_length=150)
-    reason = models.TextField(blank=True)
+    # The bound of every reason (a change's, an override's, a reset's): see check_reason.
+    reason = models.TextField(blank=True, max_length=1000)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -110,3 +111,27 @@ class PolicyVersion(models.Model):
 
     def __str__(self) -> str:
         return f"{self.policy} v{self.version}"
+
+
+def max_length(model: type[models.Model], field: str) -> int:
+    """The most characters ``model.field`` may hold, as the model declares it."""
+    length = getattr(model._meta.get_field(field), "max_length", None)
+    if not isinstance(length, int):
+        raise TypeError(f"{model.__name__}.{field} declares no max_length")
+    return length
+
+
+def check_length(value: str, model: type[models.Model], field: str, *, name: str = "") -> str:
+    """Return ``value`` if it fits ``model.field``, else raise ``PolicyError`` naming
+    ``name`` (default: the field), so the database never has to refuse it."""
+    limit = max_length(model, field)
+    if len(value) > limit:
+        raise PolicyError(
+            {name or field: [f"Use at most {limit} characters (this has {len(value)})."]}
+        )
+    return value
+
+
+def check_reason(reason: str, *, name: str = "reason") -> str:
+    """Every reason (of a change, an override, a reset, an import) has one bound."""
+    return check_length(reason, PolicyVersion, "reason", name=name)

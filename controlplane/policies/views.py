@@ -33,9 +33,10 @@ from controlplane.policies.config_as_code import (
 )
 from controlplane.policies.diff import masked_spec, spec_diff
 from controlplane.policies.forms import PolicyForm
-from controlplane.policies.models import Environment, Policy, PolicyVersion
+from controlplane.policies.models import Environment, Policy
 from controlplane.policies.publish import redis_answers
 from controlplane.protocol.documents import PolicyDocument, ProtocolError
+from controlplane.protocol.limits import MAX_IMPORT_BYTES
 from controlplane.protocol.schema import KIND_LABELS, KINDS, PolicyError
 from controlplane.redis_connection import get_redis
 
@@ -247,7 +248,11 @@ def policy_edit(request: HtmxHttpRequest, environment: str, kind: str, name: str
 @require_POST
 def policy_delete(request: HttpRequest, environment: str, kind: str, name: str) -> HttpResponse:
     policy = _get_policy(environment, kind, name)
-    do_delete_policy(policy, Actor.from_request(request), request.POST.get("reason", ""))
+    try:
+        do_delete_policy(policy, Actor.from_request(request), request.POST.get("reason", ""))
+    except PolicyError as exc:
+        messages.error(request, f"Nothing was deleted. {exc}")
+        return redirect("policy-detail", environment, kind, name)
     confirm_saved(request, f"Deleted {KIND_LABELS[kind].lower()} {name}.")
     return redirect("dashboard")
 
@@ -260,6 +265,8 @@ def policy_compare(request: HttpRequest, environment: str, kind: str, name: str)
         first, second = int(request.GET["a"]), int(request.GET["b"])
     except (KeyError, ValueError):
         first, second = max(policy.version - 1, 1), policy.version
+    if not (0 <= first <= policy.version and 0 <= second <= policy.version):
+        raise Http404("No such version.")
     versions = {v.version: v for v in policy.versions.filter(version__in=[first, second])}
     if first not in versions or second not in versions:
         raise Http404("No such version.")
@@ -285,9 +292,15 @@ def policy_restore(
     request: HttpRequest, environment: str, kind: str, name: str, version: int
 ) -> HttpResponse:
     policy = _get_policy(environment, kind, name)
-    if not PolicyVersion.objects.filter(policy=policy, version=version).exists():
+    if version > policy.version or not policy.versions.filter(version=version).exists():
         raise Http404("No such version.")
-    do_rollback_policy(policy, version, Actor.from_request(request), request.POST.get("reason", ""))
+    try:
+        do_rollback_policy(
+            policy, version, Actor.from_request(request), request.POST.get("reason", "")
+        )
+    except PolicyError as exc:
+        messages.error(request, f"Nothing was restored. {exc}")
+        return redirect("policy-detail", environment, kind, name)
     confirm_saved(request, f"Restored version {version} of {name} as a new version.")
     return redirect("policy-detail", environment, kind, name)
 
@@ -298,10 +311,27 @@ def environment_export(request: HttpRequest, environment: str, fmt: str) -> Http
     if fmt not in FORMATS:
         raise Http404("Export as yaml or json.")
     env = _get_environment(environment)
+    try:
+        document = export_environment(env)
+    except PolicyError as exc:
+        return HttpResponse(
+            f"Cannot export {env.name}. {exc}", content_type="text/plain", status=409
+        )
     content_type = "application/json" if fmt == "json" else "application/yaml"
-    response = HttpResponse(dump(export_environment(env), fmt), content_type=content_type)
+    response = HttpResponse(dump(document, fmt), content_type=content_type)
     response["Content-Disposition"] = f'attachment; filename="{env.name}-policies.{fmt}"'
     return response
+
+
+def _import_text(request: HttpRequest) -> str:
+    """The uploaded file's text, or else the pasted text; a file over the limit is not read."""
+    upload = request.FILES.get("file")
+    if upload is None:
+        return str(request.POST.get("text", ""))
+    if (upload.size or 0) > MAX_IMPORT_BYTES:
+        raise PolicyError({"file": [f"The file is over {MAX_IMPORT_BYTES // 2**20} MiB."]})
+    content: bytes = upload.read()
+    return content.decode("utf-8", "replace")
 
 
 @role_required(Role.EDITOR)
@@ -311,11 +341,11 @@ def environment_import(request: HttpRequest, environment: str) -> HttpResponse:
     env = _get_environment(environment)
     context: dict[str, Any] = {"environment": env, "text": "", "prune": False}
     if request.method == "POST":
-        upload = request.FILES.get("file")
-        text = upload.read().decode("utf-8", "replace") if upload else request.POST.get("text", "")
         prune = request.POST.get("prune") == "on"
-        context.update(text=text, prune=prune)
+        context["prune"] = prune
         try:
+            text = _import_text(request)
+            context["text"] = text
             document = parse(text)
             if request.POST.get("action") == "apply":
                 changes, _ = apply_import(

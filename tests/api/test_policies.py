@@ -149,9 +149,10 @@ def test_overrides_set_list_and_lift(
         == 204
     )
     assert api.call("get", "/environments/production/overrides").json() == []
-    assert (
-        api.call("delete", "/environments/production/overrides/breaker/payments").status_code == 404
+    lifted_again = api.call(
+        "delete", "/environments/production/overrides/breaker/payments?reason=ok"
     )
+    assert lifted_again.status_code == 404
     actions = list(
         AuditEntry.objects.filter(object_name="payments").values_list("action", flat=True)
     )

@@ -107,7 +107,7 @@ def test_reconciler_restores_overrides_after_flushall(
 ) -> None:
     do_set_override(production, "breaker", "payments", "forced_open", Actor.system("olga"), "x")
     do_set_override(production, "rate_limit", "api", "block_all", Actor.system("olga"), "abuse")
-    do_clear_override(production, "rate_limit", "api", Actor.system("olga"))
+    do_clear_override(production, "rate_limit", "api", Actor.system("olga"), "abuse over")
     before = redis_client.hgetall(production.keys().overrides)
     for key in (production.keys().overrides, production.keys().policies, production.keys().meta):
         redis_client.delete(key)
@@ -152,3 +152,34 @@ def test_reset_from_the_control_plane_clears_a_closed_breakers_window(
 
     wait_for(lambda: breaker.stats()["window_calls"] == 0)
     assert breaker.state == "closed"
+
+
+def test_lifting_needs_a_reason_and_a_valid_name(
+    production: Environment, payments: Policy, redis_client: redis.Redis
+) -> None:
+    do_set_override(production, "breaker", "payments", "forced_open", Actor.system("olga"), "x")
+    for name, reason, field in [
+        ("payments", "", "reason"),
+        ("payments", "x" * 1001, "reason"),
+        ("a{b}*", "recovered", "name"),
+        ("a" * 101, "recovered", "name"),
+    ]:
+        with pytest.raises(PolicyError) as refused:
+            do_clear_override(production, "breaker", name, Actor.system("olga"), reason)
+        assert list(refused.value.errors) == [field]
+    assert current_override(production, "breaker", "payments") is not None
+    assert _stored(redis_client, production, "breaker:payments").state == "forced_open"
+    assert Override.objects.count() == 1
+
+
+def test_reset_refuses_a_name_outside_the_rule_writing_nothing(
+    production: Environment, payments: Policy, redis_client: redis.Redis
+) -> None:
+    from controlplane.live.actions import do_reset_breaker
+
+    for name in ["a{b}*", "b" * 201]:
+        with pytest.raises(PolicyError) as refused:
+            do_reset_breaker(production, name, Actor.system("olga"), "recovered")
+        assert list(refused.value.errors) == ["name"]
+        assert redis_client.hget(production.keys().breakers, name) is None
+    assert not AuditEntry.objects.filter(action="override.reset").exists()

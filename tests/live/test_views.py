@@ -435,3 +435,88 @@ def test_overview_page_queries_do_not_grow_with_the_policies(
         assert html.count("<tr id=") == total
         queries.append(len(captured))
     assert queries[0] == queries[1]
+
+
+def _redis_contents(redis_client: redis.Redis, environment: Environment) -> dict[bytes, bytes]:
+    """Every key of the environment, serialized: equal only if nothing was written."""
+    prefix = environment.keys().policies.rsplit(":", 1)[0]
+    keys = redis_client.scan_iter(match=prefix.replace("{", "\\{") + "*", count=1000)
+    contents: dict[bytes, bytes] = {key: redis_client.dump(key) for key in keys}  # type: ignore[misc]
+    assert contents  # the policies are published: the comparison means something
+    return contents
+
+
+@pytest.mark.parametrize(
+    ("kind", "action"),
+    [
+        ("breaker", "reset"),
+        ("breaker", "trip"),
+        ("breaker", "force_closed"),
+        ("breaker", "disable"),
+        ("rate_limit", "block_all"),
+        ("rate_limit", "bypass"),
+        ("cache", "purge"),
+        ("breaker", "lift"),
+    ],
+)
+@pytest.mark.parametrize("name", ["a" * 250, "a{b}*", "pay ments"])
+def test_live_action_on_a_name_outside_the_rule_changes_nothing(
+    client: Client,
+    operator: User,
+    production: Environment,
+    policies: None,
+    redis_client: redis.Redis,
+    kind: str,
+    action: str,
+    name: str,
+) -> None:
+    client.force_login(operator)
+    before = _redis_contents(redis_client, production)
+    audited = AuditEntry.objects.count()
+    response = client.post(
+        "/e/production/override/",
+        {"policy": f"{kind}:{name}", "action": action, "reason": "incident 7"},
+        follow=True,
+    )
+    assert response.status_code == 200
+    assert "Nothing was changed. name: Use 1 to 100 letters" in response.content.decode()
+    assert _redis_contents(redis_client, production) == before
+    assert AuditEntry.objects.count() == audited
+    assert not Override.objects.exists()
+
+
+def test_lifting_an_override_needs_a_reason(
+    client: Client, operator: User, production: Environment, policies: None
+) -> None:
+    client.force_login(operator)
+    client.post(
+        "/e/production/override/",
+        {"policy": "breaker:payments", "action": "trip", "reason": "upstream on fire"},
+    )
+    response = client.post(
+        "/e/production/override/",
+        {"policy": "breaker:payments", "action": "lift", "reason": " "},
+        follow=True,
+    )
+    assert "Nothing was changed. reason: Say why" in response.content.decode()
+    override = current_override(production, "breaker", "payments")
+    assert override is not None and override.state == "forced_open"
+    client.post(
+        "/e/production/override/",
+        {"policy": "breaker:payments", "action": "lift", "reason": "upstream recovered"},
+    )
+    assert current_override(production, "breaker", "payments") is None
+    assert AuditEntry.objects.filter(action="override.clear", reason="upstream recovered").exists()
+
+
+def test_an_overlong_reason_changes_nothing(
+    client: Client, operator: User, production: Environment, policies: None
+) -> None:
+    client.force_login(operator)
+    response = client.post(
+        "/e/production/override/",
+        {"policy": "breaker:payments", "action": "reset", "reason": "x" * 1001},
+        follow=True,
+    )
+    assert "Nothing was changed. reason: Use at most 1000 characters" in (response.content.decode())
+    assert not AuditEntry.objects.filter(action="override.reset").exists()

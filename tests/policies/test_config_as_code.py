@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -143,3 +144,111 @@ def test_export_page_downloads_yaml(client: Client, viewer: User, populated: Env
     document = yaml.safe_load(response.content)
     assert document["environment"] == "production"
     assert document["policies"]["config"]["db.password"]["value"] is None
+
+
+def _nested(depth: int, leaf: str = "1") -> str:
+    return "[" * depth + leaf + "]" * depth
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        # Deep enough to exhaust a recursive parser: refused, not a RecursionError.
+        (_nested(5000), "nests deeper than"),
+        ("version: 1\npolicies: " + _nested(5000), "nests deeper than"),
+        ('{"version": 1, "policies": ' + _nested(5000) + "}", "nests deeper than"),
+        # A billion laughs: nine lines standing for 10^9 values, refused by the node budget.
+        (
+            "a: &a [1,1,1,1,1,1,1,1,1,1]\n"
+            + "".join(
+                f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 10)}]\n"
+                for i in range(8)
+            )
+            + "version: 1\npolicies: {config: {x: {value_type: json, value: *i}}}\n",
+            "has more than 100,000 members",
+        ),
+    ],
+)
+def test_import_over_the_limits_is_refused_naming_the_file(
+    client: Client, editor: User, populated: Environment, text: str, message: str
+) -> None:
+    client.force_login(editor)
+    versions = PolicyVersion.objects.count()
+    for action in ("preview", "apply"):
+        response = client.post("/e/production/import/", {"text": text, "action": action})
+        assert response.status_code == 422
+        assert message in response.content.decode()
+    assert PolicyVersion.objects.count() == versions
+
+
+def test_an_oversized_upload_is_refused_unread(
+    client: Client, editor: User, populated: Environment
+) -> None:
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    from controlplane.protocol.limits import MAX_IMPORT_BYTES
+
+    client.force_login(editor)
+    upload = SimpleUploadedFile("big.yaml", b"#" * (MAX_IMPORT_BYTES + 1))
+    response = client.post("/e/production/import/", {"file": upload, "action": "preview"})
+    assert response.status_code == 422
+    assert "The file is over 8 MiB." in response.content.decode()
+
+
+def test_a_value_a_little_too_deep_is_refused_naming_its_path(
+    populated: Environment, tmp_path: Path
+) -> None:
+    path = tmp_path / "deep.json"
+    path.write_text(
+        '{"version": 1, "policies": {"config": {"deep": {"value_type": "json", "value": '
+        + _nested(40)
+        + "}}}}"
+    )
+    with pytest.raises(CommandError) as caught:
+        call_command("import_policies", str(path), "--environment", "production")
+    assert "policies.config.deep.value" in str(caught.value)
+    assert "nests deeper than 32 levels" in str(caught.value)
+    assert not Policy.objects.filter(name="deep").exists()
+
+
+def test_an_import_reason_over_its_bound_changes_nothing(
+    client: Client, editor: User, populated: Environment
+) -> None:
+    client.force_login(editor)
+    document = export_environment(populated)
+    document["policies"]["rate_limit"]["api"]["limit"] = 7
+    response = client.post(
+        "/e/production/import/",
+        {"text": dump(document, "yaml"), "action": "apply", "reason": "x" * 1001},
+    )
+    assert response.status_code == 422
+    assert "Use at most 1000 characters" in response.content.decode()
+    assert Policy.objects.get(name="api").spec["limit"] == 100
+
+
+def test_a_policy_stored_over_the_limits_is_named_instead_of_failing_the_export(
+    client: Client, viewer: User, populated: Environment
+) -> None:
+    # Saved before the limits applied: written past the validation, as old data is.
+    Policy.objects.filter(name="api").update(spec={"limit": 100, "extra": json.loads(_nested(600))})
+    client.force_login(viewer)
+    for fmt in ("yaml", "json"):
+        response = client.get(f"/e/production/export.{fmt}")
+        assert response.status_code == 409
+        assert "policies.rate_limit.api" in response.content.decode()
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"version: 1\nenvironment: [production]\npolicies: {}\n", "Name the environment"),
+        (b"version: 1\nenvironment: \xff\n", "Cannot read"),
+    ],
+)
+def test_import_command_refuses_a_file_it_cannot_use(
+    populated: Environment, tmp_path: Path, content: bytes, message: str
+) -> None:
+    path = tmp_path / "odd.yaml"
+    path.write_bytes(content)
+    with pytest.raises(CommandError, match=message):
+        call_command("import_policies", str(path))

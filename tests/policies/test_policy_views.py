@@ -219,3 +219,78 @@ def test_delete_keeps_history_and_audits(client: Client, editor: User, api: Poli
     api.refresh_from_db()
     assert api.deleted and api.versions.count() == 2
     assert AuditEntry.objects.get(action="policy.delete").reason == "unused"
+
+
+@pytest.mark.parametrize("value", ["[" * 5000 + "]" * 5000, "[" * 33 + "]" * 33])
+def test_form_refuses_a_json_value_over_the_depth_limit_naming_it(
+    client: Client, editor: User, production: Environment, value: str
+) -> None:
+    client.force_login(editor)
+    response = client.post(
+        "/e/production/config/new/",
+        {"name": "deep", "value_type": "json", "value": value, "action": "save"},
+    )
+    assert response.status_code == 422
+    html = response.content.decode()
+    assert 'data-error-for="value"' in html and "nests deeper than 32 levels" in html
+    assert not Policy.objects.filter(kind="config").exists()
+
+
+def test_form_refuses_an_overlong_reason_naming_it(
+    client: Client, editor: User, api: Policy
+) -> None:
+    client.force_login(editor)
+    response = client.post(EDIT, {**_form(api, limit="7"), "reason": "x" * 1001, "action": "save"})
+    assert response.status_code == 422
+    assert 'data-error-for="reason"' in response.content.decode()
+    api.refresh_from_db()
+    assert api.spec["limit"] == 100
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/e/production/rate_limit/api/delete/",
+        "/e/production/rate_limit/api/versions/1/restore/",
+    ],
+)
+def test_delete_and_restore_refuse_an_overlong_reason(
+    client: Client, editor: User, api: Policy, path: str
+) -> None:
+    client.force_login(editor)
+    response = client.post(path, {"reason": "x" * 1001}, follow=True)
+    assert response.status_code == 200
+    assert "reason: Use at most 1000 characters" in response.content.decode()
+    api.refresh_from_db()
+    assert (api.version, api.deleted) == (1, False)
+    assert not AuditEntry.objects.filter(action__in=["policy.delete", "policy.rollback"]).exists()
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/e/production/rate_limit/api/compare/?a=1&b=" + "9" * 30,
+        "/e/production/rate_limit/api/versions/" + "9" * 30 + "/restore/",
+    ],
+)
+def test_versions_beyond_any_database_integer_are_not_found(
+    client: Client, editor: User, api: Policy, path: str
+) -> None:
+    client.force_login(editor)
+    method = client.post if path.endswith("restore/") else client.get
+    assert method(path).status_code == 404
+
+
+def test_environment_with_an_overlong_description_is_refused_naming_it(
+    client: Client, admin: User, db: None
+) -> None:
+    client.force_login(admin)
+    response = client.post(
+        "/environments/new/", {"name": "staging", "description": "d" * 301}, follow=True
+    )
+    assert "Nothing was created. description: Use at most 300 characters" in (
+        response.content.decode()
+    )
+    assert not Environment.objects.exists()
+    client.post("/environments/new/", {"name": "staging", "description": "d" * 300})
+    assert Environment.objects.get().description == "d" * 300

@@ -29,11 +29,13 @@ class Command(BaseCommand):
         path = Path(options["file"])
         try:
             document = parse(path.read_text(), "json" if path.suffix == ".json" else None)
-        except OSError as exc:
+        except (OSError, UnicodeDecodeError) as exc:
             raise CommandError(f"Cannot read {path}: {exc}") from exc
         except PolicyError as exc:
             raise CommandError(str(exc)) from exc
         name = options["environment"] or document.get("environment")
+        if not isinstance(name, str):
+            raise CommandError("Name the environment: --environment, or in the file.")
         environment = Environment.objects.filter(name=name).first()
         if environment is None:
             raise CommandError(f"No such environment: {name}")
