@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-os.environ.setdefault("SECRET_KEY", "bench-only")
+os.environ.setdefault("SECRET_KEY", "bench-only-secret-key-5e0a9c3d71b2f864-JkTqWxZmRvNpLsYh")
 
 from controlplane.settings import *  # noqa: E402, F403
 from controlplane.settings import INSTALLED_APPS, REDIS_URL  # noqa: E402

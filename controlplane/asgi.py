@@ -10,6 +10,14 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "controlplane.settings")
 # Build Django before importing anything that touches models.
 django_application = get_asgi_application()
 
+from django.core.exceptions import ImproperlyConfigured  # noqa: E402
+
+from controlplane.accounts.checks import check_secret_key  # noqa: E402
+
+# Daphne runs no system checks: refuse to serve with a weak key outside DEBUG.
+for problem in check_secret_key():
+    raise ImproperlyConfigured(f"{problem.msg} {problem.hint}")
+
 import logging  # noqa: E402
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402

@@ -35,7 +35,7 @@ REDIS_ERRORS = Counter(
 DATABASE_ERRORS = Counter(
     "controlplane_database_errors_total",
     "Times the control plane could not reach its database, by where "
-    "(request, reconcile, ingest, metrics).",
+    "(request, reconcile, ingest, metrics, websocket).",
     ["operation"],
 )
 WEBSOCKETS = Gauge(

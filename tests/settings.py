@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 
-os.environ.setdefault("SECRET_KEY", "tests-only-secret-key")
+# Strong enough for the production checks (accounts.E001), which some tests run.
+os.environ.setdefault("SECRET_KEY", "tests-only-secret-key-8d6c1f4e2b9a7305-QvXmTzKpLwRsNyHu")
 
 from controlplane.settings import *  # noqa: E402, F403
 

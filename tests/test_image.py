@@ -74,7 +74,7 @@ def test_image_start_command_serves_from_a_fresh_virtualenv(tmp_path: Path) -> N
         "SECRET_KEY_FILE": str(tmp_path / "secret"),
         "SECURE_SSL_REDIRECT": "false",
     }
-    (tmp_path / "secret").write_text("x" * 64)
+    (tmp_path / "secret").write_text("image-test-secret-key-7b3e9f1a5d2c8064-MzQxRtVwKpLnYsHj")
     subprocess.run(
         [python, "manage.py", "collectstatic", "--noinput", "-v0"], cwd=app, env=env, check=True
     )

@@ -34,7 +34,7 @@ def _env(var_dir: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in {"REDIS_URL", "DATABASE_URL", "DEBUG"}}
     env.update(
         CONTROLPLANE_VAR_DIR=str(var_dir),
-        SECRET_KEY="serve-test",
+        SECRET_KEY="serve-test-secret-key-2f9d4b7a1c6e3058-HsKqVmXtZpWrNyLj",
         DJANGO_SETTINGS_MODULE="controlplane.settings",
         RECONCILE_INTERVAL="0.1",
         SECURE_SSL_REDIRECT="false",

@@ -161,3 +161,33 @@ def test_migrate_refuses_a_weak_secret_key_and_changes_nothing(tmp_path: Path) -
 def test_a_strong_secret_key_or_debug_starts(tmp_path: Path, key: str, debug: str) -> None:
     result = _manage(tmp_path, "check", SECRET_KEY=key, DEBUG=debug)
     assert result.returncode == 0, result.stderr
+
+
+def _load_asgi(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if k not in {"SECRET_KEY", "DEBUG"}}
+    return subprocess.run(
+        [sys.executable, "-c", "import controlplane.asgi"],
+        cwd=ROOT,
+        env={
+            **clean,
+            "DJANGO_SETTINGS_MODULE": "controlplane.settings",
+            "CONTROLPLANE_VAR_DIR": str(tmp_path),
+            "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}",
+            "REDIS_URL": "redis://127.0.0.1:1/0",
+            "RECONCILER_ENABLED": "false",
+            "INGEST_ENABLED": "false",
+            **env,
+        },
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_daphne_refuses_to_serve_with_a_weak_secret_key_outside_debug(tmp_path: Path) -> None:
+    # Daphne runs no system checks: the ASGI application itself refuses.
+    weak = _load_asgi(tmp_path, SECRET_KEY="x")
+    assert weak.returncode != 0
+    assert "ImproperlyConfigured: SECRET_KEY is too short" in weak.stderr
+    assert _load_asgi(tmp_path, SECRET_KEY=STRONG).returncode == 0
+    assert _load_asgi(tmp_path, SECRET_KEY="x", DEBUG="true").returncode == 0

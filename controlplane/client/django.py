@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import ipaddress
 import logging
 import math
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -86,11 +87,21 @@ def forwarded_client(forwarded_for: str, trusted: int) -> str | None:
 
     Each proxy appends the address it received from, so only the last ``trusted``
     entries are theirs; anything left of them came from the client and may be forged.
+    An entry that is not an IP address (a proxy misconfigured, or a client's claim
+    where fewer proxies than trusted wrote the header) gives None: the caller falls
+    back to the connection's own peer address rather than key limits or the audit
+    log on arbitrary text.
     """
     if trusted <= 0:
         return None
     hops = [hop.strip() for hop in forwarded_for.split(",") if hop.strip()]
-    return hops[-min(trusted, len(hops))] if hops else None
+    if not hops:
+        return None
+    hop = hops[-min(trusted, len(hops))]
+    try:
+        return str(ipaddress.ip_address(hop))
+    except ValueError:
+        return None
 
 
 def client_ip(request: HttpRequest) -> str:

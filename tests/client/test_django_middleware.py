@@ -198,6 +198,18 @@ def test_client_ip_takes_the_entry_the_trusted_proxies_appended() -> None:
         assert client_ip(request) == "10.0.0.1"
 
 
+@pytest.mark.parametrize(
+    "forwarded", ["not-an-address", "x" * 500, "203.0.113.7\x00", "1.2.3.4:80", "[::1]"]
+)
+def test_client_ip_is_the_peer_when_the_trusted_entry_is_not_an_address(forwarded: str) -> None:
+    request = RequestFactory().get("/", HTTP_X_FORWARDED_FOR=f"10.0.0.1, {forwarded}")
+    with override_settings(CONTROLPLANE_TRUSTED_PROXIES=1):
+        assert client_ip(request) == "127.0.0.1"
+    valid = RequestFactory().get("/", HTTP_X_FORWARDED_FOR="10.0.0.1, 2001:DB8::1")
+    with override_settings(CONTROLPLANE_TRUSTED_PROXIES=1):
+        assert client_ip(valid) == "2001:db8::1"
+
+
 def test_observe_mode_policy_never_answers_429(
     configured: Client, web: DjangoClient, set_policy: Callable[..., Policy]
 ) -> None:
