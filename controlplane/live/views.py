@@ -118,7 +118,10 @@ def override(request: HttpRequest, environment: str) -> HttpResponse:
     reason = request.POST.get("reason", "").strip()
     actor = Actor.from_request(request)
     back = request.POST.get("next", "")
-    if not url_has_allowed_host_and_scheme(back, allowed_hosts={request.get_host()}):
+    # A path of this site only: anything else would be taken for a view's name.
+    if not back.startswith("/") or not url_has_allowed_host_and_scheme(
+        back, allowed_hosts={request.get_host()}
+    ):
         back = ""
     try:
         if not name:
