@@ -53,13 +53,20 @@ def _published_versions(environments: list[Environment]) -> dict[str, dict[str, 
         with get_redis().pipeline(transaction=False) as pipe:
             for environment in environments:
                 pipe.hgetall(environment.keys().policies)
-            hashes = pipe.execute()
+            # A key of another type fails for its environment only (untrusted input).
+            hashes = pipe.execute(raise_on_error=False)
     except redis.RedisError as exc:
         logger.warning("Dashboard cannot read Redis: %s", exc)
         return None
     published: dict[str, dict[str, int]] = {}
     for environment, documents in zip(environments, hashes, strict=True):
         versions = published[environment.name] = {}
+        if isinstance(documents, redis.ConnectionError | redis.TimeoutError):
+            logger.warning("Dashboard cannot read Redis: %s", documents)
+            return None
+        if isinstance(documents, Exception):  # e.g. WRONGTYPE: nothing of it is published
+            logger.warning("Dashboard: %s holds no policies hash: %s", environment, documents)
+            continue
         for field, raw in documents.items():
             try:
                 versions[field] = PolicyDocument.decode(raw).version

@@ -48,6 +48,24 @@ def test_shows_a_policy_missing_from_redis(
     assert "not published" in client.get("/").content.decode()
 
 
+def test_a_policies_key_of_another_type_is_not_mistaken_for_a_redis_outage(
+    client: Client, viewer: User, system: Actor, redis_client: redis.Redis
+) -> None:
+    production = Environment.objects.create(name="production")
+    staging = Environment.objects.create(name="staging")
+    do_create_policy(production, "cache", "prices", {}, system)
+    do_create_policy(staging, "cache", "prices", {}, system)
+    redis_client.delete(staging.keys().policies)
+    redis_client.set(staging.keys().policies, "not a hash")  # hostile or broken
+    client.force_login(viewer)
+
+    html = client.get("/").content.decode()
+
+    assert "Redis cannot be reached" not in html
+    assert '<span class="ok">v1</span>' in html  # production's, still read
+    assert "not published" in html  # staging's
+
+
 def test_still_answers_when_redis_is_down(
     client: Client,
     viewer: User,
