@@ -68,6 +68,28 @@ def test_secret_values_never_reach_the_audit_log(production: Environment, system
     assert old.startswith("secret:") and new.startswith("secret:") and old != new
 
 
+def test_deleting_or_unmarking_a_secret_never_writes_its_value_to_the_audit_log(
+    production: Environment, system: Actor
+) -> None:
+    # "Secret" is decided from the spec before and after: a delete has no "after".
+    gone = do_create_policy(
+        production, "config", "old.token", {"value": "hunter2", "secret": True}, system
+    )
+    do_delete_policy(gone, system, "retired")
+    unmarked = do_create_policy(
+        production, "config", "pin", {"value": "042917", "secret": True}, system
+    )
+    do_update_policy(unmarked, {"secret": False}, system)
+
+    deleted = AuditEntry.objects.get(action="policy.delete", object_name="old.token")
+    assert deleted.changes["value"][0].startswith("secret:")
+    update = AuditEntry.objects.get(action="policy.update", object_name="pin")
+    assert update.changes["secret"] == [True, False]
+    assert "042917" not in str(update.changes)
+    for entry in AuditEntry.objects.all():
+        assert "hunter2" not in str(entry.changes) and "042917" not in str(entry.changes)
+
+
 def test_secret_fingerprints_are_keyed_so_viewers_cannot_reverse_them(
     production: Environment, system: Actor, settings: Any
 ) -> None:
