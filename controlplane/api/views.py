@@ -51,7 +51,7 @@ from controlplane.policies.actions import (
 )
 from controlplane.policies.models import Environment, Policy, PolicyVersion
 from controlplane.protocol.limits import MAX_JSON_DEPTH, LimitExceeded, loads_json
-from controlplane.protocol.schema import PolicyError
+from controlplane.protocol.schema import PolicyError, masked
 
 
 class BoundedJsonParser(Parser):
@@ -71,8 +71,6 @@ api = NinjaAPI(
     parser=BoundedJsonParser(),
     docs_url=None,  # the interactive docs load scripts from a CDN; the schema is enough
 )
-
-SECRET_MASK = "••••••"
 
 
 @api.exception_handler(PolicyError)
@@ -108,13 +106,6 @@ def _stale(request: HttpRequest, exc: StaleVersionError) -> HttpResponse:
     )
 
 
-def _masked(kind: str, spec: dict[str, Any] | None) -> dict[str, Any]:
-    spec = dict(spec or {})
-    if kind == "config" and spec.get("secret"):
-        spec["value"] = SECRET_MASK
-    return spec
-
-
 def _policy_out(policy: Policy) -> dict[str, Any]:
     return {
         "environment": policy.environment.name,
@@ -122,7 +113,7 @@ def _policy_out(policy: Policy) -> dict[str, Any]:
         "name": policy.name,
         "version": policy.version,
         "revision": policy.revision,
-        "spec": _masked(policy.kind, policy.spec),
+        "spec": masked(policy.kind, policy.spec),
         "updated_at": policy.updated_at,
         "updated_by": policy.updated_by,
     }
@@ -137,7 +128,7 @@ def _version_out(version: PolicyVersion) -> dict[str, Any]:
         "author": version.author_name,
         "reason": version.reason,
         "created_at": version.created_at,
-        "spec": _masked(version.policy.kind, version.spec),
+        "spec": masked(version.policy.kind, version.spec),
     }
 
 

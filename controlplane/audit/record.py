@@ -11,7 +11,7 @@ from django.utils.crypto import salted_hmac
 
 from controlplane.accounts.actors import Actor
 from controlplane.audit.models import AuditEntry
-from controlplane.protocol.schema import changed_fields
+from controlplane.protocol.schema import changed_fields, is_secret
 
 FINGERPRINT_SALT = "controlplane.audit.record.fingerprint"
 
@@ -44,6 +44,15 @@ def field_changes(
             new = None if new is None else fingerprint(new)
         changes[name] = [old, new]
     return changes
+
+
+def spec_changes(
+    kind: str, before: Mapping[str, Any] | None, after: Mapping[str, Any] | None
+) -> dict[str, list[Any]]:
+    """``field_changes`` of two versions of a spec: a secret in either version hides
+    the value of both behind fingerprints (a delete of a secret hides the old value)."""
+    secret = is_secret(kind, before) or is_secret(kind, after)
+    return field_changes(before, after, secret_fields=("value",) if secret else ())
 
 
 def record(

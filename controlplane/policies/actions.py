@@ -13,7 +13,7 @@ from typing import Any
 from django.db import IntegrityError, transaction
 
 from controlplane.accounts.actors import Actor
-from controlplane.audit.record import field_changes, record
+from controlplane.audit.record import record, spec_changes
 from controlplane.policies.models import (
     Environment,
     Policy,
@@ -108,8 +108,7 @@ def _record(
 def _policy_changes(before: Policy | None, after: Policy) -> dict[str, list[Any]]:
     old = None if before is None or before.deleted else before.spec
     new = None if after.deleted else after.spec
-    secret = bool((old or {}).get("secret") or (new or {}).get("secret"))
-    changes = field_changes(old, new, secret_fields=("value",) if secret else ())
+    changes = spec_changes(after.kind, old, new)
     if (before is not None and before.deleted) != after.deleted:
         changes["deleted"] = [before is not None and before.deleted, after.deleted]
     return changes

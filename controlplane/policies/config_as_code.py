@@ -34,6 +34,8 @@ from controlplane.protocol.schema import (
     InvalidValue,
     PolicyError,
     check_text,
+    is_secret,
+    masked,
     validate_name,
     validate_spec,
 )
@@ -55,10 +57,7 @@ def export_environment(environment: Environment) -> dict[str, Any]:
         except LimitExceeded as exc:
             path = f"policies.{policy.kind}.{policy.name}"
             raise PolicyError({path: [f"{exc} Edit it, then export again."]}) from None
-        spec = dict(policy.spec)
-        if policy.kind == "config" and spec.get("secret"):
-            spec["value"] = None
-        policies[policy.kind][policy.name] = spec
+        policies[policy.kind][policy.name] = masked(policy.kind, policy.spec, mask=None)
     return {
         "version": FORMAT_VERSION,
         "environment": environment.name,
@@ -166,7 +165,7 @@ def plan_import(
                     raise PolicyError({"name": ["Expected a mapping of policy fields."]})
                 data = dict(spec or {})
                 current = existing.get((kind, name))
-                if kind == "config" and data.get("value") is None and data.get("secret"):
+                if is_secret(kind, data) and data.get("value") is None:
                     if current is None:
                         raise PolicyError({"value": ["A new secret needs its value."]})
                     data["value"] = current.spec["value"]

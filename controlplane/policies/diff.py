@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from controlplane.audit.record import field_changes
+from controlplane.audit.record import spec_changes
 from controlplane.policies.forms import display_value
-from controlplane.protocol.schema import SPECS
+from controlplane.protocol.schema import SPECS, masked
 
 
 @dataclass(frozen=True)
@@ -20,8 +20,7 @@ class FieldDiff:
 
 def spec_diff(kind: str, old: dict[str, Any] | None, new: dict[str, Any] | None) -> list[FieldDiff]:
     """The fields that differ, with secret config values shown only as fingerprints."""
-    secret = bool((old or {}).get("secret") or (new or {}).get("secret"))
-    changes = field_changes(old, new, secret_fields=("value",) if secret else ())
+    changes = spec_changes(kind, old, new)
     labels = {f.name: f.label for f in SPECS[kind].fields}
     return [
         FieldDiff(name, labels.get(name, name), display_value(before), display_value(after))
@@ -33,11 +32,5 @@ def masked_spec(kind: str, spec: dict[str, Any] | None) -> list[tuple[str, str]]
     """``(label, value)`` pairs of a spec for display, hiding secret values."""
     if spec is None:
         return []
-    rows = []
-    for field_spec in SPECS[kind].fields:
-        value = spec.get(field_spec.name)
-        if kind == "config" and field_spec.name == "value" and spec.get("secret"):
-            rows.append((field_spec.label, "•••••• (secret)"))
-        else:
-            rows.append((field_spec.label, display_value(value)))
-    return rows
+    shown = masked(kind, spec)
+    return [(f.label, display_value(shown.get(f.name))) for f in SPECS[kind].fields]

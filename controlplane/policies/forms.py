@@ -13,7 +13,9 @@ from controlplane.protocol.schema import (
     KIND_LABELS,
     FieldSpec,
     PolicyError,
+    is_secret,
     kind_spec,
+    masked,
     validate_name,
     validate_spec,
 )
@@ -92,15 +94,14 @@ class PolicyForm(forms.Form):
 
     @property
     def secret_is_kept(self) -> bool:
-        return bool(self.kind == "config" and self.current and self.current.get("secret"))
+        return self.current is not None and is_secret(self.kind, self.current)
 
     def initial_from(self, spec: dict[str, Any]) -> dict[str, Any]:
-        initial: dict[str, Any] = {name: display_value(value) for name, value in spec.items()}
+        shown = masked(self.kind, spec, mask="")  # a secret is never sent back to the browser
+        initial: dict[str, Any] = {name: display_value(value) for name, value in shown.items()}
         for field_spec in self.kind_spec.fields:
             if field_spec.widget == "checkbox":
                 initial[field_spec.name] = bool(spec.get(field_spec.name))
-        if self.kind == "config" and spec.get("secret"):
-            initial["value"] = ""
         return initial
 
     def field_groups(self) -> list[forms.BoundField]:

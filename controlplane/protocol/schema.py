@@ -760,3 +760,24 @@ def changed_fields(old: Mapping[str, Any] | None, new: Mapping[str, Any] | None)
     new = new or {}
     names: Iterable[str] = list(dict.fromkeys([*old, *new]))
     return [name for name in names if old.get(name) != new.get(name)]
+
+
+SECRET_MASK: Final = "••••••"
+
+
+def is_secret(kind: str, spec: Mapping[str, Any] | None) -> bool:
+    """Whether ``spec`` holds a value never shown in full after saving (a secret config)."""
+    return kind == CONFIG and bool((spec or {}).get("secret"))
+
+
+def masked(kind: str, spec: Mapping[str, Any] | None, mask: Any = SECRET_MASK) -> dict[str, Any]:
+    """A copy of ``spec`` whose secret value is replaced by ``mask``.
+
+    ``SECRET_MASK`` for people and the API; an export writes ``None`` ("keep the
+    value"), a form an empty field. The audit log keeps fingerprints instead
+    (``controlplane.audit.record.spec_changes``), so changes stay visible.
+    """
+    copy = dict(spec or {})
+    if is_secret(kind, copy):
+        copy["value"] = mask
+    return copy
