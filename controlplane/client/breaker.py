@@ -34,21 +34,19 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from importlib.resources import files
 from typing import TYPE_CHECKING, Any, Final, ParamSpec, TypeVar
 
 import redis
 
 from controlplane.client.error_log import ErrorLog
 from controlplane.client.errors import CircuitOpenError
+from controlplane.protocol import scripts
 from controlplane.protocol.documents import OverrideDocument
 from controlplane.protocol.keys import PROTOCOL_VERSION
 from controlplane.protocol.schema import BREAKER, EXCEPTION_NAME, validate_name, validate_spec
 
 if TYPE_CHECKING:
     from types import TracebackType
-
-    from redis.commands.core import Script
 
     from controlplane.client.client import Client
 
@@ -91,11 +89,8 @@ _PROBE_RECHECK: Final = 1.0  # seconds between asking Redis again once probes ra
 _HUB_IDLE: Final = 2.0  # the writer thread exits after this long without work
 _LOG_EVERY: Final = 10.0  # at most one warning per breaker and this many seconds
 
-_LUA_DIR = files("controlplane.client").joinpath("lua")
-_LUA_COMMON = _LUA_DIR.joinpath("breaker_common.lua").read_text()
-LUA_SCRIPTS: Final = {
-    name: _LUA_COMMON + "\n" + _LUA_DIR.joinpath(f"breaker_{name}.lua").read_text()
-    for name in ("transition", "probe", "probe_done", "read")
+_SCRIPTS: Final = {
+    name: scripts.load(f"breaker_{name}") for name in ("transition", "probe", "probe_done", "read")
 }
 
 
@@ -375,8 +370,6 @@ class _BreakerHub:
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
         self._running = False
-        self._scripts: dict[str, Script] = {}
-        self._scripts_of: Any = None
         self._errors = ErrorLog(logger, client.metrics.internal_errors.labels("breaker"))
         self._malformed_log = ErrorLog(logger)
         client.on_channel(client.keys.breaker_events, self.on_message)
@@ -432,15 +425,9 @@ class _BreakerHub:
         with self._cond:
             return not self._jobs and not self._running
 
-    def script(self, name: str) -> Script:
-        connection = self.client.redis
-        if self._scripts_of is not connection:  # a new pool after fork
-            self._scripts = {}
-            self._scripts_of = connection
-        script = self._scripts.get(name)
-        if script is None:
-            script = self._scripts[name] = connection.register_script(LUA_SCRIPTS[name])
-        return script
+    def run(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        """Run the breaker script ``name`` (``breaker_<name>.lua``) on the client's Redis."""
+        return scripts.run(self.client.redis, _SCRIPTS[name], keys, args)
 
     # Shared state coming in.
 
@@ -467,9 +454,7 @@ class _BreakerHub:
         if not breakers:
             return
         try:
-            now, raws = self.script("read")(
-                keys=[self.client.keys.breakers], args=[b.name for b in breakers]
-            )
+            now, raws = self.run("read", [self.client.keys.breakers], [b.name for b in breakers])
         except (redis.RedisError, OSError) as exc:
             self.client.metrics.redis_errors.labels("breaker").inc()
             logger.debug("Cannot read the shared breaker states (%s)", exc)
@@ -1031,9 +1016,10 @@ class CircuitBreaker:
         """Write a local transition into the shared state (writer thread)."""
         keys = self.client.keys
         try:
-            accepted, raw, now = self._hub.script("transition")(
-                keys=[keys.breakers, keys.breaker_probes(self.name)],
-                args=[
+            accepted, raw, now = self._hub.run(
+                "transition",
+                [keys.breakers, keys.breaker_probes(self.name)],
+                [
                     self.name,
                     proposal.from_state,
                     proposal.to_state,
@@ -1220,16 +1206,14 @@ class CircuitBreaker:
     def _probe_sync(self, request: _ProbeRequest) -> Any:
         keys, args = self._probe_args(request)
         try:
-            return self._hub.script("probe")(keys=keys, args=args)
+            return self._hub.run("probe", keys, args)
         except (redis.RedisError, OSError) as exc:
             return exc
 
     async def _probe_async(self, request: _ProbeRequest) -> Any:
         keys, args = self._probe_args(request)
         try:
-            connection = self.client.async_redis()
-            script = connection.register_script(LUA_SCRIPTS["probe"])
-            return await script(keys=keys, args=args)
+            return await scripts.arun(self.client.async_redis(), _SCRIPTS["probe"], keys, args)
         except (redis.RedisError, OSError) as exc:
             return exc
 
@@ -1289,9 +1273,10 @@ class CircuitBreaker:
 
         def job() -> None:
             try:
-                status, raw, now = self._hub.script("probe_done")(
-                    keys=[keys.breakers, keys.breaker_probes(self.name)],
-                    args=[
+                status, raw, now = self._hub.run(
+                    "probe_done",
+                    [keys.breakers, keys.breaker_probes(self.name)],
+                    [
                         self.name,
                         permit.epoch,
                         outcome,

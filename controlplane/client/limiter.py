@@ -1,6 +1,6 @@
 """Distributed rate limits: one atomic Lua script, one Redis round trip per check.
 
-Each algorithm is a Lua script (``lua/limit_<algorithm>.lua``) run by SHA on the
+Each algorithm is a Lua script (``protocol/lua/limit_<algorithm>.lua``) run by SHA on the
 Redis server's clock. It decides, updates the subject's state and returns
 everything a response needs (remaining quota, reset and retry times) in the same
 reply; a rejected request consumes nothing. The policy travels in the script's
@@ -24,21 +24,15 @@ import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from importlib.resources import files
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import redis
 
-from controlplane.client.batching import (
-    AsyncBatcher,
-    LuaScript,
-    Runner,
-    batcher_for,
-    runner_for,
-)
 from controlplane.client.error_log import ErrorLog
 from controlplane.client.errors import RateLimitExceeded
 from controlplane.protocol.schema import RATE_LIMIT, validate_spec
+from controlplane.protocol.scripts import AsyncBatcher, LuaScript, Runner, batcher_for, runner_for
+from controlplane.protocol.scripts import load as load_script
 
 if TYPE_CHECKING:
     from controlplane.client.client import Client
@@ -48,9 +42,7 @@ logger = logging.getLogger("controlplane.client")
 F = TypeVar("F", bound=Callable[..., Any])
 
 SCRIPTS: Final[dict[str, LuaScript]] = {
-    algorithm: LuaScript(
-        files("controlplane.client").joinpath(f"lua/limit_{algorithm}.lua").read_text()
-    )
+    algorithm: load_script(f"limit_{algorithm}")
     for algorithm in ("token_bucket", "gcra", "fixed_window", "sliding_window")
 }
 # Each algorithm keeps its state under its own suffix of the base key (same hash
@@ -413,7 +405,7 @@ class RateLimiter:
         cached = self._batcher
         if cached is not None and cached[0] is loop:
             return cached[1]
-        batcher = batcher_for(self._client)
+        batcher = batcher_for(self._client.async_redis())
         self._batcher = (loop, batcher)
         return batcher
 

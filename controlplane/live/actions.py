@@ -176,8 +176,8 @@ def _announce(environment: str, field: str) -> None:
 
 
 _RESET_LUA = (
-    files("controlplane.client").joinpath("lua/breaker_common.lua").read_text()
-    + files("controlplane.live").joinpath("lua/breaker_reset.lua").read_text()
+    files("controlplane.protocol").joinpath("lua/breaker_common.lua").read_text()
+    + files("controlplane.protocol").joinpath("lua/breaker_reset.lua").read_text()
 )
 
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 import logging
 import time
 from datetime import UTC, datetime
-from importlib.resources import files
+from typing import Final
 
 import redis
-from redis.commands.core import Script
 
 from controlplane.metrics import PUBLISH_SECONDS, PUBLISHES, REDIS_ERRORS
 from controlplane.policies.models import Policy
+from controlplane.protocol import scripts
 from controlplane.protocol.documents import (
     SECTION_POLICIES,
     MetaDocument,
@@ -23,16 +23,7 @@ from controlplane.redis_connection import get_redis
 
 logger = logging.getLogger(__name__)
 
-_PUBLISH_LUA = files("controlplane.policies").joinpath("lua/publish.lua").read_text()
-_scripts: dict[int, Script] = {}
-
-
-def _publish_script(client: redis.Redis) -> Script:
-    # Script objects run by EVALSHA and reload themselves after a Redis restart.
-    script = _scripts.get(id(client))
-    if script is None:
-        script = _scripts[id(client)] = client.register_script(_PUBLISH_LUA)
-    return script
+_PUBLISH: Final = scripts.load("publish")
 
 
 def redis_answers() -> bool:
@@ -76,9 +67,11 @@ def write_document(
     client = get_redis()
     meta = MetaDocument(keys.environment, revision, datetime.now(UTC).isoformat())
     started = time.perf_counter()
-    written, _ = _publish_script(client)(
-        keys=[getattr(keys, section), keys.meta],
-        args=[
+    written, _ = scripts.run(
+        client,
+        _PUBLISH,
+        [getattr(keys, section), keys.meta],
+        [
             field,
             document,
             revision,

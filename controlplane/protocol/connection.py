@@ -27,7 +27,7 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
-from typing import Any, Generic, TypeVar, cast
+from typing import Any, Final, Generic, TypeVar, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis
@@ -38,6 +38,7 @@ from redis.client import NEVER_DECODE
 from redis.cluster import ClusterPipeline, RedisCluster
 from redis.exceptions import RedisClusterException
 
+from controlplane.protocol import scripts
 from controlplane.protocol.documents import (
     OVERRIDE_STATES,
     MetaDocument,
@@ -187,16 +188,8 @@ def connect_async(url: str, **options: Any) -> redis.asyncio.Redis:
     return cast(redis.asyncio.Redis, AsyncClusterClient.from_url(address, **options))
 
 
-# The policy store in one atomic read (its three keys share a slot), each reply with
-# the error Redis gave instead of it (a key holding another type): {reply, error}.
-_READ_STORE_LUA = """
-local function read(command, key)
-  local reply = redis.pcall(command, key)
-  if type(reply) == 'table' and reply['err'] then return {false, reply['err']} end
-  return {reply, false}
-end
-return {read('HGETALL', KEYS[1]), read('HGETALL', KEYS[2]), read('GET', KEYS[3])}
-"""
+# The policy store in one atomic read (lua/read_store.lua): its three keys share a slot.
+_READ_STORE: Final = scripts.load("read_store")
 
 DocumentT = TypeVar("DocumentT", PolicyDocument, OverrideDocument, MetaDocument)
 
@@ -359,8 +352,8 @@ def read_policy_store(client: redis.Redis, keys: KeyLayout) -> PolicyStore:
     decoded here value by value: one bad value is reported in the result,
     never raised, and never hides the good ones. Raises only ``RedisError``.
     """
-    reply = client.execute_command(  # type: ignore[no-untyped-call]
-        "EVAL", _READ_STORE_LUA, 3, keys.policies, keys.overrides, keys.meta, **{NEVER_DECODE: True}
+    reply = scripts.run(
+        client, _READ_STORE, [keys.policies, keys.overrides, keys.meta], [], raw=True
     )
     (policies, policies_error), (overrides, overrides_error), (meta, meta_error) = reply
     problems = {

@@ -18,13 +18,13 @@ from prometheus_client import REGISTRY
 from redis.crc import key_slot
 
 from controlplane.client import Client, RateLimitExceeded
-from controlplane.client.batching import batcher_for
 from controlplane.client.limiter import Decision, RateLimiter, _LocalBuckets
 from controlplane.embedded_redis import RedisServer
 from controlplane.policies.models import Environment, Policy
 from controlplane.policies.publish import write_document
 from controlplane.protocol.documents import OverrideDocument
 from controlplane.protocol.schema import PolicyError
+from controlplane.protocol.scripts import batcher_for
 from tests.conftest import wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -373,7 +373,7 @@ async def test_async_checks_are_batched_into_one_pipeline(
     client = client_factory()
     limiter = client.limiter("abatch", limit=50, period=LONG)
     await limiter.ahit("warm-up")
-    batcher = batcher_for(client)
+    batcher = batcher_for(client.async_redis())
     batches = batcher.batches
     before = command_calls(probe)
 
@@ -391,7 +391,7 @@ async def test_async_checks_are_batched_into_one_pipeline(
 async def test_a_full_batch_is_sent_at_once(client: Client) -> None:
     limiter = client.limiter("abig", limit=1000, period=LONG)
     await limiter.ahit("warm-up")
-    batcher = batcher_for(client)
+    batcher = batcher_for(client.async_redis())
     batches = batcher.batches
 
     decisions = await asyncio.gather(*(limiter.ahit(f"user:{i % 7}") for i in range(600)))

@@ -29,9 +29,10 @@ import redis.cluster
 from packaging.requirements import Requirement
 from packaging.version import Version
 
-from controlplane.client import Client, batching
-from controlplane.client.batching import INTERNALS, AsyncBatcher
+from controlplane.client import Client
+from controlplane.protocol import scripts
 from controlplane.protocol.connection import connect, connect_async, is_cluster
+from controlplane.protocol.scripts import INTERNALS, AsyncBatcher
 from tests.conftest import use_redis
 
 VERSION = Version(redis.__version__).release[:2]
@@ -141,7 +142,7 @@ async def test_pools_hand_out_connections_as_asked_and_without_a_deprecation(
     pool = client.connection_pool
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        connection = pool.get_connection(*batching._GET_CONNECTION_ARGS)
+        connection = pool.get_connection(*scripts._GET_CONNECTION_ARGS)
     pool.release(connection)
     client.close()
 
@@ -149,7 +150,7 @@ async def test_pools_hand_out_connections_as_asked_and_without_a_deprecation(
     async_pool = async_client.connection_pool
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        async_connection = await async_pool.get_connection(*batching._ASYNC_GET_CONNECTION_ARGS)
+        async_connection = await async_pool.get_connection(*scripts._ASYNC_GET_CONNECTION_ARGS)
     await async_pool.release(async_connection)
     await async_client.aclose()
 
@@ -185,9 +186,9 @@ async def test_each_fallback_gets_the_replies_too(
 ) -> None:
     if FALLBACKS[missing] == "cluster":
         use_redis(settings, request.getfixturevalue("redis_cluster").url)
-    monkeypatch.setattr(batching, "INTERNALS", dataclasses.replace(INTERNALS, **{missing: False}))
+    monkeypatch.setattr(scripts, "INTERNALS", dataclasses.replace(INTERNALS, **{missing: False}))
     # Unknown to Redis at first: the NOSCRIPT path runs too. It writes nothing.
-    script = batching.LuaScript(f"return {{ARGV[1], KEYS[1], '{missing}'}}")
+    script = scripts.LuaScript(f"return {{ARGV[1], KEYS[1], '{missing}'}}")
     keys = [f"{settings.REDIS_KEY_PREFIX}:fallback:{n}" for n in range(6)]  # several nodes
     client = connect_async(settings.REDIS_URL)
     try:

@@ -1,5 +1,5 @@
 -- Reset a breaker for the whole fleet: write "closed" with the next epoch.
--- Preceded by controlplane/client/lua/breaker_common.lua (server_now, decode,
+-- Preceded by breaker_common.lua (server_now, decode,
 -- write_state), exactly as the client's breaker scripts are.
 -- KEYS[1] {P:E}:breakers   KEYS[2] {P:E}:breaker-probes:<name>
 -- ARGV[1] breaker name     ARGV[2] writer ("controlplane")   ARGV[3] {P:E}:breaker-events

@@ -1,14 +1,46 @@
-"""Run Lua scripts on Redis with as little client work per call as possible.
+"""Every Lua script of the project, and the one way to run them on Redis.
 
-Sync: :class:`ScriptRunner` sends one ``EVALSHA`` per call on a connection of
-the client's pool, kept checked out between calls (see the class).
+The scripts are the files of ``controlplane/protocol/lua/``. Both sides run them
+here, with a redis-py client (``protocol.connection.connect`` or
+``connect_async``, one server or a cluster), never a ``controlplane.client.Client``.
 
-Async: every ``EVALSHA`` submitted during one event-loop iteration is queued; at
-the end of the iteration (``loop.call_soon``), or as soon as ``max_batch`` calls
-are waiting, they go out together, as a pipeline without ``MULTI`` does: one
-write on one connection, then the replies in order (one round trip).
-Each script still runs atomically on its own; the pipeline only saves round
-trips. 64 coroutines each checking a rate limit cost one round trip, not 64.
+API::
+
+    load(name) -> LuaScript
+        The script ``lua/<name>.lua``, read once per process. A ``breaker_*``
+        script is preceded by ``breaker_common.lua`` (its helpers), so every
+        script that needs those helpers gets them from this one loader.
+
+    run(client, script, keys, args, *, raw=False) -> reply
+        Run on a synchronous client: ``EVALSHA``, one round trip (``EVAL`` once
+        more after ``NOSCRIPT``, when Redis restarted and lost its scripts). On
+        a cluster it goes to the node of ``keys[0]``. ``raw=True`` reads the
+        reply as bytes whatever the client's ``decode_responses``. Raises what
+        redis-py raises (``RedisError`` and its subclasses; an error reply of
+        the script is a ``ResponseError``).
+
+    await arun(client, script, keys, args) -> reply
+        Run on an asyncio client, batched with every other call of the same
+        event-loop iteration (one round trip for all), on a cluster one write
+        per node. Same errors as ``run``.
+
+    runner_for(client) / batcher_for(async_client)
+        What ``run`` and ``arun`` use, for a hot path that keeps it at hand
+        (the rate limiter): ``runner_for(client).run(script, keys, args)``,
+        ``await batcher_for(async_client).submit(script, keys, args)``.
+
+``script`` is a :class:`LuaScript` (from ``load``, or built from source in tests).
+Arguments are ``str``, ``bytes``, ``int`` or ``float`` as redis-py encodes them.
+
+How it stays cheap. Sync: :class:`ScriptRunner` sends one ``EVALSHA`` per call
+on a connection of the client's pool, kept checked out between calls (see the
+class). Async: every ``EVALSHA`` submitted during one event-loop iteration is
+queued; at the end of the iteration (``loop.call_soon``), or as soon as
+``max_batch`` calls are waiting, they go out together, as a pipeline without
+``MULTI`` does: one write on one connection, then the replies in order (one
+round trip). Each script still runs atomically on its own; the pipeline only
+saves round trips. 64 coroutines each checking a rate limit cost one round
+trip, not 64.
 
 Both go below redis-py's client API, to its connection pools, connections and
 cluster nodes. What they use of those differs between the redis-py versions we
@@ -19,20 +51,22 @@ each use has a fallback through the public API where this redis-py lacks it.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import inspect
 import os
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final
+from importlib.resources import files
+from typing import Any, Final
 
 import redis
 import redis.asyncio
 from redis.asyncio import Redis as AsyncRedis
 from redis.asyncio.cluster import ClusterNode as AsyncClusterNode
-
-from controlplane.protocol.connection import is_cluster
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+from redis.client import NEVER_DECODE
 
 _pack_command: Callable[[tuple[Any, ...]], bytes] | None
 try:
@@ -40,11 +74,84 @@ try:
 except ImportError:  # hiredis comes with redis[hiredis]; redis-py packs without it
     _pack_command = None
 
-if TYPE_CHECKING:
-    from controlplane.client.client import Client
+Arg = str | bytes | int | float
 
 MAX_BATCH = 256
 MAX_IDLE = 32  # connections a ScriptRunner keeps between calls; more go back to the pool
+
+_LUA_DIR: Final = files("controlplane.protocol").joinpath("lua")
+# Scripts whose name starts with a prefix here are preceded by the helpers of that file.
+_PRELUDES: Final = {"breaker_": "breaker_common"}
+
+
+@dataclass(frozen=True)
+class LuaScript:
+    """A Lua script and its SHA1, run with ``EVALSHA`` and sent whole on ``NOSCRIPT``."""
+
+    source: str
+    name: str = ""
+    sha: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sha", hashlib.sha1(self.source.encode()).hexdigest())
+
+    def run(
+        self, client: redis.Redis, keys: Sequence[str], args: Sequence[Arg], raw: bool = False
+    ) -> Any:
+        """Run through redis-py's client API (each command checks a connection out)."""
+        options = {NEVER_DECODE: True} if raw else {}
+        try:
+            return client.execute_command(  # type: ignore[no-untyped-call]
+                "EVALSHA", self.sha, len(keys), *keys, *args, **options
+            )
+        except redis.exceptions.NoScriptError:
+            return client.execute_command(  # type: ignore[no-untyped-call]
+                "EVAL", self.source, len(keys), *keys, *args, **options
+            )
+
+
+@functools.cache
+def load(name: str) -> LuaScript:
+    """The script ``lua/<name>.lua`` (read once per process), with its prelude if any."""
+    if not name.isidentifier():
+        raise ValueError(f"script name {name!r}: letters, digits and underscores only")
+    path = _LUA_DIR.joinpath(f"{name}.lua")
+    if not path.is_file():
+        raise ValueError(f"script name {name!r}: no such script in controlplane/protocol/lua")
+    source = path.read_text()
+    for prefix, prelude in _PRELUDES.items():
+        if name.startswith(prefix) and name != prelude:
+            source = _LUA_DIR.joinpath(f"{prelude}.lua").read_text() + "\n" + source
+    return LuaScript(source, name)
+
+
+def run(
+    client: redis.Redis,
+    script: LuaScript,
+    keys: Sequence[str],
+    args: Sequence[Arg],
+    *,
+    raw: bool = False,
+) -> Any:
+    """Run ``script`` on a synchronous client (see the module's documentation)."""
+    return runner_for(client).run(script, keys, args, raw)
+
+
+async def arun(
+    client: AsyncRedis, script: LuaScript, keys: Sequence[str], args: Sequence[Arg]
+) -> Any:
+    """Run ``script`` on an asyncio client, batched (see the module's documentation)."""
+    return await batcher_for(client).submit(script, keys, args)
+
+
+def _is_cluster(client: object) -> bool:
+    # What ``connection.is_cluster`` says, without importing that module (which reads
+    # the policy store with a script of this one): its synchronous cluster client is
+    # the one with ``cluster_client()``, its asyncio one is redis-py's.
+    return isinstance(client, AsyncRedisCluster) or hasattr(type(client), "cluster_client")
+
+
+# What the installed redis-py offers below its client API.
 
 
 def _wants_command_name(get_connection: Callable[..., Any]) -> bool:
@@ -118,23 +225,7 @@ _ASYNC_GET_CONNECTION_ARGS: Final[tuple[str, ...]] = (
 )
 
 
-@dataclass(frozen=True)
-class LuaScript:
-    """A Lua script and its SHA1, run with ``EVALSHA`` and loaded again on ``NOSCRIPT``."""
-
-    source: str
-    sha: str = field(init=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "sha", hashlib.sha1(self.source.encode()).hexdigest())
-
-    def run(self, client: redis.Redis, keys: Sequence[str], args: Sequence[str]) -> Any:
-        """Run the script in one round trip (two more only after a Redis restart)."""
-        try:
-            return client.evalsha(self.sha, len(keys), *keys, *args)
-        except redis.exceptions.NoScriptError:
-            client.script_load(self.source)
-            return client.evalsha(self.sha, len(keys), *keys, *args)
+# Synchronous
 
 
 class ScriptRunner:
@@ -163,16 +254,16 @@ class ScriptRunner:
         self._idle: list[Any] = []
         _runners.add(self)
 
-    def run(self, script: LuaScript, keys: Sequence[str], args: Sequence[str]) -> Any:
-        """Run the script in one round trip (two more only after a Redis restart)."""
-        command = ("EVALSHA", script.sha, len(keys), *keys, *args)
+    def run(
+        self, script: LuaScript, keys: Sequence[str], args: Sequence[Arg], raw: bool = False
+    ) -> Any:
+        """Run the script in one round trip (one more only after a Redis restart)."""
         try:
-            return self.execute(command)
+            return self.execute(("EVALSHA", script.sha, len(keys), *keys, *args), raw)
         except redis.exceptions.NoScriptError:
-            self.execute(("SCRIPT", "LOAD", script.source))
-            return self.execute(command)
+            return self.execute(("EVAL", script.source, len(keys), *keys, *args), raw)
 
-    def execute(self, command: tuple[Any, ...]) -> Any:
+    def execute(self, command: tuple[Any, ...], raw: bool = False) -> Any:
         """Send one command and return its reply (an error reply raises ``ResponseError``)."""
         try:
             connection = self._idle.pop()
@@ -189,7 +280,10 @@ class ScriptRunner:
                 connection.send_packed_command([_pack_command(command)])
             else:
                 connection.send_command(*command)
-            reply = connection.read_response()
+            if raw:
+                reply = connection.read_response(disable_decoding=True)
+            else:
+                reply = connection.read_response()
         except redis.exceptions.ResponseError:
             self._keep(connection)  # an error reply, read whole: the connection is fine
             raise
@@ -226,7 +320,9 @@ class ClusterScriptRunner:
         self._client = weakref.ref(client)  # held by the client: no cycle through the registry
         self._runners: dict[str, ScriptRunner] = {}
 
-    def run(self, script: LuaScript, keys: Sequence[str], args: Sequence[str]) -> Any:
+    def run(
+        self, script: LuaScript, keys: Sequence[str], args: Sequence[Arg], raw: bool = False
+    ) -> Any:
         client: Any = self._client()
         if client is None:
             raise redis.exceptions.ConnectionError("the Redis client was closed")
@@ -237,7 +333,7 @@ class ClusterScriptRunner:
             if runner is None:
                 pool = cluster.get_redis_connection(node).connection_pool
                 runner = self._runners[node.name] = ScriptRunner(pool)
-            return runner.run(script, keys, args)
+            return runner.run(script, keys, args, raw)
         except (
             redis.exceptions.AskError,  # MOVED too
             redis.exceptions.TryAgainError,
@@ -245,7 +341,7 @@ class ClusterScriptRunner:
             redis.exceptions.ConnectionError,  # refused: the node may have failed over
             redis.exceptions.RedisClusterException,
         ):
-            return script.run(client, keys, args)
+            return script.run(client, keys, args, raw)
 
 
 Runner = ScriptRunner | ClusterScriptRunner
@@ -259,7 +355,7 @@ _runner_of: weakref.WeakKeyDictionary[redis.Redis, Runner] = weakref.WeakKeyDict
 def runner_for(client: redis.Redis) -> Runner:
     """Return the script runner of a synchronous client (one per client)."""
     runner = _runner_of.get(client)
-    if is_cluster(client):
+    if _is_cluster(client):
         if runner is None:
             runner = _runner_of[client] = ClusterScriptRunner(client)
     elif not isinstance(runner, ScriptRunner) or runner.pool is not client.connection_pool:
@@ -275,6 +371,8 @@ def _forget_connections_in_child() -> None:
 os.register_at_fork(after_in_child=_forget_connections_in_child)
 
 
+# Asynchronous
+
 _Call = tuple[LuaScript, tuple[Any, ...], "asyncio.Future[Any]"]  # script, EVALSHA, future
 
 
@@ -282,7 +380,7 @@ class AsyncBatcher:
     """Queue script calls of one event loop and flush them in one pipeline per iteration."""
 
     def __init__(self, client: AsyncRedis, max_batch: int = MAX_BATCH) -> None:
-        self._redis = client
+        self._client = weakref.ref(client)  # held by the client: no cycle through the registry
         self._max_batch = max_batch
         self._pending: list[_Call] = []
         self._scheduled = False
@@ -290,8 +388,15 @@ class AsyncBatcher:
         self.batches = 0  # pipelines sent, for tests and benchmarks
         self.calls = 0
 
+    @property
+    def _redis(self) -> AsyncRedis:
+        client = self._client()
+        if client is None:
+            raise redis.exceptions.ConnectionError("the Redis client was closed")
+        return client
+
     def submit(
-        self, script: LuaScript, keys: Sequence[str], args: Sequence[str]
+        self, script: LuaScript, keys: Sequence[str], args: Sequence[Arg]
     ) -> asyncio.Future[Any]:
         """Queue one call; the future gets its reply or the Redis error."""
         loop = asyncio.get_running_loop()
@@ -324,10 +429,13 @@ class AsyncBatcher:
                 for i, reply in enumerate(replies)
                 if isinstance(reply, redis.exceptions.NoScriptError)
             ]
-            if missing:  # Redis restarted and lost its scripts: load them, run those again
-                for script in {batch[i][0] for i in missing}:
-                    await self._redis.script_load(script.source)
-                again = await self._execute([batch[i] for i in missing])
+            if missing:  # Redis restarted and lost its scripts: send those whole (EVAL)
+                again = await self._execute(
+                    [
+                        (script, ("EVAL", script.source, *command[2:]), future)
+                        for script, command, future in (batch[i] for i in missing)
+                    ]
+                )
                 for i, reply in zip(missing, again, strict=True):
                     replies[i] = reply
         except BaseException as exc:  # the pipeline failed as a whole: every call fails
@@ -352,7 +460,7 @@ class AsyncBatcher:
         (hiredis packs the commands when installed); an error reply of one call
         (``NOSCRIPT``, a script error) is returned in its place, not raised.
         """
-        if is_cluster(self._redis):
+        if _is_cluster(self._redis):
             return await self._execute_on_cluster(batch)
         pool = self._redis.connection_pool
         get_connection: Any = pool.get_connection  # untyped in redis-py
@@ -466,18 +574,13 @@ def _as_exception(exc: BaseException) -> Exception:
     return redis.exceptions.ConnectionError(f"batch interrupted: {exc!r}")
 
 
-_batchers: weakref.WeakKeyDictionary[
-    Client, weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncBatcher]
-] = weakref.WeakKeyDictionary()
+# An asyncio client belongs to one event loop, so one batcher per client is one per loop.
+_batchers: weakref.WeakKeyDictionary[AsyncRedis, AsyncBatcher] = weakref.WeakKeyDictionary()
 
 
-def batcher_for(client: Client) -> AsyncBatcher:
-    """Return the batcher of ``client`` for the running event loop (one per loop)."""
-    loop = asyncio.get_running_loop()
-    per_loop = _batchers.get(client)
-    if per_loop is None:
-        per_loop = _batchers[client] = weakref.WeakKeyDictionary()
-    batcher = per_loop.get(loop)
-    if batcher is None or batcher._redis is not client.async_redis():
-        batcher = per_loop[loop] = AsyncBatcher(client.async_redis())
+def batcher_for(client: AsyncRedis) -> AsyncBatcher:
+    """Return the batcher of an asyncio client (one per client)."""
+    batcher = _batchers.get(client)
+    if batcher is None:
+        batcher = _batchers[client] = AsyncBatcher(client)
     return batcher

@@ -1,5 +1,5 @@
 -- Helpers shared by the breaker scripts; prepended to each of them when loaded
--- (breaker_transition.lua, breaker_probe.lua, breaker_probe_done.lua, breaker_read.lua).
+-- (every breaker_*.lua: controlplane.protocol.scripts.load does it).
 -- A shared breaker state is a JSON document stored in the breakers hash under
 -- the breaker's name; see docs/protocol.md, "Shared breaker state".
 
