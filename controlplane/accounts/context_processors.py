@@ -1,22 +1,8 @@
 from __future__ import annotations
 
-from typing import Any
-
 from django.http import HttpRequest
 
-from controlplane.accounts.roles import ORDER, Role, role_of
-
-
-def abilities(user: Any) -> dict[str, bool]:
-    """``view``, ``operate``, ``edit``, ``administer``: what ``user``'s role allows."""
-    held = role_of(user)
-    level = -1 if held is None else ORDER.index(held)
-    return {
-        "view": level >= ORDER.index(Role.VIEWER),
-        "operate": level >= ORDER.index(Role.OPERATOR),
-        "edit": level >= ORDER.index(Role.EDITOR),
-        "administer": level >= ORDER.index(Role.ADMIN),
-    }
+from controlplane.accounts.roles import abilities, role_of
 
 
 def roles(request: HttpRequest) -> dict[str, object]:

@@ -8,7 +8,7 @@ from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
-from controlplane.accounts.roles import ORDER, Role, role_of
+from controlplane.accounts.roles import Role, lower, role_of
 
 TOKEN_PREFIX = "rcp_"
 
@@ -63,7 +63,7 @@ class ApiToken(models.Model):
         held = role_of(creator)  # None for an inactive user
         if held is None:
             return None
-        return min(own, held, key=ORDER.index)
+        return lower(own, held)
 
     @property
     def status(self) -> str:

@@ -96,9 +96,42 @@ def role_of(user: AbstractBaseUser | AnonymousUser) -> Role | None:
     return None
 
 
+def rank(role: Role | None) -> int:
+    """A role's place in ``ORDER``, -1 for none: a role includes every lower one."""
+    return -1 if role is None else ORDER.index(role)
+
+
+def includes(held: Role | None, role: Role) -> bool:
+    """Whether holding ``held`` (None: no role) gives what ``role`` gives."""
+    return rank(held) >= rank(role)
+
+
+def lower(first: Role, second: Role) -> Role:
+    """The lesser of two roles (a token acts with its own role, capped by its creator's)."""
+    return min(first, second, key=rank)
+
+
+# What templates and live pages ask a viewer's role for, and the role each needs.
+ABILITIES: dict[str, Role] = {
+    "view": Role.VIEWER,
+    "operate": Role.OPERATOR,
+    "edit": Role.EDITOR,
+    "administer": Role.ADMIN,
+}
+
+
+def abilities_of(role: Role | None) -> dict[str, bool]:
+    """``view``, ``operate``, ``edit``, ``administer``: what ``role`` allows."""
+    return {ability: includes(role, needed) for ability, needed in ABILITIES.items()}
+
+
+def abilities(user: AbstractBaseUser | AnonymousUser) -> dict[str, bool]:
+    """What ``user``'s role allows (all False for an anonymous or inactive user)."""
+    return abilities_of(role_of(user))
+
+
 def has_role(user: AbstractBaseUser | AnonymousUser, role: Role) -> bool:
-    held = role_of(user)
-    return held is not None and ORDER.index(held) >= ORDER.index(role)
+    return includes(role_of(user), role)
 
 
 def role_required(role: Role) -> Callable[[V], V]:

@@ -11,7 +11,7 @@ from ninja.security import HttpBearer
 from controlplane.accounts.actions import authenticate_token
 from controlplane.accounts.actors import Actor, client_address
 from controlplane.accounts.models import ApiToken
-from controlplane.accounts.roles import ORDER, Role
+from controlplane.accounts.roles import Role, includes
 
 
 class TokenAuth(HttpBearer):
@@ -27,7 +27,7 @@ def require(request: HttpRequest, role: Role) -> ApiToken:
     acting = token.acting_role()
     if acting is None:
         raise HttpError(401, "This token's creator is inactive or holds no role.")
-    if ORDER.index(acting) < ORDER.index(role):
+    if not includes(acting, role):
         has = (
             f"the token has {token.role}"
             if acting == token.role

@@ -24,8 +24,12 @@ from typing import Any
 
 from channels.layers import get_channel_layer
 from django.db import close_old_connections, connections
+from django.dispatch import receiver
 
+from controlplane.accounts.roles import Role, abilities_of
+from controlplane.live.widgets import render_rows
 from controlplane.policies.models import Environment
+from controlplane.policies.overrides import override_changed
 
 logger = logging.getLogger(__name__)
 
@@ -33,8 +37,8 @@ STATE_INTERVAL = 0.2
 FIGURES_INTERVAL = 1.0
 # What an overview push shows to whom: operators also get the override controls.
 VARIANTS: dict[str, dict[str, bool]] = {
-    "viewer": {"view": True, "operate": False, "edit": False, "administer": False},
-    "operator": {"view": True, "operate": True, "edit": False, "administer": False},
+    "viewer": abilities_of(Role.VIEWER),
+    "operator": abilities_of(Role.OPERATOR),
 }
 
 
@@ -113,8 +117,6 @@ def send_now(environment_name: str, changed: set[str], *, state: bool = True) ->
     after it started rendering (they would be older), and rows whose HTML is
     what the viewers already have.
     """
-    from controlplane.live.widgets import render_rows
-
     layer = get_channel_layer()
     if layer is None or not changed:
         return
@@ -231,3 +233,9 @@ def notify(environment: str, changed: set[str], *, urgent: bool) -> None:
             pusher = _pushers[urgent] = LivePusher(state=urgent)
             pusher.start()
     pusher.notify(environment, changed)
+
+
+@receiver(override_changed, dispatch_uid="controlplane.live.push.announce_override")
+def announce_override(sender: object, *, environment: str, field: str, **kwargs: object) -> None:
+    """A committed change of an override: its row goes out with the next state push."""
+    notify(environment, {field}, urgent=True)
