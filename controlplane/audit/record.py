@@ -5,15 +5,34 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol
 
+from django.contrib.auth.models import AbstractBaseUser
 from django.utils.crypto import salted_hmac
 
-from controlplane.accounts.actors import Actor
 from controlplane.audit.models import AuditEntry
 from controlplane.protocol.schema import changed_fields, is_secret
 
 FINGERPRINT_SALT = "controlplane.audit.record.fingerprint"
+
+
+class Actor(Protocol):
+    """Who made a change, as the log records it: ``controlplane.accounts.actors.Actor``.
+
+    Written as a protocol so that the log imports nothing of ``accounts``, whose
+    actions (tokens, users, the login throttle) record here.
+    """
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def user(self) -> AbstractBaseUser | None: ...
+    @property
+    def token(self) -> str: ...
+    @property
+    def ip(self) -> str | None: ...
+    @property
+    def correlation_id(self) -> uuid.UUID | None: ...
 
 
 def fingerprint(value: Any) -> str:
