@@ -9,6 +9,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any, cast
 
+from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404
 from django.utils import timezone
@@ -40,8 +41,7 @@ from controlplane.api.schemas import (
     VersionOut,
 )
 from controlplane.audit.models import AuditEntry
-from controlplane.live.actions import active_overrides, do_clear_override, do_set_override
-from controlplane.live.models import Override
+from controlplane.policies.access import environment_for, policy_for
 from controlplane.policies.actions import (
     StaleVersionError,
     do_create_policy,
@@ -49,7 +49,8 @@ from controlplane.policies.actions import (
     do_rollback_policy,
     do_update_policy,
 )
-from controlplane.policies.models import Environment, Policy, PolicyVersion
+from controlplane.policies.models import Environment, Override, Policy, PolicyVersion
+from controlplane.policies.overrides import active_overrides, do_clear_override, do_set_override
 from controlplane.protocol.limits import MAX_JSON_DEPTH, LimitExceeded, loads_json
 from controlplane.protocol.schema import PolicyError, masked
 
@@ -99,6 +100,11 @@ def _http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
     return api.create_response(request, {"detail": str(exc)}, status=exc.status_code)
 
 
+@api.exception_handler(PermissionDenied)
+def _denied(request: HttpRequest, exc: PermissionDenied) -> HttpResponse:
+    return api.create_response(request, {"detail": str(exc)}, status=403)
+
+
 @api.exception_handler(StaleVersionError)
 def _stale(request: HttpRequest, exc: StaleVersionError) -> HttpResponse:
     return api.create_response(
@@ -132,16 +138,6 @@ def _version_out(version: PolicyVersion) -> dict[str, Any]:
     }
 
 
-def _policy(environment: str, kind: str, name: str) -> Policy:
-    return get_object_or_404(
-        Policy.objects.select_related("environment"),
-        environment__name=environment,
-        kind=kind,
-        name=name,
-        deleted=False,
-    )
-
-
 AUTH_ERRORS: dict[int, Any] = {401: DetailOut, 403: DetailOut, 422: ErrorOut}
 READ = {**AUTH_ERRORS, 404: DetailOut}
 WRITE = {**READ, 409: ConflictOut}
@@ -155,8 +151,8 @@ def list_environments(request: HttpRequest) -> Any:
 
 @api.get("/environments/{environment}/policies", response={200: list[PolicyOut], **READ})
 def list_policies(request: HttpRequest, environment: Name, kind: Kind | None = None) -> Any:
-    require(request, Role.VIEWER)
-    env = get_object_or_404(Environment, name=environment)
+    token = require(request, Role.VIEWER)
+    env = environment_for(token.acting_role(), Role.VIEWER, environment)
     policies = env.policies.filter(deleted=False).select_related("environment")
     if kind is not None:
         policies = policies.filter(kind=kind)
@@ -166,7 +162,7 @@ def list_policies(request: HttpRequest, environment: Name, kind: Kind | None = N
 @api.post("/environments/{environment}/policies", response={201: PolicyOut, **WRITE})
 def create_policy(request: HttpRequest, environment: Name, payload: PolicyIn) -> Any:
     token = require(request, Role.EDITOR)
-    env = get_object_or_404(Environment, name=environment)
+    env = environment_for(token.acting_role(), Role.EDITOR, environment)
     policy = do_create_policy(
         env, payload.kind, payload.name, payload.spec, actor_for(request, token), payload.reason
     )
@@ -175,8 +171,8 @@ def create_policy(request: HttpRequest, environment: Name, payload: PolicyIn) ->
 
 @api.get("/environments/{environment}/policies/{kind}/{name}", response={200: PolicyOut, **READ})
 def read_policy(request: HttpRequest, environment: Name, kind: Kind, name: Name) -> Any:
-    require(request, Role.VIEWER)
-    return _policy_out(_policy(environment, kind, name))
+    token = require(request, Role.VIEWER)
+    return _policy_out(policy_for(token.acting_role(), Role.VIEWER, environment, kind, name))
 
 
 @api.patch("/environments/{environment}/policies/{kind}/{name}", response={200: PolicyOut, **WRITE})
@@ -185,7 +181,7 @@ def update_policy(
 ) -> Any:
     token = require(request, Role.EDITOR)
     policy = do_update_policy(
-        _policy(environment, kind, name),
+        policy_for(token.acting_role(), Role.EDITOR, environment, kind, name),
         payload.spec,
         actor_for(request, token),
         payload.reason,
@@ -213,7 +209,7 @@ def delete_policy(
 ) -> Any:
     token = require(request, Role.EDITOR)
     do_delete_policy(
-        _policy(environment, kind, name),
+        policy_for(token.acting_role(), Role.EDITOR, environment, kind, name),
         actor_for(request, token),
         query.reason,
         expected_version=query.expected_version,
@@ -226,8 +222,8 @@ def delete_policy(
     response={200: list[VersionOut], **READ},
 )
 def policy_history(request: HttpRequest, environment: Name, kind: Kind, name: Name) -> Any:
-    require(request, Role.VIEWER)
-    policy = _policy(environment, kind, name)
+    token = require(request, Role.VIEWER)
+    policy = policy_for(token.acting_role(), Role.VIEWER, environment, kind, name)
     return [_version_out(v) for v in policy.versions.select_related("policy").order_by("-version")]
 
 
@@ -240,7 +236,7 @@ def rollback_policy(
 ) -> Any:
     token = require(request, Role.EDITOR)
     policy = do_rollback_policy(
-        _policy(environment, kind, name),
+        policy_for(token.acting_role(), Role.EDITOR, environment, kind, name),
         payload.version,
         actor_for(request, token),
         payload.reason,

@@ -23,7 +23,7 @@ from django.db import DatabaseError
 from django.http import HttpRequest
 from redis.exceptions import RedisError
 
-from controlplane.accounts.context_processors import abilities
+from controlplane.accounts.roles import abilities
 from controlplane.errors import Outage
 from controlplane.live.push import group_name, overview_group
 from controlplane.live.widgets import render_push

@@ -11,34 +11,26 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_POST
 
 from controlplane.accounts.actors import Actor
-from controlplane.accounts.context_processors import abilities
-from controlplane.accounts.roles import Role, role_required
-from controlplane.live.actions import (
+from controlplane.accounts.roles import Role, abilities, role_required
+from controlplane.live.models import BreakerEvent, DiscoveredName
+from controlplane.live.state import SERIES, read_history
+from controlplane.live.widgets import live_snapshot, overview, table_rows
+from controlplane.policies.actions import do_create_policy
+from controlplane.policies.models import Environment
+from controlplane.policies.overrides import (
+    OPERATOR_ACTIONS,
     RedisUnavailableError,
     do_clear_override,
     do_purge_cache,
     do_reset_breaker,
     do_set_override,
 )
-from controlplane.live.models import BreakerEvent, DiscoveredName
-from controlplane.live.state import SERIES, read_history
-from controlplane.live.widgets import live_snapshot, overview, table_rows
-from controlplane.policies.actions import do_create_policy
-from controlplane.policies.models import Environment
 from controlplane.policies.views import confirm_saved
 from controlplane.protocol.schema import PolicyError
 from controlplane.redis_connection import get_redis
 
 # What each override button does: (kind, action) -> state to set, or a verb.
-ACTIONS = {
-    ("breaker", "trip"): "forced_open",
-    ("breaker", "force_closed"): "forced_closed",
-    ("breaker", "disable"): "disabled",
-    ("breaker", "reset"): "reset",
-    ("rate_limit", "block_all"): "block_all",
-    ("rate_limit", "bypass"): "bypass",
-    ("cache", "purge"): "purge",
-}
+ACTIONS = {(kind, a.action): a.does for kind, actions in OPERATOR_ACTIONS.items() for a in actions}
 
 
 def _environment(name: str) -> Environment:

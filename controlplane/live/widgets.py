@@ -26,8 +26,6 @@ from django.template.loader import get_template, render_to_string
 from django.urls import reverse
 from markupsafe import Markup
 
-from controlplane.live.actions import active_overrides
-from controlplane.live.models import Override
 from controlplane.live.state import (
     LiveSnapshot,
     PolicyRates,
@@ -35,21 +33,16 @@ from controlplane.live.state import (
     read_snapshot,
     top_rejected,
 )
-from controlplane.policies.models import Environment, Policy
+from controlplane.policies.models import Environment, Override, Policy
+from controlplane.policies.overrides import OPERATOR_ACTIONS, active_overrides
 from controlplane.redis_connection import get_redis
 
 logger = logging.getLogger(__name__)
 
 
+# The override form's choices by kind: (action, label), as the templates list them.
 OVERRIDE_ACTIONS: dict[str, list[tuple[str, str]]] = {
-    "breaker": [
-        ("trip", "trip (forced open)"),
-        ("force_closed", "force closed"),
-        ("disable", "disable"),
-        ("reset", "reset to closed"),
-    ],
-    "rate_limit": [("block_all", "block all"), ("bypass", "bypass")],
-    "cache": [("purge", "purge (new generation)")],
+    kind: [(a.action, a.label) for a in actions] for kind, actions in OPERATOR_ACTIONS.items()
 }
 
 
@@ -161,7 +154,7 @@ class Row:
 
     @property
     def override_label(self) -> str:
-        return self.override.state.replace("_", " ") if self.override else ""
+        return self.override.label if self.override else ""
 
     @property
     def allowed_per_second(self) -> float:

@@ -1,7 +1,10 @@
 """Every change to environments and policies goes through a function here.
 
-Each runs in one transaction, records an immutable version, and publishes to
-Redis only once the transaction has committed.
+Each ``do_*`` action runs in one durable transaction (never inside another
+one), records an immutable version, and publishes to Redis only once the
+transaction has committed. ``create_policy``, ``update_policy`` and
+``delete_policy`` are the same changes as steps of a larger action (an
+import, a cache purge): they run in their caller's transaction.
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ def do_create_environment(name: str, actor: Actor, description: str = "") -> Env
     validate_name(name)
     check_length(description, Environment, "description")
     try:
-        with transaction.atomic():
+        with transaction.atomic(durable=True):
             environment = Environment.objects.create(name=name, description=description)
             record(
                 actor,
@@ -134,27 +137,43 @@ def do_create_policy(
     ``audit_action`` names the action in the audit log when it is more than a
     create (``policy.adopt``).
     """
+    with transaction.atomic():  # durable once config_as_code.apply_import calls the steps
+        return create_policy(
+            environment, kind, name, spec, actor, reason, audit_action=audit_action
+        )
+
+
+def create_policy(
+    environment: Environment,
+    kind: str,
+    name: str,
+    spec: Mapping[str, Any],
+    actor: Actor,
+    reason: str = "",
+    *,
+    audit_action: str = "",
+) -> Policy:
+    """``do_create_policy`` as a step of the caller's transaction (it must be in one)."""
     kind_spec(kind)
     validate_name(name)
     check_reason(reason)
     clean = validate_spec(kind, spec)
-    with transaction.atomic():
-        policy, created = Policy.objects.select_for_update().get_or_create(
-            environment=environment, kind=kind, name=name, defaults={"spec": clean}
+    policy, created = Policy.objects.select_for_update().get_or_create(
+        environment=environment, kind=kind, name=name, defaults={"spec": clean}
+    )
+    before = None if created else _snapshot(policy)
+    if not created and not policy.deleted:
+        raise PolicyError(
+            {
+                "name": [
+                    f"A {KIND_LABELS[kind].lower()} named {name!r} already exists "
+                    f"in {environment.name}."
+                ]
+            }
         )
-        before = None if created else _snapshot(policy)
-        if not created and not policy.deleted:
-            raise PolicyError(
-                {
-                    "name": [
-                        f"A {KIND_LABELS[kind].lower()} named {name!r} already exists "
-                        f"in {environment.name}."
-                    ]
-                }
-            )
-        policy.spec = clean
-        policy.deleted = False
-        _record(policy, PolicyVersion.Action.CREATE, actor, reason, before, audit_action)
+    policy.spec = clean
+    policy.deleted = False
+    _record(policy, PolicyVersion.Action.CREATE, actor, reason, before, audit_action)
     return policy
 
 
@@ -180,27 +199,46 @@ def do_update_policy(
     With ``expected_version``, the update is refused with ``StaleVersionError``
     if someone else saved the policy in the meantime.
     """
+    with transaction.atomic():  # durable once config_as_code.apply_import calls the steps
+        return update_policy(policy, changes, actor, reason, expected_version=expected_version)
+
+
+def update_policy(
+    policy: Policy,
+    changes: Mapping[str, Any],
+    actor: Actor,
+    reason: str = "",
+    *,
+    expected_version: int | None = None,
+) -> Policy:
+    """``do_update_policy`` as a step of the caller's transaction (it must be in one)."""
     check_reason(reason)
-    with transaction.atomic():
-        locked = _lock_current(policy, expected_version)
-        clean = validate_spec(locked.kind, changes, base=locked.spec)
-        if clean == locked.spec:
-            return locked
-        before = _snapshot(locked)
-        locked.spec = clean
-        _record(locked, PolicyVersion.Action.UPDATE, actor, reason, before)
+    locked = _lock_current(policy, expected_version)
+    clean = validate_spec(locked.kind, changes, base=locked.spec)
+    if clean == locked.spec:
+        return locked
+    before = _snapshot(locked)
+    locked.spec = clean
+    _record(locked, PolicyVersion.Action.UPDATE, actor, reason, before)
     return locked
 
 
 def do_delete_policy(
     policy: Policy, actor: Actor, reason: str = "", *, expected_version: int | None = None
 ) -> Policy:
+    with transaction.atomic():  # durable once config_as_code.apply_import calls the steps
+        return delete_policy(policy, actor, reason, expected_version=expected_version)
+
+
+def delete_policy(
+    policy: Policy, actor: Actor, reason: str = "", *, expected_version: int | None = None
+) -> Policy:
+    """``do_delete_policy`` as a step of the caller's transaction (it must be in one)."""
     check_reason(reason)
-    with transaction.atomic():
-        locked = _lock_current(policy, expected_version)
-        before = _snapshot(locked)
-        locked.deleted = True
-        _record(locked, PolicyVersion.Action.DELETE, actor, reason, before)
+    locked = _lock_current(policy, expected_version)
+    before = _snapshot(locked)
+    locked.deleted = True
+    _record(locked, PolicyVersion.Action.DELETE, actor, reason, before)
     return locked
 
 
@@ -214,7 +252,7 @@ def do_rollback_policy(
 ) -> Policy:
     """Restore the content of an earlier version as a new version (history is kept)."""
     check_reason(reason)
-    with transaction.atomic():
+    with transaction.atomic(durable=True):
         locked = Policy.objects.select_for_update().select_related("environment").get(pk=policy.pk)
         if expected_version is not None and locked.version != expected_version:
             raise StaleVersionError(locked.versions.get(version=locked.version))

@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from django.conf import settings
 from django.core.validators import RegexValidator
 from django.db import models
 
+from controlplane.protocol.documents import OVERRIDE_STATES
 from controlplane.protocol.keys import NAME_PATTERN, KeyLayout, policy_field
 from controlplane.protocol.schema import KIND_LABELS, PolicyError
 
@@ -135,3 +137,83 @@ def check_length(value: str, model: type[models.Model], field: str, *, name: str
 def check_reason(reason: str, *, name: str = "reason") -> str:
     """Every reason (of a change, an override, a reset, an import) has one bound."""
     return check_length(reason, PolicyVersion, "reason", name=name)
+
+
+class OverrideQuerySet(models.QuerySet["Override"]):
+    """Overrides read as the fleet sees them: the newest row of each policy decides."""
+
+    def newest(self) -> OverrideQuerySet:
+        """The newest row of every overridden policy, lifted ones included: one query."""
+        newer = Override.objects.filter(
+            environment=models.OuterRef("environment"),
+            kind=models.OuterRef("kind"),
+            name=models.OuterRef("name"),
+        ).order_by("-revision")
+        return self.filter(revision=models.Subquery(newer.values("revision")[:1]))
+
+    def in_force(self, now: datetime) -> OverrideQuerySet:
+        """The overrides that hold at ``now``: newest of their policy, set, not expired."""
+        return (
+            self.newest()
+            .exclude(state="")
+            .filter(models.Q(expires_at__isnull=True) | models.Q(expires_at__gt=now))
+        )
+
+    def expired(self, now: datetime) -> OverrideQuerySet:
+        """The overrides still set whose expiry has passed at ``now``: due to be lifted."""
+        return self.newest().exclude(state="").filter(expires_at__lte=now)
+
+
+class Override(models.Model):
+    """A manual override set by an operator, kept apart from the policy it overrides.
+
+    Each set or clear is a row; the newest row of a policy says what holds now.
+    Tripping a breaker never rewrites the stored policy. The table keeps the
+    name it had when overrides lived in the live app (``live_override``).
+    """
+
+    STATES = [
+        (state, state.replace("_", " ")) for states in OVERRIDE_STATES.values() for state in states
+    ]
+
+    environment = models.ForeignKey(Environment, on_delete=models.PROTECT, related_name="overrides")
+    kind = models.CharField(max_length=20)
+    name = models.CharField(max_length=100, validators=[name_validator])
+    # Empty: the override was lifted (by hand or because it expired).
+    state = models.CharField(max_length=20, choices=STATES, blank=True)
+    reason = models.TextField(blank=True)
+    actor_name = models.CharField(max_length=150)
+    actor_user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    revision = models.BigIntegerField()
+
+    objects = OverrideQuerySet.as_manager()
+
+    class Meta:
+        db_table = "live_override"
+        ordering = ["-revision"]
+        indexes = [
+            models.Index(
+                fields=["environment", "kind", "name", "-revision"],
+                name="live_overri_environ_1806fa_idx",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.environment}/{self.kind}:{self.name} {self.state or 'lifted'}"
+
+    @property
+    def field(self) -> str:
+        return f"{self.kind}:{self.name}"
+
+    @property
+    def label(self) -> str:
+        """The state as people read it (``forced open``), empty once lifted."""
+        return self.get_state_display() if self.state else ""
+
+    def in_force(self, now: datetime) -> bool:
+        """Whether this row, if it is its policy's newest, holds at ``now``."""
+        return bool(self.state) and (self.expires_at is None or self.expires_at > now)

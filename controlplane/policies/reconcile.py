@@ -22,9 +22,9 @@ from django.conf import settings
 from django.db import close_old_connections
 
 from controlplane.errors import DATABASE_UNAVAILABLE, Outage
-from controlplane.live.actions import expire_overrides, newest_overrides, override_document
 from controlplane.metrics import DATABASE_ERRORS, DRIFT_FOUND, RECONCILE_RUNS, REDIS_ERRORS
 from controlplane.policies.models import Environment
+from controlplane.policies.overrides import expire_overrides, newest_overrides, override_document
 from controlplane.policies.publish import policy_document, raise_meta_revision, write_document
 from controlplane.protocol.connection import (
     Stored,

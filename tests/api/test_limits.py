@@ -12,10 +12,9 @@ from django.test import Client
 from controlplane.accounts.actors import Actor
 from controlplane.accounts.roles import Role
 from controlplane.audit.models import AuditEntry
-from controlplane.live.actions import current_override, do_set_override
-from controlplane.live.models import Override
 from controlplane.policies.actions import do_create_policy
-from controlplane.policies.models import Environment, Policy
+from controlplane.policies.models import Environment, Override, Policy
+from controlplane.policies.overrides import current_override, do_set_override
 from tests.api.conftest import ApiClient
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -16,8 +16,8 @@ from schemathesis.specs.openapi.checks import negative_data_rejection, positive_
 from controlplane.accounts.actions import do_create_token
 from controlplane.accounts.actors import Actor
 from controlplane.accounts.roles import Role
-from controlplane.live.actions import do_set_override
 from controlplane.policies.actions import do_create_environment, do_create_policy
+from controlplane.policies.overrides import do_set_override
 
 schema = schemathesis.openapi.from_wsgi("/api/v1/openapi.json", get_wsgi_application())
 

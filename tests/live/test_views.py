@@ -13,11 +13,11 @@ from django.test.utils import CaptureQueriesContext
 
 from controlplane.accounts.actors import Actor
 from controlplane.audit.models import AuditEntry
-from controlplane.live.actions import current_override, do_set_override
 from controlplane.live.ingest import process_entries
-from controlplane.live.models import DiscoveredName, Override
+from controlplane.live.models import DiscoveredName
 from controlplane.policies.actions import do_create_policy
-from controlplane.policies.models import Environment, Policy
+from controlplane.policies.models import Environment, Override, Policy
+from controlplane.policies.overrides import current_override, do_set_override
 from controlplane.protocol.documents import OverrideDocument
 
 pytestmark = pytest.mark.django_db(transaction=True)

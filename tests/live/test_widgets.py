@@ -16,12 +16,12 @@ from django.test.utils import CaptureQueriesContext
 
 from controlplane.accounts.actors import Actor
 from controlplane.live import widgets
-from controlplane.live.actions import do_purge_cache, do_set_override
 from controlplane.live.ingest import process_entries
 from controlplane.live.push import VARIANTS
 from controlplane.live.widgets import _rendered_row, overview, render_rows
 from controlplane.policies.actions import do_create_policy
 from controlplane.policies.models import Environment
+from controlplane.policies.overrides import do_purge_cache, do_set_override
 from controlplane.redis_connection import get_redis
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -10,19 +10,22 @@ from django.utils import timezone
 from controlplane.accounts.actors import Actor
 from controlplane.audit.models import AuditEntry
 from controlplane.client import Client
-from controlplane.live.actions import (
+from controlplane.policies.actions import do_create_policy
+from controlplane.policies.models import Environment, Override, Policy
+from controlplane.policies.overrides import (
     current_override,
     do_clear_override,
+    do_reset_breaker,
     do_set_override,
     expire_overrides,
 )
-from controlplane.live.models import Override
-from controlplane.policies.actions import do_create_policy
-from controlplane.policies.models import Environment, Policy
 from controlplane.policies.reconcile import reconcile_environment
 from controlplane.protocol.documents import OverrideDocument
 from controlplane.protocol.schema import PolicyError
+from tests.client.conftest import client_factory
 from tests.conftest import wait_for
+
+__all__ = ["client_factory"]  # a fixture of the client tests, used here too
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -127,8 +130,6 @@ def test_reconciler_restores_overrides_after_flushall(
 def test_reset_from_the_control_plane_clears_a_closed_breakers_window(
     production: Environment, client_factory: Callable[..., Client]
 ) -> None:
-    from controlplane.live.actions import do_reset_breaker
-
     do_create_policy(
         production,
         "breaker",
@@ -175,8 +176,6 @@ def test_lifting_needs_a_reason_and_a_valid_name(
 def test_reset_refuses_a_name_outside_the_rule_writing_nothing(
     production: Environment, payments: Policy, redis_client: redis.Redis
 ) -> None:
-    from controlplane.live.actions import do_reset_breaker
-
     for name in ["a{b}*", "b" * 201]:
         with pytest.raises(PolicyError) as refused:
             do_reset_breaker(production, name, Actor.system("olga"), "recovered")
