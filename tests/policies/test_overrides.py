@@ -2,22 +2,28 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import timedelta
+from typing import Any
 
 import pytest
 import redis
+from django.core.management import call_command
+from django.db import DatabaseError, transaction
 from django.utils import timezone
 
 from controlplane.accounts.actors import Actor
 from controlplane.audit.models import AuditEntry
 from controlplane.client import Client
+from controlplane.policies import overrides
 from controlplane.policies.actions import do_create_policy
 from controlplane.policies.models import Environment, Override, Policy
 from controlplane.policies.overrides import (
     current_override,
     do_clear_override,
+    do_purge_cache,
     do_reset_breaker,
     do_set_override,
     expire_overrides,
+    override_changed,
 )
 from controlplane.policies.reconcile import reconcile_environment
 from controlplane.protocol.documents import OverrideDocument
@@ -182,3 +188,105 @@ def test_reset_refuses_a_name_outside_the_rule_writing_nothing(
         assert list(refused.value.errors) == ["name"]
         assert redis_client.hget(production.keys().breakers, name) is None
     assert not AuditEntry.objects.filter(action="override.reset").exists()
+
+
+def test_override_keeps_its_table_and_the_migrations_describe_the_models() -> None:
+    assert Override._meta.app_label == "policies"
+    assert Override._meta.db_table == "live_override"  # the rows never moved
+    call_command("makemigrations", "--check", "--dry-run", verbosity=0)  # SystemExit if not
+
+
+@pytest.mark.parametrize("action", ["set", "clear", "reset", "purge"])
+def test_every_override_action_is_its_own_durable_transaction(
+    production: Environment, payments: Policy, system: Actor, action: str
+) -> None:
+    do_create_policy(production, "cache", "prices", {"ttl": 30}, system)
+    run = {
+        "set": lambda: do_set_override(production, "breaker", "payments", "disabled", system, "x"),
+        "clear": lambda: do_clear_override(production, "breaker", "payments", system, "x"),
+        "reset": lambda: do_reset_breaker(production, "payments", system, "x"),
+        "purge": lambda: do_purge_cache(production, "prices", system, "x"),
+    }[action]
+    with pytest.raises(RuntimeError, match="durable"), transaction.atomic():
+        run()
+    assert not Override.objects.exists()
+    assert not AuditEntry.objects.filter(action__startswith="override.").exists()
+
+
+def test_expiry_lifts_each_override_in_a_durable_transaction(
+    production: Environment, payments: Policy, system: Actor
+) -> None:
+    override = do_set_override(
+        production, "breaker", "payments", "disabled", system, "x", timezone.now() + timedelta(1)
+    )
+    assert override.expires_at is not None
+    with pytest.raises(RuntimeError, match="durable"), transaction.atomic():
+        expire_overrides(now=override.expires_at + timedelta(seconds=1))
+    assert current_override(production, "breaker", "payments") == override
+
+
+def test_a_reset_is_one_transaction_whose_failure_lifts_nothing(
+    production: Environment,
+    payments: Policy,
+    redis_client: redis.Redis,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    do_set_override(production, "breaker", "payments", "forced_open", Actor.system("olga"), "x")
+    audit = overrides.record
+
+    def refuse_the_reset(actor: Actor, action: str, **fields: Any) -> AuditEntry:
+        if action == "override.reset":
+            raise DatabaseError("the audit log is full")
+        return audit(actor, action, **fields)
+
+    monkeypatch.setattr(overrides, "record", refuse_the_reset)
+    with pytest.raises(DatabaseError):
+        do_reset_breaker(production, "payments", Actor.system("olga"), "clean slate")
+
+    override = current_override(production, "breaker", "payments")
+    assert override is not None and override.state == "forced_open"
+    assert not AuditEntry.objects.filter(action="override.clear").exists()
+    assert _stored(redis_client, production, "breaker:payments").state == "forced_open"
+    assert redis_client.hget(production.keys().breakers, "payments") is None  # never reset
+
+
+def test_in_force_is_the_newest_row_set_and_not_yet_expired(
+    production: Environment, payments: Policy, system: Actor
+) -> None:
+    soon = timezone.now() + timedelta(minutes=5)
+    tripped = do_set_override(production, "breaker", "payments", "forced_open", system, "x", soon)
+    blocked = do_set_override(production, "rate_limit", "api", "block_all", system, "abuse")
+    do_set_override(production, "rate_limit", "other", "bypass", system, "y")
+    do_clear_override(production, "rate_limit", "other", system, "over")
+    now, later = timezone.now(), soon + timedelta(seconds=1)
+
+    in_force = Override.objects.filter(environment=production).in_force(now)
+    assert sorted(o.field for o in in_force) == ["breaker:payments", "rate_limit:api"]
+    assert [o.field for o in Override.objects.in_force(later)] == ["rate_limit:api"]
+    assert [o.field for o in Override.objects.expired(later)] == ["breaker:payments"]
+    assert tripped.in_force(now) and not tripped.in_force(later)
+    assert blocked.in_force(later)
+    lifted = Override.objects.filter(name="other").newest().get()
+    assert lifted.state == "" and not lifted.in_force(now)
+    assert (tripped.label, lifted.label) == ("forced open", "")
+
+
+def test_a_change_is_announced_to_open_dashboards_once_committed(
+    production: Environment, payments: Policy, system: Actor
+) -> None:
+    heard: list[tuple[str, str, bool]] = []
+
+    def listener(sender: object, *, environment: str, field: str, **kwargs: object) -> None:
+        heard.append((environment, field, not transaction.get_connection().in_atomic_block))
+
+    override_changed.connect(listener)
+    try:
+        do_set_override(production, "breaker", "payments", "forced_open", system, "x")
+        do_reset_breaker(production, "payments", system, "back")
+    finally:
+        override_changed.disconnect(listener)
+    assert heard == [  # each after its transaction committed
+        ("production", "breaker:payments", True),  # the trip
+        ("production", "breaker:payments", True),  # the reset's lift
+        ("production", "breaker:payments", True),  # the reset
+    ]
