@@ -7,14 +7,15 @@ from typing import Any
 import redis
 from django.contrib import messages
 from django.http import Http404, HttpRequest, HttpResponse
-from django.shortcuts import get_object_or_404, redirect, render
+from django.shortcuts import redirect, render
 from django.utils.cache import patch_vary_headers
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.middleware import HtmxDetails
 
 from controlplane.accounts.actors import Actor
-from controlplane.accounts.roles import Role, role_required
+from controlplane.accounts.roles import Role, role_of, role_required
 from controlplane.live.widgets import policy_live
+from controlplane.policies.access import environment_for, policy_for
 from controlplane.policies.actions import (
     StaleVersionError,
     do_create_environment,
@@ -87,22 +88,6 @@ def confirm_saved(request: HttpRequest, text: str) -> None:
         )
 
 
-def _get_environment(name: str) -> Environment:
-    return get_object_or_404(Environment, name=name)
-
-
-def _get_policy(environment: str, kind: str, name: str) -> Policy:
-    if kind not in KINDS:
-        raise Http404("No such kind of policy.")
-    return get_object_or_404(
-        Policy.objects.select_related("environment"),
-        environment__name=environment,
-        kind=kind,
-        name=name,
-        deleted=False,
-    )
-
-
 @role_required(Role.VIEWER)
 @require_GET
 def dashboard(request: HttpRequest) -> HttpResponse:
@@ -137,7 +122,7 @@ def dashboard(request: HttpRequest) -> HttpResponse:
 @role_required(Role.VIEWER)
 @require_GET
 def policy_detail(request: HttpRequest, environment: str, kind: str, name: str) -> HttpResponse:
-    policy = _get_policy(environment, kind, name)
+    policy = policy_for(role_of(request.user), Role.VIEWER, environment, kind, name)
     versions = list(policy.versions.order_by("-version"))
     history = []
     for index, version in enumerate(versions):
@@ -178,7 +163,7 @@ def _form_response(
 @role_required(Role.EDITOR)
 @require_http_methods(["GET", "POST"])
 def policy_create(request: HtmxHttpRequest, environment: str, kind: str) -> HttpResponse:
-    env = _get_environment(environment)
+    env = environment_for(role_of(request.user), Role.EDITOR, environment)
     if kind not in KINDS:
         raise Http404("No such kind of policy.")
     context: dict[str, Any] = {"environment": env, "kind": kind, "creating": True}
@@ -210,7 +195,7 @@ def policy_create(request: HtmxHttpRequest, environment: str, kind: str) -> Http
 @role_required(Role.EDITOR)
 @require_http_methods(["GET", "POST"])
 def policy_edit(request: HtmxHttpRequest, environment: str, kind: str, name: str) -> HttpResponse:
-    policy = _get_policy(environment, kind, name)
+    policy = policy_for(role_of(request.user), Role.EDITOR, environment, kind, name)
     context: dict[str, Any] = {
         "environment": policy.environment,
         "kind": kind,
@@ -254,7 +239,7 @@ def policy_edit(request: HtmxHttpRequest, environment: str, kind: str, name: str
 @role_required(Role.EDITOR)
 @require_POST
 def policy_delete(request: HttpRequest, environment: str, kind: str, name: str) -> HttpResponse:
-    policy = _get_policy(environment, kind, name)
+    policy = policy_for(role_of(request.user), Role.EDITOR, environment, kind, name)
     try:
         do_delete_policy(policy, Actor.from_request(request), request.POST.get("reason", ""))
     except PolicyError as exc:
@@ -267,7 +252,7 @@ def policy_delete(request: HttpRequest, environment: str, kind: str, name: str) 
 @role_required(Role.VIEWER)
 @require_GET
 def policy_compare(request: HttpRequest, environment: str, kind: str, name: str) -> HttpResponse:
-    policy = _get_policy(environment, kind, name)
+    policy = policy_for(role_of(request.user), Role.VIEWER, environment, kind, name)
     try:
         first, second = int(request.GET["a"]), int(request.GET["b"])
     except (KeyError, ValueError):
@@ -298,7 +283,7 @@ def policy_compare(request: HttpRequest, environment: str, kind: str, name: str)
 def policy_restore(
     request: HttpRequest, environment: str, kind: str, name: str, version: int
 ) -> HttpResponse:
-    policy = _get_policy(environment, kind, name)
+    policy = policy_for(role_of(request.user), Role.EDITOR, environment, kind, name)
     if version > policy.version or not policy.versions.filter(version=version).exists():
         raise Http404("No such version.")
     try:
@@ -317,7 +302,7 @@ def policy_restore(
 def environment_export(request: HttpRequest, environment: str, fmt: str) -> HttpResponse:
     if fmt not in FORMATS:
         raise Http404("Export as yaml or json.")
-    env = _get_environment(environment)
+    env = environment_for(role_of(request.user), Role.VIEWER, environment)
     try:
         document = export_environment(env)
     except PolicyError as exc:
@@ -345,7 +330,7 @@ def _import_text(request: HttpRequest) -> str:
 @require_http_methods(["GET", "POST"])
 def environment_import(request: HttpRequest, environment: str) -> HttpResponse:
     """Upload or paste a document; preview the changes; apply them all or none."""
-    env = _get_environment(environment)
+    env = environment_for(role_of(request.user), Role.EDITOR, environment)
     context: dict[str, Any] = {"environment": env, "text": "", "prune": False}
     if request.method == "POST":
         prune = request.POST.get("prune") == "on"
