@@ -146,6 +146,9 @@ def test_an_older_publish_arriving_late_never_replaces_a_newer_one(
 def test_two_editors_saving_at_the_same_moment_one_wins_the_other_is_told(
     production: Environment, system: Actor
 ) -> None:
+    # What this proves depends on the database: on PostgreSQL (CI's first pass) the row
+    # lock of select_for_update serializes the two saves; on SQLite select_for_update
+    # does nothing and the database-wide write lock does it instead.
     import threading
 
     from django.db import connection

@@ -15,7 +15,7 @@ from controlplane.policies.actions import (
     do_create_policy,
     do_update_policy,
 )
-from controlplane.policies.models import Environment
+from controlplane.policies.models import Environment, Policy
 from controlplane.policies.publish import policy_document
 from controlplane.policies.reconcile import (
     Drift,
@@ -68,6 +68,28 @@ def test_change_saved_while_redis_is_down_is_published_when_it_returns(
         assert stored.spec["limit"] == 25
         meta = MetaDocument.decode(get_redis().get(production.keys().meta))
         assert meta.revision == 2
+    finally:
+        thread.stop()
+
+
+def test_the_quick_check_publishes_a_change_whose_publish_was_lost(
+    disposable_redis: RedisServer, production: Environment, system: Actor
+) -> None:
+    policy = do_create_policy(production, "rate_limit", "api", {"limit": 10}, system)
+    # No full comparison during the test: only the quick check can find the change.
+    thread = Reconciler(interval=0.05, full_interval=3600)
+    thread.start()
+    try:
+        wait_for(lambda: thread.last_success)
+        # Committed, but the process died before publishing (what on_commit would have done).
+        Environment.objects.filter(pk=production.pk).update(revision=2)
+        Policy.objects.filter(pk=policy.pk).update(
+            spec={**policy.spec, "limit": 25}, version=2, revision=2
+        )
+        stored = wait_for(
+            lambda: (doc := _published(production, "rate_limit:api")) and doc.version == 2 and doc
+        )
+        assert stored.spec["limit"] == 25
     finally:
         thread.stop()
 
