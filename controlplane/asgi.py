@@ -27,8 +27,8 @@ from django.conf import settings  # noqa: E402
 
 from controlplane.live import routing as live_routing  # noqa: E402
 from controlplane.live.ingest import start_ingestor  # noqa: E402
+from controlplane.ops.proxy import TrustedProxies  # noqa: E402
 from controlplane.policies.reconcile import start_reconciler  # noqa: E402
-from controlplane.proxy import TrustedProxies  # noqa: E402
 from controlplane.redis_connection import get_redis  # noqa: E402
 
 logger = logging.getLogger("controlplane")

@@ -51,9 +51,9 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
-    "controlplane.health.ProbeMiddleware",
+    "controlplane.ops.health.ProbeMiddleware",
     "django.middleware.security.SecurityMiddleware",
-    "controlplane.security.NullCharacterMiddleware",
+    "controlplane.ops.security.NullCharacterMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -62,8 +62,8 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
-    "controlplane.security.ContentSecurityPolicyMiddleware",
-    "controlplane.errors.DatabaseUnavailableMiddleware",
+    "controlplane.ops.security.ContentSecurityPolicyMiddleware",
+    "controlplane.ops.outage.DatabaseUnavailableMiddleware",
 ]
 
 ROOT_URLCONF = "controlplane.urls"
@@ -147,10 +147,15 @@ RECONCILER_ENABLED = env_bool("RECONCILER_ENABLED", True)
 # process; replicas share the work through a Redis consumer group.
 INGEST_ENABLED = env_bool("INGEST_ENABLED", True)
 
+# What controlplane.ops asks of the product (it imports none of the apps): the
+# checks /readyz runs once the database and Redis answer, and /metrics' collectors.
+READINESS_CHECKS = {"reconciler": "controlplane.policies.reconcile.reconciler_health"}
+METRICS_COLLECTORS = ["controlplane.live.fleet_metrics.FleetCollector"]
+
 # The environment whose policies govern the control plane itself (login throttling).
 CONTROLPLANE_SELF_ENVIRONMENT = env_str("CONTROLPLANE_SELF_ENVIRONMENT", "controlplane")
 
-# /metrics: a bearer token, or else only these addresses (see controlplane/health.py).
+# /metrics: a bearer token, or else only these addresses (see controlplane/ops/health.py).
 METRICS_TOKEN = env_str("METRICS_TOKEN")
 METRICS_ALLOWED_IPS = env_list("METRICS_ALLOWED_IPS", ["127.0.0.1", "::1"])
 
@@ -170,7 +175,7 @@ AUTH_PASSWORD_VALIDATORS = [
 # Security: strict outside DEBUG (HTTPS assumed, as behind a TLS-terminating
 # load balancer; set TRUST_X_FORWARDED_PROTO there). Each can be turned off.
 # How many reverse proxies (load balancers) in front of Daphne append to
-# X-Forwarded-For; the client address is read from their entries (controlplane/proxy.py).
+# X-Forwarded-For; the client address is read from their entries (controlplane/ops/proxy.py).
 TRUSTED_PROXIES = int(env_float("TRUSTED_PROXIES", 0))
 if env_bool("TRUST_X_FORWARDED_PROTO", False):
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")

@@ -5,12 +5,12 @@ from django.contrib.auth import views as auth_views
 from django.urls import path
 from django.views.generic import RedirectView
 
-from controlplane import health
 from controlplane.accounts import views as account_views
 from controlplane.accounts.login import LoginView
 from controlplane.api.views import api
 from controlplane.audit import views as audit_views
 from controlplane.live import views as live_views
+from controlplane.ops import health
 from controlplane.policies import views as policy_views
 
 POLICY = "e/<str:environment>/<str:kind>/<str:name>/"

@@ -13,9 +13,9 @@ from django.test import Client
 from controlplane.accounts.actors import Actor
 from controlplane.embedded_redis import RedisServer
 from controlplane.live.ingest import process_entries
+from controlplane.ops.proxy import TrustedProxies
 from controlplane.policies.actions import do_create_policy
 from controlplane.policies.models import Environment
-from controlplane.proxy import TrustedProxies
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -26,8 +26,8 @@ from django.utils import timezone
 from controlplane.accounts.actions import do_create_token
 from controlplane.accounts.actors import Actor
 from controlplane.accounts.roles import Role
-from controlplane.health import PROBES
 from controlplane.live.models import DiscoveredName
+from controlplane.ops.health import PROBES
 from controlplane.policies.actions import do_create_policy
 from controlplane.policies.models import Environment, Policy
 from controlplane.protocol.schema import KINDS

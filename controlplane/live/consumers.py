@@ -24,10 +24,10 @@ from django.http import HttpRequest
 from redis.exceptions import RedisError
 
 from controlplane.accounts.roles import abilities
-from controlplane.errors import Outage
 from controlplane.live.push import group_name, overview_group
 from controlplane.live.widgets import render_push
-from controlplane.metrics import DATABASE_ERRORS, WEBSOCKETS
+from controlplane.ops.metrics import DATABASE_ERRORS, WEBSOCKETS
+from controlplane.ops.outage import Outage
 from controlplane.policies.models import Environment
 
 CLOSE_UNAUTHENTICATED = 4401

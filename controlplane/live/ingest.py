@@ -32,11 +32,11 @@ import redis
 from django.db import DatabaseError, close_old_connections, models, transaction
 
 from controlplane.client.breaker import STATES as BREAKER_STATES
-from controlplane.errors import DATABASE_UNAVAILABLE, Outage
 from controlplane.live import state
 from controlplane.live.models import BreakerEvent, DiscoveredName
 from controlplane.live.push import notify
-from controlplane.metrics import DATABASE_ERRORS, REPORTS_INGESTED
+from controlplane.ops.metrics import DATABASE_ERRORS, REPORTS_INGESTED
+from controlplane.ops.outage import DATABASE_UNAVAILABLE, Outage
 from controlplane.policies.models import Environment, Policy
 from controlplane.protocol.connection import is_cluster
 from controlplane.protocol.keys import NAME_PATTERN

@@ -23,7 +23,7 @@ from django.utils import timezone
 
 from controlplane.accounts.actors import Actor
 from controlplane.audit.record import record
-from controlplane.metrics import PUBLISHES, REDIS_ERRORS
+from controlplane.ops.metrics import PUBLISHES, REDIS_ERRORS
 from controlplane.policies.actions import next_revision, update_policy
 from controlplane.policies.models import Environment, Override, Policy, check_reason
 from controlplane.policies.publish import redis_answers, write_document

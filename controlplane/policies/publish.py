@@ -9,7 +9,7 @@ from typing import Final
 
 import redis
 
-from controlplane.metrics import PUBLISH_SECONDS, PUBLISHES, REDIS_ERRORS
+from controlplane.ops.metrics import PUBLISH_SECONDS, PUBLISHES, REDIS_ERRORS
 from controlplane.policies.models import Policy
 from controlplane.protocol import scripts
 from controlplane.protocol.documents import (

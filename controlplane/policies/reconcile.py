@@ -21,8 +21,8 @@ import redis
 from django.conf import settings
 from django.db import close_old_connections
 
-from controlplane.errors import DATABASE_UNAVAILABLE, Outage
-from controlplane.metrics import DATABASE_ERRORS, DRIFT_FOUND, RECONCILE_RUNS, REDIS_ERRORS
+from controlplane.ops.metrics import DATABASE_ERRORS, DRIFT_FOUND, RECONCILE_RUNS, REDIS_ERRORS
+from controlplane.ops.outage import DATABASE_UNAVAILABLE, Outage
 from controlplane.policies.models import Environment
 from controlplane.policies.overrides import expire_overrides, newest_overrides, override_document
 from controlplane.policies.publish import policy_document, raise_meta_revision, write_document

@@ -1,4 +1,9 @@
-"""The database out of reach: a 503 that says so, instead of a 500.
+"""Outages of the database and Redis: said once, counted, never a 500.
+
+``Outage`` is what a background loop (reconciler, ingest, websockets) keeps per
+dependency it retries: one warning when it goes away, one line when it is back.
+
+The database out of reach: a 503 that says so, instead of a 500.
 
 The database is the source of truth, so while it cannot be reached no page can
 be shown and no change can be saved. Every request that fails for that reason
@@ -19,7 +24,7 @@ from django.db import InterfaceError, OperationalError
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.template.loader import render_to_string
 
-from controlplane.metrics import DATABASE_ERRORS
+from controlplane.ops.metrics import DATABASE_ERRORS
 
 logger = logging.getLogger(__name__)
 
