@@ -26,10 +26,9 @@ from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E40
 from django.conf import settings  # noqa: E402
 
 from controlplane.live import routing as live_routing  # noqa: E402
-from controlplane.live.ingest import start_ingestor  # noqa: E402
 from controlplane.ops.proxy import TrustedProxies  # noqa: E402
-from controlplane.policies.reconcile import start_reconciler  # noqa: E402
 from controlplane.redis_connection import get_redis  # noqa: E402
+from controlplane.workers.runner import start_enabled_workers  # noqa: E402
 
 logger = logging.getLogger("controlplane")
 database = settings.DATABASES["default"]
@@ -46,10 +45,10 @@ logger.info(
 )
 if settings.EMBEDDED_REDIS:
     get_redis()  # start the embedded server before the first request needs it
-if settings.RECONCILER_ENABLED:
-    start_reconciler()
-if settings.INGEST_ENABLED:
-    start_ingestor()
+# The one place the web processes start the background workers (the reconciler
+# and the ingest, as RECONCILER_ENABLED and INGEST_ENABLED say): Daphne has no
+# lifespan events, so this runs once, when it loads the application.
+workers = start_enabled_workers()
 
 application = TrustedProxies(
     ProtocolTypeRouter(

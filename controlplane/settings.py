@@ -48,6 +48,7 @@ INSTALLED_APPS = [
     "controlplane.audit",
     "controlplane.policies",
     "controlplane.live",
+    "controlplane.workers",  # manage.py run_workers
 ]
 
 MIDDLEWARE = [
