@@ -62,6 +62,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from bench.common import Row, percentile
+from controlplane.protocol.reports import STREAM_MAXLEN, encode_data, encode_entry
 
 HOST = "127.0.0.1"
 ENVIRONMENT = "bench-live"
@@ -324,12 +325,7 @@ def _heartbeat(instance: str, revision: int) -> dict[str, Any]:
 
 
 def _entry(kind: str, instance: str, data: dict[str, Any]) -> dict[str, str]:
-    return {
-        "type": kind,
-        "instance": instance,
-        "service": "bench-shop",
-        "data": json.dumps(data, separators=(",", ":"), sort_keys=True),
-    }
+    return encode_entry(kind, instance, "bench-shop", data)
 
 
 # The overview page.
@@ -347,7 +343,7 @@ def _feed_live_state(environment: Any) -> None:
     policies = list(environment.policies.filter(deleted=False))
     for i in range(INSTANCES):
         instance = f"bench-i-{i:02d}"
-        client.hset(keys.instances, instance, json.dumps(_heartbeat(instance, 0)))
+        client.hset(keys.instances, instance, encode_data(_heartbeat(instance, 0)))
         counters: dict[str, Any] = {}
         for policy in policies[i::INSTANCES]:
             if policy.kind == "breaker":
@@ -457,7 +453,7 @@ class Simulation:
         with self.client.pipeline(transaction=False) as pipe:
             for instance in self.instances:
                 document = _heartbeat(instance, self.revision)
-                pipe.hset(self.keys.instances, instance, json.dumps(document))
+                pipe.hset(self.keys.instances, instance, encode_data(document))
                 if to_stream:
                     pipe.xadd(self.keys.reports, _entry("heartbeat", instance, document))
             pipe.execute()
@@ -479,7 +475,7 @@ class Simulation:
             }
             data = {"at": time.time(), "policies": policies}
             entry = _entry("counters", self.instances[index], data)
-            self.client.xadd(self.keys.reports, entry, maxlen=100_000, approximate=True)
+            self.client.xadd(self.keys.reports, entry, maxlen=STREAM_MAXLEN, approximate=True)
 
     def transition(self, name: str) -> float:
         """Write one ``closed -> open`` transition; return when it was written."""
@@ -496,7 +492,7 @@ class Simulation:
         with self._lock:
             written = time.time()
             entry = _entry("transition", self.instance_of(name), {**data, "at": written})
-            self.client.xadd(self.keys.reports, entry, maxlen=100_000, approximate=True)
+            self.client.xadd(self.keys.reports, entry, maxlen=STREAM_MAXLEN, approximate=True)
             self.states[name] = "open"
         return written
 

@@ -24,7 +24,6 @@ import contextvars
 import functools
 import inspect
 import itertools
-import json
 import logging
 import math
 import os
@@ -41,8 +40,15 @@ import redis
 from controlplane.client.error_log import ErrorLog
 from controlplane.client.errors import CircuitOpenError
 from controlplane.protocol import scripts
+from controlplane.protocol.breaker_state import (
+    CLOSED,
+    FORCED_OPEN,
+    HALF_OPEN,
+    OPEN,
+    BreakerState,
+)
+from controlplane.protocol.breaker_state import STATES as STATES  # still read from here
 from controlplane.protocol.documents import OverrideDocument
-from controlplane.protocol.keys import PROTOCOL_VERSION
 from controlplane.protocol.schema import BREAKER, EXCEPTION_NAME, validate_name, validate_spec
 
 if TYPE_CHECKING:
@@ -56,14 +62,6 @@ P = ParamSpec("P")
 R = TypeVar("R")
 F = TypeVar("F", bound=Callable[..., Any])
 
-CLOSED: Final = "closed"
-OPEN: Final = "open"
-HALF_OPEN: Final = "half_open"
-FORCED_OPEN: Final = "forced_open"
-FORCED_CLOSED: Final = "forced_closed"
-DISABLED: Final = "disabled"
-STATES: Final = (CLOSED, OPEN, HALF_OPEN, FORCED_OPEN, FORCED_CLOSED, DISABLED)
-_SHARED_STATES: Final = (CLOSED, OPEN, HALF_OPEN)
 
 # Friendly keyword arguments of client.breaker(...) -> schema field names.
 KWARG_FIELDS: Final = {
@@ -248,71 +246,6 @@ def _split_exceptions(key: str, value: Any) -> tuple[tuple[type[BaseException], 
 
 
 @dataclass(frozen=True)
-class SharedState:
-    """A breaker state as stored in the breakers hash and sent on the events channel."""
-
-    name: str
-    state: str
-    epoch: int
-    since: float
-    open_until: float | None
-    instance: str = ""
-    reason: str = ""
-    failure_rate: float | None = None
-    slow_call_rate: float | None = None
-
-    @classmethod
-    def decode(cls, raw: str | bytes) -> SharedState:
-        try:
-            doc = json.loads(raw)
-        except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep
-            raise ValueError(f"breaker state: not valid JSON ({exc})") from None
-        if not isinstance(doc, dict):
-            raise ValueError("breaker state: expected a JSON object")
-        if type(doc.get("schema")) is not int or doc["schema"] != PROTOCOL_VERSION:
-            raise ValueError(f"breaker state: unsupported schema {doc.get('schema')!r}")
-        name, state, epoch = doc.get("name"), doc.get("state"), doc.get("epoch")
-        if not isinstance(name, str) or state not in _SHARED_STATES:
-            raise ValueError(f"breaker state: bad name or state ({name!r}, {state!r})")
-        if isinstance(epoch, float) and epoch.is_integer():
-            epoch = int(epoch)
-        if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
-            raise ValueError(f"breaker state {name}: bad epoch {epoch!r}")
-        since, open_until = _number(doc.get("since")), _number(doc.get("open_until"))
-        if since is None or (state == OPEN and open_until is None):
-            raise ValueError(f"breaker state {name}: bad since/open_until")
-        return cls(
-            name=name,
-            state=state,
-            epoch=epoch,
-            since=since,
-            open_until=open_until,
-            instance=str(doc.get("instance", "")),
-            reason=str(doc.get("reason", "")),
-            failure_rate=_number(doc.get("failure_rate")),
-            slow_call_rate=_number(doc.get("slow_call_rate")),
-        )
-
-    def effective(self, server_now: float) -> tuple[str, float]:
-        """The state at ``server_now`` and, when open, the seconds it stays open."""
-        if self.state == OPEN:
-            assert self.open_until is not None
-            remaining = self.open_until - server_now
-            return (OPEN, remaining) if remaining > 0 else (HALF_OPEN, 0.0)
-        return self.state, 0.0
-
-
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    try:
-        number = float(value)
-    except OverflowError:  # an integer beyond any float
-        return None
-    return number if math.isfinite(number) else None
-
-
-@dataclass(frozen=True)
 class _Permit:
     kind: int
     generation: int
@@ -434,7 +367,7 @@ class _BreakerHub:
     def on_message(self, data: bytes) -> None:
         """A transition published by any instance (this one included)."""
         try:
-            shared = SharedState.decode(data)
+            shared = BreakerState.decode(data)
         except ValueError as exc:
             self._malformed(exc)
             return
@@ -464,7 +397,7 @@ class _BreakerHub:
             if raw is None:
                 continue
             try:
-                shared = SharedState.decode(raw)
+                shared = BreakerState.decode(raw)
             except ValueError as exc:
                 self._malformed(exc)
                 continue
@@ -1056,13 +989,13 @@ class CircuitBreaker:
 
     def _adopt_raw(self, raw: str | bytes, server_now: float, source: str) -> None:
         try:
-            shared = SharedState.decode(raw)
+            shared = BreakerState.decode(raw)
         except ValueError as exc:
             self._hub._malformed(exc)
             return
         self._adopt(shared, server_now, source)
 
-    def _adopt(self, shared: SharedState, server_now: float, source: str) -> None:
+    def _adopt(self, shared: BreakerState, server_now: float, source: str) -> None:
         """Apply a shared state newer than the one this view comes from."""
         if shared.name != self.name:
             return
@@ -1248,7 +1181,7 @@ class CircuitBreaker:
             return self._permit_step()
         if status == -2 and detail is not None:
             try:
-                shared = SharedState.decode(detail)
+                shared = BreakerState.decode(detail)
             except ValueError:
                 shared = None
             if shared is not None:

@@ -13,7 +13,6 @@ logs each cause of failure once a minute at most.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import random
@@ -27,13 +26,21 @@ from typing import TYPE_CHECKING, Any
 import redis
 
 from controlplane.client.error_log import ErrorLog
+from controlplane.protocol.reports import (
+    COUNTERS,
+    DISCOVERED,
+    HEARTBEAT,
+    STREAM_MAXLEN,
+    TRANSITION,
+    encode_data,
+    encode_entry,
+)
 
 if TYPE_CHECKING:
     from controlplane.client.client import Client
 
 logger = logging.getLogger("controlplane.client")
 
-STREAM_MAXLEN = 100_000
 Collector = Callable[[], dict[str, dict[str, Any]]]
 
 
@@ -81,7 +88,7 @@ class Reporter:
 
     def transition(self, kind: str, name: str, **data: Any) -> None:
         """Report a state change now (without blocking the caller)."""
-        self._events.append({"type": "transition", "policy": f"{kind}:{name}", **data})
+        self._events.append({"type": TRANSITION, "policy": f"{kind}:{name}", **data})
         self._wake.set()
 
     def discovered(self, kind: str, name: str, defaults: dict[str, Any]) -> None:
@@ -138,12 +145,7 @@ class Reporter:
     def _xadd(self, pipe: Any, entry_type: str, data: Any) -> None:
         pipe.xadd(
             self.client.keys.reports,
-            {
-                "type": entry_type,
-                "instance": self.client.instance_id,
-                "service": self.client.service,
-                "data": json.dumps(data, separators=(",", ":"), sort_keys=True),
-            },
+            encode_entry(entry_type, self.client.instance_id, self.client.service, data),
             maxlen=STREAM_MAXLEN,
             approximate=True,
         )
@@ -161,11 +163,11 @@ class Reporter:
                 for event in events:
                     self._xadd(pipe, event.pop("type"), {**event, "at": time.time()})
                 for policy, defaults in discovered.items():
-                    self._xadd(pipe, "discovered", {"policy": policy, "defaults": defaults})
+                    self._xadd(pipe, DISCOVERED, {"policy": policy, "defaults": defaults})
                 pipe.execute()
         except (redis.RedisError, OSError):
             # Keep transitions for the next try (the deque is bounded), and discoveries.
-            self._events.extendleft(reversed([{**e, "type": "transition"} for e in events]))
+            self._events.extendleft(reversed([{**e, "type": TRANSITION} for e in events]))
             for policy, defaults in discovered.items():
                 self._discovered.setdefault(policy, defaults)
             raise
@@ -185,12 +187,8 @@ class Reporter:
     def _heartbeat(self) -> None:
         document = self.heartbeat_document()
         with self.client.redis.pipeline(transaction=False) as pipe:
-            pipe.hset(
-                self.client.keys.instances,
-                self.client.instance_id,
-                json.dumps(document, separators=(",", ":"), sort_keys=True),
-            )
-            self._xadd(pipe, "heartbeat", document)
+            pipe.hset(self.client.keys.instances, self.client.instance_id, encode_data(document))
+            self._xadd(pipe, HEARTBEAT, document)
             pipe.execute()
 
     def _send_counters(self) -> None:
@@ -204,7 +202,7 @@ class Reporter:
             return
         try:
             with self.client.redis.pipeline(transaction=False) as pipe:
-                self._xadd(pipe, "counters", {"at": time.time(), "policies": batch})
+                self._xadd(pipe, COUNTERS, {"at": time.time(), "policies": batch})
                 pipe.execute()
         except (redis.RedisError, OSError):
             self.dropped += 1  # counters of one interval are lost, never the caller's call

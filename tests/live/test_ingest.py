@@ -6,14 +6,15 @@ from typing import Any
 
 import pytest
 import redis
-from django.db import DataError, OperationalError
+from django.db import DataError, OperationalError, models
 
 from controlplane.accounts.actors import Actor
-from controlplane.live.ingest import GROUP, Ingestor, ensure_group, process_entries
+from controlplane.live.ingest import GROUP, Ingestor, ensure_group, process_entries, read_report
 from controlplane.live.models import BreakerEvent, DiscoveredName
 from controlplane.live.state import RATE_WINDOW, read_history, read_snapshot
 from controlplane.policies.actions import do_create_environment, do_create_policy
 from controlplane.policies.models import Environment
+from controlplane.protocol import reports
 from controlplane.redis_connection import get_redis
 from tests.conftest import wait_for
 
@@ -322,3 +323,68 @@ def test_a_live_key_of_the_wrong_type_does_not_stop_the_transitions(
 
     assert ingestor.processed == 1
     _assert_only_the_valid_transition_was_stored(production)
+
+
+def _max_length(model: type[models.Model], name: str) -> int:
+    length = model._meta.get_field(name).max_length
+    assert isinstance(length, int)
+    return length
+
+
+def test_every_text_the_protocol_accepts_fits_its_database_column() -> None:
+    assert _max_length(BreakerEvent, "instance") >= reports.INSTANCE_LENGTH
+    assert _max_length(BreakerEvent, "service") >= reports.SERVICE_LENGTH
+    assert _max_length(DiscoveredName, "service") >= reports.SERVICE_LENGTH
+    assert _max_length(BreakerEvent, "to_state") >= reports.STATE_LENGTH
+    assert _max_length(BreakerEvent, "from_state") >= reports.STATE_LENGTH
+    assert _max_length(BreakerEvent, "reason") >= reports.REASON_LENGTH
+    assert _max_length(BreakerEvent, "name") >= reports.NAME_LENGTH
+    assert _max_length(DiscoveredName, "name") >= reports.NAME_LENGTH
+    assert _max_length(DiscoveredName, "kind") >= reports.KIND_LENGTH
+
+
+def test_entries_as_the_protocol_encodes_them_are_read_whole() -> None:
+    now = time.time()
+    transition = reports.encode_entry(
+        "transition",
+        "web-1:42:9f3a1c2e",
+        "checkout",
+        {
+            "policy": "breaker:payments",
+            "from_state": "closed",
+            "to_state": "open",
+            "reason": "failure_rate",
+            "failure_rate": 62.5,
+            "slow_call_rate": None,
+            "source": "local",
+            "epoch": 7,
+            "at": now,
+        },
+    )
+    heartbeat = {
+        "instance": "web-1:42:9f3a1c2e",
+        "service": "checkout",
+        "host": "web-1",
+        "pid": 42,
+        "library_version": "0.1.0",
+        "revision": 3,
+        "connected": True,
+        "at": now,
+    }
+    as_stored = {name.encode(): value.encode() for name, value in transition.items()}
+
+    assert read_report(as_stored, now) == reports.Transition(
+        instance="web-1:42:9f3a1c2e",
+        service="checkout",
+        name="payments",
+        from_state="closed",
+        to_state="open",
+        reason="failure_rate",
+        failure_rate=62.5,
+        slow_call_rate=None,
+        at=now,
+    )
+    entry = reports.encode_entry("heartbeat", "web-1:42:9f3a1c2e", "checkout", heartbeat)
+    assert read_report(entry, now) == reports.Heartbeat("web-1:42:9f3a1c2e", heartbeat)
+    with pytest.raises(reports.MalformedReport, match="is not a heartbeat"):
+        read_report({**entry, "data": reports.encode_data({**heartbeat, "pid": "42"})}, now)
