@@ -132,7 +132,7 @@ def test_digest_is_stable_across_processes() -> None:
             check=True,
         ).stdout.strip()
         assert output == here
-    # The example of docs/_sections/cache.md.
+    # The first test vector of docs/protocol.md, 11.3.
     assert make_digest("", "abc") == "0842dd69950d4929dc2d4a0406876d24"
     assert make_digest("shop.price", "abc") != make_digest("", "abc")
     assert make_digest("", 1) != make_digest("", "1") != make_digest("", 1.0)
@@ -441,6 +441,23 @@ def test_exceptions_are_never_cached(
     assert upstream.calls == 2
 
 
+def test_stop_iteration_of_the_function_reaches_the_caller_as_is(
+    client_factory: Callable[..., Client],
+) -> None:
+    calls: list[str] = []
+
+    def next_price(sku: str) -> str:
+        calls.append(sku)
+        return next(iter([]))  # a bug of the user's: StopIteration, not a RuntimeError
+
+    price = client_factory().cached("prices", ttl=30)(next_price)
+    with pytest.raises(StopIteration):
+        price("a")
+    with pytest.raises(StopIteration):
+        price("a")
+    assert calls == ["a", "a"]
+
+
 def test_coalesced_callers_share_the_exception(client_factory: Callable[..., Client]) -> None:
     upstream = Upstream(delay=0.2, failures=1)
     price = client_factory().cached("prices", ttl=30)(upstream.sync())
@@ -590,6 +607,20 @@ def test_invalidate_reaches_the_local_tier_of_other_clients(
     wait_for(lambda: second.cache("prices").local_entries == 0)
     assert price_2("a") == "a-EUR-v2"
     assert price_1("a") == "a-EUR-v2"
+
+
+def test_a_hostile_invalidation_message_is_ignored_and_keeps_the_tier(
+    client_factory: Callable[..., Client], caplog: pytest.LogCaptureFixture
+) -> None:
+    cache = client_factory().cache("prices", ttl=30, local_size=10)
+    price = cache.decorate()(Upstream().sync())
+    price("a")
+
+    for message in (b"[" * 100_000 + b"]" * 100_000, b'{"schema":1}', b"\xff"):
+        cache._on_invalidation(message)  # what the client's channel handler calls
+
+    assert cache.local_entries == 1
+    assert "ignoring invalidation" in caplog.text
 
 
 def test_threads_share_one_computation_even_without_redis(
