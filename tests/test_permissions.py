@@ -1,56 +1,98 @@
-"""Every page tried as anonymous, outsider, viewer, operator, editor and admin."""
+"""Every page tried as anonymous, outsider, viewer, operator, editor and admin.
+
+The matrix is checked against the URL patterns themselves: a pattern added later
+that is in no matrix (this one, or the API's in ``tests/api/test_permissions.py``)
+fails ``test_every_url_pattern_is_in_a_permission_matrix``. A refused request must
+also have changed nothing, in the database or in Redis.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 import pytest
+import redis
+from django.apps import apps
 from django.contrib.auth.models import User
 from django.test import Client
+from django.urls import resolve
+from django.utils import timezone
 
+from controlplane.accounts.actions import do_create_token
 from controlplane.accounts.actors import Actor
-from controlplane.accounts.roles import ORDER, Role
+from controlplane.accounts.roles import Role, includes
+from controlplane.live.models import DiscoveredName
 from controlplane.policies.actions import do_create_policy, do_update_policy
 from controlplane.policies.models import Environment
+from controlplane.policies.overrides import do_set_override
+from tests.api.test_permissions import ENDPOINTS as API_ENDPOINTS
+from tests.test_security import all_patterns
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 POLICY = "/e/production/rate_limit/api/"
-# (method, path, least role that may use it)
-PAGES: list[tuple[str, str, Role]] = [
-    ("get", "/", Role.VIEWER),
-    ("get", POLICY, Role.VIEWER),
-    ("get", POLICY + "compare/?a=1&b=2", Role.VIEWER),
-    ("get", "/audit/", Role.VIEWER),
-    ("get", "/audit/export.csv", Role.VIEWER),
-    ("get", "/audit/export.json", Role.VIEWER),
-    ("get", "/e/production/rate_limit/new/", Role.EDITOR),
-    ("post", "/e/production/rate_limit/new/", Role.EDITOR),
-    ("get", POLICY + "edit/", Role.EDITOR),
-    ("post", POLICY + "edit/", Role.EDITOR),
-    ("post", POLICY + "versions/1/restore/", Role.EDITOR),
-    ("post", POLICY + "delete/", Role.EDITOR),
-    ("get", "/e/production/export.yaml", Role.VIEWER),
-    ("get", "/e/production/import/", Role.EDITOR),
-    ("post", "/e/production/import/", Role.EDITOR),
-    ("get", "/e/production/live/", Role.VIEWER),
-    ("get", "/e/production/instances/", Role.VIEWER),
-    ("get", "/e/production/discovered/", Role.VIEWER),
-    ("get", "/e/production/breaker/payments/events/", Role.VIEWER),
-    ("post", "/e/production/override/", Role.OPERATOR),
-    ("post", "/environments/new/", Role.ADMIN),
-    ("get", "/tokens/", Role.ADMIN),
-    ("post", "/tokens/", Role.ADMIN),
-    ("get", "/admin/", Role.ADMIN),
-    ("get", "/admin/auth/user/", Role.ADMIN),
+# (method, path, least role that may use it, what that role gets); ``{discovered}``
+# and ``{token}`` are filled in from the ``world`` fixture.
+PAGES: list[tuple[str, str, Role, int]] = [
+    ("get", "/", Role.VIEWER, 200),
+    ("get", POLICY, Role.VIEWER, 200),
+    ("get", POLICY + "compare/?a=1&b=2", Role.VIEWER, 200),
+    ("get", POLICY + "series.json", Role.VIEWER, 200),
+    ("get", "/audit/", Role.VIEWER, 200),
+    ("get", "/audit/export.csv", Role.VIEWER, 200),
+    ("get", "/audit/export.json", Role.VIEWER, 200),
+    ("get", "/e/production/rate_limit/new/", Role.EDITOR, 200),
+    ("post", "/e/production/rate_limit/new/", Role.EDITOR, 422),
+    ("get", POLICY + "edit/", Role.EDITOR, 200),
+    ("post", POLICY + "edit/", Role.EDITOR, 422),
+    ("post", POLICY + "versions/1/restore/", Role.EDITOR, 302),
+    ("post", POLICY + "delete/", Role.EDITOR, 302),
+    ("get", "/e/production/export.yaml", Role.VIEWER, 200),
+    ("get", "/e/production/import/", Role.EDITOR, 200),
+    ("post", "/e/production/import/", Role.EDITOR, 422),
+    ("get", "/e/production/live/", Role.VIEWER, 200),
+    ("get", "/e/production/instances/", Role.VIEWER, 200),
+    ("get", "/e/production/discovered/", Role.VIEWER, 200),
+    ("post", "/e/production/discovered/{discovered}/adopt/", Role.EDITOR, 302),
+    ("get", "/e/production/breaker/payments/events/", Role.VIEWER, 200),
+    ("post", "/e/production/override/", Role.OPERATOR, 302),
+    ("post", "/environments/new/", Role.ADMIN, 302),
+    ("get", "/tokens/", Role.ADMIN, 200),
+    ("post", "/tokens/", Role.ADMIN, 200),
+    ("post", "/tokens/{token}/revoke/", Role.ADMIN, 302),
+    ("get", "/admin/", Role.ADMIN, 200),
+    ("get", "/admin/auth/user/", Role.ADMIN, 200),
 ]
+# API endpoints the API's matrix does not try (same columns, under /api/v1).
+API: list[tuple[str, str, Role, int]] = [
+    ("delete", "/environments/production/overrides/rate_limit/api?reason=over", Role.OPERATOR, 204),
+]
+# Patterns in no matrix, and why.
+UNRANKED: dict[str, str] = {
+    "healthz": "probe, open to all (tests/test_security.py, tests/test_health.py)",
+    "readyz": "probe, open to all (tests/test_security.py, tests/test_health.py)",
+    "metrics": "its own token or address list (tests/test_health.py)",
+    "login/": "where everyone starts",
+    "logout/": "ends whatever session there is",
+    "api/v1/": "django-ninja's root: 404 for everyone",
+    "api/v1/openapi.json": "the API's schema, open (tests/test_security.py)",
+}
+# Every admin page sits behind one gate, the admin site's has_permission (the admin
+# role): tried above through /admin/ and /admin/auth/user/.
+ADMIN_SITE = "admin/"
 CAST = ["anonymous", "outsider", "viewer", "operator", "editor", "admin"]
 
 
 @pytest.fixture
-def api(production: Environment, system: Actor) -> None:
+def world(production: Environment, system: Actor) -> dict[str, str]:
     policy = do_create_policy(production, "rate_limit", "api", {"limit": 10}, system)
     do_update_policy(policy, {"limit": 20}, system)
+    discovered = DiscoveredName.objects.create(
+        environment=production, kind="cache", name="found", last_seen=timezone.now()
+    )
+    token, _ = do_create_token("robot", Role.EDITOR, system)
+    do_set_override(production, "rate_limit", "api", "bypass", system, "load test")
+    return {"discovered": str(discovered.pk), "token": str(token.pk)}
 
 
 def _expected(who: str, least: Role) -> int | str:
@@ -58,32 +100,100 @@ def _expected(who: str, least: Role) -> int | str:
         return "login"
     if who == "outsider":
         return 403
-    return "ok" if ORDER.index(Role(who)) >= ORDER.index(least) else 403
+    return "ok" if includes(Role(who), least) else 403
+
+
+def stored(redis_client: redis.Redis, prefix: str) -> dict[str, Any]:
+    """Everything a request could change: every row of the project's apps, every key."""
+    rows: dict[str, Any] = {
+        model._meta.label: sorted(map(repr, model.objects.values_list()))
+        for model in apps.get_models()
+        if model._meta.app_label in ("accounts", "audit", "policies", "live", "auth")
+    }
+    keys = sorted(redis_client.scan_iter(match=f"*{prefix}:*", count=1000))
+    return {**rows, "redis": [(key, redis_client.dump(key)) for key in keys]}
 
 
 @pytest.mark.parametrize("who", CAST)
-@pytest.mark.parametrize(("method", "path", "least"), PAGES)
+@pytest.mark.parametrize(("method", "path", "least", "allowed"), PAGES)
 def test_permission_matrix(
     request: pytest.FixtureRequest,
     client: Client,
-    api: None,
+    world: dict[str, str],
+    redis_client: redis.Redis,
+    key_prefix: str,
     who: str,
     method: str,
     path: str,
     least: Role,
+    allowed: int,
 ) -> None:
     if who != "anonymous":
         user: User = request.getfixturevalue(who)
         client.force_login(user)
-    response: Any = getattr(client, method)(path)
     expected = _expected(who, least)
+    before = stored(redis_client, key_prefix) if expected != "ok" else None
+    response: Any = getattr(client, method)(path.format(**world))
+    if expected == "ok":
+        assert response.status_code == allowed, response.status_code
+        return
     if expected == "login":
         assert response.status_code == 302
         assert response["Location"].startswith("/login/?next=")
-    elif expected == 403:
-        assert response.status_code == 403
     else:
-        assert response.status_code in (200, 302, 422), response.status_code
+        assert response.status_code == 403
+    assert stored(redis_client, key_prefix) == before, "a refused request changed something"
+
+
+@pytest.mark.parametrize("who", ["nobody", *CAST[1:]])
+@pytest.mark.parametrize(("method", "path", "least", "allowed"), API)
+def test_api_permission_matrix_of_the_remaining_endpoints(
+    request: pytest.FixtureRequest,
+    client: Client,
+    world: dict[str, str],
+    redis_client: redis.Redis,
+    key_prefix: str,
+    system: Actor,
+    who: str,
+    method: str,
+    path: str,
+    least: Role,
+    allowed: int,
+) -> None:
+    headers = {}
+    if who != "nobody":
+        user: User = request.getfixturevalue(who)
+        # A token may carry any role; it acts with at most its creator's.
+        _, secret = do_create_token(f"{who}-token", Role.ADMIN, Actor.of(user))
+        headers["Authorization"] = f"Bearer {secret}"
+    expected = "ok" if who not in ("nobody", "outsider") and includes(Role(who), least) else None
+    before = stored(redis_client, key_prefix)
+    response = getattr(client, method)("/api/v1" + path, headers=headers)
+    if expected == "ok":
+        assert response.status_code == allowed, response.content
+        return
+    assert response.status_code == (401 if who in ("nobody", "outsider") else 403)
+    after = stored(redis_client, key_prefix)
+    # Only the token's own "last used" time moves.
+    after["accounts.ApiToken"] = before["accounts.ApiToken"] = None
+    assert after == before, "a refused request changed something"
+
+
+def _route(path: str) -> str:
+    return resolve(path.split("?", 1)[0]).route
+
+
+def test_every_url_pattern_is_in_a_permission_matrix(world: dict[str, str]) -> None:
+    tried = {_route(path.format(**world)) for _, path, _, _ in PAGES}
+    tried |= {_route("/api/v1" + path) for _, path, *_ in API_ENDPOINTS}
+    tried |= {_route("/api/v1" + path) for _, path, *_ in API}
+    untried = {
+        pattern
+        for pattern in all_patterns()
+        if pattern not in tried and pattern not in UNRANKED and not pattern.startswith(ADMIN_SITE)
+    }
+    assert not untried, f"add these URL patterns to a permission matrix: {sorted(untried)}"
+    assert tried.isdisjoint(UNRANKED), "a pattern in a matrix is listed as unranked too"
 
 
 @pytest.mark.parametrize(
@@ -91,14 +201,14 @@ def test_permission_matrix(
     [("post", "/"), ("post", POLICY), ("get", POLICY + "delete/"), ("post", "/audit/")],
 )
 def test_wrong_method_is_refused(
-    client: Client, admin: User, api: None, method: str, path: str
+    client: Client, admin: User, world: dict[str, str], method: str, path: str
 ) -> None:
     client.force_login(admin)
     assert getattr(client, method)(path).status_code == 405
 
 
 def test_navigation_shows_only_what_the_role_may_do(
-    client: Client, viewer: User, editor: User, api: None
+    client: Client, viewer: User, editor: User, world: dict[str, str]
 ) -> None:
     client.force_login(viewer)
     as_viewer = client.get(POLICY).content.decode()
@@ -113,7 +223,7 @@ WEBSOCKET = "/ws/live/production/"
 
 @pytest.mark.parametrize("who", CAST)
 async def test_websocket_permission_matrix(
-    request: pytest.FixtureRequest, who: str, api: None
+    request: pytest.FixtureRequest, who: str, world: dict[str, str]
 ) -> None:
     from channels.db import database_sync_to_async
     from channels.testing import WebsocketCommunicator
