@@ -21,11 +21,12 @@ from controlplane.accounts.actors import Actor
 from controlplane.audit.models import AuditEntry
 from controlplane.audit.record import record
 from controlplane.client import Client
+from controlplane.client.client import LimiterOptions
 from controlplane.client.limiter import Decision
 from controlplane.redis_connection import get_redis
 
 LOGIN_LIMITER = "login"
-LOGIN_DEFAULTS = {
+LOGIN_DEFAULTS: LimiterOptions = {
     "algorithm": "sliding_window",
     "limit": 10,
     "period": 300,

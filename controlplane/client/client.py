@@ -13,9 +13,10 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypedDict, TypeVar, Unpack
 
 import redis
 import redis.asyncio.retry
@@ -37,9 +38,63 @@ from controlplane.protocol.keys import DEFAULT_PREFIX, KeyLayout
 
 if TYPE_CHECKING:
     from controlplane.client.breaker import CircuitBreaker
-    from controlplane.client.cache import Cache
+    from controlplane.client.cache import Cache, Serializer
     from controlplane.client.config import ConfigView
     from controlplane.client.limiter import RateLimiter
+
+# The keyword arguments of ``Client.breaker``, ``limiter`` and ``cache`` (their code
+# defaults, docs/client.md), typed so an editor completes them and mypy catches a
+# misspelt one; the values are still validated against the policy schema at run time.
+Duration = float | timedelta | str  # seconds, a timedelta, or text such as "1h30m"
+Exceptions = type[BaseException] | str | Iterable[type[BaseException] | str]
+Mode = Literal["enforce", "observe"]
+
+
+class BreakerOptions(TypedDict, total=False):
+    failure_rate: float  # short for failure_rate_threshold
+    failure_rate_threshold: float
+    slow_call_duration: Duration
+    slow_call_rate: float  # short for slow_call_rate_threshold
+    slow_call_rate_threshold: float
+    window: Literal["count", "time"]  # short for window_type
+    window_type: Literal["count", "time"]
+    window_size: int
+    minimum_calls: int
+    open_for: Duration
+    half_open_calls: int
+    record: Exceptions  # short for record_exceptions
+    record_exceptions: Exceptions
+    ignore: Exceptions  # short for ignore_exceptions
+    ignore_exceptions: Exceptions
+    mode: Mode
+
+
+class RateLimitedOptions(TypedDict, total=False):
+    """``LimiterOptions`` but ``key``, which ``rate_limited`` takes as its key function."""
+
+    algorithm: Literal["token_bucket", "gcra", "fixed_window", "sliding_window"]
+    limit: int
+    period: Duration
+    burst: int | None
+    custom_key: str
+    on_redis_error: Literal["allow", "deny", "local"]
+    mode: Mode
+
+
+class LimiterOptions(RateLimitedOptions, total=False):
+    key: Literal["global", "user", "ip", "endpoint", "custom"]
+
+
+class CacheOptions(TypedDict, total=False):
+    ttl: Duration
+    enabled: bool
+    stale: Duration  # short for stale_ttl
+    stale_ttl: Duration
+    local_size: int
+    generation: int
+    serializer: str | Serializer  # "pickle" (the default), "json", or your own
+    lock_timeout: float | timedelta
+
 
 logger = logging.getLogger("controlplane.client")
 
@@ -235,7 +290,7 @@ class Client:
                 self._components[key] = factory()
             return self._components[key]
 
-    def breaker(self, name: str, **defaults: Any) -> CircuitBreaker:
+    def breaker(self, name: str, **defaults: Unpack[BreakerOptions]) -> CircuitBreaker:
         from controlplane.client.breaker import CircuitBreaker
 
         breaker: CircuitBreaker = self.component(
@@ -243,7 +298,7 @@ class Client:
         )
         return breaker
 
-    def limiter(self, name: str, **defaults: Any) -> RateLimiter:
+    def limiter(self, name: str, **defaults: Unpack[LimiterOptions]) -> RateLimiter:
         from controlplane.client.limiter import RateLimiter
 
         limiter: RateLimiter = self.component(
@@ -251,20 +306,26 @@ class Client:
         )
         return limiter
 
-    def cache(self, name: str, **defaults: Any) -> Cache:
+    def cache(self, name: str, **defaults: Unpack[CacheOptions]) -> Cache:
         from controlplane.client.cache import Cache
 
         cache: Cache = self.component("cache", name, lambda: Cache(self, name, **defaults))
         return cache
 
     def rate_limited(
-        self, name: str, key: Callable[..., Any] | None = None, **defaults: Any
+        self,
+        name: str,
+        key: Callable[..., Any] | None = None,
+        **defaults: Unpack[RateLimitedOptions],
     ) -> Any:
         """Decorate a function so each call is checked against the limiter ``name``."""
         return self.limiter(name, **defaults).decorate(key)
 
     def cached(
-        self, name: str, key: Callable[..., Any] | None = None, **defaults: Any
+        self,
+        name: str,
+        key: Callable[..., Any] | None = None,
+        **defaults: Unpack[CacheOptions],
     ) -> Callable[[_F], _F]:
         """Decorate a function so its results are cached under the cache policy ``name``."""
         return self.cache(name, **defaults).decorate(key)
