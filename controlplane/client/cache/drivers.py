@@ -58,20 +58,12 @@ class _Raised(NamedTuple):
     error: BaseException
 
 
-class _Finished(NamedTuple):
-    """What a step generator returned."""
-
-    value: Any
-
-
-def _resume(steps: Steps[Any], reply: Any) -> Request | _Finished:
-    """Send ``reply`` into ``steps`` (throw it in if ``_Raised``); return their next request."""
-    try:
-        if isinstance(reply, _Raised):
-            return steps.throw(reply.error)
-        return steps.send(reply)
-    except StopIteration as done:
-        return _Finished(done.value)
+def _next_request(steps: Steps[Any], reply: Any) -> Request:
+    """Send ``reply`` into ``steps`` (throw it in if ``_Raised``); return their next
+    request. Raises ``StopIteration`` with their value once they are done."""
+    if isinstance(reply, _Raised):
+        return steps.throw(reply.error)
+    return steps.send(reply)
 
 
 def _settled(outcome: Any) -> Any:
@@ -95,10 +87,12 @@ class Cache(CacheCore):
 
     def _run(self, steps: Steps[T]) -> T:
         """Run ``steps`` to their end in this thread, doing each request they yield."""
-        request = _resume(steps, None)
-        while not isinstance(request, _Finished):
-            request = _resume(steps, self._perform(request))
-        return cast(T, request.value)
+        reply: Any = None
+        try:
+            while True:
+                reply = self._perform(_next_request(steps, reply))
+        except StopIteration as done:
+            return cast(T, done.value)
 
     def _perform(self, request: Request) -> Any:
         """Do one request in this thread: its result, or what it raised as ``_Raised``."""
@@ -153,10 +147,12 @@ class Cache(CacheCore):
 
     async def _arun(self, steps: Steps[T]) -> T:
         """Run ``steps`` to their end on this event loop, doing each request they yield."""
-        request = _resume(steps, None)
-        while not isinstance(request, _Finished):
-            request = _resume(steps, await self._aperform(request))
-        return cast(T, request.value)
+        reply: Any = None
+        try:
+            while True:
+                reply = await self._aperform(_next_request(steps, reply))
+        except StopIteration as done:
+            return cast(T, done.value)
 
     async def _aperform(self, request: Request) -> Any:
         """Do one request on this event loop: its result, or what it raised as ``_Raised``."""
