@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,33 +12,18 @@ import redis
 from django.test import override_settings
 
 from controlplane.workers.runner import start_enabled_workers
+from tests import test_serve
 from tests.conftest import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture
-def var_dir(tmp_path: Path) -> Iterator[Path]:
-    # A short path: unix socket paths are limited to about 100 bytes.
-    yield tmp_path
-    socket_path = tmp_path / "redis.sock"
-    if socket_path.exists():
-        with contextlib.suppress(redis.RedisError):
-            redis.Redis(unix_socket_path=str(socket_path)).shutdown(nosave=True)
+var_dir = test_serve.var_dir  # a short path for the embedded Redis's socket
 
 
 def _env(var_dir: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in {"REDIS_URL", "DATABASE_URL", "DEBUG"}}
-    env.update(
-        CONTROLPLANE_VAR_DIR=str(var_dir),
-        SECRET_KEY="workers-test-secret-key-7c3e9a1f5b2d8064-QpWxRtZvLmNsKyHj",
-        DJANGO_SETTINGS_MODULE="controlplane.settings",
-        RECONCILE_INTERVAL="0.1",
-        # The web processes' switches do not apply to run_workers.
-        RECONCILER_ENABLED="false",
-        INGEST_ENABLED="false",
-    )
-    return env
+    # As test_serve's app, but the web processes' switches off: they do not apply here.
+    return {**test_serve._env(var_dir), "RECONCILER_ENABLED": "false", "INGEST_ENABLED": "false"}
 
 
 def test_run_workers_reconciles_and_ingests_until_sigterm(var_dir: Path) -> None:
