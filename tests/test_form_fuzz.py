@@ -17,11 +17,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from controlplane.accounts.actors import Actor
-from controlplane.live.actions import do_set_override
 from controlplane.policies.actions import do_create_policy
 from controlplane.policies.config_as_code import dump, export_environment
 from controlplane.policies.forms import display_value
 from controlplane.policies.models import Environment
+from controlplane.policies.overrides import do_set_override
 from controlplane.protocol.schema import KINDS, kind_spec
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -7,3 +7,8 @@ class LiveConfig(AppConfig):
     name = "controlplane.live"
     label = "live"
     verbose_name = "Live state and overrides"
+
+    def ready(self) -> None:
+        # push answers the policies app's override_changed signal: connect it in every
+        # process (web, workers, shell), whatever else that process imported.
+        from controlplane.live import push  # noqa: F401

@@ -14,7 +14,6 @@ from django_htmx.middleware import HtmxDetails
 
 from controlplane.accounts.actors import Actor
 from controlplane.accounts.roles import Role, role_of, role_required
-from controlplane.live.widgets import policy_live
 from controlplane.policies.access import environment_for, policy_for
 from controlplane.policies.actions import (
     StaleVersionError,
@@ -145,7 +144,6 @@ def policy_detail(request: HttpRequest, environment: str, kind: str, name: str) 
             "spec_rows": masked_spec(kind, policy.spec),
             "history": history,
             "kind_label": KIND_LABELS[kind],
-            "live": policy_live(policy) if kind in ("breaker", "rate_limit", "cache") else None,
         },
     )
 

@@ -33,8 +33,8 @@ from controlplane.client.cache import (
     EnvelopeError,
     decode_envelope,
 )
-from controlplane.live.actions import do_set_override
 from controlplane.policies.models import Policy
+from controlplane.policies.overrides import do_set_override
 from controlplane.protocol.documents import (
     SECTION_POLICIES,
     ChangeMessage,

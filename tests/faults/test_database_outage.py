@@ -24,10 +24,10 @@ from controlplane.accounts.actors import Actor
 from controlplane.accounts.roles import Role
 from controlplane.audit.models import AuditEntry
 from controlplane.client import CircuitOpenError, Client
-from controlplane.live.actions import do_set_override
 from controlplane.live.ingest import Ingestor
 from controlplane.ops.outage import MESSAGE
 from controlplane.policies.models import Environment, Policy
+from controlplane.policies.overrides import do_set_override
 from controlplane.policies.reconcile import Reconciler
 from tests.conftest import wait_for
 from tests.daphne import HOST, daphne_servers

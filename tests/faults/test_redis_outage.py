@@ -23,8 +23,8 @@ from controlplane.accounts.actors import Actor
 from controlplane.audit.models import AuditEntry
 from controlplane.client import CircuitOpenError, Client
 from controlplane.embedded_redis import RedisServer
-from controlplane.live.actions import current_override
 from controlplane.policies.models import Environment, Policy
+from controlplane.policies.overrides import current_override
 from controlplane.policies.reconcile import Reconciler, reconcile_environment
 from tests.conftest import wait_for
 from tests.daphne import HOST, daphne_servers

@@ -21,9 +21,9 @@ from hypothesis import strategies as st
 
 from controlplane.accounts.actors import Actor
 from controlplane.client import Client
-from controlplane.live.actions import do_set_override
 from controlplane.policies.actions import do_create_environment, do_create_policy
 from controlplane.policies.models import Environment
+from controlplane.policies.overrides import do_set_override
 from controlplane.policies.publish import policy_document
 from controlplane.policies.reconcile import expected_documents, reconcile_all
 from controlplane.protocol.connection import connect
