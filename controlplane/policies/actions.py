@@ -137,7 +137,7 @@ def do_create_policy(
     ``audit_action`` names the action in the audit log when it is more than a
     create (``policy.adopt``).
     """
-    with transaction.atomic():  # durable once config_as_code.apply_import calls the steps
+    with transaction.atomic(durable=True):
         return create_policy(
             environment, kind, name, spec, actor, reason, audit_action=audit_action
         )
@@ -199,7 +199,7 @@ def do_update_policy(
     With ``expected_version``, the update is refused with ``StaleVersionError``
     if someone else saved the policy in the meantime.
     """
-    with transaction.atomic():  # durable once config_as_code.apply_import calls the steps
+    with transaction.atomic(durable=True):
         return update_policy(policy, changes, actor, reason, expected_version=expected_version)
 
 
@@ -226,7 +226,7 @@ def update_policy(
 def do_delete_policy(
     policy: Policy, actor: Actor, reason: str = "", *, expected_version: int | None = None
 ) -> Policy:
-    with transaction.atomic():  # durable once config_as_code.apply_import calls the steps
+    with transaction.atomic(durable=True):
         return delete_policy(policy, actor, reason, expected_version=expected_version)
 
 

@@ -18,7 +18,7 @@ import yaml
 from django.db import transaction
 
 from controlplane.accounts.actors import Actor
-from controlplane.policies.actions import do_create_policy, do_delete_policy, do_update_policy
+from controlplane.policies.actions import create_policy, delete_policy, update_policy
 from controlplane.policies.diff import FieldDiff, spec_diff
 from controlplane.policies.models import Environment, Policy, check_reason
 from controlplane.protocol.limits import (
@@ -206,7 +206,7 @@ def apply_import(
     correlation_id = uuid.uuid4()
     correlated = actor.correlated(correlation_id)
     reason = check_reason(reason) or "Imported from a file"
-    with transaction.atomic():
+    with transaction.atomic(durable=True):  # all or nothing: the steps, not the do_* actions
         changes = plan_import(environment, document, prune=prune)
         for change in changes:
             current = Policy.objects.filter(
@@ -214,12 +214,12 @@ def apply_import(
             ).first()
             if change.op == "create":
                 assert change.spec is not None
-                do_create_policy(
+                create_policy(
                     environment, change.kind, change.name, change.spec, correlated, reason
                 )
             elif change.op == "update" and current is not None:
                 assert change.spec is not None
-                do_update_policy(current, change.spec, correlated, reason)
+                update_policy(current, change.spec, correlated, reason)
             elif change.op == "delete" and current is not None:
-                do_delete_policy(current, correlated, reason)
+                delete_policy(current, correlated, reason)
     return changes, correlation_id

@@ -8,12 +8,13 @@ import pytest
 import yaml
 from django.contrib.auth.models import User
 from django.core.management import CommandError, call_command
+from django.db import transaction
 from django.test import Client
 
 from controlplane.accounts.actors import Actor
 from controlplane.audit.models import AuditEntry
-from controlplane.policies.actions import do_create_policy
-from controlplane.policies.config_as_code import dump, export_environment
+from controlplane.policies.actions import do_create_policy, do_delete_policy, do_update_policy
+from controlplane.policies.config_as_code import apply_import, dump, export_environment
 from controlplane.policies.models import Environment, Policy, PolicyVersion
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -252,3 +253,22 @@ def test_import_command_refuses_a_file_it_cannot_use(
     path.write_bytes(content)
     with pytest.raises(CommandError, match=message):
         call_command("import_policies", str(path))
+
+
+@pytest.mark.parametrize("action", ["create", "update", "delete", "import"])
+def test_every_policy_action_is_its_own_durable_transaction(
+    production: Environment, system: Actor, action: str
+) -> None:
+    policy = do_create_policy(production, "cache", "prices", {"ttl": 30}, system)
+    document = {"policies": {"cache": {"prices": {"ttl": 60}}}}
+    run = {
+        "create": lambda: do_create_policy(production, "cache", "stock", {}, system),
+        "update": lambda: do_update_policy(policy, {"ttl": 60}, system),
+        "delete": lambda: do_delete_policy(policy, system),
+        "import": lambda: apply_import(production, document, system),
+    }[action]
+    with pytest.raises(RuntimeError, match="durable"), transaction.atomic():
+        run()
+    policy.refresh_from_db()
+    assert (policy.version, policy.deleted, policy.spec["ttl"]) == (1, False, 30)
+    assert not Policy.objects.filter(name="stock").exists()
