@@ -71,7 +71,7 @@ INSTANCES = 20
 VIEWERS = 100
 TRANSITION_SPACING = 0.6  # seconds between two transitions
 # Seconds of counters before the first loaded transition: the overview's rates average
-# 5 complete seconds, read half a second after each ends (controlplane.live.state), so
+# 5 complete seconds, read half a second after each ends (controlplane.live.history), so
 # every row's figures change each second for about 7 s before they settle.
 WARMUP = 8.0
 ARRIVAL_DEADLINE = 15.0  # a push later than this after the last transition is missing

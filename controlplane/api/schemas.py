@@ -42,6 +42,8 @@ Reason = Annotated[Text, Field(max_length=max_length(PolicyVersion, "reason"))]
 # Versions are PositiveIntegerFields: the largest every database stores.
 MAX_VERSION = 2**31 - 1
 
+# Spelled out for the OpenAPI schema and mypy; tests/api/test_policies.py holds them
+# equal to the protocol's KINDS and OVERRIDE_STATES, where they are defined.
 Kind = Literal["breaker", "rate_limit", "cache", "config"]
 OverrideKind = Literal["breaker", "rate_limit"]
 

@@ -11,7 +11,6 @@ from typing import Any, cast
 
 from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse
-from django.shortcuts import get_object_or_404
 from django.utils import timezone
 from ninja import NinjaAPI, Query, Schema, Status
 from ninja.errors import HttpError, ValidationError
@@ -300,15 +299,14 @@ def _override_out(override: Override) -> dict[str, Any]:
 @api.get("/environments/{environment}/overrides", response={200: list[OverrideOut], **READ})
 def list_overrides(request: HttpRequest, environment: Name) -> Any:
     """The overrides in force (lifted and expired ones are in the audit log)."""
-    require(request, Role.VIEWER)
-    env = get_object_or_404(Environment, name=environment)
+    env = environment_for(require(request, Role.VIEWER).acting_role(), Role.VIEWER, environment)
     return [_override_out(o) for o in active_overrides(env).values()]
 
 
 @api.post("/environments/{environment}/overrides", response={201: OverrideOut, **WRITE})
 def set_override(request: HttpRequest, environment: Name, payload: OverrideIn) -> Any:
     token = require(request, Role.OPERATOR)
-    env = get_object_or_404(Environment, name=environment)
+    env = environment_for(token.acting_role(), Role.OPERATOR, environment)
     expires_at = (
         timezone.now() + timedelta(seconds=payload.expires_in_seconds)
         if payload.expires_in_seconds
@@ -331,7 +329,7 @@ def lift_override(
     request: HttpRequest, environment: Name, kind: OverrideKind, name: Name, query: Query[LiftQuery]
 ) -> Any:
     token = require(request, Role.OPERATOR)
-    env = get_object_or_404(Environment, name=environment)
+    env = environment_for(token.acting_role(), Role.OPERATOR, environment)
     if do_clear_override(env, kind, name, actor_for(request, token), query.reason) is None:
         return Status(404, {"detail": f"No override in force for {kind}:{name}."})
     return Status(204, None)

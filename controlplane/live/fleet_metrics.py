@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-from controlplane.live.state import read_snapshot
+from controlplane.live.history import read_snapshot
 from controlplane.ops.metrics import DATABASE_ERRORS, REDIS_ERRORS
 from controlplane.ops.outage import DATABASE_UNAVAILABLE
 from controlplane.policies.models import Environment

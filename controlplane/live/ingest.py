@@ -30,7 +30,7 @@ from typing import Any
 import redis
 from django.db import DatabaseError, close_old_connections, transaction
 
-from controlplane.live import state
+from controlplane.live import history
 from controlplane.live.models import BreakerEvent, DiscoveredName
 from controlplane.live.push import notify
 from controlplane.ops.metrics import DATABASE_ERRORS, REPORTS_INGESTED
@@ -70,7 +70,7 @@ def read_report(fields: Fields, now: float | None = None) -> Report | None:
     report = reports.read_report(fields, now)
     if isinstance(report, Heartbeat):
         try:
-            state.heartbeat_instance(report.instance, report.data)
+            history.heartbeat_instance(report.instance, report.data)
         except ValueError as exc:
             raise MalformedReport("data", f"is not a heartbeat: {exc}") from None
     return report
@@ -91,7 +91,7 @@ class Changes:
 def process_entries(
     environment: Environment,
     entries: Sequence[tuple[Any, Fields]],
-    skipped: state.SkippedEntries | None = None,
+    skipped: history.SkippedEntries | None = None,
 ) -> Changes:
     """Apply one environment's entries; return the policy fields (and ``@instances``) changed.
 
@@ -99,7 +99,7 @@ def process_entries(
     warning per kind of problem in this batch). Raises only when Redis or the
     database cannot be reached: the batch is then to be read again.
     """
-    skipped = skipped or state.SkippedEntries(logger, "report entries")
+    skipped = skipped or history.SkippedEntries(logger, "report entries")
     keys = environment.keys()
     now = time.time()
     events: list[BreakerEvent] = []
@@ -115,11 +115,11 @@ def process_entries(
                 continue
             REPORTS_INGESTED.labels(_type_label(report)).inc()
             if isinstance(report, Counters):
-                changes.figures |= state.record_counters(
+                changes.figures |= history.record_counters(
                     pipe, keys, report.instance, report.at, report.policies
                 )
             elif isinstance(report, Transition):
-                state.record_breaker_state(
+                history.record_breaker_state(
                     pipe, keys, report.name, report.instance, report.to_state, report.at
                 )
                 events.append(
@@ -170,7 +170,7 @@ def _type_label(report: Report | None) -> str:
     return "other"
 
 
-def _store_events(events: list[BreakerEvent], skipped: state.SkippedEntries) -> None:
+def _store_events(events: list[BreakerEvent], skipped: history.SkippedEntries) -> None:
     """Insert the events at once; if the database refuses one, each on its own."""
     try:
         with transaction.atomic():
@@ -185,7 +185,7 @@ def _store_events(events: list[BreakerEvent], skipped: state.SkippedEntries) -> 
         _save_alone(event.save, skipped, f"breaker event {event.name} from {event.instance[:40]}")
 
 
-def _save_alone(save: Callable[[], object], skipped: state.SkippedEntries, what: str) -> None:
+def _save_alone(save: Callable[[], object], skipped: history.SkippedEntries, what: str) -> None:
     """Run ``save`` in a savepoint of its own: a row the database refuses costs that row."""
     try:
         with transaction.atomic():
@@ -199,7 +199,7 @@ def _save_alone(save: Callable[[], object], skipped: state.SkippedEntries, what:
 def _record_discovered(
     environment: Environment,
     found: dict[tuple[str, str], tuple[dict[str, Any], str]],
-    skipped: state.SkippedEntries,
+    skipped: history.SkippedEntries,
 ) -> None:
     managed = set(
         Policy.objects.filter(environment=environment, deleted=False).values_list("kind", "name")
@@ -229,13 +229,13 @@ def read_group(
     if block_ms is not None:
         args += ["BLOCK", block_ms]
     args += ["STREAMS", *streams, *[">"] * len(streams)]
-    reply: Any = state.undecoded(client, *args)
+    reply: Any = history.undecoded(client, *args)
     return [(_id(stream), _entries(entries)) for stream, entries in reply or []]
 
 
 def claim_abandoned(client: redis.Redis, consumer: str, stream: str) -> Entries:
     """Entries of ``stream`` left pending by a dead consumer for ``CLAIM_IDLE_MS``, undecoded."""
-    reply: Any = state.undecoded(
+    reply: Any = history.undecoded(
         client, "XAUTOCLAIM", stream, GROUP, consumer, CLAIM_IDLE_MS, "0-0", "COUNT", BATCH
     )
     return _entries(reply[1])
@@ -255,7 +255,7 @@ class Ingestor(threading.Thread):
         self.consumer = f"{socket.gethostname()}:{os.getpid()}"
         self._stop_event = threading.Event()
         self.processed = 0
-        self.skipped = state.SkippedEntries(logger, "report entries")
+        self.skipped = history.SkippedEntries(logger, "report entries")
 
     def stop(self) -> None:
         self._stop_event.set()

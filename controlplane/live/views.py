@@ -12,8 +12,8 @@ from django.views.decorators.http import require_GET, require_POST
 
 from controlplane.accounts.actors import Actor
 from controlplane.accounts.roles import Role, abilities, role_required
+from controlplane.live.history import SERIES, read_history
 from controlplane.live.models import BreakerEvent, DiscoveredName
-from controlplane.live.state import SERIES, read_history
 from controlplane.live.widgets import live_snapshot, overview, table_rows
 from controlplane.policies.actions import do_create_policy
 from controlplane.policies.models import Environment

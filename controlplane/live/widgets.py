@@ -26,13 +26,14 @@ from django.template.loader import get_template, render_to_string
 from django.urls import reverse
 from markupsafe import Markup
 
-from controlplane.live.state import (
+from controlplane.live.history import (
     LiveSnapshot,
     PolicyRates,
     breaker_instances,
     read_snapshot,
     top_rejected,
 )
+from controlplane.policies.access import find_policy
 from controlplane.policies.models import Environment, Override, Policy
 from controlplane.policies.overrides import OPERATOR_ACTIONS, active_overrides
 from controlplane.redis_connection import get_redis
@@ -276,7 +277,7 @@ def table_rows(rows: list[Row], *, operate: bool) -> Markup:
 
 
 # What the live state in Redis holds is untrusted (anyone who can write to Redis wrote
-# it). The readers in live/state.py skip a malformed entry; should a value they do not
+# it). The readers in live/history.py skip a malformed entry; should a value they do not
 # expect still raise, the page shows no live figures for that read instead of a 500.
 UNREADABLE = (ValueError, TypeError, AttributeError, KeyError, OverflowError, RecursionError)
 _unreadable_logged: set[tuple[str, str]] = set()  # (environment, read) logged as unreadable
@@ -430,7 +431,7 @@ def render_push(
     """
     if focus is not None:
         kind, _, name = focus.partition(":")
-        policy = environment.policies.filter(kind=kind, name=name, deleted=False).first()
+        policy = find_policy(environment, kind, name)
         if policy is None or (focus not in changed and "@instances" not in changed):
             return ""
         return render_to_string(

@@ -9,9 +9,9 @@ import redis
 from django.db import DataError, OperationalError, models
 
 from controlplane.accounts.actors import Actor
+from controlplane.live.history import RATE_WINDOW, read_history, read_snapshot
 from controlplane.live.ingest import GROUP, Ingestor, ensure_group, process_entries, read_report
 from controlplane.live.models import BreakerEvent, DiscoveredName
-from controlplane.live.state import RATE_WINDOW, read_history, read_snapshot
 from controlplane.policies.actions import do_create_environment, do_create_policy
 from controlplane.policies.models import Environment
 from controlplane.protocol import reports

@@ -23,11 +23,11 @@ from hypothesis import strategies as st
 
 from controlplane.accounts.actors import Actor
 from controlplane.client import Client
-from controlplane.client.breaker import STATES
 from controlplane.live.ingest import GROUP, Ingestor, ensure_group
 from controlplane.live.models import BreakerEvent, DiscoveredName
 from controlplane.policies.actions import do_create_policy
 from controlplane.policies.models import Environment
+from controlplane.protocol.breaker_state import STATES
 from controlplane.protocol.keys import NAME_PATTERN
 from tests.properties import PROPERTIES, json_loads_values
 

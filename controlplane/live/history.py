@@ -25,10 +25,11 @@ from typing import Any
 import redis
 from redis.client import NEVER_DECODE
 
-from controlplane.client.breaker import STATES as BREAKER_STATES
 from controlplane.live.models import BreakerEvent
+from controlplane.protocol.breaker_state import STATES as BREAKER_STATES
 from controlplane.protocol.keys import NAME_PATTERN, KeyLayout
 from controlplane.protocol.limits import loads_json
+from controlplane.protocol.reports import NUMERIC_COUNTERS, SUBJECT_LENGTH
 
 logger = logging.getLogger(__name__)
 
@@ -42,26 +43,9 @@ INSTANCE_TIMEOUT = 30.0  # an instance without a heartbeat this long is gone
 HEARTBEAT_BYTES = 16 * 1024  # a heartbeat document takes about 200 bytes
 # An instance id, and each text a heartbeat shows, is as long as the database keeps one.
 INSTANCE_LENGTH: int = BreakerEvent._meta.get_field("instance").max_length  # type: ignore[assignment]
-SUBJECT_LENGTH = 200  # a rejected subject is kept and shown up to this many characters
 MAX_PID = 2**31 - 1
 MAX_REVISION = 2**63 - 1  # a BigIntegerField, as the environment's revision
 SKIPPED_WARNING_INTERVAL = 300.0  # seconds between two warnings about one kind of problem
-NUMERIC_COUNTERS = (
-    "calls",
-    "successes",
-    "failures",
-    "slow",
-    "ignored",
-    "rejected",
-    "would_reject",
-    "allowed",
-    "fallback",
-    "hits",
-    "misses",
-    "stale_hits",
-    "local_hits",
-    "errors",
-)
 
 
 class SkippedEntries:

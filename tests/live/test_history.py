@@ -8,14 +8,14 @@ import time
 import pytest
 import redis
 
-from controlplane.live.ingest import process_entries
-from controlplane.live.state import (
+from controlplane.live.history import (
     REPORT_GRACE,
     breaker_instances,
     read_history,
     read_snapshot,
     top_rejected,
 )
+from controlplane.live.ingest import process_entries
 from controlplane.policies.models import Environment
 
 pytestmark = pytest.mark.django_db
