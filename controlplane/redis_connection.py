@@ -42,3 +42,12 @@ def get_redis() -> redis.Redis:
                 retry=Retry(ExponentialBackoff(cap=0.05, base=0.01), 1),
             )
         return _clients[url]
+
+
+def redis_answers() -> bool:
+    """Whether Redis answers now: for /readyz, and for pages that say when a saved change
+    awaits the reconciler."""
+    try:
+        return bool(get_redis().ping())
+    except redis.RedisError:
+        return False

@@ -13,7 +13,6 @@ import hmac
 import logging
 from collections.abc import Callable
 
-import redis
 from django.conf import settings
 from django.db import DatabaseError, connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
@@ -22,7 +21,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
-from controlplane.redis_connection import get_redis
+from controlplane.redis_connection import redis_answers
 
 logger = logging.getLogger(__name__)
 
@@ -49,19 +48,12 @@ def _database_ok() -> bool:
         return False
 
 
-def _redis_ok() -> bool:
-    try:
-        return bool(get_redis().ping())
-    except redis.RedisError:
-        return False
-
-
 @never_cache
 @require_GET
 def readyz(request: HttpRequest) -> JsonResponse:
     checks = {
         "database": _database_ok(),
-        "redis": _redis_ok(),
+        "redis": redis_answers(),
     }
     for name, check in READINESS_CHECKS.items():  # each needs both: not run without them
         checks[name] = checks["database"] and checks["redis"] and check()

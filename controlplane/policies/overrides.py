@@ -26,12 +26,12 @@ from controlplane.audit.record import record
 from controlplane.ops.metrics import PUBLISHES, REDIS_ERRORS
 from controlplane.policies.actions import next_revision, update_policy
 from controlplane.policies.models import Environment, Override, Policy, check_reason
-from controlplane.policies.publish import redis_answers, write_document
+from controlplane.policies.publish import write_document
 from controlplane.protocol import scripts
 from controlplane.protocol.documents import OVERRIDE_STATES, SECTION_OVERRIDES, OverrideDocument
 from controlplane.protocol.keys import KeyLayout
 from controlplane.protocol.schema import PolicyError, validate_name
-from controlplane.redis_connection import get_redis
+from controlplane.redis_connection import get_redis, redis_answers
 
 logger = logging.getLogger(__name__)
 

@@ -26,14 +26,6 @@ logger = logging.getLogger(__name__)
 _PUBLISH: Final = scripts.load("publish")
 
 
-def redis_answers() -> bool:
-    """Whether Redis answers now, for pages that say when a saved change awaits the reconciler."""
-    try:
-        return bool(get_redis().ping())
-    except redis.RedisError:
-        return False
-
-
 def policy_document(policy: Policy) -> PolicyDocument:
     """Return the document that represents ``policy`` in Redis."""
     return PolicyDocument(

@@ -34,11 +34,10 @@ from controlplane.policies.config_as_code import (
 from controlplane.policies.diff import masked_spec, spec_diff
 from controlplane.policies.forms import PolicyForm
 from controlplane.policies.models import Environment, Policy
-from controlplane.policies.publish import redis_answers
 from controlplane.protocol.documents import PolicyDocument, ProtocolError
 from controlplane.protocol.limits import MAX_IMPORT_BYTES
 from controlplane.protocol.schema import KIND_LABELS, KINDS, PolicyError
-from controlplane.redis_connection import get_redis
+from controlplane.redis_connection import get_redis, redis_answers
 
 logger = logging.getLogger(__name__)
 
