@@ -109,9 +109,14 @@ def test_postgresql_connections_give_up_after_a_timeout(url: str, expected: str)
 
 
 def _manage(tmp_path: Path, *command: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return _run_python(tmp_path, "manage.py", *command, **env)
+
+
+def _run_python(tmp_path: Path, *argv: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run Python in the project with production settings on a throw-away database."""
     clean = {k: v for k, v in os.environ.items() if k not in {"SECRET_KEY", "DEBUG"}}
     return subprocess.run(
-        [sys.executable, "manage.py", *command],
+        [sys.executable, *argv],
         cwd=ROOT,
         env={
             **clean,
@@ -164,24 +169,8 @@ def test_a_strong_secret_key_or_debug_starts(tmp_path: Path, key: str, debug: st
 
 
 def _load_asgi(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if k not in {"SECRET_KEY", "DEBUG"}}
-    return subprocess.run(
-        [sys.executable, "-c", "import controlplane.asgi"],
-        cwd=ROOT,
-        env={
-            **clean,
-            "DJANGO_SETTINGS_MODULE": "controlplane.settings",
-            "CONTROLPLANE_VAR_DIR": str(tmp_path),
-            "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}",
-            "REDIS_URL": "redis://127.0.0.1:1/0",
-            "RECONCILER_ENABLED": "false",
-            "INGEST_ENABLED": "false",
-            **env,
-        },
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    workers_off = {"RECONCILER_ENABLED": "false", "INGEST_ENABLED": "false"}
+    return _run_python(tmp_path, "-c", "import controlplane.asgi", **workers_off, **env)
 
 
 def test_daphne_refuses_to_serve_with_a_weak_secret_key_outside_debug(tmp_path: Path) -> None:
