@@ -16,7 +16,8 @@ import redis
 from prometheus_client import REGISTRY
 
 from controlplane.client import CircuitOpenError, Client
-from controlplane.client.breaker import CircuitBreaker, _BreakerHub
+from controlplane.client.breaker import CircuitBreaker
+from controlplane.client.breaker_fleet import BreakerHub
 from controlplane.embedded_redis import RedisServer
 from controlplane.policies.models import Environment, Policy
 from controlplane.policies.publish import write_document
@@ -65,8 +66,8 @@ def attempt(function: Callable[[], Any]) -> str:
     return "ok"
 
 
-def hub(client: Client) -> _BreakerHub:
-    return _BreakerHub.of(client)
+def hub(client: Client) -> BreakerHub:
+    return BreakerHub.of(client)
 
 
 def shared_state(redis_client: redis.Redis, client: Client, name: str) -> dict[str, Any] | None:
