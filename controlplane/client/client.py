@@ -24,10 +24,14 @@ from redis.asyncio import Redis as AsyncRedis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from controlplane.client.breaker import CircuitBreaker
+from controlplane.client.cache import Cache
+from controlplane.client.config import ConfigView
 from controlplane.client.error_log import ErrorLog
+from controlplane.client.limiter import RateLimiter
 from controlplane.client.metrics import ClientMetrics
 from controlplane.client.reporting import Reporter
-from controlplane.client.state import Listener, PolicyState, Snapshot
+from controlplane.client.snapshot import Listener, PolicyState, Snapshot
 from controlplane.protocol.connection import (
     connect,
     connect_async,
@@ -37,10 +41,7 @@ from controlplane.protocol.connection import (
 from controlplane.protocol.keys import DEFAULT_PREFIX, KeyLayout
 
 if TYPE_CHECKING:
-    from controlplane.client.breaker import CircuitBreaker
-    from controlplane.client.cache import Cache, Serializer
-    from controlplane.client.config import ConfigView
-    from controlplane.client.limiter import RateLimiter
+    from controlplane.client.cache import Serializer
 
 # The keyword arguments of ``Client.breaker``, ``limiter`` and ``cache`` (their code
 # defaults, docs/client.md), typed so an editor completes them and mypy catches a
@@ -291,24 +292,18 @@ class Client:
             return self._components[key]
 
     def breaker(self, name: str, **defaults: Unpack[BreakerOptions]) -> CircuitBreaker:
-        from controlplane.client.breaker import CircuitBreaker
-
         breaker: CircuitBreaker = self.component(
             "breaker", name, lambda: CircuitBreaker(self, name, **defaults)
         )
         return breaker
 
     def limiter(self, name: str, **defaults: Unpack[LimiterOptions]) -> RateLimiter:
-        from controlplane.client.limiter import RateLimiter
-
         limiter: RateLimiter = self.component(
             "rate_limit", name, lambda: RateLimiter(self, name, **defaults)
         )
         return limiter
 
     def cache(self, name: str, **defaults: Unpack[CacheOptions]) -> Cache:
-        from controlplane.client.cache import Cache
-
         cache: Cache = self.component("cache", name, lambda: Cache(self, name, **defaults))
         return cache
 
@@ -333,8 +328,6 @@ class Client:
     @property
     def config(self) -> ConfigView:
         if self._config is None:
-            from controlplane.client.config import ConfigView
-
             self._config = ConfigView(self)
         return self._config
 
