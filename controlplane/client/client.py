@@ -32,13 +32,9 @@ from controlplane.client.limiter import RateLimiter
 from controlplane.client.metrics import ClientMetrics
 from controlplane.client.reporting import Reporter
 from controlplane.client.snapshot import Listener, PolicyState, Snapshot
-from controlplane.protocol.connection import (
-    connect,
-    connect_async,
-    decode_policy_store,
-    read_policy_store,
-)
+from controlplane.protocol.connection import connect, connect_async
 from controlplane.protocol.keys import DEFAULT_PREFIX, KeyLayout
+from controlplane.protocol.store import decode_policy_store, read_policy_store
 
 if TYPE_CHECKING:
     from controlplane.client.cache import Serializer

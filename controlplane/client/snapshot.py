@@ -15,14 +15,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from controlplane.protocol.connection import (
-    PolicyStore,
-    Stored,
-    decode_override,
-    decode_policy,
-    meta_revision,
-    printable,
-)
 from controlplane.protocol.documents import (
     SECTION_OVERRIDES,
     SECTION_POLICIES,
@@ -30,6 +22,14 @@ from controlplane.protocol.documents import (
     OverrideDocument,
     PolicyDocument,
     ProtocolError,
+)
+from controlplane.protocol.store import (
+    PolicyStore,
+    Stored,
+    decode_override,
+    decode_policy,
+    meta_revision,
+    printable,
 )
 
 logger = logging.getLogger("controlplane.client")

@@ -26,13 +26,13 @@ from controlplane.ops.outage import DATABASE_UNAVAILABLE, Outage
 from controlplane.policies.models import Environment
 from controlplane.policies.overrides import expire_overrides, newest_overrides, override_document
 from controlplane.policies.publish import policy_document, raise_meta_revision, write_document
-from controlplane.protocol.connection import (
+from controlplane.protocol.documents import SECTION_OVERRIDES, SECTION_POLICIES
+from controlplane.protocol.store import (
     Stored,
     meta_revision,
     read_meta_revisions,
     read_policy_store,
 )
-from controlplane.protocol.documents import SECTION_OVERRIDES, SECTION_POLICIES
 from controlplane.redis_connection import get_redis
 
 logger = logging.getLogger(__name__)

@@ -65,8 +65,9 @@ import redis
 import redis.asyncio
 from redis.asyncio import Redis as AsyncRedis
 from redis.asyncio.cluster import ClusterNode as AsyncClusterNode
-from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.client import NEVER_DECODE
+
+from controlplane.protocol.connection import is_cluster
 
 _pack_command: Callable[[tuple[Any, ...]], bytes] | None
 try:
@@ -142,13 +143,6 @@ async def arun(
 ) -> Any:
     """Run ``script`` on an asyncio client, batched (see the module's documentation)."""
     return await batcher_for(client).submit(script, keys, args)
-
-
-def _is_cluster(client: object) -> bool:
-    # What ``connection.is_cluster`` says, without importing that module (which reads
-    # the policy store with a script of this one): its synchronous cluster client is
-    # the one with ``cluster_client()``, its asyncio one is redis-py's.
-    return isinstance(client, AsyncRedisCluster) or hasattr(type(client), "cluster_client")
 
 
 # What the installed redis-py offers below its client API.
@@ -355,7 +349,7 @@ _runner_of: weakref.WeakKeyDictionary[redis.Redis, Runner] = weakref.WeakKeyDict
 def runner_for(client: redis.Redis) -> Runner:
     """Return the script runner of a synchronous client (one per client)."""
     runner = _runner_of.get(client)
-    if _is_cluster(client):
+    if is_cluster(client):
         if runner is None:
             runner = _runner_of[client] = ClusterScriptRunner(client)
     elif not isinstance(runner, ScriptRunner) or runner.pool is not client.connection_pool:
@@ -460,7 +454,7 @@ class AsyncBatcher:
         (hiredis packs the commands when installed); an error reply of one call
         (``NOSCRIPT``, a script error) is returned in its place, not raised.
         """
-        if _is_cluster(self._redis):
+        if is_cluster(self._redis):
             return await self._execute_on_cluster(batch)
         pool = self._redis.connection_pool
         get_connection: Any = pool.get_connection  # untyped in redis-py

@@ -12,9 +12,10 @@ import redis
 
 from controlplane.embedded_redis import RedisServer
 from controlplane.protocol import scripts
-from controlplane.protocol.connection import connect, connect_async, read_policy_store
+from controlplane.protocol.connection import connect, connect_async
 from controlplane.protocol.documents import OverrideDocument
 from controlplane.protocol.keys import KeyLayout
+from controlplane.protocol.store import read_policy_store
 
 ROOT = Path(__file__).resolve().parents[2]
 ECHO = scripts.LuaScript("return {KEYS[1], ARGV[1]}")
