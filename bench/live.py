@@ -591,22 +591,20 @@ class PushTimings:
 
     The product's pusher renders in the process that learned of the change,
     here the bench process running the ingest, so this is where rendering is
-    timed. Both functions are looked up at call time (``send_now`` as a module
-    global of ``push``, ``render_rows`` imported inside it), so replacing them
-    on their modules times every push without changing the product.
+    timed. Both functions are module globals of ``push``, looked up at call
+    time, so replacing them there times every push without changing the product.
     """
 
     def __init__(self) -> None:
         import controlplane.live.push as push
-        import controlplane.live.widgets as widgets
 
-        self._push, self._widgets = push, widgets
-        self._send, self._render = push.send_now, widgets.render_rows
+        self._push = push
+        self._send, self._render = push.send_now, push.render_rows
         self._local = threading.local()
         self._lock = threading.Lock()
         self.pushes: list[Push] = []
         push.send_now = self._timed_send
-        widgets.render_rows = self._timed_render
+        push.render_rows = self._timed_render
 
     def _timed_send(self, environment_name: str, changed: set[str], *, state: bool = True) -> None:
         self._local.render = None
@@ -638,7 +636,7 @@ class PushTimings:
 
     def restore(self) -> None:
         self._push.send_now = self._send
-        self._widgets.render_rows = self._render
+        self._push.render_rows = self._render
 
 
 def _plural(count: float, noun: str) -> str:
