@@ -96,6 +96,9 @@ class CacheOptions(TypedDict, total=False):
 logger = logging.getLogger("controlplane.client")
 
 LIBRARY_VERSION = "0.1.0"
+# Resyncs while Redis is behind the revisions this client knows (docs/protocol.md, 6.3).
+CATCH_UP_FIRST = 1.0
+CATCH_UP_MAX = 8.0
 _clients: weakref.WeakSet[Client] = weakref.WeakSet()
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -144,6 +147,7 @@ class Client:
         self._listeners: dict[str, list[Listener]] = {}
         self._channel_handlers: dict[str, Callable[[bytes], None]] = {}
         self._resync_hooks: list[Callable[[], None]] = []
+        self._catch_up_delay = CATCH_UP_FIRST
         self._components: dict[tuple[str, str], Any] = {}
         self._components_lock = threading.Lock()
         self._follower: threading.Thread | None = None
@@ -402,7 +406,7 @@ class Client:
         if not self.connected:
             logger.info("Following %s policies through Redis", self.environment)
         self.connected = True
-        next_resync = time.monotonic() + self.resync_interval
+        next_resync = self._next_resync()
         subscribed = set(channels)
         while not self._stop.is_set():
             if self._resync_requested.is_set():
@@ -412,12 +416,26 @@ class Client:
                     subscribed |= missing
                 self._resync_requested.clear()
                 self.resync()
+                next_resync = self._next_resync()
             message = pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
             if message is not None and message["type"] == "message":
                 self._dispatch(message["channel"], message["data"])
             if time.monotonic() >= next_resync:
                 self.resync()
-                next_resync = time.monotonic() + self.resync_interval
+                next_resync = self._next_resync()
+
+    def _next_resync(self) -> float:
+        """When to resync next: on the backstop timer, or soon while Redis is behind.
+
+        A snapshot that was not authoritative (docs/protocol.md, 6.3) is read again
+        after 1 s, then 2, 4 and 8 s, until Redis has caught up.
+        """
+        if not self.state.behind:
+            self._catch_up_delay = CATCH_UP_FIRST
+            return time.monotonic() + self.resync_interval
+        delay = self._catch_up_delay
+        self._catch_up_delay = min(delay * 2, CATCH_UP_MAX)
+        return time.monotonic() + min(delay, self.resync_interval)
 
     def _dispatch(self, channel: bytes, data: bytes) -> None:
         name = channel.decode()

@@ -37,6 +37,11 @@ logger = logging.getLogger("controlplane.client")
 Listener = Callable[[str, str], None]  # (kind, name)
 Snapshot = PolicyStore  # what a resync installs: the store as read, decoded value by value
 
+# A snapshot whose meta revision stays below the highest revision known this long is
+# believed (docs/protocol.md, 6.3): the control plane repairs Redis within its full
+# reconciliation (30 s), so a revision above the meta's for longer came from a stray
+# message or from before a database restore.
+BELIEVE_META_AFTER = 60.0
 _MAX_LOGGED = 1000  # places remembered as malformed (each logged once); beyond, only counted
 _OVERFLOW = "(more)"
 
@@ -53,6 +58,10 @@ class PolicyState:
     # What is malformed now, by place, with the problem logged: one line per cause,
     # not one per resync; forgotten once that place holds a good document again.
     _logged: dict[str, str] = field(default_factory=dict, repr=False)
+    # Whether the last snapshot was not authoritative (the reader resyncs again soon),
+    # and since when (monotonic) snapshots have had a valid meta revision below ``revision``.
+    behind: bool = False
+    _meta_below_since: float | None = field(default=None, repr=False)
 
     def spec(self, kind: str, name: str) -> dict[str, object] | None:
         document = self.policies.get(f"{kind}:{name}")
@@ -119,8 +128,15 @@ class PolicyState:
                 self.overrides = updated
         return changed
 
-    def install_snapshot(self, snapshot: PolicyStore) -> set[str]:
-        """Merge a snapshot; return the ``kind:name`` fields whose document changed."""
+    def install_snapshot(self, snapshot: PolicyStore, now: float | None = None) -> set[str]:
+        """Merge a snapshot; return the ``kind:name`` fields whose document changed.
+
+        ``now`` (monotonic seconds) times how long the meta revision has stayed
+        below the highest revision known: after ``BELIEVE_META_AFTER`` the snapshot
+        is authoritative again, so one stray change message, or a database restored
+        from a backup, costs a minute of extra resyncs, not every resync forever.
+        """
+        now = time.monotonic() if now is None else now
         for key, problem in snapshot.problems.items():
             self._bad(f"{key} key", problem)
         meta_revision_read = meta_revision(snapshot.meta)
@@ -129,6 +145,22 @@ class PolicyState:
         elif snapshot.meta is not None:
             self._good("meta")
         authoritative = meta_revision_read is not None and meta_revision_read >= self.revision
+        if meta_revision_read is None or authoritative:
+            self._meta_below_since = None
+        elif self._meta_below_since is None:
+            self._meta_below_since = now
+        elif now - self._meta_below_since >= BELIEVE_META_AFTER:
+            logger.warning(
+                "Redis's meta revision %d has stayed below revision %d, the highest known, "
+                "for %.0f s: taking Redis's snapshot as authoritative (a stray change message, "
+                "or a database restored from a backup)",
+                meta_revision_read,
+                self.revision,
+                now - self._meta_below_since,
+            )
+            authoritative = True
+            self._meta_below_since = None
+        self.behind = not authoritative
         changed = self._install(SECTION_POLICIES, snapshot.policies, authoritative=authoritative)
         changed |= self._install(SECTION_OVERRIDES, snapshot.overrides, authoritative=authoritative)
         if authoritative and meta_revision_read is not None:

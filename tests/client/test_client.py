@@ -13,9 +13,10 @@ import pytest
 import redis
 from prometheus_client import REGISTRY
 
-from controlplane.client import Client
+from controlplane.client import Client, snapshot
 from controlplane.embedded_redis import RedisServer
 from controlplane.policies.models import Policy
+from controlplane.protocol.documents import SECTION_POLICIES, change_message
 from tests.conftest import wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -123,6 +124,35 @@ def test_a_gap_in_revisions_triggers_a_resync(
     set_policy("config", "c", value="3")
     wait_for(lambda: cp_client.config.get("c") == "3")
     assert cp_client.config.get("b") == "2"
+
+
+def test_a_stray_revision_costs_a_minute_of_resyncs_not_every_resync_forever(
+    set_policy: Callable[..., Policy],
+    cp_client: Client,
+    raw_redis: redis.Redis,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setattr(snapshot, "BELIEVE_META_AFTER", 2.0)  # 60 s in production
+    set_policy("config", "banner", value="one")
+    wait_for(lambda: cp_client.config.get("banner") == "one")
+    held = cp_client.state.policies["config:banner"]
+    resyncs = cp_client.metrics.resyncs.labels(cp_client.environment)
+
+    # Someone with access to Redis publishes a message no control plane wrote.
+    stray = change_message(SECTION_POLICIES, "config:other", 2**50, held.encode())
+    raw_redis.publish(cp_client.keys.changes, stray)
+    wait_for(lambda: cp_client.state.revision == 2**50)
+    wait_for(lambda: cp_client.state.behind)  # Redis's meta (1) is below it
+    before = resyncs._value.get()
+    wait_for(lambda: resyncs._value.get() > before, timeout=5)  # catching up, not every 30 s
+
+    # Redis's meta stays at 1: after BELIEVE_META_AFTER the snapshot is believed again.
+    wait_for(lambda: cp_client.state.revision == 1 and not cp_client.state.behind, timeout=10)
+    assert [r for r in caplog.records if "taking Redis's snapshot" in r.getMessage()]
+    set_policy("config", "banner", value="two")  # revision 2, below the stray one
+    wait_for(lambda: cp_client.config.get("banner") == "two")
+    assert cp_client.state.revision == 2
 
 
 def test_start_while_redis_is_down_uses_code_defaults_and_catches_up(
