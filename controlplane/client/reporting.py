@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import platform
 import random
 import socket
 import threading
@@ -179,6 +180,7 @@ class Reporter:
             "host": socket.gethostname(),
             "pid": os.getpid(),
             "library_version": _library_version(),
+            "implementation": _implementation(),
             "revision": self.client.state.revision,
             "connected": self.client.connected,
             "at": time.time(),
@@ -213,3 +215,13 @@ def _library_version() -> str:
     from controlplane.client.client import LIBRARY_VERSION
 
     return LIBRARY_VERSION
+
+
+def _implementation() -> dict[str, str]:
+    """Which library this is, in which language (docs/protocol.md, 12.2)."""
+    return {
+        "name": "controlplane.client",
+        "version": _library_version(),
+        "language": "python",
+        "language_version": platform.python_version(),
+    }

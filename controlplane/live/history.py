@@ -188,6 +188,21 @@ class PolicyRates:
         return None if not total else 100.0 * hits / total
 
 
+@dataclass(frozen=True)
+class Implementation:
+    """Which client library an instance runs, as its heartbeat says (docs/protocol.md, 12.2)."""
+
+    name: str
+    version: str
+    language: str
+    language_version: str = ""
+
+    @property
+    def label(self) -> str:
+        language = f"{self.language} {self.language_version}".rstrip()
+        return f"{language} · {self.name} {self.version}"
+
+
 @dataclass
 class Instance:
     instance: str
@@ -198,10 +213,17 @@ class Instance:
     revision: int
     connected: bool
     last_seen: float
+    implementation: Implementation | None = None  # None: a 1.0 client, which does not say
 
     @property
     def age(self) -> float:
         return max(0.0, time.time() - self.last_seen)
+
+    @property
+    def implementation_label(self) -> str:
+        if self.implementation is not None:
+            return self.implementation.label
+        return f"unknown · library {self.library_version or 'unknown'}"
 
 
 @dataclass
@@ -240,13 +262,31 @@ def heartbeat_instance(instance_id: str, data: dict[str, Any]) -> Instance:
         revision=_member_int(data, "revision", MAX_REVISION),
         connected=_member_bool(data, "connected"),
         last_seen=_member_time(data, "at"),
+        implementation=_implementation(data.get("implementation")),
     )
 
 
-def _member_text(data: dict[str, Any], name: str) -> str:
+def _implementation(value: Any) -> Implementation | None:
+    """The optional ``implementation`` object; its unknown members are ignored."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ValueError("implementation: not an object")
+    members = {}
+    for name in ("name", "version", "language"):
+        members[name] = _member_text(value, name, f"implementation.{name}")
+        if not members[name]:
+            raise ValueError(f"implementation.{name}: missing or empty")
+    language_version = _member_text(value, "language_version", "implementation.language_version")
+    return Implementation(**members, language_version=language_version)
+
+
+def _member_text(data: dict[str, Any], name: str, shown: str | None = None) -> str:
     value = data.get(name, "")
     if _text(value) is None:
-        raise ValueError(f"{name}: not a text of at most {INSTANCE_LENGTH} characters without NUL")
+        raise ValueError(
+            f"{shown or name}: not a text of at most {INSTANCE_LENGTH} characters without NUL"
+        )
     return str(value)
 
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from collections import Counter
 from datetime import timedelta
 
 import redis
@@ -53,10 +54,16 @@ def live_overview(request: HttpRequest, environment: str) -> HttpResponse:
 def instances(request: HttpRequest, environment: str) -> HttpResponse:
     env = _environment(environment)
     snapshot = live_snapshot(env)
+    implementations = Counter(i.implementation_label for i in snapshot.instances)
     return render(
         request,
         "live/instances.html",
-        {"environment": env, "snapshot": snapshot, "instances": snapshot.instances},
+        {
+            "environment": env,
+            "snapshot": snapshot,
+            "instances": snapshot.instances,
+            "implementations": implementations.most_common(),
+        },
     )
 
 

@@ -2,10 +2,12 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import subprocess
 import sys
 import threading
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -140,7 +142,8 @@ def test_a_stray_revision_costs_a_minute_of_resyncs_not_every_resync_forever(
     resyncs = cp_client.metrics.resyncs.labels(cp_client.environment)
 
     # Someone with access to Redis publishes a message no control plane wrote.
-    stray = change_message(SECTION_POLICIES, "config:other", 2**50, held.encode())
+    stray_document = replace(held, name="other", revision=2**50)
+    stray = change_message(SECTION_POLICIES, "config:other", 2**50, stray_document.encode())
     raw_redis.publish(cp_client.keys.changes, stray)
     wait_for(lambda: cp_client.state.revision == 2**50)
     wait_for(lambda: cp_client.state.behind)  # Redis's meta (1) is below it
@@ -218,6 +221,12 @@ def test_heartbeat_registers_the_instance(cp_client: Client, redis_client: redis
     assert heartbeat["pid"] == os.getpid()
     assert heartbeat["service"] == "tests"
     assert heartbeat["revision"] == cp_client.state.revision
+    assert heartbeat["implementation"] == {
+        "name": "controlplane.client",
+        "version": heartbeat["library_version"],
+        "language": "python",
+        "language_version": platform.python_version(),
+    }
 
 
 def test_unmanaged_names_are_reported_as_discovered(

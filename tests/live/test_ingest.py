@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from typing import Any
 
@@ -9,7 +10,7 @@ import redis
 from django.db import DataError, OperationalError, models
 
 from controlplane.accounts.actors import Actor
-from controlplane.live.history import RATE_WINDOW, read_history, read_snapshot
+from controlplane.live.history import RATE_WINDOW, SkippedEntries, read_history, read_snapshot
 from controlplane.live.ingest import GROUP, Ingestor, ensure_group, process_entries, read_report
 from controlplane.live.models import BreakerEvent, DiscoveredName
 from controlplane.policies.actions import do_create_environment, do_create_policy
@@ -388,3 +389,38 @@ def test_entries_as_the_protocol_encodes_them_are_read_whole() -> None:
     assert read_report(entry, now) == reports.Heartbeat("web-1:42:9f3a1c2e", heartbeat)
     with pytest.raises(reports.MalformedReport, match="is not a heartbeat"):
         read_report({**entry, "data": reports.encode_data({**heartbeat, "pid": "42"})}, now)
+
+
+def test_heartbeats_say_their_implementation_and_hostile_ones_are_skipped(
+    production: Environment,
+) -> None:
+    heartbeat = {"service": "checkout", "revision": 0, "at": time.time()}
+    implementation = {"name": "controlplane.client", "version": "0.1.0", "language": "python"}
+    hostile = [
+        {**implementation, "name": "x" * 201},
+        {**implementation, "version": 1},
+        {**implementation, "language": None},
+        ["python"],
+    ]
+    skipped = SkippedEntries(logging.getLogger(__name__), "report entries")
+
+    changed = process_entries(
+        production,
+        [
+            ("1-0", _entry("heartbeat", "a", heartbeat)),  # a 1.0 client
+            ("1-1", _entry("heartbeat", "b", {**heartbeat, "implementation": implementation})),
+            ("1-2", _entry("heartbeat", "c", {**heartbeat, "implementation": {"markup": "<b>"}})),
+        ]
+        + [
+            (f"2-{n}", _entry("heartbeat", "d", {**heartbeat, "implementation": value}))
+            for n, value in enumerate(hostile)
+        ],
+        skipped,
+    )
+
+    assert changed.figures == {"@instances"}
+    assert skipped.total == 5
+    entry = _entry("heartbeat", "b", {**heartbeat, "implementation": implementation})
+    assert read_report(entry) == reports.Heartbeat(
+        "b", {**heartbeat, "implementation": implementation}
+    )

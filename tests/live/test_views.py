@@ -520,3 +520,29 @@ def test_an_overlong_reason_changes_nothing(
     )
     assert "Nothing was changed. reason: Use at most 1000 characters" in (response.content.decode())
     assert not AuditEntry.objects.filter(action="override.reset").exists()
+
+
+def test_instances_page_shows_each_implementation_as_text(
+    client: Client, viewer: User, production: Environment, redis_client: redis.Redis
+) -> None:
+    heartbeat = {"service": "shop", "library_version": "0.1.0", "revision": 0, "at": time.time()}
+    python = {
+        "name": "controlplane.client",
+        "version": "0.1.0",
+        "language": "python",
+        "language_version": "3.11.7",
+    }
+    hostile = {"name": "<script>alert(1)</script>", "version": "1", "language": "<b>go</b>"}
+    for name, implementation in (("py1", python), ("py2", python), ("hostile", hostile)):
+        document = {**heartbeat, "implementation": implementation}
+        redis_client.hset(production.keys().instances, name, json.dumps(document))
+    redis_client.hset(production.keys().instances, "old", json.dumps(heartbeat))
+    client.force_login(viewer)
+
+    html = client.get("/e/production/instances/").content.decode()
+
+    assert html.count("python 3.11.7 · controlplane.client 0.1.0</td>") == 2
+    assert "unknown · library 0.1.0</td>" in html  # a 1.0 client says no implementation
+    assert "<script>alert" not in html and "<b>go" not in html
+    assert "&lt;b&gt;go&lt;/b&gt; · &lt;script&gt;alert(1)&lt;/script&gt; 1" in html
+    assert "python 3.11.7 · controlplane.client 0.1.0 (2)" in html  # the fleet's summary
