@@ -24,7 +24,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from typing import Any, Final, Protocol
 
-from controlplane.protocol.limits import loads_json
+from controlplane.protocol.limits import is_safe_integer, loads_json
 
 ENVELOPE_VERSION: Final = 1
 # version (uint8), serializer code (uint8), created_at, fresh_until, stale_until
@@ -275,11 +275,14 @@ def encode_invalidation(generation: int, digest: str, instance: str) -> str:
 def decode_invalidation(data: str | bytes) -> tuple[int, str]:
     """Return ``(generation, digest)`` of an invalidation message, or raise ``ValueError``."""
     message = loads_json(data, what="The invalidation message")
-    if not isinstance(message, dict) or message.get("schema") != INVALIDATION_SCHEMA:
+    if not isinstance(message, dict) or type(message.get("schema")) is not int:
+        raise ValueError(f"not a schema {INVALIDATION_SCHEMA} object")
+    if message["schema"] != INVALIDATION_SCHEMA:
         raise ValueError(f"not a schema {INVALIDATION_SCHEMA} object")
     generation, digest = message.get("generation"), message.get("digest")
-    if not isinstance(generation, int):
-        raise ValueError("generation: not an integer")
+    # Not True (a bool is an int in Python), not 1.0, not beyond 2^53 - 1 (docs/protocol.md, 4).
+    if not is_safe_integer(generation) or generation < 0:
+        raise ValueError("generation: not an integer from 0 to 2^53 - 1")
     if not isinstance(digest, str):
         raise ValueError("digest: not a string")
     return generation, digest

@@ -14,7 +14,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from controlplane.protocol.keys import NAME_PATTERN, PROTOCOL_VERSION
-from controlplane.protocol.limits import MAX_JSON_DEPTH, LimitExceeded, loads_json
+from controlplane.protocol.limits import (
+    MAX_JSON_DEPTH,
+    MAX_SAFE_INTEGER,
+    LimitExceeded,
+    is_safe_integer,
+    loads_json,
+)
 from controlplane.protocol.schema import KINDS, SPECS, PolicyError, validate_spec
 
 
@@ -53,9 +59,13 @@ def _loads(raw: str | bytes, what: str) -> dict[str, Any]:
 
 
 def _int_field(document: Mapping[str, Any], name: str, what: str) -> int:
+    # json.loads gives a float for 1.0 and 1e0: only a number written without
+    # fraction or exponent is an integer of the protocol.
     value = document.get(name)
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise ProtocolError(f"{what}: field {name!r} must be a non-negative integer")
+    if not is_safe_integer(value) or value < 0:
+        raise ProtocolError(
+            f"{what}: field {name!r} must be an integer from 0 to {MAX_SAFE_INTEGER}"
+        )
     return value
 
 
@@ -172,6 +182,8 @@ class OverrideDocument:
             raise ProtocolError(f"override: invalid name {name!r}")
         what = f"override {kind}:{name}"
         revision = _int_field(document, "revision", what)
+        if "state" not in document:  # a policy document filed as an override, say
+            raise ProtocolError(f"{what}: field 'state' is missing")
         state = None if document.get("deleted") is True else document.get("state")
         if state is not None and state not in OVERRIDE_STATES.get(kind, ()):
             raise ProtocolError(f"{what}: invalid state {state!r}")
@@ -265,9 +277,22 @@ class ChangeMessage:
         document = message.get("document")
         if not isinstance(document, dict):
             raise ProtocolError("change: field 'document' must be an object")
-        return cls(
-            section=section,
-            field=field,
-            revision=_int_field(message, "revision", "change"),
-            document=dumps(document),
-        )
+        revision = _int_field(message, "revision", "change")
+        # The message must announce the document it carries: a field or revision of
+        # its own would let one message move another field's revision or H.
+        kind, name = document.get("kind"), document.get("name")
+        if not isinstance(kind, str) or not isinstance(name, str) or field != f"{kind}:{name}":
+            raise ProtocolError(
+                f"change {field!r}: field 'field' is not the document's kind:name {kind!r}:{name!r}"
+            )
+        own = "version" if section == SECTION_POLICIES else "state"
+        if own not in document:  # a policy document announced as an override, or the reverse
+            raise ProtocolError(
+                f"change {field!r}: field 'section' is {section!r}, the document's is not"
+            )
+        carried = document.get("revision")
+        if type(carried) is not int or carried != revision:
+            raise ProtocolError(
+                f"change {field!r}: field 'revision' is {revision}, the document's {carried!r}"
+            )
+        return cls(section=section, field=field, revision=revision, document=dumps(document))

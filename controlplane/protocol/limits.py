@@ -9,7 +9,7 @@ refused after ``MAX_JSON_NODES`` visits instead of being walked exponentially.
 from __future__ import annotations
 
 import json
-from typing import Any, Final
+from typing import Any, Final, TypeGuard
 
 MAX_JSON_DEPTH: Final = 32  # nesting of lists and objects in a value or schema
 MAX_JSON_NODES: Final = 100_000  # values visited, shared references counted each time
@@ -17,6 +17,9 @@ MAX_DOCUMENT_BYTES: Final = 1024 * 1024  # one JSON/YAML text: a policy, a docum
 MAX_IMPORT_BYTES: Final = 8 * 1024 * 1024  # a whole config-as-code file
 MAX_PATTERN_LENGTH: Final = 1000  # a regular expression's source
 MAX_PATTERN_SUBJECT: Final = 64 * 1024  # a string matched against a user's pattern
+# Every integer on the wire lies within +-(2**53 - 1), the integers a double holds exactly:
+# a reader in JavaScript (and the publish script's Lua numbers) would get larger ones wrong.
+MAX_SAFE_INTEGER: Final = 2**53 - 1
 
 
 class LimitExceeded(ValueError):
@@ -38,6 +41,11 @@ def check_shape(value: Any, *, what: str = "The value", max_depth: int = MAX_JSO
                 raise LimitExceeded(f"{what} nests deeper than {max_depth} levels.")
             members = item.values() if isinstance(item, dict) else item
             pending.extend((member, depth + 1) for member in members)
+
+
+def is_safe_integer(value: Any) -> TypeGuard[int]:
+    """Whether ``value`` is a protocol integer: an ``int`` (not a bool) within the safe range."""
+    return type(value) is int and -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER
 
 
 def check_size(

@@ -18,7 +18,13 @@ from typing import Any, Final
 
 from controlplane.protocol import json_schema, patterns
 from controlplane.protocol.keys import NAME_PATTERN
-from controlplane.protocol.limits import MAX_DOCUMENT_BYTES, LimitExceeded, check_shape, loads_json
+from controlplane.protocol.limits import (
+    MAX_DOCUMENT_BYTES,
+    MAX_SAFE_INTEGER,
+    LimitExceeded,
+    check_shape,
+    loads_json,
+)
 from controlplane.protocol.patterns import PatternError, compile_pattern
 
 BREAKER: Final = "breaker"
@@ -100,16 +106,28 @@ def parse_duration(value: Any) -> float:
 def _parse_int(value: Any) -> int:
     if isinstance(value, bool):
         raise InvalidValue("Enter a whole number.")
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
+    if isinstance(value, int) or (isinstance(value, float) and value.is_integer()):
+        return check_safe_integer(int(value))
     if isinstance(value, str):
         try:
-            return int(value.strip())
+            number = int(value.strip())
         except ValueError:
-            pass
+            raise InvalidValue("Enter a whole number.") from None
+        return check_safe_integer(number)
     raise InvalidValue("Enter a whole number.")
+
+
+_UNSAFE_INTEGER: Final = (
+    f"Must be between -{MAX_SAFE_INTEGER} and {MAX_SAFE_INTEGER} (2^53 - 1): "
+    "larger integers are not exact in every client."
+)
+
+
+def check_safe_integer(number: int) -> int:
+    """Return ``number`` if every reader holds it exactly (within +-(2^53 - 1)), else raise."""
+    if not -MAX_SAFE_INTEGER <= number <= MAX_SAFE_INTEGER:
+        raise InvalidValue(_UNSAFE_INTEGER)
+    return number
 
 
 def _parse_float(value: Any) -> float:
@@ -167,6 +185,8 @@ def check_json(value: Any) -> Any:
         elif isinstance(item, float):
             if not math.isfinite(item):
                 raise InvalidValue("JSON has no NaN or Infinity: enter finite numbers.")
+        elif isinstance(item, int) and not isinstance(item, bool):
+            check_safe_integer(item)
         elif isinstance(item, list):
             pending.extend(item)
         elif isinstance(item, dict):

@@ -150,7 +150,9 @@ def _decode_field(
     if isinstance(document, PolicyDocument | OverrideDocument):
         own = f"{document.kind}:{document.name}"
         if own != name:
-            return Stored(name, stored.raw, problem=f"holds the document of {printable(own)}")
+            return Stored(
+                name, stored.raw, problem=f"holds the document of {printable(own)} (kind:name)"
+            )
     return stored
 
 

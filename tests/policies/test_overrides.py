@@ -290,3 +290,15 @@ def test_a_change_is_announced_to_open_dashboards_once_committed(
         ("production", "breaker:payments", True),  # the reset's lift
         ("production", "breaker:payments", True),  # the reset
     ]
+
+
+def test_a_purge_that_would_raise_the_generation_beyond_2_53_is_refused(
+    production: Environment, system: Actor
+) -> None:
+    cache = do_create_policy(production, "cache", "prices", {"generation": 2**53 - 1}, system)
+    with pytest.raises(PolicyError) as refused:
+        do_purge_cache(production, "prices", system, "new prices")
+    assert "2^53 - 1" in refused.value.errors["generation"][0]
+    cache.refresh_from_db()
+    assert cache.spec["generation"] == 2**53 - 1
+    assert not AuditEntry.objects.filter(action__contains="purge").exists()

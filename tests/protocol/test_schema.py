@@ -228,3 +228,32 @@ def test_bad_names_are_refused(name: Any) -> None:
     with pytest.raises(PolicyError) as caught:
         validate_name(name)
     assert list(caught.value.errors) == ["name"]
+
+
+@pytest.mark.parametrize(
+    ("kind", "data", "field"),
+    [
+        ("cache", {"generation": 2**53}, "generation"),
+        ("cache", {"generation": "9007199254740992"}, "generation"),
+        ("cache", {"generation": 1e300}, "generation"),
+        ("config", {"value_type": "integer", "value": 2**53}, "value"),
+        ("config", {"value_type": "integer", "value": -(2**53)}, "value"),
+        ("config", {"value_type": "integer", "value": 1, "choices": [1, 2**60]}, "choices"),
+        ("config", {"value_type": "json", "value": {"ids": [2**53]}}, "value"),
+        ("config", {"value_type": "json", "value": 1, "json_schema": {"maximum": 2**64}}, "json_schema"),
+    ],
+)
+def test_integers_beyond_2_53_are_refused_naming_the_field(
+    kind: str, data: dict[str, Any], field: str
+) -> None:
+    with pytest.raises(PolicyError) as refused:
+        validate_spec(kind, data)
+    assert "2^53 - 1" in refused.value.errors[field][0]
+
+
+def test_integers_up_to_2_53_are_kept_exactly() -> None:
+    largest = 2**53 - 1
+    assert validate_spec("cache", {"generation": largest})["generation"] == largest
+    config = validate_spec("config", {"value_type": "integer", "value": -largest})
+    assert config["value"] == -largest
+    assert validate_spec("config", {"value_type": "json", "value": [largest]})["value"] == [largest]
