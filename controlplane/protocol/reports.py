@@ -152,6 +152,7 @@ def read_report(fields: Fields, now: float | None = None) -> Report | None:
     service = _stream_text(by_name, "service", SERVICE_LENGTH, required=False)
     data = _data(by_name)
     if entry_type == HEARTBEAT:
+        _at(data, now)  # as every entry's (docs/protocol.md, 12.4)
         return Heartbeat(instance, data)
     if entry_type == TRANSITION:
         return _transition(instance, service, data, now)

@@ -105,7 +105,9 @@ def check_instances_hash(case: dict[str, Any], client: redis.Redis, keys: KeyLay
         verdict: Any = shown(history.read_heartbeat(instance, document))
     except ValueError as exc:
         verdict = f"skipped: {exc}"
-    if case["verdict"] == "valid":
+    if case.get("instances_hash") == "gone":
+        assert case["now"] - verdict["at"] > history.INSTANCE_TIMEOUT
+    elif case["verdict"] == "valid":
         assert verdict == case["recorded"]
     elif not case["entry"]["instance"]:
         return  # an empty id is the entry's problem; the hash's reader checks fields
