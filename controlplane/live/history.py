@@ -28,7 +28,7 @@ from redis.client import NEVER_DECODE
 from controlplane.live.models import BreakerEvent
 from controlplane.protocol.breaker_state import STATES as BREAKER_STATES
 from controlplane.protocol.keys import NAME_PATTERN, KeyLayout
-from controlplane.protocol.limits import loads_json
+from controlplane.protocol.limits import MAX_SAFE_INTEGER, loads_json
 from controlplane.protocol.reports import NUMERIC_COUNTERS, SUBJECT_LENGTH
 
 logger = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ HEARTBEAT_BYTES = 16 * 1024  # a heartbeat document takes about 200 bytes
 # An instance id, and each text a heartbeat shows, is as long as the database keeps one.
 INSTANCE_LENGTH: int = BreakerEvent._meta.get_field("instance").max_length  # type: ignore[assignment]
 MAX_PID = 2**31 - 1
-MAX_REVISION = 2**63 - 1  # a BigIntegerField, as the environment's revision
+MAX_REVISION = MAX_SAFE_INTEGER  # as every revision on the wire (docs/protocol.md, 4)
 SKIPPED_WARNING_INTERVAL = 300.0  # seconds between two warnings about one kind of problem
 
 
