@@ -126,11 +126,16 @@ def decode_override(field: object, raw: object) -> Stored[OverrideDocument]:
     return _decode_field(field, raw, OverrideDocument.decode, _OVERRIDE_KINDS)
 
 
-def decode_meta(raw: object) -> Stored[MetaDocument] | None:
-    """Decode the meta value (None when the key is absent)."""
+def decode_meta(raw: object, environment: str | None = None) -> Stored[MetaDocument] | None:
+    """Decode the meta value (None when the key is absent); with ``environment``, a
+    meta document of another environment (a key copied across) is malformed."""
     if raw is None:
         return None
-    return _decode_value("", raw, MetaDocument.decode)
+    stored = _decode_value("", raw, MetaDocument.decode)
+    if stored.document is not None and environment not in (None, stored.document.environment):
+        problem = f"field 'environment' is {printable(stored.document.environment)!r}"
+        return Stored("", stored.raw, problem=f"{problem}, not {environment!r}")
+    return stored
 
 
 def _decode_field(
@@ -173,6 +178,7 @@ def decode_policy_store(
     overrides: Mapping[Any, Any],
     meta: object,
     problems: Mapping[str, str] | None = None,
+    environment: str | None = None,
 ) -> PolicyStore:
     """Decode the contents of the policy store, value by value (see :class:`Stored`)."""
     decoded_policies = {
@@ -181,7 +187,8 @@ def decode_policy_store(
     decoded_overrides = {
         item.field: item for item in (decode_override(f, v) for f, v in overrides.items())
     }
-    return PolicyStore(decoded_policies, decoded_overrides, decode_meta(meta), dict(problems or {}))
+    decoded_meta = decode_meta(meta, environment)
+    return PolicyStore(decoded_policies, decoded_overrides, decoded_meta, dict(problems or {}))
 
 
 def read_policy_store(client: redis.Redis, keys: KeyLayout) -> PolicyStore:
@@ -204,7 +211,9 @@ def read_policy_store(client: redis.Redis, keys: KeyLayout) -> PolicyStore:
         )
         if error is not None
     }
-    return decode_policy_store(_pairs(policies), _pairs(overrides), meta, problems)
+    return decode_policy_store(
+        _pairs(policies), _pairs(overrides), meta, problems, environment=keys.environment
+    )
 
 
 def read_meta_revisions(client: redis.Redis, all_keys: list[KeyLayout]) -> list[int | None]:
@@ -215,13 +224,13 @@ def read_meta_revisions(client: redis.Redis, all_keys: list[KeyLayout]) -> list[
             pipe.execute_command("GET", keys.meta, **{NEVER_DECODE: True})  # type: ignore[no-untyped-call]
         replies = pipe.execute(raise_on_error=False)
     revisions: list[int | None] = []
-    for reply in replies:
+    for keys, reply in zip(all_keys, replies, strict=True):
         if isinstance(reply, redis.ResponseError):  # WRONGTYPE: the key is not a string
             revisions.append(-1)
             continue
         if isinstance(reply, Exception):
             raise reply
-        meta = decode_meta(reply)
+        meta = decode_meta(reply, keys.environment)
         revisions.append(None if meta is None else meta_revision(meta))
     return revisions
 

@@ -44,7 +44,7 @@ def test_vector(case: dict[str, Any], caplog: pytest.LogCaptureFixture) -> None:
     raw = as_bytes(case["raw"])
     stored: Stored[Any] | None
     if case["document"] == "meta":
-        stored = decode_meta(raw)
+        stored = decode_meta(raw, "production")
     else:
         decode = decode_policy if case["document"] == "policy" else decode_override
         stored = decode(as_bytes(case["field"]), raw)
