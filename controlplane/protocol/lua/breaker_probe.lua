@@ -8,6 +8,7 @@
 -- Returns {status, detail, server time as text}:
 --   { 1, permits taken, now}  granted
 --   { 0, PTTL of counter, now} denied: every permit of this half-open state is taken
+--                              (the counter is left as it was)
 --   {-1, stored document, now} the stored epoch differs: adopt the document
 --   {-2, stored document, now} same epoch, but not half-open at the server's time
 --   {-3, nil, now}             no shared state: the caller limits probes locally
@@ -20,4 +21,6 @@ if effective(current, now) ~= 'half_open' then return {-2, raw, tostring(now)} e
 local taken = redis.call('INCR', KEYS[2])
 if taken == 1 then redis.call('PEXPIRE', KEYS[2], ARGV[4]) end
 if taken <= tonumber(ARGV[3]) then return {1, taken, tostring(now)} end
+-- A denial takes nothing: a permit given back (release) is then free for the next caller.
+redis.call('DECR', KEYS[2])
 return {0, redis.call('PTTL', KEYS[2]), tostring(now)}
