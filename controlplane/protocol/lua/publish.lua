@@ -18,8 +18,9 @@ local revision = tonumber(ARGV[3])
 local function revision_of(raw)
   if not raw then return -1 end
   local ok, doc = pcall(cjson.decode, raw)
-  if ok and type(doc) == 'table' and tonumber(doc['revision']) then
-    return tonumber(doc['revision'])
+  -- A JSON number only: a revision written as a string ("9") is no revision.
+  if ok and type(doc) == 'table' and type(doc['revision']) == 'number' then
+    return doc['revision']
   end
   return -1
 end
