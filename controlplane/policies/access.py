@@ -27,7 +27,7 @@ def environment_for(held: Role | None, needed: Role, name: str) -> Environment:
     check_role(held, needed)
     environment = Environment.objects.filter(name=name).first()
     if environment is None:
-        raise Http404("No such environment.")
+        raise Http404(f"No environment named {name!r}.")
     return environment
 
 
@@ -52,5 +52,5 @@ def policy_for(held: Role | None, needed: Role, environment: str, kind: str, nam
     check_role(held, needed)
     policy = find_policy(environment, kind, name)
     if policy is None:
-        raise Http404("No such policy.")
+        raise Http404(f"No {kind} policy named {name!r} in {environment}.")
     return policy

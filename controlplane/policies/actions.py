@@ -210,8 +210,13 @@ def update_policy(
     reason: str = "",
     *,
     expected_version: int | None = None,
+    audit_action: str = "",
 ) -> Policy:
-    """``do_update_policy`` as a step of the caller's transaction (it must be in one)."""
+    """``do_update_policy`` as a step of the caller's transaction (it must be in one).
+
+    ``audit_action`` names the action in the audit log when it is more than an
+    update (``policy.purge``).
+    """
     check_reason(reason)
     locked = _lock_current(policy, expected_version)
     clean = validate_spec(locked.kind, changes, base=locked.spec)
@@ -219,7 +224,7 @@ def update_policy(
         return locked
     before = _snapshot(locked)
     locked.spec = clean
-    _record(locked, PolicyVersion.Action.UPDATE, actor, reason, before)
+    _record(locked, PolicyVersion.Action.UPDATE, actor, reason, before, audit_action)
     return locked
 
 

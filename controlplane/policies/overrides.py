@@ -240,14 +240,16 @@ def do_clear_override(
         )
 
 
-def do_reset_breaker(environment: Environment, name: str, actor: Actor, reason: str) -> None:
+def do_reset_breaker(
+    environment: Environment, name: str, actor: Actor, reason: str
+) -> Override | None:
     """Back to closed on every instance, windows emptied; lifts any override first.
 
     One action: the lift (if an override is in force) and the reset are audited
     in one transaction, and once it commits the lift is published, then the
     breaker's shared state is reset. A reset is written to Redis only, never
     stored for the reconciler to replay, so it is refused, with nothing lifted
-    or audited, while Redis does not answer.
+    or audited, while Redis does not answer. Returns the override it lifted, if any.
     """
     errors = _target_errors("breaker", ("breaker",), name, reason)
     if errors:
@@ -280,6 +282,7 @@ def do_reset_breaker(environment: Environment, name: str, actor: Actor, reason: 
         )
         transaction.on_commit(partial(_write_reset, environment.keys(), name))
         transaction.on_commit(partial(_announce, environment.name, f"breaker:{name}"))
+    return before
 
 
 def _write_reset(keys: KeyLayout, name: str) -> None:
@@ -296,7 +299,10 @@ def _write_reset(keys: KeyLayout, name: str) -> None:
 
 
 def do_purge_cache(environment: Environment, name: str, actor: Actor, reason: str) -> Policy:
-    """Invalidate every entry of a cache at once by bumping its generation."""
+    """Invalidate every entry of a cache at once by bumping its generation.
+
+    A new version of the policy, audited as ``policy.purge`` (not a plain update).
+    """
     reason = f"Purge: {reason}" if reason.strip() else ""
     errors = _target_errors("cache", ("cache",), name, reason)
     if errors:
@@ -308,7 +314,11 @@ def do_purge_cache(environment: Environment, name: str, actor: Actor, reason: st
         if policy is None:
             raise PolicyError({"name": [f"No cache policy named {name!r} in {environment.name}."]})
         return update_policy(
-            policy, {"generation": int(policy.spec["generation"]) + 1}, actor, reason
+            policy,
+            {"generation": int(policy.spec["generation"]) + 1},
+            actor,
+            reason,
+            audit_action="policy.purge",
         )
 
 

@@ -204,7 +204,7 @@ def test_dashboard_and_services_through_a_redis_kill(
         assert during[-3:] == [
             ("policy.update", "banner"),
             ("override.set", "payments"),
-            ("policy.update", "prices"),
+            ("policy.purge", "prices"),
         ]
         # The services still run on what they had.
         assert service.config.get("banner") == "before"
