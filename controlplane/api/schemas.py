@@ -4,7 +4,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from ninja import Schema
-from pydantic import AfterValidator, Field
+from pydantic import AfterValidator, ConfigDict, Field
 
 from controlplane.policies.models import PolicyVersion, max_length
 from controlplane.protocol.keys import NAME_PATTERN
@@ -144,3 +144,35 @@ class OverrideOut(Schema):
     created_at: datetime
     expires_at: datetime | None
     revision: int
+
+
+class ReasonIn(Schema):
+    """An operator's action on a policy (a breaker reset, a cache purge): it says why."""
+
+    reason: Reason = Field(
+        min_length=1,
+        description="Required: kept in the audit log.",
+        examples=["upstream recovered"],
+    )
+
+
+class ResetOut(Schema):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "environment": "production",
+                    "name": "payments",
+                    "state": "closed",
+                    "lifted_override": "forced_open",
+                }
+            ]
+        }
+    )
+
+    environment: str
+    name: str
+    state: Literal["closed"] = Field(description="The shared state written to Redis.")
+    lifted_override: str | None = Field(
+        description="The override the reset lifted first (its state), or null if none was in force."
+    )

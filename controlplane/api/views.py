@@ -1,4 +1,5 @@
-"""The JSON API for automation: policies, their history and rollback, and the audit log.
+"""The JSON API for automation: policies, their history and rollback, overrides, breaker
+resets, cache purges and the audit log.
 
 Same validation and the same audit as the forms: every write goes through the
 action functions. Errors are JSON naming the field.
@@ -10,7 +11,7 @@ from datetime import timedelta
 from typing import Any, cast
 
 from django.core.exceptions import PermissionDenied
-from django.http import HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse
 from django.utils import timezone
 from ninja import NinjaAPI, Query, Schema, Status
 from ninja.errors import HttpError, ValidationError
@@ -35,6 +36,8 @@ from controlplane.api.schemas import (
     PolicyOut,
     PolicyPatch,
     Reason,
+    ReasonIn,
+    ResetOut,
     RollbackIn,
     Text,
     VersionOut,
@@ -49,7 +52,14 @@ from controlplane.policies.actions import (
     do_update_policy,
 )
 from controlplane.policies.models import Environment, Override, Policy, PolicyVersion
-from controlplane.policies.overrides import active_overrides, do_clear_override, do_set_override
+from controlplane.policies.overrides import (
+    RedisUnavailableError,
+    active_overrides,
+    do_clear_override,
+    do_purge_cache,
+    do_reset_breaker,
+    do_set_override,
+)
 from controlplane.protocol.limits import MAX_JSON_DEPTH, LimitExceeded, loads_json
 from controlplane.protocol.schema import PolicyError, masked
 
@@ -102,6 +112,16 @@ def _http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
 @api.exception_handler(PermissionDenied)
 def _denied(request: HttpRequest, exc: PermissionDenied) -> HttpResponse:
     return api.create_response(request, {"detail": str(exc)}, status=403)
+
+
+@api.exception_handler(Http404)
+def _not_found(request: HttpRequest, exc: Http404) -> HttpResponse:
+    return api.create_response(request, {"detail": str(exc) or "Not found."}, status=404)
+
+
+@api.exception_handler(RedisUnavailableError)
+def _redis_unavailable(request: HttpRequest, exc: RedisUnavailableError) -> HttpResponse:
+    return api.create_response(request, {"detail": str(exc)}, status=503)
 
 
 @api.exception_handler(StaleVersionError)
@@ -333,3 +353,90 @@ def lift_override(
     if do_clear_override(env, kind, name, actor_for(request, token), query.reason) is None:
         return Status(404, {"detail": f"No override in force for {kind}:{name}."})
     return Status(204, None)
+
+
+@api.post(
+    "/environments/{environment}/policies/breaker/{name}/reset",
+    response={200: ResetOut, **READ, 503: DetailOut},
+    summary="Reset a breaker to closed on every instance",
+    openapi_extra={
+        "responses": {
+            503: {
+                "content": {
+                    "application/json": {
+                        "example": {
+                            "detail": "Redis cannot be reached, and a reset exists only "
+                            "there: try again when it answers."
+                        }
+                    }
+                }
+            }
+        }
+    },
+)
+def reset_breaker(request: HttpRequest, environment: Name, name: Name, payload: ReasonIn) -> Any:
+    """Lift the breaker's override, if one is in force, then write `closed` with the next
+    epoch to its shared state in Redis: every instance closes and empties its window.
+
+    The live page's *reset* button: audited as `override.clear` (when it lifts an
+    override) and `override.reset`, with the reason. A reset exists only in Redis, so
+    while Redis does not answer it is refused with 503, and nothing is lifted or audited.
+    """
+    token = require(request, Role.OPERATOR)
+    policy = policy_for(token.acting_role(), Role.OPERATOR, environment, "breaker", name)
+    lifted = do_reset_breaker(
+        policy.environment, policy.name, actor_for(request, token), payload.reason
+    )
+    return {
+        "environment": policy.environment.name,
+        "name": policy.name,
+        "state": "closed",
+        "lifted_override": lifted.state if lifted else None,
+    }
+
+
+@api.post(
+    "/environments/{environment}/policies/cache/{name}/purge",
+    response={200: PolicyOut, **READ},
+    summary="Purge a cache: invalidate every entry at once",
+    openapi_extra={
+        "responses": {
+            200: {
+                "content": {
+                    "application/json": {
+                        "example": {
+                            "environment": "production",
+                            "kind": "cache",
+                            "name": "prices",
+                            "version": 4,
+                            "revision": 57,
+                            "spec": {
+                                "ttl": 300.0,
+                                "enabled": True,
+                                "stale_ttl": 0.0,
+                                "local_size": 0,
+                                "generation": 3,
+                            },
+                            "updated_at": "2026-12-06T14:05:00Z",
+                            "updated_by": "token:deploy-bot",
+                        }
+                    }
+                }
+            }
+        }
+    },
+)
+def purge_cache(request: HttpRequest, environment: Name, name: Name, payload: ReasonIn) -> Any:
+    """Raise the cache's `generation` by 1: instances stop reading the entries written
+    under the old one as soon as they hold the new version.
+
+    The live page's *purge* button: a new version of the policy (its reason is
+    `Purge: <reason>`), audited as `policy.purge`. While Redis does not answer, the
+    purge is saved and audited, and reaches the instances when Redis answers again.
+    """
+    token = require(request, Role.OPERATOR)
+    policy = policy_for(token.acting_role(), Role.OPERATOR, environment, "cache", name)
+    purged = do_purge_cache(
+        policy.environment, policy.name, actor_for(request, token), payload.reason
+    )
+    return _policy_out(purged)

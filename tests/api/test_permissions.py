@@ -34,6 +34,8 @@ ENDPOINTS: list[tuple[str, str, Any, Role, int]] = [
         Role.OPERATOR,
         201,
     ),
+    ("post", P + "/breaker/payments/reset", {"reason": "recovered"}, Role.OPERATOR, 200),
+    ("post", P + "/cache/prices/purge", {"reason": "bad prices"}, Role.OPERATOR, 200),
 ]
 CALLERS = ["none", "viewer", "operator", "editor", "admin", "expired", "revoked"]
 
@@ -42,6 +44,8 @@ CALLERS = ["none", "viewer", "operator", "editor", "admin", "expired", "revoked"
 def api_policy(production: Environment, system: Actor) -> None:
     policy = do_create_policy(production, "rate_limit", "api", {"limit": 10}, system)
     do_update_policy(policy, {"limit": 20}, system)
+    do_create_policy(production, "breaker", "payments", {}, system)
+    do_create_policy(production, "cache", "prices", {}, system)
 
 
 @pytest.mark.parametrize("caller", CALLERS)

@@ -34,6 +34,7 @@ def admin_token(request: pytest.FixtureRequest, db: None, settings: Any) -> str:
     do_create_policy(production, "rate_limit", "api", {"limit": 10}, system)
     do_create_policy(production, "config", "banner", {"value": "hi"}, system)
     do_create_policy(production, "breaker", "banner", {}, system)
+    do_create_policy(production, "cache", "banner", {}, system)
     do_set_override(production, "breaker", "banner", "forced_open", system, "fuzz")
     _, secret = do_create_token("fuzz", Role.ADMIN, system)
     return secret
@@ -43,7 +44,7 @@ def test_every_api_operation_is_fuzzed() -> None:
     operations = {
         (result.ok().method.upper(), result.ok().path) for result in schema.get_all_operations()
     }
-    assert len(operations) == 12  # add an operation: it is fuzzed by the test below
+    assert len(operations) == 14  # add an operation: it is fuzzed by the test below
     assert ("DELETE", "/api/v1/environments/{environment}/overrides/{kind}/{name}") in operations
 
 
