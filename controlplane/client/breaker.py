@@ -701,6 +701,9 @@ class CircuitBreaker:
         self._apply_override(self.client.state.override(BREAKER, self.name), report)
 
     def _apply_override(self, document: OverrideDocument | None, report: bool) -> None:
+        # An override that expired before anything looked at the breaker (the control
+        # plane's tombstone may be the first news) is reported as expired first.
+        self._lift_expired_override()
         state = document.state if document is not None else None
         expires = document.expires_at if document is not None else None
         with self._lock:

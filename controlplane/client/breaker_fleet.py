@@ -177,7 +177,7 @@ class BreakerHub:
         """The writer thread's job for ``share``: one compare-and-set on the epoch."""
         keys = self.client.keys
         try:
-            accepted, raw, now = self.run(
+            _, raw, now = self.run(
                 "transition",
                 [keys.breakers, keys.breaker_probes(breaker.name)],
                 [
@@ -200,7 +200,7 @@ class BreakerHub:
             if breaker._pending is proposal:
                 breaker._pending = None
         if raw is not None:
-            self.adopt_raw(breaker, raw, float(now), "self" if accepted else "fleet")
+            self.adopt_raw(breaker, raw, float(now))
 
     def _retry_pending(self, breaker: CircuitBreaker) -> None:
         """After a resync: write a transition that Redis missed, if it still holds."""
@@ -226,7 +226,7 @@ class BreakerHub:
             return
         breaker = self.breakers.get(shared.name)
         if breaker is not None:
-            self.adopt(breaker, shared, shared.since, "event")
+            self.adopt(breaker, shared, shared.since)
 
     def on_resync(self) -> None:
         """After every snapshot read: read the shared state of every breaker here."""
@@ -254,7 +254,7 @@ class BreakerHub:
             except ValueError as exc:
                 self._malformed(exc)
                 continue
-            self.adopt(breaker, shared, server_now, "resync")
+            self.adopt(breaker, shared, server_now)
 
     def _redis_failed(self, breaker: CircuitBreaker, operation: str, exc: BaseException) -> None:
         self.client.metrics.redis_errors.labels("breaker").inc()
@@ -270,20 +270,21 @@ class BreakerHub:
         # Every resync meets it again until someone repairs it: once a minute is enough.
         self._malformed_log.log(logging.ERROR, "Ignoring a malformed shared breaker state: %s", exc)
 
-    def adopt_raw(
-        self, breaker: CircuitBreaker, raw: str | bytes, server_now: float, source: str
-    ) -> None:
+    def adopt_raw(self, breaker: CircuitBreaker, raw: str | bytes, server_now: float) -> None:
         try:
             shared = BreakerState.decode(raw)
         except ValueError as exc:
             self._malformed(exc)
             return
-        self.adopt(breaker, shared, server_now, source)
+        self.adopt(breaker, shared, server_now)
 
-    def adopt(
-        self, breaker: CircuitBreaker, shared: BreakerState, server_now: float, source: str
-    ) -> None:
-        """Apply a shared state newer than the one this view comes from."""
+    def adopt(self, breaker: CircuitBreaker, shared: BreakerState, server_now: float) -> None:
+        """Apply a shared state newer than the one this view comes from.
+
+        The transition is reported as ``local`` when this instance wrote the state
+        (its own trip or its last probe), else as ``fleet``: the same whether the
+        script's reply or the channel's message gets here first.
+        """
         if shared.name != breaker.name:
             return
         with breaker._lock:
@@ -325,7 +326,7 @@ class BreakerHub:
                 shared.reason,
                 shared.failure_rate,
                 shared.slow_call_rate,
-                source="fleet" if source != "self" else "local",
+                source="local" if shared.instance == self.client.instance_id else "fleet",
                 instance=shared.instance,
             )
         breaker._after(event)
@@ -384,7 +385,7 @@ class BreakerHub:
                     breaker._probe_recheck = time.monotonic() + wait
             return breaker._reject(HALF_OPEN, None)
         if status == -1 and detail is not None and tries < 3:
-            self.adopt_raw(breaker, detail, now, "fleet")
+            self.adopt_raw(breaker, detail, now)
             return breaker._permit_step()
         if status == -2 and detail is not None:
             try:
@@ -435,7 +436,7 @@ class BreakerHub:
                 self._probe_post_failed(breaker, permit, outcome, failed, slow)
                 return
             if int(status) == 2 and raw is not None:
-                self.adopt_raw(breaker, raw, float(now), "self")
+                self.adopt_raw(breaker, raw, float(now))
 
         self.submit(job)
 
