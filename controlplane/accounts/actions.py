@@ -13,7 +13,7 @@ from controlplane.accounts.actors import Actor
 from controlplane.accounts.models import TOKEN_PREFIX, ApiToken, hash_token
 from controlplane.accounts.roles import Role
 from controlplane.audit.record import record
-from controlplane.protocol.schema import PolicyError
+from controlplane.protocol.schema import InvalidValue, PolicyError, check_text
 
 
 def do_create_token(
@@ -24,6 +24,11 @@ def do_create_token(
     label = label.strip()
     if not label or len(label) > 100:
         errors["label"] = ["Give the token a name of 1 to 100 characters."]
+    else:
+        try:
+            check_text(label)
+        except InvalidValue as exc:
+            errors["label"] = [str(exc)]
     if role not in {r.value for r in Role}:
         errors["role"] = [f"Choose one of: {', '.join(r.value for r in Role)}."]
     if expires_at is not None and expires_at <= timezone.now():
