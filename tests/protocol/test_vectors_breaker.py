@@ -214,7 +214,6 @@ class MachineRun:
     def __init__(
         self, case: dict[str, Any], key_prefix: str, raw: redis.Redis, clock: CaseClock
     ) -> None:
-        self.case = case
         self.raw = raw
         self.keys = KeyLayout("production", key_prefix)
         self.clock = clock
