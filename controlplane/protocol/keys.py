@@ -18,7 +18,8 @@ import hashlib
 import re
 from dataclasses import dataclass
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 1  # the `schema` of every document
+PROTOCOL_REVISION = "1.1"  # the version of docs/protocol.md this code implements
 DEFAULT_PREFIX = "rcp"
 
 # Names that appear inside keys: keep them short, printable and free of the
