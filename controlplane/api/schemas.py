@@ -161,8 +161,8 @@ class ResetOut(Schema):
         json_schema_extra={
             "examples": [
                 {
-                    "environment": "production",
-                    "name": "payments",
+                    "environment": "prod",
+                    "name": "checkout",
                     "state": "closed",
                     "lifted_override": "forced_open",
                 }

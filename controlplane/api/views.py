@@ -405,9 +405,9 @@ def reset_breaker(request: HttpRequest, environment: Name, name: Name, payload: 
                 "content": {
                     "application/json": {
                         "example": {
-                            "environment": "production",
+                            "environment": "prod",
                             "kind": "cache",
-                            "name": "prices",
+                            "name": "catalogue",
                             "version": 4,
                             "revision": 57,
                             "spec": {
