@@ -240,7 +240,11 @@ def test_bad_names_are_refused(name: Any) -> None:
         ("config", {"value_type": "integer", "value": -(2**53)}, "value"),
         ("config", {"value_type": "integer", "value": 1, "choices": [1, 2**60]}, "choices"),
         ("config", {"value_type": "json", "value": {"ids": [2**53]}}, "value"),
-        ("config", {"value_type": "json", "value": 1, "json_schema": {"maximum": 2**64}}, "json_schema"),
+        (
+            "config",
+            {"value_type": "json", "value": 1, "json_schema": {"maximum": 2**64}},
+            "json_schema",
+        ),
     ],
 )
 def test_integers_beyond_2_53_are_refused_naming_the_field(
