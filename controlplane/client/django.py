@@ -1,4 +1,4 @@
-"""Rate limits for Django views: a middleware and a view decorator.
+"""Rate limits for Django views: a middleware, a view decorator and a system check.
 
 The only module of the client library that imports Django. Both use the
 default client (``controlplane.client.configure(Client(...))``) and derive the
@@ -16,44 +16,78 @@ subject of each request from the limiter policy's ``key`` field:
   returning ``None``, the IP is used instead.
 
 A rejected request gets ``429 Too Many Requests`` with ``Retry-After`` (whole
-seconds, rounded up) and the ``RateLimit-Limit``, ``RateLimit-Remaining`` and
-``RateLimit-Reset`` headers; admitted responses carry the ``RateLimit-*``
-headers too (of the most restrictive limiter when several apply).
+seconds, rounded up) and the ``RateLimit-Policy``, ``RateLimit`` and legacy
+``RateLimit-Limit``/``-Remaining``/``-Reset`` headers (``controlplane.client.http``);
+admitted responses carry them too. ``RateLimitExceeded`` and ``CircuitOpenError``
+raised by a view become a 429 and a 503 with ``Retry-After``.
 
 Settings:
 
 ``CONTROLPLANE_RATE_LIMITS``
     Which limiters the middleware applies. A list of limiter names applies each
-    to every request; a mapping of URL path prefixes to a name or a list of
-    names applies them to requests whose path starts with the prefix (every
-    matching prefix applies; ``""`` matches everything)::
+    to every request; a mapping of ``"[METHODS ]PREFIX"`` to a name or a list of
+    names applies them to requests whose path starts with the prefix and, when
+    methods are given, whose method is one of them (every matching entry
+    applies; ``""`` matches everything)::
 
-        CONTROLPLANE_RATE_LIMITS = {"/api/": ["api"], "/login/": "login"}
+        CONTROLPLANE_RATE_LIMITS = {"/api/": ["api"], "POST /login/": "login"}
+
+``CONTROLPLANE_RATE_LIMIT_DEFAULTS``
+    Code defaults per limiter name, used until the control plane manages it::
+
+        CONTROLPLANE_RATE_LIMIT_DEFAULTS = {"api": {"limit": 100, "period": 60, "key": "ip"}}
+
+``CONTROLPLANE_RATE_LIMITED_VIEW``, ``CONTROLPLANE_CIRCUIT_OPEN_VIEW``
+    Dotted paths of callables ``(request, exception) -> HttpResponse`` that
+    answer a rejected request (``RateLimitExceeded``) and an open circuit
+    (``CircuitOpenError``); the headers above are added unless the view set them.
 
 ``CONTROLPLANE_TRUSTED_PROXIES``
     Number of trusted reverse proxies that append the client address to
     ``X-Forwarded-For`` (default ``0``: use ``REMOTE_ADDR``).
+
+The system check ``controlplane.W001``-``W004`` (registered when this module is
+imported, or by adding ``controlplane.client.django_app`` to ``INSTALLED_APPS``)
+warns about limiters the control plane does not manage and an environment that
+was never published.
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
-import ipaddress
 import logging
-import math
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.conf import settings
+from django.core import checks
 from django.core.exceptions import ImproperlyConfigured
 from django.http import HttpRequest, HttpResponse, HttpResponseBase
 from django.urls import Resolver404, resolve
+from django.utils.module_loading import import_string
 
 from controlplane.client.decorators import default_client
-from controlplane.client.errors import ControlPlaneError
-from controlplane.client.limiter import GLOBAL_SUBJECT, Decision, RateLimiter
+from controlplane.client.errors import CircuitOpenError, ControlPlaneError, RateLimitExceeded
+from controlplane.client.http import (
+    CIRCUIT_OPEN_BODY,
+    RATE_LIMITED_BODY,
+    TEXT_PLAIN,
+    Check,
+    RuleError,
+    Rules,
+    forwarded_client,
+    most_restrictive,
+    once,
+    rate_limit_headers,
+    rejection_headers,
+    retry_after,
+    subject_for,
+)
+from controlplane.client.limiter import RateLimiter
+from controlplane.protocol.keys import policy_field
+from controlplane.protocol.schema import RATE_LIMIT, PolicyError, validate_spec
 
 if TYPE_CHECKING:
     from controlplane.client.client import Client
@@ -62,6 +96,12 @@ logger = logging.getLogger("controlplane.client")
 
 V = TypeVar("V", bound=Callable[..., Any])
 KeyFunction = Callable[[HttpRequest], Any]
+ErrorView = Callable[[HttpRequest, Exception], HttpResponseBase]
+
+RULES_SETTING = "CONTROLPLANE_RATE_LIMITS"
+DEFAULTS_SETTING = "CONTROLPLANE_RATE_LIMIT_DEFAULTS"
+RATE_LIMITED_VIEW = "CONTROLPLANE_RATE_LIMITED_VIEW"
+CIRCUIT_OPEN_VIEW = "CONTROLPLANE_CIRCUIT_OPEN_VIEW"
 
 _custom_keys: dict[str, KeyFunction] = {}
 
@@ -79,29 +119,60 @@ def unregister_key(name: str) -> None:
     _custom_keys.pop(name, None)
 
 
-# Subjects
+# Settings
 
 
-def forwarded_client(forwarded_for: str, trusted: int) -> str | None:
-    """The client address in an ``X-Forwarded-For`` value written by ``trusted`` proxies.
-
-    Each proxy appends the address it received from, so only the last ``trusted``
-    entries are theirs; anything left of them came from the client and may be forged.
-    An entry that is not an IP address (a proxy misconfigured, or a client's claim
-    where fewer proxies than trusted wrote the header) gives None: the caller falls
-    back to the connection's own peer address rather than key limits or the audit
-    log on arbitrary text.
-    """
-    if trusted <= 0:
-        return None
-    hops = [hop.strip() for hop in forwarded_for.split(",") if hop.strip()]
-    if not hops:
-        return None
-    hop = hops[-min(trusted, len(hops))]
+def rules_setting() -> Rules:
+    """``CONTROLPLANE_RATE_LIMITS`` parsed; ImproperlyConfigured names a bad entry."""
     try:
-        return str(ipaddress.ip_address(hop))
-    except ValueError:
+        return Rules(getattr(settings, RULES_SETTING, None), RULES_SETTING)
+    except RuleError as exc:
+        raise ImproperlyConfigured(str(exc)) from None
+
+
+def defaults_setting() -> dict[str, dict[str, Any]]:
+    """``CONTROLPLANE_RATE_LIMIT_DEFAULTS``, each limiter's defaults validated."""
+    value = getattr(settings, DEFAULTS_SETTING, None) or {}
+    if not isinstance(value, Mapping):
+        raise ImproperlyConfigured(
+            f"{DEFAULTS_SETTING}: give a mapping of limiter names to their code defaults"
+        )
+    defaults: dict[str, dict[str, Any]] = {}
+    for name, spec in value.items():
+        if not isinstance(name, str) or not isinstance(spec, Mapping):
+            raise ImproperlyConfigured(
+                f"{DEFAULTS_SETTING}: the entry {name!r} must map a limiter name to a dict "
+                'of policy fields, such as {"limit": 100, "period": 60}'
+            )
+        try:
+            validate_spec(RATE_LIMIT, spec)
+        except PolicyError as exc:
+            raise ImproperlyConfigured(f"{DEFAULTS_SETTING}[{name!r}]: {exc}") from None
+        defaults[name] = dict(spec)
+    return defaults
+
+
+@functools.cache
+def _import_view(setting: str, path: str) -> ErrorView:
+    try:
+        view = import_string(path)
+    except ImportError as exc:
+        raise ImproperlyConfigured(f"{setting}: cannot import {path!r}: {exc}") from None
+    if not callable(view):
+        raise ImproperlyConfigured(f"{setting}: {path!r} is not callable")
+    return view  # type: ignore[no-any-return]
+
+
+def _view(setting: str) -> ErrorView | None:
+    path = getattr(settings, setting, None)
+    if path is None:
         return None
+    if not isinstance(path, str):
+        raise ImproperlyConfigured(f"{setting}: give the dotted path of a view, as a string")
+    return _import_view(setting, path)
+
+
+# Subjects
 
 
 def client_ip(request: HttpRequest) -> str:
@@ -119,8 +190,8 @@ def _endpoint(request: HttpRequest) -> str:
         except Resolver404:
             match = None
     if match is not None and match.view_name:
-        return f"endpoint:{match.view_name}"
-    return f"endpoint:{request.path_info}"
+        return str(match.view_name)
+    return request.path_info
 
 
 def _user_pk(user: Any) -> Any:
@@ -129,23 +200,23 @@ def _user_pk(user: Any) -> Any:
     return None
 
 
-def _subject_of(key: str, request: HttpRequest, user_pk: Any, custom: Any) -> str:
-    if key == "global":
-        return GLOBAL_SUBJECT
-    if key == "user" and user_pk is not None:
-        return f"user:{user_pk}"
-    if key == "endpoint":
-        return _endpoint(request)
-    if key == "custom" and custom is not None:
-        return str(custom)
-    return f"ip:{client_ip(request)}"
+def _subject(key: str, request: HttpRequest, user_pk: Any, custom: Any) -> str:
+    return subject_for(
+        key,
+        ip=client_ip(request),
+        user=user_pk,
+        endpoint=_endpoint(request) if key == "endpoint" else "",
+        custom=custom,
+    )
 
 
 def _custom_function(limiter: RateLimiter) -> tuple[str, KeyFunction | None]:
     name = limiter.settings.custom_key
     function = _custom_keys.get(name)
     if function is None:
-        logger.error(
+        once.log(
+            f"custom-key:{limiter.name}:{name}",
+            logging.ERROR,
             "Rate limit %r uses the custom key %r, which is not registered; keying by IP",
             limiter.name,
             name,
@@ -164,10 +235,15 @@ def request_subject(limiter: RateLimiter, request: HttpRequest) -> str:
             value = function(request)
             if inspect.isawaitable(value):
                 _close(value)
-                logger.error("Custom key %r is async; keying by IP in sync code", name)
+                once.log(
+                    f"async-key:{name}",
+                    logging.ERROR,
+                    "Custom key %r is async; keying by IP in sync code",
+                    name,
+                )
             elif value is not None:
                 custom = f"{name}:{value}"
-    return _subject_of(key, request, user_pk, custom)
+    return _subject(key, request, user_pk, custom)
 
 
 async def arequest_subject(limiter: RateLimiter, request: HttpRequest) -> str:
@@ -186,7 +262,7 @@ async def arequest_subject(limiter: RateLimiter, request: HttpRequest) -> str:
                 value = await value
             if value is not None:
                 custom = f"{name}:{value}"
-    return _subject_of(key, request, user_pk, custom)
+    return _subject(key, request, user_pk, custom)
 
 
 def _close(value: Any) -> None:
@@ -198,145 +274,158 @@ def _close(value: Any) -> None:
 # Responses
 
 
-def _seconds(value: float) -> str:
-    return str(max(0, math.ceil(value)))
+def add_headers(response: HttpResponseBase, checks: Sequence[Check]) -> None:
+    """Set the ``RateLimit*`` headers of ``checks``, merged with any the response has."""
+    for name, value in rate_limit_headers(checks, response.headers.get).items():
+        response.headers[name] = value
 
 
-def add_headers(response: HttpResponseBase, decision: Decision) -> None:
-    """Set the ``RateLimit-*`` headers, unless a more restrictive decision already set them."""
-    current = response.headers.get("RateLimit-Remaining")
-    if current is not None and current.isdigit() and int(current) < decision.remaining:
-        return
-    response.headers["RateLimit-Limit"] = str(decision.limit)
-    response.headers["RateLimit-Remaining"] = str(decision.remaining)
-    response.headers["RateLimit-Reset"] = _seconds(decision.reset_after)
-
-
-def too_many_requests(decision: Decision) -> HttpResponse:
-    """The 429 response of a rejected request."""
-    response = HttpResponse(
-        "Too Many Requests\n", status=429, content_type="text/plain; charset=utf-8"
+def rate_limited(
+    request: HttpRequest, exception: RateLimitExceeded, checks: Sequence[Check]
+) -> HttpResponseBase:
+    """The 429 response: ``CONTROLPLANE_RATE_LIMITED_VIEW``'s, else plain text."""
+    view = _view(RATE_LIMITED_VIEW)
+    response = (
+        view(request, exception)
+        if view is not None
+        else HttpResponse(RATE_LIMITED_BODY, status=429, content_type=TEXT_PLAIN)
     )
-    response.headers["Retry-After"] = str(max(1, math.ceil(decision.retry_after)))
-    add_headers(response, decision)
+    for name, value in rejection_headers(checks).items():
+        response.headers.setdefault(name, value)
     return response
 
 
-def _most_restrictive(decisions: Sequence[Decision]) -> Decision:
-    rejected = [d for d in decisions if not d.allowed]
-    if rejected:
-        return max(rejected, key=lambda d: d.retry_after)
-    return min(decisions, key=lambda d: d.remaining)
+def circuit_open(request: HttpRequest, exception: CircuitOpenError) -> HttpResponseBase:
+    """The 503 response: ``CONTROLPLANE_CIRCUIT_OPEN_VIEW``'s, else plain text."""
+    view = _view(CIRCUIT_OPEN_VIEW)
+    response = (
+        view(request, exception)
+        if view is not None
+        else HttpResponse(CIRCUIT_OPEN_BODY, status=503, content_type=TEXT_PLAIN)
+    )
+    if exception.retry_after is not None:
+        response.headers.setdefault("Retry-After", retry_after(exception.retry_after))
+    return response
 
 
-def _limiters(client: Client, names: Iterable[str]) -> list[RateLimiter]:
-    return [client.limiter(name) for name in names]
+def too_many_requests(request: HttpRequest, checks: Sequence[Check]) -> HttpResponseBase:
+    """The 429 response of a request the limiters of ``checks`` rejected."""
+    worst = most_restrictive(checks)
+    return rate_limited(request, RateLimitExceeded(worst.name, worst.decision), checks)
 
 
-def _check(limiters: Sequence[RateLimiter], request: HttpRequest) -> Decision | None:
-    decisions = []
+def _exception_check(exception: RateLimitExceeded) -> Check:
+    decision = exception.decision
+    client = _client_or_none()
+    if client is not None:
+        try:
+            return Check.of(client.limiter(exception.name), decision)
+        except Exception:  # a name the client cannot build: describe the decision alone
+            logger.debug("No limiter %r to describe", exception.name, exc_info=True)
+    return Check(exception.name, decision.limit, decision.reset_after, decision)
+
+
+def exception_response(request: HttpRequest, exception: Exception) -> HttpResponseBase | None:
+    """The response to a library exception raised by a view, or None for any other."""
+    if isinstance(exception, RateLimitExceeded):
+        return rate_limited(request, exception, [_exception_check(exception)])
+    if isinstance(exception, CircuitOpenError):
+        return circuit_open(request, exception)
+    return None
+
+
+def _rejected(checks: Sequence[Check]) -> bool:
+    return bool(checks) and not checks[-1].decision.allowed
+
+
+def _check(limiters: Sequence[RateLimiter], request: HttpRequest) -> list[Check]:
+    checks = []
     for limiter in limiters:
-        decision = limiter.hit(request_subject(limiter, request))
-        decisions.append(decision)
-        if not decision.allowed:
+        check = Check.of(limiter, limiter.hit(request_subject(limiter, request)))
+        checks.append(check)
+        if not check.decision.allowed:
             break  # later limiters do not spend quota on a rejected request
-    return _most_restrictive(decisions) if decisions else None
+    return checks
 
 
-async def _acheck(limiters: Sequence[RateLimiter], request: HttpRequest) -> Decision | None:
-    decisions = []
+async def _acheck(limiters: Sequence[RateLimiter], request: HttpRequest) -> list[Check]:
+    checks = []
     for limiter in limiters:
-        decision = await limiter.ahit(await arequest_subject(limiter, request))
-        decisions.append(decision)
-        if not decision.allowed:
+        check = Check.of(limiter, await limiter.ahit(await arequest_subject(limiter, request)))
+        checks.append(check)
+        if not check.decision.allowed:
             break
-    return _most_restrictive(decisions) if decisions else None
+    return checks
 
 
 def _client_or_none() -> Client | None:
     try:
         return default_client()
     except ControlPlaneError as exc:
-        logger.error("Rate limits not applied: %s", exc)
+        once.log("no-client", logging.ERROR, "Rate limits not applied: %s", exc)
         return None
 
 
 # Middleware
 
 
-def _load_rules(value: Any) -> list[tuple[str, tuple[str, ...]]]:
-    if value is None:
-        return []
-    if isinstance(value, str):
-        return [("", (value,))]
-    if isinstance(value, Mapping):
-        rules = []
-        for prefix, names in value.items():
-            if not isinstance(prefix, str):
-                raise ImproperlyConfigured("CONTROLPLANE_RATE_LIMITS: prefixes must be strings")
-            rules.append((prefix, _names(names)))
-        return rules
-    return [("", _names(value))]
-
-
-def _names(value: Any) -> tuple[str, ...]:
-    names = (value,) if isinstance(value, str) else tuple(value)
-    if not all(isinstance(name, str) and name for name in names):
-        raise ImproperlyConfigured(
-            "CONTROLPLANE_RATE_LIMITS: give limiter names as strings, or lists of them"
-        )
-    return names
-
-
 class RateLimitMiddleware:
-    """Apply the limiters of ``CONTROLPLANE_RATE_LIMITS`` to every matching request."""
+    """Apply the limiters of ``CONTROLPLANE_RATE_LIMITS`` to every matching request,
+    and answer ``RateLimitExceeded`` and ``CircuitOpenError`` raised by views."""
 
     sync_capable = True
     async_capable = True
 
     def __init__(self, get_response: Callable[[HttpRequest], Any]) -> None:
         self.get_response = get_response
-        self.rules = _load_rules(getattr(settings, "CONTROLPLANE_RATE_LIMITS", None))
+        self.rules = rules_setting()
+        self.defaults = defaults_setting()
+        _view(RATE_LIMITED_VIEW)  # a bad dotted path fails at start, not at the first 429
+        _view(CIRCUIT_OPEN_VIEW)
         self.is_async = iscoroutinefunction(get_response)
         if self.is_async:
             markcoroutinefunction(self)
 
-    def names_for(self, path: str) -> list[str]:
-        """The limiter names that apply to ``path``, each once, in settings order."""
-        names: dict[str, None] = {}
-        for prefix, rule_names in self.rules:
-            if path.startswith(prefix):
-                names.update(dict.fromkeys(rule_names))
-        return list(names)
+    def names_for(self, method: str, path: str) -> list[str]:
+        """The limiter names that apply to a request, each once, in settings order."""
+        return self.rules.names_for(method, path)
+
+    def _limiters(self, request: HttpRequest) -> list[RateLimiter] | None:
+        names = self.names_for(request.method or "GET", request.path_info)
+        client = _client_or_none() if names else None
+        if client is None:
+            return None
+        return [client.limiter(name, **self.defaults.get(name, {})) for name in names]
 
     def __call__(self, request: HttpRequest) -> Any:
         if self.is_async:
             return self.__acall__(request)
-        names = self.names_for(request.path_info)
-        client = _client_or_none() if names else None
-        if client is None:
+        limiters = self._limiters(request)
+        if limiters is None:
             return self.get_response(request)
-        decision = _check(_limiters(client, names), request)
-        if decision is not None and not decision.allowed:
-            return too_many_requests(decision)
+        checks = _check(limiters, request)
+        if _rejected(checks):
+            return too_many_requests(request, checks)
         response = self.get_response(request)
-        if decision is not None:
-            add_headers(response, decision)
+        add_headers(response, checks)
         return response
 
     async def __acall__(self, request: HttpRequest) -> Any:
-        names = self.names_for(request.path_info)
-        client = _client_or_none() if names else None
         get_response: Callable[[HttpRequest], Awaitable[Any]] = self.get_response
-        if client is None:
+        limiters = self._limiters(request)
+        if limiters is None:
             return await get_response(request)
-        decision = await _acheck(_limiters(client, names), request)
-        if decision is not None and not decision.allowed:
-            return too_many_requests(decision)
+        checks = await _acheck(limiters, request)
+        if _rejected(checks):
+            return too_many_requests(request, checks)
         response = await get_response(request)
-        if decision is not None:
-            add_headers(response, decision)
+        add_headers(response, checks)
         return response
+
+    def process_exception(
+        self, request: HttpRequest, exception: Exception
+    ) -> HttpResponseBase | None:
+        return exception_response(request, exception)
 
 
 # View decorator
@@ -367,11 +456,11 @@ def rate_limit(name: str, key: KeyFunction | None = None, **defaults: Any) -> Ca
                         subject = await subject
                 else:
                     subject = await arequest_subject(limiter, request)
-                decision = await limiter.ahit(subject)
-                if not decision.allowed:
-                    return too_many_requests(decision)
+                check = Check.of(limiter, await limiter.ahit(subject))
+                if not check.decision.allowed:
+                    return too_many_requests(request, [check])
                 response = await view(request, *args, **kwargs)
-                add_headers(response, decision)
+                add_headers(response, [check])
                 return response
 
             return async_view  # type: ignore[return-value]
@@ -382,11 +471,11 @@ def rate_limit(name: str, key: KeyFunction | None = None, **defaults: Any) -> Ca
             if limiter is None:
                 return view(request, *args, **kwargs)
             subject = key(request) if key is not None else request_subject(limiter, request)
-            decision = limiter.hit(subject)
-            if not decision.allowed:
-                return too_many_requests(decision)
+            check = Check.of(limiter, limiter.hit(subject))
+            if not check.decision.allowed:
+                return too_many_requests(request, [check])
             response = view(request, *args, **kwargs)
-            add_headers(response, decision)
+            add_headers(response, [check])
             return response
 
         return sync_view  # type: ignore[return-value]
@@ -394,12 +483,83 @@ def rate_limit(name: str, key: KeyFunction | None = None, **defaults: Any) -> Ca
     return decorator
 
 
+# System check
+
+
+@checks.register("controlplane")
+def check_rate_limits(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """Warn about limiters of the settings the control plane does not manage.
+
+    Reads the environment's policies from Redis once (with the client's short
+    timeouts): a Redis server that is down gives a warning, never a hang.
+    """
+    try:
+        names = dict.fromkeys(rules_setting().all_names()) | dict.fromkeys(defaults_setting())
+    except ImproperlyConfigured as exc:
+        return [checks.Error(str(exc), id="controlplane.E001")]
+    if not names:
+        return []
+    try:
+        client = default_client()
+    except ControlPlaneError:
+        return [
+            checks.Warning(
+                f"{RULES_SETTING} names limiters but no control-plane client is configured: "
+                "no rate limit will be applied.",
+                hint="Call controlplane.client.configure(Client(...)) in your settings module.",
+                id="controlplane.W001",
+            )
+        ]
+    try:
+        store = client.read_snapshot()
+    except Exception as exc:
+        return [
+            checks.Warning(
+                f"Could not check the rate limits of environment {client.environment!r}: "
+                f"Redis at {client.redis_url.split('@')[-1]!r} did not answer ({exc}).",
+                id="controlplane.W002",
+            )
+        ]
+    if store.meta is None:
+        return [
+            checks.Warning(
+                f"The control plane never published environment {client.environment!r} "
+                "(no metadata in Redis): every limiter runs on its code defaults.",
+                hint="Check the environment's name and the Redis URL and key prefix.",
+                id="controlplane.W003",
+            )
+        ]
+    defaults = defaults_setting()
+    return [
+        checks.Warning(
+            f"Rate limit {name!r} is not managed by the control plane in environment "
+            f"{client.environment!r}: it enforces "
+            + (
+                f"the code defaults of {DEFAULTS_SETTING}"
+                if name in defaults
+                else "the schema defaults"
+            )
+            + ".",
+            hint="Create the policy in the control plane, or give code defaults in "
+            f"{DEFAULTS_SETTING}.",
+            id="controlplane.W004",
+        )
+        for name in names
+        if policy_field(RATE_LIMIT, name) not in store.policies
+    ]
+
+
 __all__ = [
     "RateLimitMiddleware",
     "add_headers",
     "arequest_subject",
+    "check_rate_limits",
+    "circuit_open",
     "client_ip",
+    "exception_response",
+    "forwarded_client",
     "rate_limit",
+    "rate_limited",
     "register_key",
     "request_subject",
     "too_many_requests",
