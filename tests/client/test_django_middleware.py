@@ -13,7 +13,7 @@ from django.test import Client as DjangoClient
 from django.test.utils import override_settings
 from django.urls import path
 
-from controlplane.client import Client, decorators
+from controlplane.client import CircuitOpenError, Client, RateLimitExceeded, decorators
 from controlplane.client.django import (
     RateLimitMiddleware,
     client_ip,
@@ -326,3 +326,250 @@ def test_view_decorator_through_the_url_conf(configured: Client) -> None:
     with override_settings(ROOT_URLCONF=__name__, CONTROLPLANE_RATE_LIMITS=[]):
         web = DjangoClient()
         assert statuses(web, "/limited/", 2) == [200, 429]
+
+
+# Library exceptions, custom responses, method rules, defaults
+
+
+def raises_rate_limit(request: HttpRequest) -> HttpResponse:
+    limiter = decorators.default_client().limiter("inner", limit=1, period=LONG, key="global")
+    decision = limiter.hit()
+    if not decision.allowed:
+        raise RateLimitExceeded("inner", decision)
+    return HttpResponse("inner")
+
+
+def raises_circuit_open(request: HttpRequest) -> HttpResponse:
+    raise CircuitOpenError("upstream", "open", retry_after=4.2)
+
+
+def custom_rate_limited(request: HttpRequest, exception: Exception) -> HttpResponse:
+    assert isinstance(exception, RateLimitExceeded)
+    return HttpResponse(f"slow down ({exception.name})", status=429)
+
+
+def custom_circuit_open(request: HttpRequest, exception: Exception) -> HttpResponse:
+    return HttpResponse("upstream resting", status=503, headers={"Retry-After": "60"})
+
+
+urlpatterns += [
+    path("inner/", raises_rate_limit),
+    path("upstream/", raises_circuit_open),
+]
+
+
+def test_library_exceptions_from_views_become_429_and_503(
+    configured: Client, web: DjangoClient, settings: Any
+) -> None:
+    settings.CONTROLPLANE_RATE_LIMITS = []
+    assert web.get("/inner/").status_code == 200
+    limited = web.get("/inner/")
+    assert limited.status_code == 429
+    assert limited["RateLimit-Policy"] == f'"inner";q=1;w={int(LONG)}'
+    assert limited["RateLimit-Remaining"] == "0"
+    assert int(limited["Retry-After"]) >= 1
+
+    opened = web.get("/upstream/")
+    assert (opened.status_code, opened["Retry-After"], opened.content) == (
+        503,
+        "5",
+        b"Service Unavailable\n",
+    )
+
+
+def test_custom_views_answer_exceptions_and_the_middlewares_own_429(
+    configured: Client, web: DjangoClient
+) -> None:
+    configured.limiter("api", limit=1, period=60, key="global")
+    with override_settings(
+        CONTROLPLANE_RATE_LIMITS={"/api/": "api"},
+        CONTROLPLANE_RATE_LIMITED_VIEW=f"{__name__}.custom_rate_limited",
+        CONTROLPLANE_CIRCUIT_OPEN_VIEW=f"{__name__}.custom_circuit_open",
+    ):
+        assert web.get("/api/hello/").status_code == 200
+        own = web.get("/api/hello/")
+        assert (own.status_code, own.content) == (429, b"slow down (api)")
+        assert own["RateLimit-Policy"] == '"api";q=1;w=60'
+        assert int(own["Retry-After"]) >= 1
+
+        opened = web.get("/upstream/")
+        assert (opened.status_code, opened.content, opened["Retry-After"]) == (
+            503,
+            b"upstream resting",
+            "60",  # the view's own header wins
+        )
+
+
+def test_a_custom_view_that_cannot_be_imported_fails_at_start() -> None:
+    from django.core.exceptions import ImproperlyConfigured
+
+    with (
+        override_settings(CONTROLPLANE_RATE_LIMITED_VIEW="tests.nowhere.view"),
+        pytest.raises(ImproperlyConfigured, match="CONTROLPLANE_RATE_LIMITED_VIEW"),
+    ):
+        RateLimitMiddleware(hello)
+
+
+def test_rules_by_method(configured: Client) -> None:
+    configured.limiter("login", limit=1, period=LONG, key="global")
+    with override_settings(
+        ROOT_URLCONF=__name__,
+        MIDDLEWARE=MIDDLEWARE,
+        CONTROLPLANE_RATE_LIMITS={"POST,PUT /api/": "login"},
+    ):
+        web = DjangoClient()
+        assert statuses(web, "/api/hello/", 3) == [200, 200, 200]
+        assert [web.post("/api/hello/").status_code for _ in range(2)] == [200, 429]
+        assert web.put("/api/hello/").status_code == 429
+
+
+@pytest.mark.parametrize(
+    ("rules", "named"),
+    [
+        ({"post /login/": "login"}, "'post /login/'"),
+        ({"login/": "login"}, "'login/'"),
+        ({"POST /a/ /b/": "login"}, "'POST /a/ /b/'"),
+        ({"/api/": ["ok", 3]}, "'/api/'"),
+    ],
+)
+def test_bad_rule_names_the_entry(rules: Any, named: str) -> None:
+    from django.core.exceptions import ImproperlyConfigured
+
+    with (
+        override_settings(CONTROLPLANE_RATE_LIMITS=rules),
+        pytest.raises(ImproperlyConfigured, match=f"CONTROLPLANE_RATE_LIMITS: .*{named}"),
+    ):
+        RateLimitMiddleware(hello)
+
+
+def test_settings_give_code_defaults_to_an_unmanaged_limiter(configured: Client) -> None:
+    with override_settings(
+        ROOT_URLCONF=__name__,
+        MIDDLEWARE=MIDDLEWARE,
+        CONTROLPLANE_RATE_LIMITS=["fresh"],
+        CONTROLPLANE_RATE_LIMIT_DEFAULTS={"fresh": {"limit": 2, "period": 60, "key": "global"}},
+    ):
+        web = DjangoClient()
+        responses = [web.get("/api/hello/") for _ in range(3)]
+    assert [r.status_code for r in responses] == [200, 200, 429]
+    assert responses[0]["RateLimit-Policy"] == '"fresh";q=2;w=60'
+    assert configured.limiter("fresh").settings.managed is False
+
+
+def test_bad_code_defaults_name_the_limiter_and_field() -> None:
+    from django.core.exceptions import ImproperlyConfigured
+
+    with (
+        override_settings(CONTROLPLANE_RATE_LIMIT_DEFAULTS={"api": {"limit": -1}}),
+        pytest.raises(
+            ImproperlyConfigured, match=r"CONTROLPLANE_RATE_LIMIT_DEFAULTS\['api'\]: limit"
+        ),
+    ):
+        RateLimitMiddleware(hello)
+
+
+def test_ratelimit_limit_is_the_policys_limit_not_the_burst(
+    configured: Client, web: DjangoClient
+) -> None:
+    configured.limiter("api", limit=100, period=60, burst=20, key="global")
+    response = web.get("/api/hello/")
+    assert response["RateLimit-Limit"] == "100"
+    assert response["RateLimit-Policy"] == '"api";q=100;w=60'
+    assert response["RateLimit-Remaining"] == "19"
+    assert response["RateLimit"].startswith('"api";r=19;t=')
+
+
+def test_middleware_and_decorator_headers_merge(configured: Client) -> None:
+    configured.limiter("api", limit=50, period=60, key="global")
+    configured.limiter("view-sync", limit=5, period=60, key="global")
+    with override_settings(
+        ROOT_URLCONF=__name__, MIDDLEWARE=MIDDLEWARE, CONTROLPLANE_RATE_LIMITS=["api"]
+    ):
+        response = DjangoClient().get("/limited/")
+    assert response["RateLimit-Policy"] == '"view-sync";q=5;w=60, "api";q=50;w=60'
+    assert response["RateLimit-Remaining"] == "4"  # the more restrictive one
+
+
+def test_without_configure_the_middleware_says_so_once(
+    cp_client: Client,
+    web: DjangoClient,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from controlplane.client.http import once
+
+    monkeypatch.setattr(decorators, "_default", None)
+    once.reset()
+    assert statuses(web, "/api/hello/", 5) == [200] * 5
+    said = [r for r in caplog.records if r.message.startswith("Rate limits not applied")]
+    assert len(said) == 1
+
+
+# System check
+
+
+def check_ids() -> list[str]:
+    from controlplane.client.django import check_rate_limits
+
+    return [message.id or "" for message in check_rate_limits()]
+
+
+def test_check_warns_about_limiters_the_control_plane_does_not_manage(
+    configured: Client, set_policy: Callable[..., Policy]
+) -> None:
+    set_policy("rate_limit", "api", limit=10, period=60)
+    with override_settings(
+        CONTROLPLANE_RATE_LIMITS={"/api/": "api", "POST /login/": "login"},
+        CONTROLPLANE_RATE_LIMIT_DEFAULTS={"search": {"limit": 5}},
+    ):
+        from controlplane.client.django import check_rate_limits
+
+        messages = check_rate_limits()
+    assert [m.id for m in messages] == ["controlplane.W004", "controlplane.W004"]
+    assert "'login'" in messages[0].msg and "schema defaults" in messages[0].msg
+    assert "'search'" in messages[1].msg and "CONTROLPLANE_RATE_LIMIT_DEFAULTS" in messages[1].msg
+
+
+def test_check_is_silent_when_every_limiter_is_managed(
+    configured: Client, set_policy: Callable[..., Policy]
+) -> None:
+    set_policy("rate_limit", "api", limit=10, period=60)
+    with override_settings(CONTROLPLANE_RATE_LIMITS=["api"]):
+        assert check_ids() == []
+
+
+def test_check_warns_about_an_environment_never_published(
+    client_factory: Callable[..., Client], production: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(decorators, "_default", client_factory(environment="prodution"))
+    with override_settings(CONTROLPLANE_RATE_LIMITS=["api"]):
+        assert check_ids() == ["controlplane.W003"]
+
+
+def test_check_warns_without_hanging_when_redis_is_down(
+    client_factory: Callable[..., Client], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import time
+
+    monkeypatch.setattr(decorators, "_default", client_factory(redis_url="redis://127.0.0.1:9/0"))
+    started = time.monotonic()
+    with override_settings(CONTROLPLANE_RATE_LIMITS=["api"]):
+        assert check_ids() == ["controlplane.W002"]
+    assert time.monotonic() - started < 5
+
+
+def test_check_warns_without_a_client(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(decorators, "_default", None)
+    with override_settings(CONTROLPLANE_RATE_LIMITS=["api"]):
+        assert check_ids() == ["controlplane.W001"]
+    with override_settings(CONTROLPLANE_RATE_LIMITS=None):
+        assert check_ids() == []
+
+
+def test_check_runs_from_the_app_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    from django.core import checks
+
+    monkeypatch.setattr(decorators, "_default", None)
+    with override_settings(CONTROLPLANE_RATE_LIMITS=["api"]):
+        ids = [m.id for m in checks.run_checks(tags=["controlplane"])]
+    assert ids == ["controlplane.W001"]
