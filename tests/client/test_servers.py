@@ -1,0 +1,251 @@
+"""The client under real servers on loopback: gunicorn (--preload, 4 sync workers)
+serving a Django project, and uvicorn (2 workers) serving a Starlette app.
+
+Each server runs in its own process group on a free 127.0.0.1 port, is polled
+until ready, loaded with a bounded number of requests from a few threads, and
+stopped (SIGTERM, then SIGKILL) whatever the test's outcome.
+"""
+
+from __future__ import annotations
+
+import collections
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from django.conf import settings
+
+from controlplane.policies.models import Policy
+from controlplane.protocol.keys import KeyLayout
+from tests.conftest import wait_for
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+ROOT = Path(__file__).resolve().parents[2]
+LONG = 30 * 24 * 3600.0
+READY_WITHIN = 60.0
+REQUEST_TIMEOUT = 10.0
+HEARTBEAT = 0.5
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass
+class Server:
+    process: subprocess.Popen[bytes]
+    port: int
+    log: Path
+
+    def request(self, path: str, method: str = "GET") -> Reply:
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=REQUEST_TIMEOUT)
+        try:
+            connection.request(method, path, headers={"Connection": "close"})
+            response = connection.getresponse()
+            headers = {name.lower(): value for name, value in response.getheaders()}
+            return Reply(response.status, headers, response.read())
+        finally:
+            connection.close()
+
+    def load(self, path: str, count: int, method: str = "GET", threads: int = 8) -> list[Reply]:
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            return list(pool.map(lambda _: self.request(path, method), range(count)))
+
+    def children(self) -> set[int]:
+        """The pids of the server's worker processes (direct children of its master)."""
+        pids = set()
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            # pid (comm) state ppid ...: comm may hold spaces, so split after its ')'.
+            if int(stat.rsplit(")", 1)[1].split()[1]) == self.process.pid:
+                pids.add(int(entry.name))
+        return pids
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+def serve(tmp_path: Path, key_prefix: str) -> Iterator[Callable[..., Server]]:
+    started: list[Server] = []
+
+    def serve(command: list[str], ready_path: str, **env: str) -> Server:
+        port = free_port()
+        log = tmp_path / f"server-{port}.log"
+        environment = {
+            **os.environ,
+            "PYTHONPATH": str(ROOT),
+            "CP_REDIS_URL": settings.REDIS_URL,
+            "CP_KEY_PREFIX": key_prefix,
+            "CP_HEARTBEAT": str(HEARTBEAT),
+            **env,
+        }
+        with log.open("wb") as output:
+            process = subprocess.Popen(
+                [arg.replace("{port}", str(port)) for arg in command],
+                cwd=ROOT,
+                env=environment,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        server = Server(process, port, log)
+        started.append(server)
+        deadline = time.monotonic() + READY_WITHIN
+        while True:
+            assert process.poll() is None, f"server exited:\n{log.read_text()}"
+            try:
+                if server.request(ready_path).status == 200:
+                    return server
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, f"server not ready:\n{log.read_text()}"
+            time.sleep(0.1)
+
+    yield serve
+    for server in started:
+        _stop(server.process)
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is not None:
+        return
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=5)
+
+
+def instances(redis_client: redis.Redis, service: str) -> dict[str, dict[str, Any]]:
+    keys = KeyLayout("production", settings.REDIS_KEY_PREFIX)
+    documents = {
+        field: json.loads(value) for field, value in redis_client.hgetall(keys.instances).items()
+    }
+    return {field: doc for field, doc in documents.items() if doc["service"] == service}
+
+
+def count(replies: list[Reply]) -> collections.Counter[int]:
+    return collections.Counter(reply.status for reply in replies)
+
+
+GUNICORN = [
+    sys.executable,
+    "-m",
+    "gunicorn",
+    "--preload",
+    "--workers=4",
+    "--worker-class=sync",
+    "--bind=127.0.0.1:{port}",
+    "--graceful-timeout=5",
+    "--config=python:tests.client.apps.gunicorn_conf",
+    "tests.client.apps.django_wsgi:application",
+]
+UVICORN = [
+    sys.executable,
+    "-m",
+    "uvicorn",
+    "tests.client.apps.starlette_app:app",
+    "--host=127.0.0.1",
+    "--port={port}",
+    "--workers=2",
+    "--lifespan=on",
+    "--timeout-graceful-shutdown=5",
+    "--log-level=warning",
+]
+
+
+def test_gunicorn_preload_workers_share_exact_limits_and_the_master_is_no_instance(
+    serve: Callable[..., Server],
+    set_policy: Callable[..., Policy],
+    redis_client: redis.Redis,
+) -> None:
+    set_policy("rate_limit", "api", algorithm="fixed_window", limit=50, period=LONG, key="global")
+    server = serve(GUNICORN, "/ready/", DJANGO_SETTINGS_MODULE="tests.client.apps.django_settings")
+    workers = wait_for(lambda: len(server.children()) == 4 and server.children(), timeout=30)
+    wait_for(lambda: len(instances(redis_client, "shop")) == 4, timeout=30)
+
+    replies = server.load("/api/hello/", 300)
+
+    assert count(replies) == {200: 50, 429: 250}
+    assert len({r.body for r in replies if r.status == 200}) > 1  # several workers answered
+    rejected = next(r for r in replies if r.status == 429)
+    assert int(rejected.headers["retry-after"]) >= 1
+    assert rejected.headers["ratelimit-policy"] == f'"api";q=50;w={int(LONG)}'
+    assert rejected.headers["ratelimit"].startswith('"api";r=0;t=')
+    admitted = next(r for r in replies if r.status == 200)
+    assert admitted.headers["ratelimit-limit"] == "50"
+
+    # Method rule and code defaults from the settings, exact across workers too.
+    assert count(server.load("/login/", 12, method="POST")) == {200: 3, 429: 9}
+    assert count(server.load("/login/", 5)) == {200: 5}
+
+    live = instances(redis_client, "shop")
+    assert {doc["pid"] for doc in live.values()} == workers
+    assert server.process.pid not in {doc["pid"] for doc in live.values()}
+
+    # A killed worker's heartbeat stops while the others' go on.
+    victim = min(workers)
+    os.kill(victim, signal.SIGKILL)
+    killed_at = next(doc["at"] for doc in live.values() if doc["pid"] == victim)
+    wait_for(
+        lambda: all(
+            doc["at"] > killed_at + 4 * HEARTBEAT
+            for doc in instances(redis_client, "shop").values()
+            if doc["pid"] in workers - {victim}
+        ),
+        timeout=20,
+    )
+    after = instances(redis_client, "shop")
+    assert [doc["at"] for doc in after.values() if doc["pid"] == victim] in ([], [killed_at])
+
+
+def test_uvicorn_workers_share_exact_limits_with_the_asgi_middleware(
+    serve: Callable[..., Server],
+    set_policy: Callable[..., Policy],
+    redis_client: redis.Redis,
+) -> None:
+    set_policy("rate_limit", "api", algorithm="fixed_window", limit=40, period=LONG, key="global")
+    server = serve(UVICORN, "/ready")
+    wait_for(lambda: len(instances(redis_client, "catalogue")) == 2, timeout=30)
+
+    replies = server.load("/api/hello", 200)
+
+    assert count(replies) == {200: 40, 429: 160}
+    rejected = next(r for r in replies if r.status == 429)
+    assert int(rejected.headers["retry-after"]) >= 1
+    assert rejected.headers["ratelimit-policy"] == f'"api";q=40;w={int(LONG)}'
+    assert rejected.body == b"Too Many Requests\n"
+    admitted = next(r for r in replies if r.status == 200)
+    assert admitted.headers["ratelimit-limit"] == "40"
+    assert admitted.headers["ratelimit"].startswith('"api";r=')
+
+    live = instances(redis_client, "catalogue")
+    assert server.process.pid not in {doc["pid"] for doc in live.values()}
+    assert {doc["pid"] for doc in live.values()} <= server.children()
