@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 import redis
+from celery import Celery
 from django.conf import settings
 
 from controlplane.policies.models import Policy
@@ -69,18 +70,23 @@ class Server:
 
     def children(self) -> set[int]:
         """The pids of the server's worker processes (direct children of its master)."""
-        pids = set()
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            # pid (comm) state ppid ...: comm may hold spaces, so split after its ')'.
-            if int(stat.rsplit(")", 1)[1].split()[1]) == self.process.pid:
-                pids.add(int(entry.name))
-        return pids
+        return children_of(self.process.pid)
+
+
+def children_of(parent: int) -> set[int]:
+    """The pids of the processes whose parent is ``parent``."""
+    pids = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # pid (comm) state ppid ...: comm may hold spaces, so split after its ')'.
+        if int(stat.rsplit(")", 1)[1].split()[1]) == parent:
+            pids.add(int(entry.name))
+    return pids
 
 
 def free_port() -> int:
@@ -132,6 +138,40 @@ def serve(tmp_path: Path, key_prefix: str) -> Iterator[Callable[..., Server]]:
         _stop(server.process)
 
 
+@pytest.fixture
+def serve_worker(
+    tmp_path: Path, key_prefix: str
+) -> Iterator[Callable[[str], subprocess.Popen[bytes]]]:
+    """Start a real ``celery worker`` (prefork, 2 children) on the test's Redis as broker."""
+    started: list[subprocess.Popen[bytes]] = []
+
+    def serve_worker(queue: str) -> subprocess.Popen[bytes]:
+        environment = {
+            **os.environ,
+            "PYTHONPATH": str(ROOT),
+            "CP_REDIS_URL": settings.REDIS_URL,
+            "CP_BROKER_URL": settings.REDIS_URL,
+            "CP_QUEUE": queue,
+            "CP_KEY_PREFIX": key_prefix,
+            "CP_HEARTBEAT": str(HEARTBEAT),
+        }
+        with (tmp_path / "celery.log").open("wb") as output:
+            process = subprocess.Popen(
+                CELERY,
+                cwd=ROOT,
+                env=environment,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        started.append(process)
+        return process
+
+    yield serve_worker
+    for process in started:
+        _stop(process)
+
+
 def _stop(process: subprocess.Popen[bytes]) -> None:
     if process.poll() is not None:
         return
@@ -166,6 +206,19 @@ GUNICORN = [
     "--graceful-timeout=5",
     "--config=python:tests.client.apps.gunicorn_conf",
     "tests.client.apps.django_wsgi:application",
+]
+CELERY = [
+    sys.executable,
+    "-m",
+    "celery",
+    "--app=tests.client.apps.celery_app",
+    "worker",
+    "--pool=prefork",
+    "--concurrency=2",
+    "--without-gossip",
+    "--without-mingle",
+    "--without-heartbeat",
+    "--loglevel=WARNING",
 ]
 UVICORN = [
     sys.executable,
@@ -249,3 +302,36 @@ def test_uvicorn_workers_share_exact_limits_with_the_asgi_middleware(
     live = instances(redis_client, "catalogue")
     assert server.process.pid not in {doc["pid"] for doc in live.values()}
     assert {doc["pid"] for doc in live.values()} <= server.children()
+
+
+def test_celery_prefork_children_each_start_a_client_and_share_exact_limits(
+    serve_worker: Callable[..., subprocess.Popen[bytes]],
+    set_policy: Callable[..., Policy],
+    redis_client: redis.Redis,
+    key_prefix: str,
+) -> None:
+    set_policy("rate_limit", "jobs", algorithm="fixed_window", limit=10, period=LONG, key="global")
+    queue = f"{key_prefix}:jobs"  # under the prefix: the test's clean-up removes it
+    worker = serve_worker(queue)
+    children = wait_for(
+        lambda: len(children_of(worker.pid)) == 2 and children_of(worker.pid), timeout=60
+    )
+    wait_for(lambda: len(instances(redis_client, "billing-worker")) == 2, timeout=60)
+
+    outcomes = f"{key_prefix}:celery-outcomes"
+    sender = Celery(broker=settings.REDIS_URL)
+    try:
+        for _ in range(30):
+            sender.send_task("controlplane_tests.limited_job", args=[outcomes], queue=queue)
+    finally:
+        sender.close()
+    done = wait_for(
+        lambda: redis_client.llen(outcomes) == 30 and redis_client.lrange(outcomes, 0, -1)
+    )
+
+    allowed = [entry for entry in done if entry.endswith(":1")]
+    assert len(allowed) == 10
+    assert {int(entry.split(":")[0]) for entry in done} <= children
+    live = instances(redis_client, "billing-worker")
+    assert {doc["pid"] for doc in live.values()} == children
+    assert worker.pid not in {doc["pid"] for doc in live.values()}
