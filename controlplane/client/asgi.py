@@ -36,6 +36,7 @@ from controlplane.client.http import (
     TEXT_PLAIN,
     Check,
     Rules,
+    exceeded_check,
     forwarded_client,
     once,
     rate_limit_headers,
@@ -211,13 +212,7 @@ class RateLimitMiddleware:
 
     async def _respond_to(self, exc: RateLimitExceeded | CircuitOpenError, send: Send) -> None:
         if isinstance(exc, RateLimitExceeded):
-            client = self._client()
-            decision = exc.decision
-            check = (
-                Check.of(client.limiter(exc.name), decision)
-                if client is not None
-                else Check(exc.name, decision.limit, decision.reset_after, decision)
-            )
+            check = exceeded_check(self._client(), exc)
             await _respond(send, 429, RATE_LIMITED_BODY, rejection_headers([check]))
             return
         headers = {} if exc.retry_after is None else {"Retry-After": retry_after(exc.retry_after)}

@@ -77,6 +77,7 @@ from controlplane.client.http import (
     Check,
     RuleError,
     Rules,
+    exceeded_check,
     forwarded_client,
     most_restrictive,
     once,
@@ -314,21 +315,10 @@ def too_many_requests(request: HttpRequest, checks: Sequence[Check]) -> HttpResp
     return rate_limited(request, RateLimitExceeded(worst.name, worst.decision), checks)
 
 
-def _exception_check(exception: RateLimitExceeded) -> Check:
-    decision = exception.decision
-    client = _client_or_none()
-    if client is not None:
-        try:
-            return Check.of(client.limiter(exception.name), decision)
-        except Exception:  # a name the client cannot build: describe the decision alone
-            logger.debug("No limiter %r to describe", exception.name, exc_info=True)
-    return Check(exception.name, decision.limit, decision.reset_after, decision)
-
-
 def exception_response(request: HttpRequest, exception: Exception) -> HttpResponseBase | None:
     """The response to a library exception raised by a view, or None for any other."""
     if isinstance(exception, RateLimitExceeded):
-        return rate_limited(request, exception, [_exception_check(exception)])
+        return rate_limited(request, exception, [exceeded_check(_client_or_none(), exception)])
     if isinstance(exception, CircuitOpenError):
         return circuit_open(request, exception)
     return None

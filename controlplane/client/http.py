@@ -25,8 +25,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from controlplane.client.limiter import GLOBAL_SUBJECT, Decision
+from controlplane.protocol.schema import RATE_LIMIT
 
 if TYPE_CHECKING:
+    from controlplane.client.client import Client
+    from controlplane.client.errors import RateLimitExceeded
     from controlplane.client.limiter import RateLimiter
 
 logger = logging.getLogger("controlplane.client")
@@ -201,6 +204,21 @@ class Check:
         return cls(limiter.name, settings.limit, settings.period, decision)
 
 
+def exceeded_check(client: Client | None, exception: RateLimitExceeded) -> Check:
+    """The check a ``RateLimitExceeded`` describes, for its 429's headers.
+
+    The policy is that of the client's limiter of that name when it has one; it
+    is looked up, never created (a name the client never used must not become a
+    limiter, nor be reported as discovered). Without it, the decision alone.
+    """
+    decision = exception.decision
+    components = getattr(client, "_components", None) or {}
+    limiter = components.get((RATE_LIMIT, exception.name))
+    if limiter is not None:
+        return Check.of(limiter, decision)
+    return Check(exception.name, decision.limit, decision.reset_after, decision)
+
+
 def most_restrictive(checks: Sequence[Check]) -> Check:
     """The check the legacy headers describe: the longest rejection, else the fewest left."""
     rejected = [check for check in checks if not check.decision.allowed]
@@ -294,6 +312,7 @@ __all__ = [
     "RuleError",
     "Rules",
     "forwarded_client",
+    "exceeded_check",
     "most_restrictive",
     "once",
     "rate_limit_headers",

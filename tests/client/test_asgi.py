@@ -41,6 +41,11 @@ async def raises_rate_limit(request: Request) -> PlainTextResponse:
     return PlainTextResponse("inner")
 
 
+async def raises_for_a_stranger(request: Request) -> PlainTextResponse:
+    decision = await decorators.default_client().limiter("inner", limit=1, period=LONG).apeek()
+    raise RateLimitExceeded("stranger", decision)
+
+
 async def raises_circuit_open(request: Request) -> PlainTextResponse:
     raise CircuitOpenError("upstream", "open", retry_after=2.4)
 
@@ -57,6 +62,7 @@ ROUTES = [
     Route("/public", hello),
     Route("/inner", raises_rate_limit),
     Route("/upstream", raises_circuit_open),
+    Route("/stranger", raises_for_a_stranger),
 ]
 
 
@@ -256,6 +262,13 @@ async def test_library_exceptions_from_the_app_become_429_and_503(configured: Cl
         "3",
         b"Service Unavailable\n",
     )
+
+
+async def test_a_429_for_an_unknown_limiter_creates_no_limiter(configured: Client) -> None:
+    response = await call(make_app([]), "/stranger")
+    assert response.status == 429
+    assert response.headers["ratelimit-policy"].startswith('"stranger";q=1;')
+    assert ("rate_limit", "stranger") not in configured._components
 
 
 async def test_without_a_client_requests_pass_and_it_is_said_once(

@@ -566,7 +566,7 @@ def test_check_warns_without_a_client(monkeypatch: pytest.MonkeyPatch) -> None:
         assert check_ids() == []
 
 
-def test_check_runs_from_the_app_config(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_check_runs_with_djangos_own_checks(monkeypatch: pytest.MonkeyPatch) -> None:
     from django.core import checks
 
     monkeypatch.setattr(decorators, "_default", None)
