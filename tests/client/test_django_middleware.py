@@ -539,11 +539,22 @@ def test_check_is_silent_when_every_limiter_is_managed(
 
 
 def test_check_warns_about_an_environment_never_published(
-    client_factory: Callable[..., Client], production: Any, monkeypatch: pytest.MonkeyPatch
+    client_factory: Callable[..., Client],
+    set_policy: Callable[..., Policy],
+    monkeypatch: pytest.MonkeyPatch,
+    settings: Any,
 ) -> None:
+    set_policy("rate_limit", "api", limit=10, period=60)  # publishes 'production'
     monkeypatch.setattr(decorators, "_default", client_factory(environment="prodution"))
     with override_settings(CONTROLPLANE_RATE_LIMITS=["api"]):
-        assert check_ids() == ["controlplane.W003"]
+        from controlplane.client.django import check_rate_limits
+
+        (message,) = check_rate_limits()
+    assert message.id == "controlplane.W003"
+    assert "'prodution'" in message.msg
+    assert message.msg.endswith(
+        "published under key prefix " + repr(settings.REDIS_KEY_PREFIX) + ": 'production'."
+    )
 
 
 def test_check_warns_without_hanging_when_redis_is_down(
