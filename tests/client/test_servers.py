@@ -266,17 +266,20 @@ def test_gunicorn_preload_workers_share_exact_limits_and_the_master_is_no_instan
     # A killed worker's heartbeat stops while the others' go on.
     victim = min(workers)
     os.kill(victim, signal.SIGKILL)
-    killed_at = next(doc["at"] for doc in live.values() if doc["pid"] == victim)
+    wait_for(lambda: victim not in server.children())
+    (last,) = [
+        doc["at"] for doc in instances(redis_client, "shop").values() if doc["pid"] == victim
+    ]
     wait_for(
         lambda: all(
-            doc["at"] > killed_at + 4 * HEARTBEAT
+            doc["at"] > last + 4 * HEARTBEAT
             for doc in instances(redis_client, "shop").values()
             if doc["pid"] in workers - {victim}
         ),
         timeout=20,
     )
     after = instances(redis_client, "shop")
-    assert [doc["at"] for doc in after.values() if doc["pid"] == victim] in ([], [killed_at])
+    assert [doc["at"] for doc in after.values() if doc["pid"] == victim] in ([], [last])
 
 
 def test_uvicorn_workers_share_exact_limits_with_the_asgi_middleware(
