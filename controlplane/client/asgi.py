@@ -35,6 +35,7 @@ from controlplane.client.http import (
     RATE_LIMITED_BODY,
     TEXT_PLAIN,
     Check,
+    RuleError,
     Rules,
     exceeded_check,
     forwarded_client,
@@ -44,6 +45,7 @@ from controlplane.client.http import (
     retry_after,
     subject_for,
 )
+from controlplane.protocol.schema import RATE_LIMIT, PolicyError, validate_spec
 
 if TYPE_CHECKING:
     from controlplane.client.client import Client
@@ -124,6 +126,11 @@ class RateLimitMiddleware:
         self.rules = rules if isinstance(rules, Rules) else Rules(rules, "rules")
         self.client = client
         self.defaults = {name: dict(spec) for name, spec in (defaults or {}).items()}
+        for name, spec in self.defaults.items():
+            try:
+                validate_spec(RATE_LIMIT, spec)
+            except PolicyError as exc:
+                raise RuleError(f"defaults[{name!r}]: {exc}") from None
         self.trusted_proxies = trusted_proxies
         self.user = user or scope_user
         self.keys = dict(keys or {})

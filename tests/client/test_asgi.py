@@ -306,3 +306,10 @@ def test_bad_rules_name_the_entry() -> None:
         RateLimitMiddleware(hello, {"login/": "login"})
     with pytest.raises(RuleError, match="'/api/' gives 3"):
         RateLimitMiddleware(hello, {"/api/": 3})
+
+
+def test_bad_defaults_fail_at_start_naming_the_field() -> None:
+    from controlplane.client.http import RuleError
+
+    with pytest.raises(RuleError, match=r"defaults\['api'\]: limit"):
+        RateLimitMiddleware(hello, ["api"], defaults={"api": {"limit": -1}})
