@@ -67,7 +67,10 @@ class LatencyCounts:
         self._lock = threading.Lock()
 
     def add(self, seconds: float) -> None:
-        self.counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        if seconds <= LATENCY_BUCKETS[0]:
+            self.counts[0] += 1
+        else:
+            self.counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
         self.total[0] += seconds
 
     def flush(self, histogram: Any) -> None:

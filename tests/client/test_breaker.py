@@ -211,7 +211,7 @@ def test_a_time_window_forgets_calls_older_than_its_size(cp_client: Client) -> N
     assert breaker.state == "open"
 
 
-def test_friendly_kwargs_map_to_the_schema_and_bad_ones_raise(cp_client: Client) -> None:
+def test_keywords_are_the_policy_fields_and_bad_ones_raise(cp_client: Client) -> None:
     breaker = cp_client.breaker(
         "mapping",
         failure_rate_threshold=25,
@@ -227,6 +227,42 @@ def test_friendly_kwargs_map_to_the_schema_and_bad_ones_raise(cp_client: Client)
         CircuitBreaker(cp_client, "bad", failure_rate_threshold=0)
     with pytest.raises(ValueError, match="colour"):
         CircuitBreaker(cp_client, "bad", colour="red")
+
+
+def test_the_old_short_keywords_warn_with_the_new_name_and_still_apply(cp_client: Client) -> None:
+    with pytest.warns(DeprecationWarning) as caught:
+        breaker = cp_client.breaker(
+            "legacy",
+            failure_rate=40,
+            slow_call_rate=70,
+            window="time",
+            record=[Boom],
+            ignore=["KeyError"],
+        )
+    assert sorted(str(warning.message) for warning in caught) == [
+        f"{old}= is deprecated; write {new}= (the policy's field name)"
+        for old, new in sorted(
+            [
+                ("failure_rate", "failure_rate_threshold"),
+                ("ignore", "ignore_exceptions"),
+                ("record", "record_exceptions"),
+                ("slow_call_rate", "slow_call_rate_threshold"),
+                ("window", "window_type"),
+            ]
+        )
+    ]
+    assert {warning.filename for warning in caught} == {__file__}  # the caller's line
+    settings = breaker.settings
+    assert settings["failure_rate_threshold"] == 40
+    assert settings["slow_call_rate_threshold"] == 70
+    assert settings["window_type"] == "time"
+    assert settings["record_exceptions"] == ["tests.client.test_breaker.Boom"]
+    assert settings["ignore_exceptions"] == ["KeyError"]
+    with (
+        pytest.warns(DeprecationWarning),
+        pytest.raises(ValueError, match=r"window_type: given twice \(as window and window_type"),
+    ):
+        CircuitBreaker(cp_client, "twice", window="time", window_type="count")
 
 
 # The hot path

@@ -30,6 +30,7 @@ from controlplane.client.keywords import CACHE_RENAMED, policy_fields
 from controlplane.protocol import cache_entries
 from controlplane.protocol.cache_entries import (
     ENVELOPE_HEADER,
+    ENVELOPE_VERSION,
     SERIALIZERS,
     Entry,
     EnvelopeError,
@@ -447,7 +448,8 @@ class CacheCore:
         if raw is None:
             return None
         data = bytes(raw)
-        code = data[1] if len(data) >= ENVELOPE_HEADER.size else self.serializer.code
+        readable = len(data) >= ENVELOPE_HEADER.size and data[0] == ENVELOPE_VERSION
+        code = data[1] if readable else self.serializer.code
         if code != self.serializer.code:
             # Written with another serializer (pickle, the default of earlier versions): a miss,
             # never decoded; the next store replaces it.
