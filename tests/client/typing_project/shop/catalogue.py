@@ -50,6 +50,7 @@ def by_hand(client: Client) -> object:
     cache.delete("home")
     stats: dict[str, int] = cache.stats()
     print(stats, cache.local_entries)
+    cache.clear_local()
 
     @cache
     def render(path: str) -> str:

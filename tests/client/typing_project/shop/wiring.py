@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import assert_type
+from typing import Any, assert_type
 
 from prometheus_client import CollectorRegistry
 
@@ -27,6 +27,12 @@ def make_client(registry: CollectorRegistry, snapshots: Path) -> Client:
     )
     assert_type(client.start(), Client)
     assert_type(configure(client), Client)
+    synced: bool = client.wait_synced(1.0)
+    spec: dict[str, Any] | None = client.policy_spec("breaker", "payments")
+    client.on_resync(lambda: None)
+    client.watch("config", "checkout.max_items", lambda kind, name: None)
+    client.request_resync()
+    print(synced, spec, client.instance_id, client.connected, client.redis.ping())
     return client
 
 
