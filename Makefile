@@ -7,6 +7,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 RUN_STAMP := $(VENV)/.installed-server
 PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check
+# Editable installs in compat mode (a .pth file naming the source directory): mypy
+# cannot follow the import hook of setuptools' default (PEP 660) editable installs.
+EDITABLE := --config-settings editable_mode=compat
 HOST ?= 127.0.0.1
 PORT ?= 8000
 # `make run DEMO=false`: no simulated demo-shop traffic next to the server.
@@ -17,11 +20,11 @@ DEMO ?= true
 # `make run` installs only what serving needs; `make test` adds the dev tools.
 $(RUN_STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(PIP) -e '.[server]'
+	$(PIP) $(EDITABLE) -e '.[server]'
 	touch $(RUN_STAMP)
 
 $(STAMP): $(RUN_STAMP)
-	$(PIP) -e '.[dev,bench]'
+	$(PIP) $(EDITABLE) -e '.[dev,bench]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -61,7 +64,7 @@ MIN_STAMP := $(MIN_VENV)/.installed-min
 $(MIN_STAMP): pyproject.toml $(MIN_CONSTRAINTS)
 	test -x $(MIN_VENV)/bin/python || $(PYTHON) -m venv $(MIN_VENV)
 	$(MIN_VENV)/bin/python -m pip install --quiet --disable-pip-version-check \
-		-e '.[dev]' -c $(MIN_CONSTRAINTS)
+		$(EDITABLE) -e '.[dev]' -c $(MIN_CONSTRAINTS)
 	touch $(MIN_STAMP)
 
 .PHONY: test-min-deps

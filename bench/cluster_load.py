@@ -154,7 +154,7 @@ def _async_rows(clients: dict[str, Client]) -> list[Row]:
 
 
 def _transition_ms(first: Client, second: Client, name: str) -> float:
-    options = {"minimum_calls": 1, "failure_rate": 50, "open_for": 600}
+    options = {"minimum_calls": 1, "failure_rate_threshold": 50, "open_for": 600}
     opener, watcher = first.breaker(name, **options), second.breaker(name, **options)
     deadline = time.monotonic() + 5
     while watcher.state != "closed" and time.monotonic() < deadline:

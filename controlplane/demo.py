@@ -156,7 +156,7 @@ class DemoShop:
         # The code defaults apply where the environment publishes no such policy.
         self.payments = client.breaker(
             "payments",
-            failure_rate=50,
+            failure_rate_threshold=50,
             window_size=20,
             minimum_calls=10,
             open_for=10,

@@ -6,11 +6,13 @@ never imports Django. See ``docs/client.md``.
 
 from __future__ import annotations
 
+from controlplane.client.cache import CachedFunction
 from controlplane.client.client import Client
 from controlplane.client.decorators import cached, configure, rate_limited, with_circuit_breaker
 from controlplane.client.errors import CircuitOpenError, ControlPlaneError, RateLimitExceeded
 
 __all__ = [
+    "CachedFunction",
     "CircuitOpenError",
     "Client",
     "ControlPlaneError",

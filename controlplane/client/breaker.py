@@ -26,7 +26,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Final, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Final, ParamSpec, TypeVar, cast
 
 from controlplane.client.breaker_fleet import (
     PASS,
@@ -49,6 +49,7 @@ from controlplane.client.breaker_settings import (
 )
 from controlplane.client.error_log import ErrorLog
 from controlplane.client.errors import CircuitOpenError
+from controlplane.client.metrics import LATENCY_BUCKETS, LatencyCounts
 from controlplane.protocol.breaker_state import CLOSED, FORCED_OPEN, HALF_OPEN, OPEN, STATES
 from controlplane.protocol.documents import OverrideDocument
 from controlplane.protocol.schema import BREAKER, validate_name
@@ -65,7 +66,6 @@ logger = logging.getLogger("controlplane.client")
 
 P = ParamSpec("P")
 R = TypeVar("R")
-F = TypeVar("F", bound=Callable[..., Any])
 
 _MAX_TIME_BUCKETS: Final = 600  # time windows longer than this use wider buckets
 _LOG_EVERY: Final = 10.0  # at most one warning per breaker and this many seconds
@@ -80,7 +80,7 @@ def _count_value(counter: itertools.count[int]) -> int:
 class CircuitBreaker:
     """A circuit breaker; use it as a decorator, a context manager, or with ``call``.
 
-    ``client.breaker("payments", failure_rate=50, open_for=30)``. Keyword
+    ``client.breaker("payments", failure_rate_threshold=50, open_for=30)``. Keyword
     arguments are the code defaults; a policy published by the control plane
     replaces them live, and an override set on the dashboard wins over both.
     """
@@ -125,6 +125,8 @@ class CircuitBreaker:
         self._discovered = False
         self._last_warning = 0.0
         self._errors = ErrorLog(logger, client.metrics.internal_errors.labels("breaker"))
+        self._latency = LatencyCounts()  # moved into the histogram by _collect
+        self._latency_metric = client.metrics.breaker_call_seconds.labels(name)
         self._settings = self._code_settings
         self._slow_s = self._settings.slow_duration
         self._tick_below = self._slow_s  # successes faster than this just take a ticket
@@ -157,11 +159,11 @@ class CircuitBreaker:
         """Epoch of the shared state this breaker follows (0: none yet)."""
         return self._epoch
 
-    def __call__(self, function: F) -> F:
-        """Decorate a sync or async function."""
+    def __call__(self, function: Callable[P, R]) -> Callable[P, R]:
+        """Decorate a sync or async function (its signature is kept for type checkers)."""
         if inspect.iscoroutinefunction(function):
-            return self._wrap_async(function)  # type: ignore[return-value]
-        return self._wrap_sync(function)  # type: ignore[return-value]
+            return cast(Callable[P, R], self._wrap_async(function))
+        return cast(Callable[P, R], self._wrap_sync(function))
 
     def call(self, function: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
         """Run ``function(*args, **kwargs)`` through the breaker."""
@@ -262,6 +264,8 @@ class CircuitBreaker:
     def _wrap_sync(self, function: Callable[..., Any]) -> Callable[..., Any]:
         breaker = self
         perf = time.perf_counter
+        bucket, bounds, first = bisect.bisect_left, LATENCY_BUCKETS, LATENCY_BUCKETS[0]
+        counts, total = self._latency.counts, self._latency.total
 
         @functools.wraps(function)
         def protected(*args: Any, **kwargs: Any) -> Any:
@@ -276,7 +280,13 @@ class CircuitBreaker:
                     breaker._release(None)
                     raise
                 end = perf()
-                if end - start < breaker._tick_below:
+                elapsed = end - start
+                if elapsed <= first:  # LatencyCounts.add, inline; the bisection costs
+                    counts[0] += 1  # 100 ns, a tenth of what the first bucket holds
+                else:
+                    counts[bucket(bounds, elapsed)] += 1
+                total[0] += elapsed
+                if elapsed < breaker._tick_below:
                     ticket = next(breaker._seq)
                     if ticket == breaker._eval_at or end >= breaker._roll_at:
                         breaker._checkpoint(end, ticket)
@@ -314,6 +324,7 @@ class CircuitBreaker:
 
     def _succeed(self, start: float, permit: Permit | None) -> None:
         end = time.perf_counter()
+        self._latency.add(end - start)
         if permit is None and end - start < self._tick_below:
             ticket = next(self._seq)
             if ticket == self._eval_at or end >= self._roll_at:
@@ -323,6 +334,7 @@ class CircuitBreaker:
 
     def _fail(self, exc: Exception, start: float, permit: Permit | None) -> None:
         elapsed = time.perf_counter() - start
+        self._latency.add(elapsed)
         try:
             verdict = self._settings.classify(type(exc))
         except Exception:  # a bug in matching must not replace the caller's exception
@@ -767,6 +779,7 @@ class CircuitBreaker:
 
     def _collect(self) -> dict[str, dict[str, Any]]:
         """Counters since the last call (the reporter calls this once a second)."""
+        self._latency.flush(self._latency_metric)
         with self._lock:
             totals = self._totals_locked()
             delta = {key: value - self._reported.get(key, 0) for key, value in totals.items()}
@@ -799,6 +812,7 @@ class CircuitBreaker:
 
     def _after_fork(self) -> None:
         self._lock = threading.Lock()
+        self._latency.after_fork()
 
 
 def _outcome(failed: bool, slow: bool) -> str:

@@ -1,7 +1,7 @@
 """Breaker settings: from ``client.breaker(...)`` keyword arguments or a policy spec.
 
-``code_defaults`` turns the friendly keyword arguments of ``client.breaker(...)``
-(``failure_rate``, ``record``...) into a validated spec, keeping the exception
+``code_defaults`` turns the keyword arguments of ``client.breaker(...)`` (the
+policy's field names; the old short ones warn) into a validated spec, keeping the exception
 classes given in code; ``BreakerSettings`` is the effective settings computed
 once per policy change from that spec or from the published policy, which the
 hot path reads as plain attributes; ``BreakerSettings.classify`` decides, once
@@ -17,16 +17,11 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from controlplane.client.errors import CircuitOpenError
+from controlplane.client.keywords import BREAKER_RENAMED, policy_fields
 from controlplane.protocol.schema import BREAKER, EXCEPTION_NAME, validate_spec
 
-# Friendly keyword arguments of client.breaker(...) -> schema field names.
-KWARG_FIELDS: Final = {
-    "failure_rate": "failure_rate_threshold",
-    "slow_call_rate": "slow_call_rate_threshold",
-    "window": "window_type",
-    "record": "record_exceptions",
-    "ignore": "ignore_exceptions",
-}
+# Deprecated keyword arguments of client.breaker(...) -> schema field names.
+KWARG_FIELDS: Final = BREAKER_RENAMED
 
 # How an exception counts.
 SUCCESS: Final = 0
@@ -164,17 +159,13 @@ def code_defaults(
     Returns the complete spec (exception classes listed by name) and, for
     record/ignore, the classes and names given in code.
     """
-    data: dict[str, Any] = {}
+    data = policy_fields(kwargs, BREAKER_RENAMED)
     exceptions: dict[str, tuple[tuple[type[BaseException], ...], list[str]]] = {}
-    for key, value in kwargs.items():
-        name = KWARG_FIELDS.get(key, key)
+    for name in ("record_exceptions", "ignore_exceptions"):
         if name in data:
-            raise ValueError(f"{key}: given twice (as {name})")
-        if name in ("record_exceptions", "ignore_exceptions"):
-            classes, names = _split_exceptions(key, value)
+            classes, names = _split_exceptions(name, data[name])
             exceptions[name] = (classes, names)
-            value = [*names, *(exception_name(c) for c in classes)]
-        data[name] = value
+            data[name] = [*names, *(exception_name(c) for c in classes)]
     spec = validate_spec(BREAKER, data)
     return spec, exceptions
 

@@ -16,7 +16,7 @@ import weakref
 from collections.abc import Callable, Iterable
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, TypedDict, TypeVar, Unpack
+from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypedDict, TypeVar, Unpack
 
 import redis
 import redis.asyncio.retry
@@ -26,6 +26,12 @@ from redis.retry import Retry
 
 from controlplane.client.breaker import CircuitBreaker
 from controlplane.client.cache import Cache
+from controlplane.client.client_settings import (
+    ENVIRONMENT_VARIABLE,
+    REDIS_URL_VARIABLE,
+    required,
+    service_name,
+)
 from controlplane.client.config import ConfigView
 from controlplane.client.error_log import ErrorLog
 from controlplane.client.limiter import RateLimiter
@@ -37,7 +43,7 @@ from controlplane.protocol.keys import DEFAULT_PREFIX, KeyLayout
 from controlplane.protocol.store import decode_policy_store, read_policy_store
 
 if TYPE_CHECKING:
-    from controlplane.client.cache import Serializer
+    from controlplane.client.cache import CachedFunction, Serializer
 
 # The keyword arguments of ``Client.breaker``, ``limiter`` and ``cache`` (their code
 # defaults, docs/client.md), typed so an editor completes them and mypy catches a
@@ -48,22 +54,23 @@ Mode = Literal["enforce", "observe"]
 
 
 class BreakerOptions(TypedDict, total=False):
-    failure_rate: float  # short for failure_rate_threshold
     failure_rate_threshold: float
     slow_call_duration: Duration
-    slow_call_rate: float  # short for slow_call_rate_threshold
     slow_call_rate_threshold: float
-    window: Literal["count", "time"]  # short for window_type
     window_type: Literal["count", "time"]
     window_size: int
     minimum_calls: int
     open_for: Duration
     half_open_calls: int
-    record: Exceptions  # short for record_exceptions
     record_exceptions: Exceptions
-    ignore: Exceptions  # short for ignore_exceptions
     ignore_exceptions: Exceptions
     mode: Mode
+    # Deprecated spellings (a DeprecationWarning at run time), kept so old code type-checks.
+    failure_rate: float  # deprecated: failure_rate_threshold
+    slow_call_rate: float  # deprecated: slow_call_rate_threshold
+    window: Literal["count", "time"]  # deprecated: window_type
+    record: Exceptions  # deprecated: record_exceptions
+    ignore: Exceptions  # deprecated: ignore_exceptions
 
 
 class RateLimitedOptions(TypedDict, total=False):
@@ -85,12 +92,14 @@ class LimiterOptions(RateLimitedOptions, total=False):
 class CacheOptions(TypedDict, total=False):
     ttl: Duration
     enabled: bool
-    stale: Duration  # short for stale_ttl
     stale_ttl: Duration
     local_size: int
     generation: int
-    serializer: str | Serializer  # "pickle" (the default), "json", or your own
+    # "json" (the default), your own, or "pickle": whoever can write to Redis then
+    # runs code in every service that reads the cache (docs/client.md, Caches).
+    serializer: Literal["json", "pickle"] | Serializer
     lock_timeout: float | timedelta
+    stale: Duration  # deprecated spelling of stale_ttl (a DeprecationWarning at run time)
 
 
 logger = logging.getLogger("controlplane.client")
@@ -100,11 +109,16 @@ LIBRARY_VERSION = "0.1.0"
 CATCH_UP_FIRST = 1.0
 CATCH_UP_MAX = 8.0
 _clients: weakref.WeakSet[Client] = weakref.WeakSet()
-_F = TypeVar("_F", bound=Callable[..., Any])
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 
 
 class Client:
     """Follows an environment's policies through Redis and hands out enforcers.
+
+    ``redis_url`` and ``environment`` have no defaults: give them, or set
+    ``CONTROLPLANE_REDIS_URL`` and ``CONTROLPLANE_ENVIRONMENT``. ``service`` is
+    ``CONTROLPLANE_SERVICE`` when not given, else the program's name.
 
     ``start()`` loads the policies and follows their changes in a background
     thread; nothing on the caller's hot path waits for the control plane. If
@@ -114,9 +128,9 @@ class Client:
 
     def __init__(
         self,
-        redis_url: str = "redis://127.0.0.1:6379/0",
-        environment: str = "production",
-        service: str = "",
+        redis_url: str | None = None,
+        environment: str | None = None,
+        service: str | None = None,
         *,
         key_prefix: str = DEFAULT_PREFIX,
         timeout: float = 0.25,
@@ -127,10 +141,11 @@ class Client:
         start_timeout: float = 1.0,
         metrics: ClientMetrics | None = None,
     ) -> None:
+        environment = required(environment, "environment", ENVIRONMENT_VARIABLE)
         self.keys = KeyLayout(environment, key_prefix)
         self.environment = environment
-        self.service = service or os.path.basename(os.environ.get("_", "")) or "service"
-        self.redis_url = redis_url
+        self.service = service_name(service)
+        self.redis_url = required(redis_url, "redis_url", REDIS_URL_VARIABLE)
         self.timeout = timeout
         self.resync_interval = resync_interval
         self.start_timeout = start_timeout
@@ -310,19 +325,22 @@ class Client:
     def rate_limited(
         self,
         name: str,
-        key: Callable[..., Any] | None = None,
+        key: Callable[..., object] | None = None,
         **defaults: Unpack[RateLimitedOptions],
-    ) -> Any:
+    ) -> Callable[[Callable[_P, _R]], Callable[_P, _R]]:
         """Decorate a function so each call is checked against the limiter ``name``."""
         return self.limiter(name, **defaults).decorate(key)
 
     def cached(
         self,
         name: str,
-        key: Callable[..., Any] | None = None,
+        key: Callable[..., object] | None = None,
         **defaults: Unpack[CacheOptions],
-    ) -> Callable[[_F], _F]:
-        """Decorate a function so its results are cached under the cache policy ``name``."""
+    ) -> Callable[[Callable[_P, _R]], CachedFunction[_P, _R]]:
+        """Decorate a function so its results are cached under the cache policy ``name``.
+
+        The decorated function has ``invalidate(*args, **kwargs)`` (and ``ainvalidate``).
+        """
         return self.cache(name, **defaults).decorate(key)
 
     @property

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from controlplane.protocol.schema import CONFIG, InvalidValue, check_config_value
 
@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("controlplane.client")
 
 ChangeCallback = Callable[[str, Any], None]  # (key, new value or the default)
+T = TypeVar("T")
 
 
 class ConfigView:
@@ -23,8 +24,18 @@ class ConfigView:
         self._callbacks: dict[str, list[ChangeCallback]] = {}
         self._last: dict[str, Any] = {}
 
+    @overload
+    def get(self, key: str, default: None = None) -> object: ...
+
+    @overload
+    def get(self, key: str, default: T) -> T: ...
+
     def get(self, key: str, default: Any = None) -> Any:
-        """Return the published value of ``key``, or ``default`` when it has none."""
+        """Return the published value of ``key``, or ``default`` when it has none.
+
+        Typed as the default (``get("max_items", 10)`` is an ``int``): give a default
+        of the type the config declares. Without one the value is an ``object``.
+        """
         spec = self._client.state.spec(CONFIG, key)
         if spec is None:
             if key not in self._defaults:

@@ -2,6 +2,7 @@
 
 They resolve the client when the decorated function is first called, so they
 can decorate functions at import time, before the application configures.
+Each keeps the decorated function's signature for type checkers (``ParamSpec``).
 """
 
 from __future__ import annotations
@@ -9,12 +10,15 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeVar, Unpack, cast
 
-from controlplane.client.client import Client
+from controlplane.client.cache import CachedFunction
+from controlplane.client.client import BreakerOptions, CacheOptions, Client, RateLimitedOptions
 from controlplane.client.errors import ControlPlaneError
 
-F = TypeVar("F", bound=Callable[..., Any])
+P = ParamSpec("P")
+R = TypeVar("R")
+F = TypeVar("F", bound=Callable[..., Any])  # kept for code that imported it
 _default: Client | None = None
 
 
@@ -33,11 +37,14 @@ def default_client() -> Client:
     return _default
 
 
-def _lazy(build: Callable[[Client], Callable[[F], F]]) -> Callable[[F], F]:
-    def decorator(function: F) -> F:
-        wrapped: dict[int, Callable[..., Any]] = {}
+def _lazy(build: Callable[[Client], Callable[[Callable[..., Any]], Any]]) -> Any:
+    """A decorator whose wrapper is built by ``build(default_client())`` on first call
+    (again whenever ``configure()`` changed the default client)."""
 
-        def resolve() -> Callable[..., Any]:
+    def decorator(function: Callable[..., Any]) -> Any:
+        wrapped: dict[int, Any] = {}
+
+        def resolve() -> Any:
             client = default_client()
             key = id(client)
             if key not in wrapped:
@@ -45,13 +52,14 @@ def _lazy(build: Callable[[Client], Callable[[F], F]]) -> Callable[[F], F]:
                 wrapped[key] = build(client)(function)
             return wrapped[key]
 
+        proxy: Any
         if inspect.iscoroutinefunction(function):
 
             @functools.wraps(function)
             async def async_proxy(*args: Any, **kwargs: Any) -> Any:
                 return await resolve()(*args, **kwargs)
 
-            proxy: Any = async_proxy
+            proxy = async_proxy
         else:
 
             @functools.wraps(function)
@@ -59,24 +67,53 @@ def _lazy(build: Callable[[Client], Callable[[F], F]]) -> Callable[[F], F]:
                 return resolve()(*args, **kwargs)
 
             proxy = sync_proxy
-        proxy.invalidate = lambda *a, **k: resolve().invalidate(*a, **k)  # type: ignore[attr-defined]
-        return proxy  # type: ignore[no-any-return]
+
+        def invalidate(*args: Any, **kwargs: Any) -> None:
+            resolve().invalidate(*args, **kwargs)
+
+        async def ainvalidate(*args: Any, **kwargs: Any) -> None:
+            await resolve().ainvalidate(*args, **kwargs)
+
+        proxy.invalidate = invalidate
+        proxy.ainvalidate = ainvalidate
+        return proxy
 
     return decorator
 
 
-def with_circuit_breaker(name: str, **defaults: Any) -> Callable[[F], F]:
+def with_circuit_breaker(
+    name: str, **defaults: Unpack[BreakerOptions]
+) -> Callable[[Callable[P, R]], Callable[P, R]]:
     """Protect the function with the default client's breaker ``name``."""
-    return _lazy(lambda client: client.breaker(name, **defaults))
+    return cast(
+        Callable[[Callable[P, R]], Callable[P, R]],
+        _lazy(lambda client: client.breaker(name, **defaults)),
+    )
 
 
 def rate_limited(
-    name: str, key: Callable[..., Any] | None = None, **defaults: Any
-) -> Callable[[F], F]:
+    name: str,
+    key: Callable[..., object] | None = None,
+    **defaults: Unpack[RateLimitedOptions],
+) -> Callable[[Callable[P, R]], Callable[P, R]]:
     """Check each call against the default client's limiter ``name``."""
-    return _lazy(lambda client: client.rate_limited(name, key=key, **defaults))
+    return cast(
+        Callable[[Callable[P, R]], Callable[P, R]],
+        _lazy(lambda client: client.rate_limited(name, key, **defaults)),
+    )
 
 
-def cached(name: str, key: Callable[..., Any] | None = None, **defaults: Any) -> Callable[[F], F]:
-    """Cache the function's results under the default client's cache policy ``name``."""
-    return _lazy(lambda client: client.cached(name, key=key, **defaults))
+def cached(
+    name: str,
+    key: Callable[..., object] | None = None,
+    **defaults: Unpack[CacheOptions],
+) -> Callable[[Callable[P, R]], CachedFunction[P, R]]:
+    """Cache the function's results under the default client's cache policy ``name``.
+
+    The decorated function has ``invalidate(*args, **kwargs)`` and
+    ``await ainvalidate(*args, **kwargs)`` to drop the entry of one call everywhere.
+    """
+    return cast(
+        Callable[[Callable[P, R]], CachedFunction[P, R]],
+        _lazy(lambda client: client.cached(name, key, **defaults)),
+    )

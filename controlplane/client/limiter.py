@@ -22,9 +22,9 @@ import math
 import threading
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, ParamSpec, TypeVar, cast
 
 import redis
 
@@ -39,7 +39,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("controlplane.client")
 
-F = TypeVar("F", bound=Callable[..., Any])
+P = ParamSpec("P")
+R = TypeVar("R")
 
 SCRIPTS: Final[dict[str, LuaScript]] = {
     algorithm: load_script(f"limit_{algorithm}")
@@ -246,6 +247,7 @@ class RateLimiter:
             for result in ("allowed", "rejected", "would_reject", "fallback")
         }
         self._allowed_metric = self._metric["allowed"]
+        self._check_seconds = client.metrics.rate_limit_check_seconds.labels(name)
         self._override_field = f"{RATE_LIMIT}:{name}"
         self._batcher: tuple[asyncio.AbstractEventLoop, AsyncBatcher] | None = None
         self._runner: tuple[redis.Redis, Runner] | None = None
@@ -315,21 +317,33 @@ class RateLimiter:
 
     def hit(self, subject: object = GLOBAL_SUBJECT, cost: int = 1) -> Decision:
         """Check ``subject`` against the limit and consume ``cost`` requests if admitted."""
-        return self._check(subject, cost, peek=False)
+        start = time.perf_counter()
+        decision = self._check(subject, cost, peek=False)
+        self._check_seconds.observe(time.perf_counter() - start)
+        return decision
 
     def peek(self, subject: object = GLOBAL_SUBJECT, cost: int = 1) -> Decision:
         """Return what ``hit`` would decide now, consuming nothing.
 
         ``remaining`` is the quota left before this request.
         """
-        return self._check(subject, cost, peek=True)
+        start = time.perf_counter()
+        decision = self._check(subject, cost, peek=True)
+        self._check_seconds.observe(time.perf_counter() - start)
+        return decision
 
     async def ahit(self, subject: object = GLOBAL_SUBJECT, cost: int = 1) -> Decision:
         """``hit`` for async code: the Redis call is batched with the loop's other checks."""
-        return await self._acheck(subject, cost, peek=False)
+        start = time.perf_counter()
+        decision = await self._acheck(subject, cost, peek=False)
+        self._check_seconds.observe(time.perf_counter() - start)
+        return decision
 
     async def apeek(self, subject: object = GLOBAL_SUBJECT, cost: int = 1) -> Decision:
-        return await self._acheck(subject, cost, peek=True)
+        start = time.perf_counter()
+        decision = await self._acheck(subject, cost, peek=True)
+        self._check_seconds.observe(time.perf_counter() - start)
+        return decision
 
     def _check(self, subject: object, cost: int, peek: bool) -> Decision:
         prepared = self._prepared
@@ -503,7 +517,9 @@ class RateLimiter:
 
     # Decorator
 
-    def decorate(self, key: Callable[..., Any] | None = None) -> Callable[[F], F]:
+    def decorate(
+        self, key: Callable[..., object] | None = None
+    ) -> Callable[[Callable[P, R]], Callable[P, R]]:
         """Check every call of the function; raise ``RateLimitExceeded`` when rejected.
 
         ``key`` receives the call's arguments and returns the subject; without
@@ -513,26 +529,27 @@ class RateLimiter:
         def subject_of(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> object:
             return GLOBAL_SUBJECT if key is None else key(*args, **kwargs)
 
-        def decorator(function: F) -> F:
+        def decorator(function: Callable[P, R]) -> Callable[P, R]:
             if inspect.iscoroutinefunction(function):
+                coroutine_function: Callable[..., Awaitable[Any]] = function
 
                 @functools.wraps(function)
                 async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
                     decision = await self.ahit(subject_of(args, kwargs))
                     if not decision.allowed:
                         raise RateLimitExceeded(self.name, decision)
-                    return await function(*args, **kwargs)
+                    return await coroutine_function(*args, **kwargs)
 
-                return async_wrapper  # type: ignore[return-value]
+                return cast(Callable[P, R], async_wrapper)
 
             @functools.wraps(function)
-            def wrapper(*args: Any, **kwargs: Any) -> Any:
+            def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
                 decision = self.hit(subject_of(args, kwargs))
                 if not decision.allowed:
                     raise RateLimitExceeded(self.name, decision)
                 return function(*args, **kwargs)
 
-            return wrapper  # type: ignore[return-value]
+            return wrapper
 
         return decorator
 

@@ -30,7 +30,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 # Small windows so a handful of calls decide.
 TIGHT: dict[str, Any] = {
-    "failure_rate": 50,
+    "failure_rate_threshold": 50,
     "minimum_calls": 2,
     "window_size": 2,
     "open_for": 30,
@@ -107,7 +107,9 @@ def reports(redis_client: redis.Redis, client: Client, entry_type: str) -> list[
 
 
 def test_opens_at_the_failure_rate_and_not_before_minimum_calls(cp_client: Client) -> None:
-    breaker = cp_client.breaker("payments", failure_rate=50, minimum_calls=4, window_size=10)
+    breaker = cp_client.breaker(
+        "payments", failure_rate_threshold=50, minimum_calls=4, window_size=10
+    )
     upstream = Upstream()
     charge = breaker(upstream)
 
@@ -124,7 +126,7 @@ def test_opens_at_the_failure_rate_and_not_before_minimum_calls(cp_client: Clien
 
 
 def test_stays_closed_below_the_threshold_and_the_count_window_slides(cp_client: Client) -> None:
-    breaker = cp_client.breaker("orders", failure_rate=50, minimum_calls=4, window_size=4)
+    breaker = cp_client.breaker("orders", failure_rate_threshold=50, minimum_calls=4, window_size=4)
     call = breaker(Upstream())
 
     outcomes = [True, False, False, False, False, True]  # 1 in 4, then 0 in 4, then 1 in 4
@@ -146,8 +148,8 @@ def test_slow_calls_open_it_and_a_slow_success_is_still_a_success(cp_client: Cli
     breaker = cp_client.breaker(
         "search",
         slow_call_duration=timedelta(milliseconds=30),
-        slow_call_rate=50,
-        failure_rate=50,
+        slow_call_rate_threshold=50,
+        failure_rate_threshold=50,
         minimum_calls=2,
         window_size=2,
     )
@@ -168,9 +170,9 @@ def test_slow_calls_open_it_and_a_slow_success_is_still_a_success(cp_client: Cli
 def test_ignored_and_not_recorded_exceptions(cp_client: Client) -> None:
     breaker = cp_client.breaker(
         "inventory",
-        record=[Boom, "builtins.OSError"],
-        ignore=["KeyError"],
-        failure_rate=50,
+        record_exceptions=[Boom, "builtins.OSError"],
+        ignore_exceptions=["KeyError"],
+        failure_rate_threshold=50,
         minimum_calls=2,
         window_size=2,
     )
@@ -197,7 +199,7 @@ def test_ignored_and_not_recorded_exceptions(cp_client: Client) -> None:
 
 def test_a_time_window_forgets_calls_older_than_its_size(cp_client: Client) -> None:
     breaker = cp_client.breaker(
-        "ledger", window="time", window_size=1, minimum_calls=2, failure_rate=50
+        "ledger", window_type="time", window_size=1, minimum_calls=2, failure_rate_threshold=50
     )
     call = breaker(Upstream())
 
@@ -209,18 +211,58 @@ def test_a_time_window_forgets_calls_older_than_its_size(cp_client: Client) -> N
     assert breaker.state == "open"
 
 
-def test_friendly_kwargs_map_to_the_schema_and_bad_ones_raise(cp_client: Client) -> None:
+def test_keywords_are_the_policy_fields_and_bad_ones_raise(cp_client: Client) -> None:
     breaker = cp_client.breaker(
-        "mapping", failure_rate=25, slow_call_rate=80, window="time", open_for=timedelta(minutes=2)
+        "mapping",
+        failure_rate_threshold=25,
+        slow_call_rate_threshold=80,
+        window_type="time",
+        open_for=timedelta(minutes=2),
     )
     assert breaker.settings["failure_rate_threshold"] == 25
     assert breaker.settings["slow_call_rate_threshold"] == 80
     assert breaker.settings["window_type"] == "time"
     assert breaker.settings["open_for"] == 120.0
     with pytest.raises(PolicyError, match="failure_rate_threshold"):
-        CircuitBreaker(cp_client, "bad", failure_rate=0)
+        CircuitBreaker(cp_client, "bad", failure_rate_threshold=0)
     with pytest.raises(ValueError, match="colour"):
         CircuitBreaker(cp_client, "bad", colour="red")
+
+
+def test_the_old_short_keywords_warn_with_the_new_name_and_still_apply(cp_client: Client) -> None:
+    with pytest.warns(DeprecationWarning) as caught:
+        breaker = cp_client.breaker(
+            "legacy",
+            failure_rate=40,
+            slow_call_rate=70,
+            window="time",
+            record=[Boom],
+            ignore=["KeyError"],
+        )
+    assert sorted(str(warning.message) for warning in caught) == [
+        f"{old}= is deprecated; write {new}= (the policy's field name)"
+        for old, new in sorted(
+            [
+                ("failure_rate", "failure_rate_threshold"),
+                ("ignore", "ignore_exceptions"),
+                ("record", "record_exceptions"),
+                ("slow_call_rate", "slow_call_rate_threshold"),
+                ("window", "window_type"),
+            ]
+        )
+    ]
+    assert {warning.filename for warning in caught} == {__file__}  # the caller's line
+    settings = breaker.settings
+    assert settings["failure_rate_threshold"] == 40
+    assert settings["slow_call_rate_threshold"] == 70
+    assert settings["window_type"] == "time"
+    assert settings["record_exceptions"] == ["tests.client.test_breaker.Boom"]
+    assert settings["ignore_exceptions"] == ["KeyError"]
+    with (
+        pytest.warns(DeprecationWarning),
+        pytest.raises(ValueError, match=r"window_type: given twice \(as window and window_type"),
+    ):
+        CircuitBreaker(cp_client, "twice", window="time", window_type="count")
 
 
 # The hot path
@@ -247,7 +289,7 @@ def test_the_closed_path_sends_nothing_to_redis(
     client_factory: Callable[..., Client], disposable_redis: RedisServer
 ) -> None:
     client = client_factory()  # not started: no follower or reporter traffic
-    breaker = client.breaker("quiet", failure_rate=90, minimum_calls=5, window_size=10)
+    breaker = client.breaker("quiet", failure_rate_threshold=90, minimum_calls=5, window_size=10)
     call = breaker(Upstream())
     probe = redis.Redis.from_url(disposable_redis.url)
     before = probe.info("stats")["total_commands_processed"]
@@ -397,7 +439,7 @@ def test_open_in_one_process_is_seen_by_another_within_100ms(
 import sys, time
 from controlplane.client import Client
 client = Client(sys.argv[1], environment="production", key_prefix=sys.argv[2]).start()
-options = dict(failure_rate=50, minimum_calls=2, window_size=2, open_for=30)
+options = dict(failure_rate_threshold=50, minimum_calls=2, window_size=2, open_for=30)
 breakers = [client.breaker(name, **options) for name in sys.argv[3].split(",")]
 print("ready", flush=True)
 for breaker in breakers:
@@ -593,7 +635,12 @@ def test_calls_keep_working_while_redis_is_down(
 ) -> None:
     client = client_factory().start()
     breaker = client.breaker(
-        "outage", failure_rate=50, minimum_calls=4, window_size=4, open_for=0.2, half_open_calls=2
+        "outage",
+        failure_rate_threshold=50,
+        minimum_calls=4,
+        window_size=4,
+        open_for=0.2,
+        half_open_calls=2,
     )
     upstream = Upstream()
     call = breaker(upstream)
@@ -645,7 +692,9 @@ def test_calls_keep_working_while_redis_is_down(
 def test_a_published_policy_changes_thresholds_live(
     cp_client: Client, set_policy: Callable[..., Policy]
 ) -> None:
-    breaker = cp_client.breaker("live", failure_rate=50, minimum_calls=50, window_size=100)
+    breaker = cp_client.breaker(
+        "live", failure_rate_threshold=50, minimum_calls=50, window_size=100
+    )
     upstream = Upstream()
     for _ in range(3):
         attempt(lambda: breaker.call(upstream, True))
@@ -690,7 +739,7 @@ def test_transitions_are_reported_and_the_gauge_follows(
 def test_an_unmanaged_breaker_is_reported_as_discovered(
     cp_client: Client, raw_redis: redis.Redis
 ) -> None:
-    cp_client.breaker("discovered", failure_rate=30, record=[Boom])
+    cp_client.breaker("discovered", failure_rate_threshold=30, record_exceptions=[Boom])
     found = wait_for(
         lambda: [
             e

@@ -17,7 +17,13 @@ import pytest
 import redis
 
 from controlplane.client import Client
-from controlplane.client.cache import Cache, make_digest
+from controlplane.client.cache import (
+    Cache,
+    Entry,
+    PickleSerializer,
+    encode_envelope,
+    make_digest,
+)
 from controlplane.embedded_redis import RedisServer
 from controlplane.policies.models import Environment, Policy
 from controlplane.protocol.schema import PolicyError
@@ -92,7 +98,7 @@ def test_entry_key_and_envelope_follow_the_documented_format(
     client_factory: Callable[..., Client], raw_redis: redis.Redis
 ) -> None:
     client = client_factory()
-    cache = client.cache("prices", ttl=30, stale=10, serializer="json")
+    cache = client.cache("prices", ttl=30, stale_ttl=10, serializer="json")
 
     def quote(sku: str, qty: int = 1) -> dict[str, Any]:
         return {"sku": sku, "qty": qty, "prices": [1.5, 2]}
@@ -233,14 +239,17 @@ def test_bad_code_defaults_are_refused(client_factory: Callable[..., Client]) ->
         Cache(client, "prices", colour="red")
     with pytest.raises(ValueError, match="serializer"):
         Cache(client, "prices", serializer="xml")
-    with pytest.raises(ValueError, match="given twice"):
+    with (
+        pytest.warns(DeprecationWarning, match="write stale_ttl="),
+        pytest.raises(ValueError, match=r"stale_ttl: given twice \(as stale and stale_ttl\)"),
+    ):
         Cache(client, "prices", stale=1, stale_ttl=2)
 
 
 def test_unmanaged_cache_is_reported_as_discovered(
     cp_client: Client, redis_client: redis.Redis
 ) -> None:
-    cp_client.cache("prices", ttl=30, stale=5)
+    cp_client.cache("prices", ttl=30, stale_ttl=5)
 
     def discovered() -> list[dict[str, Any]]:
         entries = redis_client.xrange(cp_client.keys.reports)
@@ -387,8 +396,8 @@ def test_stale_value_is_served_while_one_client_recomputes(
     upstream = Upstream()
     function = upstream.sync()
     first, second = client_factory(), client_factory()
-    price_1 = first.cached("prices", ttl=0.5, stale=30)(function)
-    price_2 = second.cached("prices", ttl=0.5, stale=30)(function)
+    price_1 = first.cached("prices", ttl=0.5, stale_ttl=30)(function)
+    price_2 = second.cached("prices", ttl=0.5, stale_ttl=30)(function)
     assert price_1("a") == price_2("a") == "a-EUR-v1"
     time.sleep(0.55)  # the entry going stale is the behaviour under test
     upstream.delay = 0.5  # the recomputation is slow
@@ -408,7 +417,7 @@ async def test_async_stale_value_is_served_while_a_task_recomputes(
 ) -> None:
     upstream = Upstream()
     client = client_factory()
-    price = client.cached("prices", ttl=0.2, stale=30)(upstream.asynchronous())
+    price = client.cached("prices", ttl=0.2, stale_ttl=30)(upstream.asynchronous())
     assert await price("a") == "a-v1"
     await asyncio.sleep(0.25)  # the entry going stale is the behaviour under test
     upstream.delay = 0.2
@@ -521,12 +530,88 @@ def test_unreadable_entry_is_a_miss_and_gets_replaced(
     price = client.cached("prices", ttl=30)(upstream.sync())
     price("a")
     [key] = cache_keys(raw_redis, client)
-    raw_redis.set(key, b"\x01\x01garbage")
+    raw_redis.set(key, b"\x01\x02garbage")
 
     assert price("a") == "a-EUR-v2"
     assert price("a") == "a-EUR-v2"
     assert client.cache("prices").stats()["errors"] == 1
-    assert raw_redis.get(key)[:2] == b"\x01\x01"
+    assert raw_redis.get(key)[:2] == b"\x01\x02"  # version 1, JSON
+
+
+# Serializers
+
+UNPICKLED: list[str] = []
+
+
+class PlantedPayload:
+    """What an attacker with write access to Redis would store: code run by unpickling."""
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        return (UNPICKLED.append, ("code ran",))
+
+
+def test_a_pickled_entry_is_a_miss_for_the_json_default_and_is_never_unpickled(
+    client_factory: Callable[..., Client], raw_redis: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    old, new = client_factory(), client_factory()
+    upstream = Upstream()
+    assert old.cached("prices", ttl=30, serializer="pickle")(upstream.sync())("a") == "a-EUR-v1"
+    [key] = cache_keys(raw_redis, old)
+    assert raw_redis.get(key)[:2] == b"\x01\x01"  # written by pickle (code 1)
+    planted = Entry.written(PlantedPayload(), time.time(), 30, 0)
+    raw_redis.set(key, encode_envelope(PickleSerializer(), planted))
+
+    price = new.cached("prices", ttl=30)(upstream.sync())
+    assert price("a") == "a-EUR-v2"  # a miss: the function ran
+    assert price("a") == "a-EUR-v2"  # and its JSON entry replaced the pickled one
+    assert UNPICKLED == []
+    assert new.cache("prices").stats() == {
+        "hits": 1,
+        "misses": 1,
+        "stale_hits": 0,
+        "local_hits": 0,
+        "errors": 0,
+    }
+    assert raw_redis.get(key)[:2] == b"\x01\x02"
+    assert "written with serializer code 1" in caplog.text
+
+
+def test_a_value_json_cannot_encode_is_returned_uncached_and_logged_once_a_minute(
+    client_factory: Callable[..., Client], raw_redis: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = client_factory()
+    calls: list[int] = []
+
+    @client.cached("prices", ttl=30)
+    def price(sku: str) -> object:
+        calls.append(1)
+        return {"sku": sku, "at": object()}
+
+    with caplog.at_level("WARNING", logger="controlplane.client"):
+        results = [price("a") for _ in range(3)]
+    assert [type(result) for result in results] == [dict] * 3
+    assert len(calls) == 3  # never cached
+    assert cache_keys(raw_redis, client) == []
+    lines = [r for r in caplog.records if "cannot serialize" in r.getMessage()]
+    assert len(lines) == 1, caplog.text
+    assert "returned to the caller, not cached" in lines[0].getMessage()
+    assert client.cache("prices").stats()["errors"] == 3
+
+
+def test_pickle_is_opt_in_and_round_trips_what_json_cannot(
+    client_factory: Callable[..., Client],
+) -> None:
+    client = client_factory()
+    upstream = Upstream()
+
+    @client.cached("prices", ttl=30, serializer="pickle")
+    def price(sku: str) -> tuple[str, frozenset[int]]:
+        return (upstream.sync()(sku), frozenset({1}))
+
+    assert price("a") == ("a-EUR-v1", frozenset({1}))
+    assert price("a") == ("a-EUR-v1", frozenset({1}))  # from Redis, a tuple again
+    assert client.cache("prices").serializer.name == "pickle"
+    assert client.cache("other").serializer.name == "json"  # the default
 
 
 # The in-process tier

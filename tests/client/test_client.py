@@ -1,11 +1,14 @@
 from __future__ import annotations
 
+import importlib.machinery
 import json
+import logging
 import os
 import platform
 import subprocess
 import sys
 import threading
+import types
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -13,9 +16,10 @@ from typing import Any
 
 import pytest
 import redis
+from django.conf import settings
 from prometheus_client import REGISTRY
 
-from controlplane.client import Client, snapshot
+from controlplane.client import Client, client_settings, snapshot
 from controlplane.embedded_redis import RedisServer
 from controlplane.policies.models import Policy
 from controlplane.protocol.documents import SECTION_POLICIES, change_message
@@ -213,6 +217,82 @@ def test_close_twice_and_context_manager(client_factory: Callable[..., Client]) 
         assert client.wait_synced(5)
     client.close()
     client.close()
+
+
+# Settings the client does not guess
+
+
+def test_there_is_no_default_environment_or_redis(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CONTROLPLANE_ENVIRONMENT", raising=False)
+    monkeypatch.delenv("CONTROLPLANE_REDIS_URL", raising=False)
+    with pytest.raises(
+        ValueError,
+        match=r"^environment: give Client\(environment=\.\.\.\) or set CONTROLPLANE_ENVIRONMENT$",
+    ):
+        Client(settings.REDIS_URL, service="tests")
+    with pytest.raises(
+        ValueError,
+        match=r"^redis_url: give Client\(redis_url=\.\.\.\) or set CONTROLPLANE_REDIS_URL$",
+    ):
+        Client(environment="production", service="tests")
+    monkeypatch.setenv("CONTROLPLANE_ENVIRONMENT", " ")
+    with pytest.raises(
+        ValueError, match="^environment: CONTROLPLANE_ENVIRONMENT is set but empty$"
+    ):
+        Client(settings.REDIS_URL, service="tests")
+    with pytest.raises(ValueError, match="^environment: give a non-empty string, not ''$"):
+        Client(settings.REDIS_URL, "", "tests")
+
+
+def test_environment_redis_and_service_come_from_the_process_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("CONTROLPLANE_ENVIRONMENT", "staging")
+    monkeypatch.setenv("CONTROLPLANE_REDIS_URL", settings.REDIS_URL)
+    monkeypatch.setenv("CONTROLPLANE_SERVICE", "checkout")
+    client = Client(key_prefix=settings.REDIS_KEY_PREFIX)
+    try:
+        assert (client.environment, client.redis_url, client.service) == (
+            "staging",
+            settings.REDIS_URL,
+            "checkout",
+        )
+        assert client.keys.environment == "staging"
+        explicit = Client(settings.REDIS_URL, "production", "billing")
+        assert (explicit.environment, explicit.service) == ("production", "billing")
+        explicit.close()
+    finally:
+        client.close()
+
+
+def test_the_service_is_the_program_never_the_shells_last_argument(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.delenv("CONTROLPLANE_SERVICE", raising=False)
+    monkeypatch.setenv("_", "/srv/venv/bin/gunicorn")  # what $_ said under gunicorn
+    main = types.ModuleType("__main__")
+    main.__spec__ = None
+    monkeypatch.setitem(sys.modules, "__main__", main)
+    monkeypatch.setattr(sys, "argv", ["/srv/app/bin/worker.py", "--queue", "mail"])
+    client = Client(settings.REDIS_URL, "production")
+    client.close()
+    assert client.service == "worker"
+
+    main.__spec__ = importlib.machinery.ModuleSpec("billing.jobs.__main__", None)
+    assert client_settings.service_name(None) == "billing.jobs"  # python -m billing.jobs
+
+    main.__spec__ = None
+    monkeypatch.setattr(sys, "argv", ["/srv/venv/bin/gunicorn", "app.wsgi"])
+    monkeypatch.setattr(client_settings, "_launcher_logged", False)
+    with caplog.at_level(logging.WARNING, logger="controlplane.client"):
+        names = [client_settings.service_name(None) for _ in range(3)]
+    assert names == ["gunicorn"] * 3
+    [line] = [r.getMessage() for r in caplog.records if "launched" in r.getMessage()]
+    assert "'gunicorn'" in line and "CONTROLPLANE_SERVICE" in line
+
+    monkeypatch.setattr(sys, "argv", ["-c"])
+    assert client_settings.service_name(None) == "python"
+    assert client_settings.service_name("") == "python"  # empty means not given
 
 
 def test_heartbeat_registers_the_instance(cp_client: Client, redis_client: redis.Redis) -> None:

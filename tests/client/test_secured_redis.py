@@ -99,8 +99,8 @@ def test_policies_enforcement_and_sharing_over_a_secured_connection(
     assert limiter_a.hit("u").allowed is False
 
     # A trip in one process opens the breaker in the other.
-    breaker_a = first.breaker("payments", minimum_calls=2, failure_rate=50, open_for=60)
-    breaker_b = second.breaker("payments", minimum_calls=2, failure_rate=50, open_for=60)
+    breaker_a = first.breaker("payments", minimum_calls=2, failure_rate_threshold=50, open_for=60)
+    breaker_b = second.breaker("payments", minimum_calls=2, failure_rate_threshold=50, open_for=60)
     wait_for(lambda: subscribers(first.redis, first.keys.breaker_events) >= 2)
     for _ in range(2):
         with pytest.raises(ZeroDivisionError):

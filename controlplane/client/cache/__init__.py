@@ -40,7 +40,7 @@ from controlplane.client.cache.core import (
     invalidation_channel,
     make_digest,
 )
-from controlplane.client.cache.drivers import Cache
+from controlplane.client.cache.drivers import Cache, CachedFunction
 from controlplane.protocol.cache_entries import (
     DIGEST_DOMAIN,
     DIGEST_LENGTH,
@@ -70,6 +70,7 @@ __all__ = [
     "SERIALIZERS",
     "STALE_HIT",
     "Cache",
+    "CachedFunction",
     "Entry",
     "EnvelopeError",
     "JsonSerializer",

@@ -26,8 +26,11 @@ from typing import TYPE_CHECKING, Any, Final, NamedTuple, TypeAlias, TypeVar, ca
 import redis
 
 from controlplane.client.error_log import ErrorLog
+from controlplane.client.keywords import CACHE_RENAMED, policy_fields
 from controlplane.protocol import cache_entries
 from controlplane.protocol.cache_entries import (
+    ENVELOPE_HEADER,
+    ENVELOPE_VERSION,
     SERIALIZERS,
     Entry,
     EnvelopeError,
@@ -53,7 +56,6 @@ LocalKey = tuple[int, str]  # (generation, digest)
 
 STORE_SCRIPT: Final = load("cache_store")
 
-_ALIASES: Final = {"stale": "stale_ttl"}
 HIT: Final = "hit"
 MISS: Final = "miss"
 STALE_HIT: Final = "stale_hit"
@@ -242,7 +244,13 @@ LockOutcome = str | _Busy | _Down
 
 
 class CacheCore:
-    """One cache policy's settings, counters and steps; ``Cache`` adds the drivers."""
+    """One cache policy's settings, counters and steps; ``Cache`` adds the drivers.
+
+    ``serializer`` is ``"json"`` (the default), an object with ``code``, ``dumps``
+    and ``loads``, or ``"pickle"``. Pickle is opt-in because unpickling runs code:
+    anyone who can write to the Redis server then runs code in every service that
+    reads the cache. A value the serializer cannot encode is returned uncached.
+    """
 
     kind = CACHE
 
@@ -251,7 +259,7 @@ class CacheCore:
         client: Client,
         name: str,
         *,
-        serializer: str | Serializer = "pickle",
+        serializer: str | Serializer = "json",
         lock_timeout: float | datetime.timedelta = 5.0,
         **defaults: Any,
     ) -> None:
@@ -265,13 +273,7 @@ class CacheCore:
         if not 0 < lock_timeout <= 3600:
             raise ValueError("lock_timeout: give a number of seconds between 0 and 3600")
         self.lock_timeout = float(lock_timeout)
-        mapped: dict[str, Any] = {}
-        for key, value in defaults.items():
-            field = _ALIASES.get(key, key)
-            if field in mapped:
-                raise ValueError(f"{key}: given twice (as {field})")
-            mapped[field] = value
-        self.code_defaults = validate_spec(CACHE, mapped)
+        self.code_defaults = validate_spec(CACHE, policy_fields(defaults, CACHE_RENAMED))
         # Effective settings: plain attributes, read by the hot path without a lock.
         self.ttl = 0.0
         self.stale_ttl = 0.0
@@ -293,6 +295,7 @@ class CacheCore:
         self._redis_errors = client.metrics.redis_errors.labels("cache")
         self._logged: dict[str, float] = {}
         self._errors = ErrorLog(logger, client.metrics.internal_errors.labels("cache"))
+        self._serializer_log = ErrorLog(logger)  # one line per cause and minute
         client.watch(CACHE, self.name, self._policy_changed)
         self._apply(client.policy_spec(CACHE, self.name))
         client.reporter.add_collector(self._collect)
@@ -444,8 +447,23 @@ class CacheCore:
     def _decode(self, key: str, raw: Any) -> Entry | None:
         if raw is None:
             return None
+        data = bytes(raw)
+        readable = len(data) >= ENVELOPE_HEADER.size and data[0] == ENVELOPE_VERSION
+        code = data[1] if readable else self.serializer.code
+        if code != self.serializer.code:
+            # Written with another serializer (pickle, the default of earlier versions): a miss,
+            # never decoded; the next store replaces it.
+            self._serializer_log.log(
+                logging.INFO,
+                "Cache %s: an entry written with serializer code %d (this cache uses %s) "
+                "counts as a miss",
+                self.name,
+                code,
+                self.serializer.name,
+            )
+            return None
         try:
-            return decode_envelope(bytes(raw), self.serializer)
+            return decode_envelope(data, self.serializer)
         except EnvelopeError as exc:
             self._count_error()
             self._log("envelope", "Cache %s: ignoring unreadable entry %s: %s", self.name, key, exc)
@@ -456,13 +474,14 @@ class CacheCore:
             return encode_envelope(self.serializer, entry)
         except Exception as exc:
             self._count_error()
-            self._log(
-                "serialize",
-                "Cache %s: cannot serialize a %s with %s (%r); not stored in Redis",
+            self._serializer_log.log(
+                logging.WARNING,
+                "Cache %s: cannot serialize a %s with %s (%r); returned to the caller, not cached",
                 self.name,
                 type(entry.value).__name__,
                 self.serializer.name,
                 exc,
+                exc=exc,
             )
             return None
 

@@ -16,7 +16,7 @@ import inspect
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, NamedTuple, TypeVar, assert_never, cast
+from typing import Any, NamedTuple, ParamSpec, Protocol, TypeVar, assert_never, cast
 
 from controlplane.client.cache.core import (
     STORE_SCRIPT,
@@ -37,8 +37,24 @@ from controlplane.client.cache.core import (
 from controlplane.protocol.cache_entries import Entry, call_key, function_namespace
 from controlplane.protocol.scripts import arun, run
 
-F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
+P = ParamSpec("P")
+R = TypeVar("R")
+R_co = TypeVar("R_co", covariant=True)
+
+
+class CachedFunction(Protocol[P, R_co]):
+    """A function decorated by a cache: called as before, plus ``invalidate``.
+
+    ``price.invalidate("ABC-1")`` (or ``await price.ainvalidate("ABC-1")``) drops
+    the entry of that call in Redis and in every process's in-process tier.
+    """
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R_co: ...
+
+    def invalidate(self, *args: P.args, **kwargs: P.kwargs) -> None: ...
+
+    async def ainvalidate(self, *args: P.args, **kwargs: P.kwargs) -> None: ...
 
 
 class _Flight:
@@ -199,7 +215,9 @@ class Cache(CacheCore):
 
     # Public API
 
-    def decorate(self, key: Callable[..., Any] | None = None) -> Callable[[F], F]:
+    def decorate(
+        self, key: Callable[..., object] | None = None
+    ) -> Callable[[Callable[P, R]], CachedFunction[P, R]]:
         """Return a decorator caching a sync or async function's results in this cache.
 
         The entry of a call is the digest of the function's qualified name and its
@@ -208,7 +226,7 @@ class Cache(CacheCore):
         ``ainvalidate`` for async code) to drop one entry everywhere.
         """
 
-        def decorator(function: F) -> F:
+        def decorator(function: Callable[P, R]) -> CachedFunction[P, R]:
             namespace = function_namespace(function)
             try:
                 signature: inspect.Signature | None = inspect.signature(function)
@@ -256,11 +274,11 @@ class Cache(CacheCore):
             wrapper.invalidate = invalidate
             wrapper.ainvalidate = ainvalidate
             wrapper.cache = self
-            return cast(F, wrapper)
+            return cast(CachedFunction[P, R], wrapper)
 
         return decorator
 
-    def __call__(self, function: F) -> F:
+    def __call__(self, function: Callable[P, R]) -> CachedFunction[P, R]:
         """``@client.cache("prices")`` used directly as a decorator."""
         return self.decorate()(function)
 
