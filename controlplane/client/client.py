@@ -175,8 +175,9 @@ class Client:
         """Load the policies and follow their changes; safe to call twice.
 
         Waits at most ``start_timeout`` for the first snapshot (not at all with
-        ``wait=False``), then goes on with what it has: a Redis outage never
-        stops the service from starting. A Redis that cannot be used (down, a
+        ``wait=False``, nor after a first attempt that found Redis unusable),
+        then goes on with what it has: a Redis outage never stops the service
+        from starting. A Redis that cannot be used (down, a
         wrong port, TLS or password refused, a URL option redis-py does not
         take) or an environment never published is logged once, loudly, with
         what to fix (docs/client.md, "When Redis is slow, down or misconfigured").
@@ -567,7 +568,7 @@ class Client:
                 found.add(text[len(self.keys.prefix) + 2 : -len("}:meta")])
                 if len(found) >= most:
                     break
-        except (redis.RedisError, OSError) as exc:
+        except Exception as exc:  # a listing for a log line never fails the resync
             logger.debug("Cannot list the published environments (%s)", exc)
         return sorted(found)
 
