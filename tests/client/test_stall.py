@@ -152,3 +152,21 @@ def test_a_kill_of_8_s_costs_no_waiting_and_transitions_are_shared_once_it_is_ba
     assert time.monotonic() - back < 1.0
     assert_one_timeout_per_request(load, begin, back)
     wait_for(lambda: client.connected, timeout=10)  # the follower is back too
+
+
+async def test_an_async_request_through_three_limiters_waits_one_timeout_in_a_stall(
+    client_factory: Callable[..., Client], disposable_redis: RedisServer
+) -> None:
+    client = client_factory(timeout=TIMEOUT, start_timeout=5).start()
+    limiters = [client.limiter(name, on_redis_error="local") for name in ("a", "b", "c")]
+    assert [(await limiter.ahit("u")).source for limiter in limiters] == ["redis"] * 3
+    raw = redis.Redis.from_url(disposable_redis.url, socket_timeout=10)
+    raw.execute_command("CLIENT", "PAUSE", "1500", "ALL")
+    started = time.monotonic()
+    sources = [(await limiter.ahit("u")).source for limiter in limiters]
+    took = time.monotonic() - started
+    assert sources == ["local"] * 3
+    assert took < 2 * TIMEOUT  # one timeout, then the other two skip Redis
+    raw.ping()  # the pause is over
+    wait_for(lambda: not client.health.down, timeout=5)
+    assert (await limiters[0].ahit("u")).source == "redis"
