@@ -6,7 +6,10 @@ two instances tripping at once produce one epoch. Every instance applies what
 it hears on the breaker-events channel, reads the hash when it starts and on
 every resync, and takes half-open probe permits from one Redis counter, so
 ``half_open_calls`` is a limit for the whole fleet. When Redis is unreachable
-everything keeps working per process. ``BreakerHub`` (one per client) does all
+everything keeps working per process: while the client's Redis health state
+(``health.py``) says Redis is down, no breaker waits on Redis (probes are
+limited locally), and the transitions Redis missed are written as soon as it
+answers again. ``BreakerHub`` (one per client) does all
 of this for the client's breakers, under each breaker's lock; it also defines
 the records a breaker and its hub exchange (permits, probe requests, proposed
 transitions). ``docs/protocol.md`` ("Shared breaker state") describes the Redis
@@ -44,6 +47,9 @@ PROBE_SHARED: Final = 3  # half-open probe permitted by the fleet-wide counter
 
 _PROBE_RECHECK: Final = 1.0  # seconds between asking Redis again once probes ran out
 _HUB_IDLE: Final = 2.0  # the writer thread exits after this long without work
+
+# What a probe "fails" with while the client knows Redis is down (it is not tried).
+_REDIS_DOWN: Final = redis.ConnectionError("Redis is down (the client's health state)")
 
 _SCRIPTS: Final = {
     name: scripts.load(f"breaker_{name}") for name in ("transition", "probe", "probe_done", "read")
@@ -112,6 +118,7 @@ class BreakerHub:
         self._malformed_log = ErrorLog(logger)
         client.on_channel(client.keys.breaker_events, self.on_message)
         client.on_resync(self.on_resync)
+        client.health.on_up(self.on_redis_back)
 
     @classmethod
     def of(cls, client: Client) -> BreakerHub:
@@ -175,6 +182,8 @@ class BreakerHub:
 
     def _write(self, breaker: CircuitBreaker, proposal: Proposal) -> None:
         """The writer thread's job for ``share``: one compare-and-set on the epoch."""
+        if self.client.health.down:
+            return  # kept in _pending: written when Redis answers again (on_redis_back)
         keys = self.client.keys
         try:
             _, raw, now = self.run(
@@ -195,7 +204,7 @@ class BreakerHub:
             )
         except (redis.RedisError, OSError) as exc:
             self._redis_failed(breaker, "share", exc)
-            return  # kept in _pending: written again after the next resync
+            return  # kept in _pending: written again when Redis is back, or after a resync
         with breaker._lock:
             if breaker._pending is proposal:
                 breaker._pending = None
@@ -214,6 +223,11 @@ class BreakerHub:
             if proposal.to_state == OPEN:
                 proposal.open_for = breaker._open_until - time.monotonic()
         self.submit(lambda: self._write(breaker, proposal))
+
+    def on_redis_back(self) -> None:
+        """Redis answers again: write at once the transitions it missed."""
+        for breaker in list(self.breakers.values()):
+            self._retry_pending(breaker)
 
     # Shared state coming in.
 
@@ -237,12 +251,13 @@ class BreakerHub:
             self._retry_pending(breaker)
 
     def read_shared(self, breakers: list[CircuitBreaker]) -> None:
-        if not breakers:
+        if not breakers or self.client.health.down:
             return
         try:
             now, raws = self.run("read", [self.client.keys.breakers], [b.name for b in breakers])
         except (redis.RedisError, OSError) as exc:
             self.client.metrics.redis_errors.labels("breaker").inc()
+            self.client.health.failed(exc, "breaker states")
             logger.debug("Cannot read the shared breaker states (%s)", exc)
             return
         server_now = float(now)
@@ -258,6 +273,10 @@ class BreakerHub:
 
     def _redis_failed(self, breaker: CircuitBreaker, operation: str, exc: BaseException) -> None:
         self.client.metrics.redis_errors.labels("breaker").inc()
+        if exc is _REDIS_DOWN:
+            return  # not tried: the health state logged the outage
+        if self.client.health.failed(exc, f"breaker {breaker.name!r}"):
+            return  # unreachable or too slow: logged once for the client
         breaker._warn(
             "Breaker %s: Redis unavailable for %s (%s); working locally",
             breaker.name,
@@ -345,6 +364,9 @@ class BreakerHub:
         )
 
     def probe(self, breaker: CircuitBreaker, request: ProbeRequest) -> Any:
+        if self.client.health.down:
+            self.client.health.fell_back()
+            return _REDIS_DOWN  # probes are limited in this process meanwhile
         keys, args = self._probe_args(breaker, request)
         try:
             return self.run("probe", keys, args)
@@ -352,6 +374,9 @@ class BreakerHub:
             return exc
 
     async def aprobe(self, breaker: CircuitBreaker, request: ProbeRequest) -> Any:
+        if self.client.health.down:
+            self.client.health.fell_back()
+            return _REDIS_DOWN
         keys, args = self._probe_args(breaker, request)
         try:
             return await scripts.arun(self.client.async_redis(), _SCRIPTS["probe"], keys, args)
@@ -415,6 +440,9 @@ class BreakerHub:
         keys = self.client.keys
 
         def job() -> None:
+            if self.client.health.down:
+                self._probe_post_failed(breaker, permit, outcome, failed, slow)
+                return
             try:
                 status, raw, now = self.run(
                     "probe_done",

@@ -34,6 +34,7 @@ from controlplane.client.client_settings import (
 )
 from controlplane.client.config import ConfigView
 from controlplane.client.error_log import ErrorLog
+from controlplane.client.health import RedisHealth, shown_url
 from controlplane.client.limiter import RateLimiter
 from controlplane.client.metrics import ClientMetrics
 from controlplane.client.reporting import Reporter
@@ -152,6 +153,7 @@ class Client:
         self.snapshot_path = Path(snapshot_path) if snapshot_path is not None else None
         self.metrics = metrics or ClientMetrics.shared()
         self._errors = ErrorLog(logger, self.metrics.internal_errors.labels("client"))
+        self.health = RedisHealth(self)
         self.state = PolicyState(on_malformed=self._count_malformed)
         self.instance_id = self._new_instance_id()
         self.reporter = Reporter(self, heartbeat_interval, report_interval)
@@ -168,8 +170,14 @@ class Client:
         self._follower: threading.Thread | None = None
         self._stop = threading.Event()
         self._synced = threading.Event()
+        self._first_attempt = threading.Event()  # the follower's first try ended, either way
+        self._follow_wake = threading.Event()  # Redis is back, or the client closes
         self._resync_requested = threading.Event()
         self._pubsub: Any = None
+        self._connecting = False  # the follower has not yet subscribed on this attempt
+        self.published: bool | None = None  # whether Redis has the environment's meta key
+        self._unmanaged_announced: set[tuple[str, str]] = set()
+        self.health.on_up(self._redis_back)
         self._started = False
         self._closed = False
         self.connected = False
@@ -178,11 +186,16 @@ class Client:
 
     # Lifecycle
 
-    def start(self) -> Client:
+    def start(self, *, wait: bool = True) -> Client:
         """Load the policies and follow their changes; safe to call twice.
 
-        Waits at most ``start_timeout`` for the first snapshot, then goes on
-        with what it has: a Redis outage never stops the service from starting.
+        Waits at most ``start_timeout`` for the first snapshot (not at all with
+        ``wait=False``, nor after a first attempt that found Redis unusable),
+        then goes on with what it has: a Redis outage never stops the service
+        from starting. A Redis that cannot be used (down, a
+        wrong port, TLS or password refused, a URL option redis-py does not
+        take) or an environment never published is logged once, loudly, with
+        what to fix (docs/client.md, "When Redis is slow, down or misconfigured").
         """
         if self._started:
             return self
@@ -191,12 +204,19 @@ class Client:
         if self.snapshot_path is not None:
             self._load_snapshot_file()
         self._stop.clear()
+        self.health.reopen()
         self._follower = threading.Thread(
             target=self._follow, name=f"controlplane-follow-{self.environment}", daemon=True
         )
         self._follower.start()
         self.reporter.start()
-        self._synced.wait(self.start_timeout)
+        if wait:
+            self._first_attempt.wait(self.start_timeout)
+        return self
+
+    async def astart(self) -> Client:
+        """``start()`` for an event loop: the wait runs in a thread, never on the loop."""
+        await asyncio.to_thread(self.start)
         return self
 
     def close(self) -> None:
@@ -206,6 +226,8 @@ class Client:
         self._closed = True
         self._started = False
         self._stop.set()
+        self._follow_wake.set()
+        self.health.close()
         if self._pubsub is not None:
             with contextlib.suppress(Exception):
                 self._pubsub.close()
@@ -227,12 +249,15 @@ class Client:
         self.instance_id = self._new_instance_id()
         self._stop = threading.Event()
         self._synced = threading.Event()
+        self._first_attempt = threading.Event()
+        self._follow_wake = threading.Event()
         self._resync_requested = threading.Event()
         self._components_lock = threading.Lock()
         self._pubsub = None
         self._follower = None
         self._redis = self._connect()
         self._async_redis = weakref.WeakKeyDictionary()
+        self.health.after_fork()
         self.reporter.after_fork()
         for component in list(self._components.values()):
             after_fork = getattr(component, "_after_fork", None)
@@ -240,7 +265,8 @@ class Client:
                 after_fork()
         self._started = False
         if was_started:
-            self.start()
+            # Never wait here: this runs inside os.fork(), and Redis may be down.
+            self.start(wait=False)
 
     @staticmethod
     def _new_instance_id() -> str:
@@ -302,9 +328,13 @@ class Client:
         if existing is not None:
             return existing
         with self._components_lock:
-            if key not in self._components:
+            created = key not in self._components
+            if created:
                 self._components[key] = factory()
-            return self._components[key]
+            component = self._components[key]
+        if created and self.published:
+            self._announce_unmanaged([key])
+        return component
 
     def breaker(self, name: str, **defaults: Unpack[BreakerOptions]) -> CircuitBreaker:
         breaker: CircuitBreaker = self.component(
@@ -357,7 +387,9 @@ class Client:
 
     def resync(self) -> None:
         """Re-read the whole snapshot now (normally done by the follower thread)."""
-        self._notify(self.state.install_snapshot(self.read_snapshot()))
+        snapshot = self.read_snapshot()
+        self._notify(self.state.install_snapshot(snapshot))
+        self._check_published(snapshot.meta is not None)
         self.metrics.resyncs.labels(self.environment).inc()
         for hook in list(self._resync_hooks):
             try:
@@ -381,31 +413,41 @@ class Client:
     def _follow(self) -> None:
         backoff = 0.05
         while not self._stop.is_set():
+            self._connecting = True
             try:
                 self._follow_once()
                 backoff = 0.05
-            except (redis.RedisError, OSError) as exc:
-                if self._stop.is_set():
-                    return
-                if self.connected:
-                    logger.warning("Lost Redis (%s); keeping the last known policies", exc)
-                self.connected = False
-                self.metrics.redis_errors.labels("follow").inc()
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, 2.0)
-            except Exception:
+            except Exception as exc:
                 if self._stop.is_set():  # closing: the pubsub was closed under our feet
                     return
-                # A bad connection setting fails the same way every time: log it once a
-                # minute, and back off as for a lost Redis.
-                self._errors.exception("Policy follower failed; restarting it")
-                self._stop.wait(backoff)
+                self.connected = False
+                if self._connecting or isinstance(exc, redis.RedisError | OSError):
+                    # Redis cannot be used (down, slow, TLS, password, a URL redis-py
+                    # refuses): the health state logs it once and probes for us.
+                    self.metrics.redis_errors.labels("follow").inc()
+                    self.health.failed(exc, "follow")
+                else:
+                    self._errors.exception("Policy follower failed; restarting it")
+                self._first_attempt.set()
+                self._wait_for_redis(backoff)
                 backoff = min(backoff * 2, 2.0)
             finally:
                 if self._pubsub is not None:
                     with contextlib.suppress(Exception):
                         self._pubsub.close()
                     self._pubsub = None
+
+    def _wait_for_redis(self, backoff: float) -> None:
+        """After a failure: the backoff, then as long as the health state says Redis is down."""
+        self._follow_wake.wait(backoff)
+        while self.health.down and not self._stop.is_set():
+            self._follow_wake.clear()
+            if self.health.down:  # the probe sets the event when Redis answers
+                self._follow_wake.wait(self.resync_interval)
+
+    def _redis_back(self) -> None:
+        self._follow_wake.set()
+        self.reporter.wake()
 
     def _follow_once(self) -> None:
         pubsub = self._pubsub = self._redis.pubsub(ignore_subscribe_messages=False)  # type: ignore[no-untyped-call]
@@ -419,8 +461,11 @@ class Client:
                 confirmed += 1
             elif message is None and time.monotonic() > deadline:
                 raise redis.TimeoutError("no subscription confirmation")
+        self._connecting = False
         self._resync_requested.clear()
         self.resync()
+        self.health.recovered()
+        self._first_attempt.set()
         if not self.connected:
             logger.info("Following %s policies through Redis", self.environment)
         self.connected = True
@@ -511,8 +556,88 @@ class Client:
         if isinstance(revision, int):
             self.state.revision = revision
 
+    # Start-up diagnostics: said once, loudly, with what to fix.
+
+    def _check_published(self, published: bool) -> None:
+        """After a snapshot read: say so when Redis has never had this environment."""
+        was, self.published = self.published, published
+        if published:
+            self._announce_unmanaged(list(self._components))
+            return
+        if was is False:
+            return  # said already
+        self.metrics.problems.labels("unpublished_environment").inc()
+        others = [name for name in self._published_environments() if name != self.environment]
+        listed = ", ".join(others) if others else "none"
+        self.health.log(
+            logging.ERROR,
+            f"Environment {self.environment!r} has never been published to "
+            f"{shown_url(self.redis_url)} (key prefix {self.keys.prefix!r}); published "
+            f"environments: {listed}. Running on code defaults.".replace("%", "%%"),
+        )
+
+    def _published_environments(self, most: int = 50) -> list[str]:
+        """The environments with a meta key under this prefix (a bounded SCAN)."""
+        pattern = "{" + self.keys.prefix + ":*}:meta"
+        found: set[str] = set()
+        try:
+            for key in self._redis.scan_iter(match=pattern, count=1000):
+                text = key.decode(errors="replace") if isinstance(key, bytes) else str(key)
+                found.add(text[len(self.keys.prefix) + 2 : -len("}:meta")])
+                if len(found) >= most:
+                    break
+        except Exception as exc:  # a listing for a log line never fails the resync
+            logger.debug("Cannot list the published environments (%s)", exc)
+        return sorted(found)
+
+    def _announce_unmanaged(self, keys: list[tuple[str, str]]) -> None:
+        """One line per enforcer named in code that the control plane does not manage."""
+        for kind, name in keys:
+            if self.policy_spec(kind, name) is not None:
+                self._unmanaged_announced.discard((kind, name))
+                continue
+            if (kind, name) in self._unmanaged_announced:
+                continue
+            self._unmanaged_announced.add((kind, name))
+            self.metrics.problems.labels("unmanaged_policy").inc()
+            component = self._components.get((kind, name))
+            what = _KIND_NAMES.get(kind, kind)
+            self.health.log(
+                logging.WARNING,
+                f"{what} {name!r} is not managed by the control plane in "
+                f"{self.environment!r}: enforcing the code defaults "
+                f"{_defaults_summary(kind, component)}".replace("%", "%%"),
+            )
+
     def _count_malformed(self, what: str) -> None:
         self.metrics.malformed.labels(self.environment).inc()
+
+
+_KIND_NAMES = {"breaker": "Breaker", "rate_limit": "Rate limit", "cache": "Cache"}
+
+
+def _defaults_summary(kind: str, component: Any) -> str:
+    """The code defaults of an enforcer in a few words, for a log line."""
+    spec: Any = getattr(component, "code_defaults", None)
+    if spec is None:
+        spec = getattr(getattr(component, "_code_settings", None), "spec", None)
+    if not isinstance(spec, dict):
+        return "given in code"
+    try:
+        if kind == "rate_limit":
+            keyed = spec["custom_key"] if spec["key"] == "custom" else spec["key"]
+            return f"{spec['algorithm']} {spec['limit']}/{spec['period']:g} s keyed by {keyed}"
+        if kind == "breaker":
+            return (
+                f"failure_rate_threshold {spec['failure_rate_threshold']:g}% over a "
+                f"{spec['window_type']} window of {spec['window_size']}, "
+                f"open_for {spec['open_for']:g} s"
+            )
+        if kind == "cache":
+            return f"ttl {spec['ttl']:g} s"
+    except (KeyError, TypeError, ValueError):
+        pass
+    return ", ".join(f"{field} {value}" for field, value in sorted(spec.items()))
 
 
 def _after_fork_in_child() -> None:

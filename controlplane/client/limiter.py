@@ -8,8 +8,10 @@ arguments, so a change published by the control plane applies to the next call.
 
 When Redis cannot answer within the client's timeout, the policy's
 ``on_redis_error`` decides: admit, reject, or limit each process with a local
-token bucket. Nothing but :class:`RateLimitExceeded` (from the decorator)
-reaches the caller.
+token bucket. The client's Redis health state (``health.py``) is then marked
+down, and every limiter decides without Redis until its probe sees Redis
+answer again: a hung Redis costs one timeout, not one per limiter. Nothing but
+:class:`RateLimitExceeded` (from the decorator) reaches the caller.
 """
 
 from __future__ import annotations
@@ -58,8 +60,7 @@ GLOBAL_SUBJECT: Final = "global"
 LOCAL_SUBJECTS: Final = 10_000  # subjects the local fallback remembers (LRU)
 KEYS_CACHED: Final = 10_000  # subjects whose key a limiter remembers (forgotten all at once)
 TOP_SUBJECTS_TRACKED: Final = 1_000  # distinct rejected subjects counted per interval
-REDIS_RETRY_AFTER: Final = 1.0  # after a Redis failure, skip Redis this long
-REDIS_LOG_EVERY: Final = 10.0  # seconds between two warnings of the same Redis failure
+REDIS_LOG_EVERY: Final = 10.0  # seconds between two warnings of the same error reply
 DENY_RETRY_AFTER: Final = 1.0
 
 
@@ -237,7 +238,7 @@ class RateLimiter:
         self._counts: Counter[str] = Counter()
         self._rejected_subjects: Counter[str] = Counter()
         self._local = _LocalBuckets()
-        self._redis_down_until = 0.0
+        self._health = client.health
         self._errors = ErrorLog(logger, client.metrics.internal_errors.labels("rate_limit"))
         self._redis_errors = ErrorLog(logger, window=REDIS_LOG_EVERY)
         self._discovered = False
@@ -294,7 +295,6 @@ class RateLimiter:
         self._local = _LocalBuckets()
         self._counts = Counter()
         self._rejected_subjects = Counter()
-        self._redis_down_until = 0.0
         self._batcher = None
         self._runner = None
 
@@ -354,7 +354,7 @@ class RateLimiter:
         try:
             decision = self._before_redis(settings)
             if decision is None:
-                if time.monotonic() < self._redis_down_until:
+                if self._health.down:
                     decision = self._fallback(settings, text, cost, peek)
                 else:
                     try:
@@ -383,7 +383,7 @@ class RateLimiter:
         try:
             decision = self._before_redis(settings)
             if decision is None:
-                if time.monotonic() < self._redis_down_until:
+                if self._health.down:
                     decision = self._fallback(settings, text, cost, peek)
                 else:
                     try:
@@ -442,6 +442,7 @@ class RateLimiter:
     def _fallback(self, settings: LimiterSettings, subject: str, cost: int, peek: bool) -> Decision:
         action = settings.on_redis_error
         self._count("fallback")
+        self._health.fell_back()
         if action == "allow":
             return Decision(True, settings.capacity, settings.capacity, 0.0, 0.0, source="allow")
         if action == "deny":
@@ -451,11 +452,11 @@ class RateLimiter:
         return self._local.hit(settings, subject, cost, peek)
 
     def _redis_failed(self, exc: BaseException) -> None:
-        if not isinstance(exc, redis.ResponseError):
-            # Unreachable or too slow: skip it for a moment. (An error reply is
-            # about one key, e.g. a foreign value under it: only that call falls back.)
-            self._redis_down_until = time.monotonic() + REDIS_RETRY_AFTER
         self._client.metrics.redis_errors.labels("rate_limit").inc()
+        if self._health.failed(exc, f"rate limit {self.name!r}"):
+            return  # unreachable or too slow: every enforcer skips Redis, logged once
+        # An error reply is about one key (e.g. a foreign value under it): only this
+        # call falls back.
         self._redis_errors.log(
             logging.WARNING,
             "Rate limit %r: Redis failed (%s); using on_redis_error",

@@ -233,6 +233,23 @@ class ClientMetrics:
         self.reports = counter(
             "reports_total", "Report entries written to the Redis stream, by type.", ["type"]
         )
+        # -- Redis health block (controlplane/client/health.py) --
+        self.redis_up = gauge(
+            "redis_up", "1 while the client's Redis answers, 0 during an outage.", ["environment"]
+        )
+        self.redis_outages = counter(
+            "redis_outages_total",
+            "Times the client's Redis stopped answering (each outage once).",
+            ["environment"],
+        )
+        self.problems = counter(
+            "problems_total",
+            "Problems the client diagnosed, by cause: unreachable, timeout, tls, auth, url "
+            "(Redis), unpublished_environment, unmanaged_policy; each logged once a minute at "
+            "most.",
+            ["cause"],
+        )
+        # -- end of Redis health block --
 
     @staticmethod
     def _names() -> list[str]:
@@ -250,6 +267,9 @@ class ClientMetrics:
             "rate_limit_decisions",
             "cache_requests",
             "reports",
+            "redis_up",
+            "redis_outages",
+            "problems",
         ]
 
     @classmethod

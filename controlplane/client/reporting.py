@@ -7,7 +7,11 @@ which revision it applied. Everything goes to the environment's report stream
 
 When a report cannot be written, the thread waits before trying again, twice
 as long after each failure (with jitter, up to one heartbeat interval), and
-logs each cause of failure once a minute at most.
+logs each cause of failure once a minute at most. While the client's Redis
+health state says Redis is down, it writes nothing and waits for Redis to be
+back. On ``close()`` it says goodbye: it removes the instance from the
+instances hash and writes a last heartbeat with ``closing`` (docs/protocol.md,
+12.2 and 12.3).
 """
 
 from __future__ import annotations
@@ -76,6 +80,10 @@ class Reporter:
             self._thread.join(timeout=2)
         self._thread = None
 
+    def wake(self) -> None:
+        """Try now (Redis is back)."""
+        self._wake.set()
+
     def after_fork(self) -> None:
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -98,27 +106,38 @@ class Reporter:
         self._wake.set()
 
     def _run(self) -> None:
+        # The follower's first attempt tells the health state whether Redis can be used.
+        self.client._first_attempt.wait(self.client.start_timeout)
         next_heartbeat = 0.0
         next_counters = time.monotonic() + self.report_interval
         retry_at = 0.0  # after a failure, nothing is sent before then (but at stop)
         while True:
             stopping = self._stop.is_set()
             now = time.monotonic()
+            if self.client.health.down:
+                if stopping:
+                    return  # nothing can be written; the control plane times the instance out
+                self._wake.wait(self.heartbeat_interval)  # woken when Redis is back
+                self._wake.clear()
+                continue
             if now < retry_at and not stopping:
                 self._wake.wait(retry_at - now)  # a transition wakes it: not yet
                 self._wake.clear()
                 continue
             try:
                 self._send_events()
-                if now >= next_heartbeat or stopping:
+                if now >= next_heartbeat and not stopping:
                     self._heartbeat()
                     next_heartbeat = now + self.heartbeat_interval
                 if now >= next_counters or stopping:
                     self._send_counters()
                     next_counters = now + self.report_interval
+                if stopping:
+                    self._goodbye()
                 self.failures = 0
             except (redis.RedisError, OSError) as exc:
                 self.client.metrics.redis_errors.labels("report").inc()
+                self.client.health.failed(exc, "report")
                 self._redis_errors.log(
                     logging.DEBUG, "Cannot report to Redis (%s); will retry", exc, exc=exc
                 )
@@ -183,6 +202,7 @@ class Reporter:
             "implementation": _implementation(),
             "revision": self.client.state.revision,
             "connected": self.client.connected,
+            "heartbeat_interval": self.heartbeat_interval,
             "at": time.time(),
         }
 
@@ -190,6 +210,14 @@ class Reporter:
         document = self.heartbeat_document()
         with self.client.redis.pipeline(transaction=False) as pipe:
             pipe.hset(self.client.keys.instances, self.client.instance_id, encode_data(document))
+            self._xadd(pipe, HEARTBEAT, document)
+            pipe.execute()
+
+    def _goodbye(self) -> None:
+        """The instance closes: out of the instances hash, and a last heartbeat saying so."""
+        document = {**self.heartbeat_document(), "connected": False, "closing": True}
+        with self.client.redis.pipeline(transaction=False) as pipe:
+            pipe.hdel(self.client.keys.instances, self.client.instance_id)
             self._xadd(pipe, HEARTBEAT, document)
             pipe.execute()
 

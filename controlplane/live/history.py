@@ -39,7 +39,9 @@ RATE_WINDOW = 5  # seconds averaged for the overview's rates
 # A second's last reports (stamped when an instance flushes, just before the second
 # ends) reach the ingest a little later: a second is read once this much has passed.
 REPORT_GRACE = 0.5
-INSTANCE_TIMEOUT = 30.0  # an instance without a heartbeat this long is gone
+INSTANCE_TIMEOUT = 30.0  # gone after this long without a heartbeat, if it gives no interval
+INSTANCE_MARGIN = 2.0  # gone after its heartbeat interval + max(this, interval / 2)
+MAX_HEARTBEAT_INTERVAL = 86_400.0
 HEARTBEAT_BYTES = 16 * 1024  # a heartbeat document takes about 200 bytes
 # An instance id, and each text a heartbeat shows, is as long as the database keeps one.
 INSTANCE_LENGTH: int = BreakerEvent._meta.get_field("instance").max_length  # type: ignore[assignment]
@@ -214,6 +216,12 @@ class Instance:
     connected: bool
     last_seen: float
     implementation: Implementation | None = None  # None: a 1.0 client, which does not say
+    heartbeat_interval: float | None = None  # None: a client that does not say (before 1.1)
+
+    @property
+    def timeout(self) -> float:
+        """Seconds without a heartbeat after which the instance is gone (docs/protocol.md, 12.3)."""
+        return instance_timeout(self.heartbeat_interval)
 
     @property
     def age(self) -> float:
@@ -263,7 +271,29 @@ def heartbeat_instance(instance_id: str, data: dict[str, Any]) -> Instance:
         connected=_member_bool(data, "connected"),
         last_seen=_member_time(data, "at"),
         implementation=_implementation(data.get("implementation")),
+        heartbeat_interval=_heartbeat_interval(data.get("heartbeat_interval")),
     )
+
+
+def instance_timeout(heartbeat_interval: float | None) -> float:
+    """How long an instance stays live after its last heartbeat: its interval plus a margin."""
+    if heartbeat_interval is None:
+        return INSTANCE_TIMEOUT
+    return heartbeat_interval + max(INSTANCE_MARGIN, heartbeat_interval / 2)
+
+
+def _heartbeat_interval(value: Any) -> float | None:
+    """The optional ``heartbeat_interval`` (protocol 1.1): seconds, above 0, at most a day."""
+    if value is None:
+        return None
+    numeric = isinstance(value, int | float) and not isinstance(value, bool)
+    seconds = _finite(value) if numeric else None
+    if seconds is None or not 0 < seconds <= MAX_HEARTBEAT_INTERVAL:
+        raise ValueError(
+            f"heartbeat_interval: not a number of seconds above 0 and at most "
+            f"{MAX_HEARTBEAT_INTERVAL:g}"
+        )
+    return seconds
 
 
 def _implementation(value: Any) -> Implementation | None:
@@ -332,7 +362,7 @@ def _instances(key: str, raw: dict[Any, Any], now: float) -> list[Instance]:
         except ValueError as exc:
             _skipped_live.skip("instances", f"{key} field {_shown(raw_id)}: {exc}")
             continue
-        if now - instance.last_seen <= INSTANCE_TIMEOUT:
+        if now - instance.last_seen <= instance.timeout:
             instances.append(instance)
     return sorted(instances, key=lambda i: (i.service, i.instance))
 

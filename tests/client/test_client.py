@@ -179,18 +179,23 @@ def test_start_while_redis_is_down_uses_code_defaults_and_catches_up(
     wait_for(lambda: client.config.get("banner") == "from the control plane")
 
 
-def test_reports_wait_between_attempts_while_redis_refuses_connections(
+def test_only_the_health_probe_retries_while_redis_refuses_connections(
     client_factory: Callable[..., Client], disposable_redis: RedisServer
 ) -> None:
     disposable_redis.stop()  # connections are refused at once: nothing slows a retry loop
     client = client_factory(start_timeout=0.1, report_interval=0.2).start()
-    labels = {"operation": "report"}
     name = "controlplane_client_redis_errors_total"
-    wait_for(lambda: (REGISTRY.get_sample_value(name, labels) or 0) > 0)
-    before = REGISTRY.get_sample_value(name, labels) or 0
-    threading.Event().wait(1.0)  # observe one second of reporting, whatever it does
-    attempts = (REGISTRY.get_sample_value(name, labels) or 0) - before
-    assert 1 <= attempts <= 10  # about one per report interval, not thousands
+
+    def errors(operation: str) -> float:
+        return REGISTRY.get_sample_value(name, {"operation": operation}) or 0
+
+    wait_for(lambda: errors("probe") > 0)
+    before = {operation: errors(operation) for operation in ("probe", "report", "follow")}
+    threading.Event().wait(1.0)  # observe one second of retrying, whatever it does
+    assert client.health.down
+    assert 1 <= errors("probe") - before["probe"] <= 10  # backing off to 2 a second at most
+    assert errors("report") == before["report"]  # the reporter waits for Redis to be back
+    assert errors("follow") == before["follow"]  # and so does the follower
     assert client.config.get("banner", default="still served") == "still served"
 
 

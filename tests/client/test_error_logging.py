@@ -106,37 +106,27 @@ def test_each_cause_is_logged_once(caplog: pytest.LogCaptureFixture) -> None:
     assert log.count == 300
 
 
-def test_a_reporter_that_cannot_connect_logs_once_and_backs_off(
+def test_a_url_redis_py_cannot_use_is_logged_once_and_retried_slowly(
     client_factory: Callable[..., Client], caplog: pytest.LogCaptureFixture
 ) -> None:
     # Not a RedisError: redis-py fails to build the TLS context with a TypeError.
     url = "rediss://127.0.0.1:6379/0?ssl_min_version=unusable"
-    before = internal_errors("report")
+    before = internal_errors("report") + internal_errors("client")
     with caplog.at_level(logging.DEBUG, logger="controlplane.client"):
-        client = client_factory(redis_url=url, start_timeout=0.1, report_interval=0.05).start()
-        wait_for(lambda: client_lines(caplog, "reporting"))
-        threading.Event().wait(2.0)  # two seconds of retrying, whatever it does
-        attempts = internal_errors("report") - before
-    lines = client_lines(caplog, "reporting")
-    assert [line.getMessage() for line in lines] == ["Reporting failed; will retry"]
-    # Waits that double from 0.05 s: a handful of attempts in two seconds, not a hot loop.
-    assert 2 <= attempts <= 12
-    assert client.reporter.failures >= attempts
-
-
-def test_a_follower_that_cannot_connect_logs_once_and_backs_off(
-    client_factory: Callable[..., Client], caplog: pytest.LogCaptureFixture
-) -> None:
-    # Not a RedisError: redis-py fails to build the TLS context with a TypeError.
-    url = "rediss://127.0.0.1:6379/0?ssl_min_version=unusable"
-    before = internal_errors("client")
-    with caplog.at_level(logging.DEBUG, logger="controlplane.client"):
-        client_factory(redis_url=url, start_timeout=0.1, report_interval=60).start()
-        wait_for(lambda: internal_errors("client") - before >= 4)
-    lines = client_lines(caplog, "client")
-    followers = [r for r in lines if r.getMessage() == "Policy follower failed; restarting it"]
-    assert len(followers) == 1
-    assert followers[0].exc_info is not None
+        client = client_factory(redis_url=url, start_timeout=1, report_interval=0.05).start()
+        limiter = client.limiter("api", on_redis_error="allow")
+        for _ in range(100):
+            assert limiter.hit("u").source == "allow"
+        threading.Event().wait(2.0)  # two seconds of running, whatever it does
+    lines = [r for r in caplog.records if r.levelno >= logging.INFO]
+    assert [line.getMessage() for line in lines] == [
+        f"Cannot connect with the Redis URL {url}: TypeError: 'str' object cannot be "
+        "interpreted as an integer. Running on the last known policies (or the code "
+        "defaults) until it answers."
+    ]
+    assert client.health.down and client.health.cause == "url"
+    # Neither the reporter nor the follower retries on its own: no internal error either.
+    assert internal_errors("report") + internal_errors("client") == before
 
 
 @pytest.mark.django_db(transaction=True)

@@ -36,6 +36,7 @@ HEARTBEAT_MEMBERS = {
     "implementation",
     "revision",
     "connected",
+    "heartbeat_interval",
     "at",
 }
 
@@ -106,7 +107,7 @@ def check_instances_hash(case: dict[str, Any], client: redis.Redis, keys: KeyLay
     except ValueError as exc:
         verdict = f"skipped: {exc}"
     if case.get("instances_hash") == "gone":
-        assert case["now"] - verdict["at"] > history.INSTANCE_TIMEOUT
+        assert case["now"] - verdict["at"] > history.instance_timeout(verdict["heartbeat_interval"])
     elif case["verdict"] == "valid":
         assert verdict == case["recorded"]
     elif not case["entry"]["instance"]:

@@ -66,7 +66,6 @@ _COUNTERS: Final = ("hits", "misses", "stale_hits", "local_hits", "errors")
 _COUNTER_OF: Final = {HIT: "hits", MISS: "misses", STALE_HIT: "stale_hits", LOCAL_HIT: "local_hits"}
 
 MAX_BACKGROUND_REFRESHES: Final = 16  # per cache and process, sync and async together
-REDIS_DOWN_BACKOFF: Final = 1.0  # seconds without trying Redis after a connection failure
 _POLL_FIRST: Final = 0.005
 _POLL_MAX: Final = 0.05
 _LOG_EVERY: Final = 10.0
@@ -306,7 +305,6 @@ class CacheCore:
         """State of this process's callers (new in a forked child); the drivers add theirs."""
         self._refreshing: set[LocalKey] = set()
         self._refresh_lock = threading.Lock()
-        self._redis_down_until = 0.0
 
     def __repr__(self) -> str:
         return f"<Cache {self.name!r} ttl={self.ttl} generation={self.generation}>"
@@ -429,13 +427,14 @@ class CacheCore:
     # Redis failures and what Redis holds
 
     def _redis_down(self) -> bool:
-        return bool(self._redis_down_until) and time.monotonic() < self._redis_down_until
+        """Whether the client's Redis health state says Redis is down (health.py)."""
+        return self._client.health.down
 
     def _redis_failed(self, operation: str, exc: BaseException) -> None:
         self._count_error()
         self._redis_errors.inc()
-        if isinstance(exc, redis.ConnectionError | redis.TimeoutError | OSError):
-            self._redis_down_until = time.monotonic() + REDIS_DOWN_BACKOFF
+        if self._client.health.failed(exc, f"cache {self.name!r}"):
+            return  # unreachable or too slow: logged once for the client
         self._log(
             "redis",
             "Cache %s: Redis %s failed (%s); calling the function instead",
@@ -504,6 +503,7 @@ class CacheCore:
         """Return (entry or None, whether Redis answered)."""
         if self._redis_down():
             self._count_error()
+            self._client.health.fell_back()
             return None, False
         entry_key = self._entry_key(key)
         try:
