@@ -235,7 +235,10 @@ class ClientMetrics:
         )
         # -- Redis health block (controlplane/client/health.py) --
         self.redis_up = gauge(
-            "redis_up", "1 while the client's Redis answers, 0 during an outage.", ["environment"]
+            "redis_up",
+            "1 while the client's Redis answers, 0 during an outage.",
+            ["environment"],
+            multiprocess_mode="livemin",  # under gunicorn: 0 if any live worker has lost Redis
         )
         self.redis_outages = counter(
             "redis_outages_total",
