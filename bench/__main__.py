@@ -25,6 +25,7 @@ BENCHES = {
     "live": ("bench.live", "10 policies"),  # dashboard: see its BASELINES
     "cluster": ("bench.cluster_load", "one server"),  # see its BASELINES
     "hostile": ("bench.hostile", "RE2 (ours)"),  # see its BASELINES
+    "stall": ("bench.stall", "limits FixedWindow: 3 limiters"),  # a 2 s Redis pause
 }
 
 
