@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from controlplane.client.limiter import GLOBAL_SUBJECT, Decision
+from controlplane.client.metrics import ClientMetrics
 from controlplane.protocol.schema import RATE_LIMIT
 
 if TYPE_CHECKING:
@@ -287,12 +288,18 @@ def rejection_headers(checks: Sequence[Check]) -> dict[str, str]:
 
 
 class OnceLog:
-    """Log a message the first time only (per process): a cause is said once, not per request."""
+    """Log a message the first time only (per process): a cause is said once, not per request.
+
+    Every occurrence is counted in ``controlplane_client_problems_total{cause}``, the
+    cause's kind as label (``no_client``, ``custom_key``, ``async_key``).
+    """
 
     def __init__(self) -> None:
         self._said: set[str] = set()
 
     def log(self, cause: str, level: int, message: str, *args: object) -> None:
+        kind = cause.partition(":")[0].replace("-", "_")
+        ClientMetrics.shared().problems.labels(kind).inc()
         if cause not in self._said:
             self._said.add(cause)
             logger.log(level, message, *args)

@@ -248,8 +248,8 @@ class ClientMetrics:
         self.problems = counter(
             "problems_total",
             "Problems the client diagnosed, by cause: unreachable, timeout, tls, auth, url "
-            "(Redis), unpublished_environment, unmanaged_policy; each logged once a minute at "
-            "most.",
+            "(Redis), unpublished_environment, unmanaged_policy; no_client, custom_key, "
+            "async_key (the middlewares); each logged once a minute at most.",
             ["cause"],
         )
         # -- end of Redis health block --

@@ -21,6 +21,7 @@ from controlplane.client.django import (
     register_key,
     unregister_key,
 )
+from controlplane.client.metrics import ClientMetrics
 from controlplane.policies.models import Policy
 from tests.conftest import wait_for
 
@@ -498,11 +499,14 @@ def test_without_configure_the_middleware_says_so_once(
 ) -> None:
     from controlplane.client.http import once
 
+    problems = ClientMetrics.shared().problems.labels("no_client")
+    before = problems._value.get()
     monkeypatch.setattr(decorators, "_default", None)
     once.reset()
     assert statuses(web, "/api/hello/", 5) == [200] * 5
     said = [r for r in caplog.records if r.message.startswith("Rate limits not applied")]
     assert len(said) == 1
+    assert problems._value.get() - before == 5  # each request counted, one line said
 
 
 # System check
