@@ -567,7 +567,7 @@ class Client:
         if was is False:
             return  # said already
         self.metrics.problems.labels("unpublished_environment").inc()
-        others = [name for name in self._published_environments() if name != self.environment]
+        others = [name for name in self.published_environments() if name != self.environment]
         listed = ", ".join(others) if others else "none"
         self.health.log(
             logging.ERROR,
@@ -576,17 +576,22 @@ class Client:
             f"environments: {listed}. Running on code defaults.".replace("%", "%%"),
         )
 
-    def _published_environments(self, most: int = 50) -> list[str]:
-        """The environments with a meta key under this prefix (a bounded SCAN)."""
-        pattern = "{" + self.keys.prefix + ":*}:meta"
+    def published_environments(self, most: int = 20, within: float = 1.0) -> list[str]:
+        """The environments with a meta key under this key prefix, sorted.
+
+        A bounded SCAN (at most ``most`` names, ``within`` seconds) for a hint in a log
+        line or a system check: ``[]`` when Redis cannot answer, never an exception.
+        """
+        head = "{" + self.keys.prefix + ":"
         found: set[str] = set()
+        deadline = time.monotonic() + within
         try:
-            for key in self._redis.scan_iter(match=pattern, count=1000):
+            for key in self._redis.scan_iter(match=head + "*}:meta", count=1000):
                 text = key.decode(errors="replace") if isinstance(key, bytes) else str(key)
-                found.add(text[len(self.keys.prefix) + 2 : -len("}:meta")])
-                if len(found) >= most:
+                found.add(text[len(head) : -len("}:meta")])
+                if len(found) >= most or time.monotonic() > deadline:
                     break
-        except Exception as exc:  # a listing for a log line never fails the resync
+        except Exception as exc:  # a listing for a hint never fails its caller
             logger.debug("Cannot list the published environments (%s)", exc)
         return sorted(found)
 

@@ -57,7 +57,6 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -476,25 +475,6 @@ def rate_limit(name: str, key: KeyFunction | None = None, **defaults: Any) -> Ca
 
 # System check
 
-ENVIRONMENTS_LISTED = 20  # at most this many environments named in a warning
-ENVIRONMENTS_SCAN_FOR = 1.0  # seconds spent looking for them, at most
-
-
-def published_environments(client: Client) -> list[str]:
-    """Environments with metadata under the client's key prefix (a bounded scan; [] on error)."""
-    head = "{" + client.keys.prefix + ":"
-    found: list[str] = []
-    deadline = time.monotonic() + ENVIRONMENTS_SCAN_FOR
-    try:
-        for key in client.redis.scan_iter(match=head + "*}:meta", count=1000):
-            text = key.decode("utf-8", "replace") if isinstance(key, bytes) else str(key)
-            found.append(text[len(head) : -len("}:meta")])
-            if len(found) >= ENVIRONMENTS_LISTED or time.monotonic() > deadline:
-                break
-    except Exception:  # a best-effort hint in a warning: never fail the check on it
-        logger.debug("Could not list the published environments", exc_info=True)
-    return sorted(found)
-
 
 @checks.register("controlplane")
 def check_rate_limits(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
@@ -531,7 +511,7 @@ def check_rate_limits(app_configs: Any = None, **kwargs: Any) -> list[checks.Che
             )
         ]
     if store.meta is None:
-        known = ", ".join(map(repr, published_environments(client))) or "none"
+        known = ", ".join(map(repr, client.published_environments())) or "none"
         return [
             checks.Warning(
                 f"The control plane never published environment {client.environment!r} "

@@ -32,6 +32,8 @@ def make_client(registry: CollectorRegistry, snapshots: Path) -> Client:
     client.on_resync(lambda: None)
     client.watch("config", "checkout.max_items", lambda kind, name: None)
     client.request_resync()
+    environments: list[str] = client.published_environments()
+    print(environments, client.health)
     print(synced, spec, client.instance_id, client.connected, client.redis.ping())
     return client
 
@@ -50,3 +52,7 @@ def run_once() -> str:
     shared: ClientMetrics = ClientMetrics.shared()
     assert shared is not None
     return f"{environment}/{service}"
+
+
+async def start_in_a_loop(client: Client) -> Client:
+    return await client.astart()
