@@ -151,7 +151,7 @@ def serve_worker(
             **os.environ,
             "PYTHONPATH": str(ROOT),
             "CP_REDIS_URL": settings.REDIS_URL,
-            "CP_BROKER_URL": settings.REDIS_URL,
+            "CP_BROKER_URL": broker_url(settings.REDIS_URL),
             "CP_QUEUE": queue,
             "CP_KEY_PREFIX": key_prefix,
             "CP_HEARTBEAT": str(HEARTBEAT),
@@ -200,6 +200,13 @@ def live_pids(redis_client: redis.Redis, service: str) -> set[int]:
         for field, document in instances(redis_client, service).items()
         if now - (instance := heartbeat_instance(field, document)).last_seen <= instance.timeout
     }
+
+
+def broker_url(redis_url: str) -> str:
+    """The Celery broker URL of ``redis_url``: kombu spells a socket ``redis+socket://``."""
+    if redis_url.startswith("unix://"):
+        return "redis+socket://" + redis_url.removeprefix("unix://")
+    return redis_url
 
 
 def count(replies: list[Reply]) -> collections.Counter[int]:
@@ -325,7 +332,7 @@ def test_celery_prefork_children_each_start_a_client_and_share_exact_limits(
     wait_for(lambda: len(instances(redis_client, "billing-worker")) == 2, timeout=60)
 
     outcomes = f"{key_prefix}:celery-outcomes"
-    sender = Celery(broker=settings.REDIS_URL)
+    sender = Celery(broker=broker_url(settings.REDIS_URL))
     try:
         for _ in range(30):
             sender.send_task("controlplane_tests.limited_job", args=[outcomes], queue=queue)
