@@ -70,6 +70,7 @@ from django.utils.module_loading import import_string
 
 from controlplane.client.decorators import default_client
 from controlplane.client.errors import CircuitOpenError, ControlPlaneError, RateLimitExceeded
+from controlplane.client.health import shown_url
 from controlplane.client.http import (
     CIRCUIT_OPEN_BODY,
     RATE_LIMITED_BODY,
@@ -506,7 +507,7 @@ def check_rate_limits(app_configs: Any = None, **kwargs: Any) -> list[checks.Che
         return [
             checks.Warning(
                 f"Could not check the rate limits of environment {client.environment!r}: "
-                f"Redis at {client.redis_url.split('@')[-1]!r} did not answer ({exc}).",
+                f"Redis at {shown_url(client.redis_url)} did not answer ({exc}).",
                 id="controlplane.W002",
             )
         ]
