@@ -39,7 +39,7 @@ from controlplane.client.limiter import RateLimiter
 from controlplane.client.metrics import ClientMetrics
 from controlplane.client.reporting import Reporter
 from controlplane.client.snapshot import Listener, PolicyState, Snapshot
-from controlplane.protocol.connection import connect, connect_async
+from controlplane.protocol.connection import connect, connect_async, take_over_after_fork
 from controlplane.protocol.keys import DEFAULT_PREFIX, KeyLayout
 from controlplane.protocol.store import decode_policy_store, read_policy_store
 
@@ -253,6 +253,9 @@ class Client:
         self._follow_wake = threading.Event()
         self._resync_requested = threading.Event()
         self._components_lock = threading.Lock()
+        # The parent's client goes (its pub/sub connection with it): first free its
+        # locks, which a thread of the parent may have held at fork().
+        take_over_after_fork(self._redis)
         self._pubsub = None
         self._follower = None
         self._redis = self._connect()

@@ -113,6 +113,35 @@ class _LazyCluster:
             self._client.close()
 
 
+_NEW_LOCK = {type(threading.Lock()): threading.Lock, type(threading.RLock()): threading.RLock}
+
+
+def take_over_after_fork(client: redis.Redis) -> None:
+    """In a forked child: give the locks of ``client``'s pools back to this process.
+
+    redis-py resets a connection pool inherited through ``fork()`` under the pool's
+    own locks (on its first use in the child, or when the client is closed or
+    collected). A lock that another thread of the parent held at ``fork()`` stays
+    held in the child forever, and that reset would wait for it: the child hangs.
+    Call this in an at-fork hook, before the child drops or uses the parent's client.
+    """
+    owners: list[Any] = [client]
+    if isinstance(client, _LazyCluster):
+        cluster = client._client
+        if cluster is not None:
+            nodes = getattr(cluster, "nodes_manager", None)
+            owners += [cluster, nodes]
+            for node in list(getattr(nodes, "nodes_cache", {}).values()):
+                owners.append(getattr(node.redis_connection, "connection_pool", None))
+    else:
+        owners.append(getattr(client, "connection_pool", None))
+    for owner in owners:
+        for name, value in list(getattr(owner, "__dict__", {}).items()):
+            new_lock = _NEW_LOCK.get(type(value))
+            if new_lock is not None:
+                setattr(owner, name, new_lock())
+
+
 class AsyncClusterClient(AsyncRedisCluster):
     """redis-py's asyncio cluster client (connects on first use) raising ``ConnectionError``."""
 

@@ -363,3 +363,49 @@ def test_forked_child_follows_a_change_made_after_the_fork(
     process.stdin.write("\n")
     process.stdin.flush()
     assert process.wait(timeout=30) == 0
+
+
+FORK_WHILE_A_THREAD_HOLDS_THE_POOL = """
+import os, sys, threading, time
+from controlplane.client import Client
+client = Client(sys.argv[1], environment="production", key_prefix=sys.argv[2]).start()
+pool = getattr(client.redis, "connection_pool", None)  # a cluster: one node's
+pool = pool or client.redis.get_default_node().redis_connection.connection_pool
+held, release = threading.Event(), threading.Event()
+
+def hold():  # as the follower or the reporter may, at the moment of fork()
+    with pool._lock:
+        held.set()
+        release.wait()
+
+threading.Thread(target=hold, daemon=True).start()
+held.wait()
+pid = os.fork()
+if pid == 0:
+    client.config.get("banner")
+    works = client.redis.exists(sys.argv[2] + ":nothing") == 0  # its own connection
+    client.close()
+    os._exit(0 if works else 1)
+release.set()
+deadline = time.monotonic() + 20
+while time.monotonic() < deadline:
+    done, status = os.waitpid(pid, os.WNOHANG)
+    if done:
+        sys.exit(os.waitstatus_to_exitcode(status))
+    time.sleep(0.05)
+os.kill(pid, 9)
+sys.exit("the child hung")
+"""
+
+
+def test_a_child_forked_while_a_thread_holds_the_redis_pool_does_not_hang(settings: Any) -> None:
+    # redis-py resets an inherited pool under the pool's locks; one held by a thread
+    # of the parent at fork() stayed held in the child, which waited forever.
+    process = subprocess.run(
+        [sys.executable, "-c", FORK_WHILE_A_THREAD_HOLDS_THE_POOL]
+        + [settings.REDIS_URL, settings.REDIS_KEY_PREFIX],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert process.returncode == 0, process.stderr
