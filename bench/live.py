@@ -82,6 +82,9 @@ TARGET_P95_MS = 250.0
 TARGET_RENDER_MS = 150.0
 ROOT = Path(__file__).resolve().parent.parent
 
+HOME = "home page GET"
+HOME_ENVIRONMENTS = 20
+HOME_POLICIES = 1000  # over all of them
 PUSH = "live push: transition to 100 viewers"
 PAGE = "live overview page GET"
 PUSH_RENDER = "live push render_rows, 1,000 breakers"
@@ -93,6 +96,7 @@ BASELINES = {
     PAGE + " (viewer)": "10 policies",
     PAGE + " (operator)": "10 policies",
     PUSH_RENDER: "1 breaker changed",
+    HOME: "1 environment",
 }
 
 
@@ -420,6 +424,43 @@ def _page_rows(viewer: Any, operator: Any) -> list[Row]:
                 samples.append((time.perf_counter() - started) * 1000)
             queries.append(len(captured.captured_queries))
         rows.append(Row.of(DATA, f"{size} policies", samples, "ms", f"{max(queries)} DB queries"))
+    return rows
+
+
+def _home_rows(viewer: Any) -> list[Row]:
+    """``GET /`` with 1 environment, then 20, of 1,000 policies in all, every one reporting."""
+    from django.db import connection
+    from django.test import Client
+    from django.test.utils import CaptureQueriesContext
+
+    from controlplane.policies.models import Environment, Policy
+
+    rows = []
+    per_environment = HOME_POLICIES // HOME_ENVIRONMENTS
+    for count in (1, HOME_ENVIRONMENTS):
+        for number in range(count):
+            names = _mixed_names(per_environment)
+            environment = _ensure_policies(f"bench-home-{number:02d}", names)
+            _feed_live_state(environment)
+        client = Client(HTTP_HOST=HOST)
+        client.force_login(viewer)
+        assert client.get("/", secure=True).status_code == 200  # warm
+        samples, queries = [], []
+        for _ in range(RENDER_REPEATS):
+            with CaptureQueriesContext(connection) as captured:
+                started = time.perf_counter()
+                response = client.get("/", secure=True)
+                samples.append((time.perf_counter() - started) * 1000)
+            assert response.status_code == 200
+            queries.append(len(captured.captured_queries))
+        environments = Environment.objects.count()
+        policies = Policy.objects.filter(deleted=False).count()
+        note = f"{environments} environments, {policies} policies, {max(queries)} DB queries"
+        if count == HOME_ENVIRONMENTS:
+            met = "met" if statistics.median(samples) < TARGET_RENDER_MS else "MISSED"
+            note += f"; target < {TARGET_RENDER_MS:.0f} ms {met}"
+        contender = "1 environment" if count == 1 else f"{count} environments"
+        rows.append(Row.of(HOME, contender, samples, "ms", note))
     return rows
 
 
@@ -855,4 +896,4 @@ def run(ctx: Any) -> list[Row]:
 
     viewer = _user("bench-live-page-viewer", Role.VIEWER)
     operator = _user("bench-live-page-operator", Role.OPERATOR)
-    return _page_rows(viewer, operator) + _push_rows(ctx)
+    return _home_rows(viewer) + _page_rows(viewer, operator) + _push_rows(ctx)

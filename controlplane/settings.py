@@ -193,7 +193,7 @@ CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", not DEBUG)
 X_FRAME_OPTIONS = "DENY"
 
 LOGIN_URL = "login"
-LOGIN_REDIRECT_URL = "dashboard"
+LOGIN_REDIRECT_URL = "home"  # what is wrong right now
 LOGOUT_REDIRECT_URL = "login"
 
 LANGUAGE_CODE = "en-us"

@@ -19,7 +19,8 @@ urlpatterns = [
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
     path("metrics", health.metrics, name="metrics"),
-    path("", policy_views.dashboard, name="dashboard"),
+    path("", live_views.home, name="home"),
+    path("policies/", policy_views.dashboard, name="dashboard"),
     path("environments/new/", policy_views.environment_create, name="environment-create"),
     path(
         "e/<str:environment>/export.<str:fmt>",

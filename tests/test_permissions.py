@@ -35,6 +35,7 @@ POLICY = "/e/production/rate_limit/api/"
 # and ``{token}`` are filled in from the ``world`` fixture.
 PAGES: list[tuple[str, str, Role, int]] = [
     ("get", "/", Role.VIEWER, 200),
+    ("get", "/policies/", Role.VIEWER, 200),
     ("get", POLICY, Role.VIEWER, 200),
     ("get", POLICY + "compare/?a=1&b=2", Role.VIEWER, 200),
     ("get", POLICY + "series.json", Role.VIEWER, 200),
@@ -198,7 +199,13 @@ def test_every_url_pattern_is_in_a_permission_matrix(world: dict[str, str]) -> N
 
 @pytest.mark.parametrize(
     ("method", "path"),
-    [("post", "/"), ("post", POLICY), ("get", POLICY + "delete/"), ("post", "/audit/")],
+    [
+        ("post", "/"),
+        ("post", "/policies/"),
+        ("post", POLICY),
+        ("get", POLICY + "delete/"),
+        ("post", "/audit/"),
+    ],
 )
 def test_wrong_method_is_refused(
     client: Client, admin: User, world: dict[str, str], method: str, path: str
@@ -218,12 +225,10 @@ def test_navigation_shows_only_what_the_role_may_do(
     assert "/edit/" in as_editor and "Restore" in as_editor
 
 
-WEBSOCKET = "/ws/live/production/"
-
-
+@pytest.mark.parametrize("websocket", ["/ws/live/production/", "/ws/home/"])
 @pytest.mark.parametrize("who", CAST)
 async def test_websocket_permission_matrix(
-    request: pytest.FixtureRequest, who: str, world: dict[str, str]
+    request: pytest.FixtureRequest, who: str, world: dict[str, str], websocket: str
 ) -> None:
     from channels.db import database_sync_to_async
     from channels.testing import WebsocketCommunicator
@@ -236,7 +241,7 @@ async def test_websocket_permission_matrix(
         client = Client()
         await database_sync_to_async(client.force_login)(user)
         headers.append((b"cookie", f"sessionid={client.cookies['sessionid'].value}".encode()))
-    communicator = WebsocketCommunicator(application, WEBSOCKET, headers=headers)
+    communicator = WebsocketCommunicator(application, websocket, headers=headers)
     connected, code = await communicator.connect()
     expected = _expected(who, Role.VIEWER)
     if expected == "ok":

@@ -24,7 +24,7 @@ from django.http import HttpRequest
 from redis.exceptions import RedisError
 
 from controlplane.accounts.roles import abilities
-from controlplane.live.push import group_name, overview_group
+from controlplane.live.push import HOME_GROUP, group_name, overview_group
 from controlplane.live.widgets import render_push
 from controlplane.ops.metrics import DATABASE_ERRORS, WEBSOCKETS
 from controlplane.ops.outage import Outage
@@ -47,7 +47,9 @@ _database = Outage(
 
 
 class LiveConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
-    environment: Environment
+    """A live page's websocket: an environment's overview or policy page, or the home page."""
+
+    environment: Environment | None
     can: dict[str, bool]
 
     async def connect(self) -> None:
@@ -59,12 +61,17 @@ class LiveConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         if not self.can["view"]:
             await self.close(code=CLOSE_FORBIDDEN)
             return
-        name = self.scope["url_route"]["kwargs"]["environment"]
-        environment = await database_sync_to_async(Environment.objects.filter(name=name).first)()
-        if environment is None:
-            await self.close(code=CLOSE_NOT_FOUND)
-            return
-        self.environment = environment
+        name = self.scope["url_route"]["kwargs"].get("environment")
+        if name is None:  # the home page: every environment's card
+            self.environment = None
+        else:
+            environment = await database_sync_to_async(
+                Environment.objects.filter(name=name).first
+            )()
+            if environment is None:
+                await self.close(code=CLOSE_NOT_FOUND)
+                return
+            self.environment = environment
         self.session_key: str | None = self.scope["session"].session_key
         self.checked_at = time.monotonic()
         self._checking = asyncio.Lock()
@@ -85,7 +92,10 @@ class LiveConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
 
     def _group_for(self, can: dict[str, bool]) -> str:
         # A policy's page renders its own section from the changed list; the
-        # overview gets ready HTML, rendered once for every viewer of its variant.
+        # overview gets ready HTML, rendered once for every viewer of its variant,
+        # and so does the home page (the same for every role: it has no controls).
+        if self.environment is None:
+            return HOME_GROUP
         if self.focus is None:
             return overview_group(self.environment.name, "operator" if can["operate"] else "viewer")
         return group_name(self.environment.name)
@@ -110,7 +120,7 @@ class LiveConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         if self._refused:
             return
         changed = event.get("changed", ())
-        if self.focus not in changed and "@instances" not in changed:
+        if self.environment is None or (self.focus not in changed and "@instances" not in changed):
             return
         self._dirty.update(changed)
         if self._flush is None or self._flush.done():
@@ -118,12 +128,15 @@ class LiveConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
 
     async def _render_while_dirty(self) -> None:
         # Changes that arrive while a render runs are taken by the next round.
+        environment = self.environment
+        if environment is None:  # the home page gets ready HTML
+            return
         while self._dirty:
             changed, self._dirty = self._dirty, set()
             if not await self._may_see():
                 return
             html = await database_sync_to_async(render_push)(
-                self.environment, changed, self.can, self.focus
+                environment, changed, self.can, self.focus
             )
             if html:
                 await self.send(text_data=html)

@@ -27,6 +27,7 @@ from django.db import close_old_connections, connections
 from django.dispatch import receiver
 
 from controlplane.accounts.roles import Role, abilities_of
+from controlplane.live.home import render_card
 from controlplane.live.widgets import render_rows
 from controlplane.policies.models import Environment
 from controlplane.policies.overrides import override_changed
@@ -35,6 +36,10 @@ logger = logging.getLogger(__name__)
 
 STATE_INTERVAL = 0.2
 FIGURES_INTERVAL = 1.0
+# The home page's card of an environment follows its figures at most this often
+# (it reads every policy of the environment); state changes go out at once.
+HOME_FIGURES_INTERVAL = 5.0
+HOME_GROUP = "live.home"
 # What an overview push shows to whom: operators also get the override controls.
 VARIANTS: dict[str, dict[str, bool]] = {
     "viewer": abilities_of(Role.VIEWER),
@@ -59,6 +64,7 @@ class _Sent:
         self.lock = threading.Lock()
         self.html: dict[tuple[str, str, str], str] = {}  # (environment, variant, row) -> HTML
         self.state_at: dict[tuple[str, str], float] = {}  # (environment, row) -> monotonic
+        self.home_at: dict[str, float] = {}  # environment -> monotonic, of its last card
 
 
 _sent = _Sent()
@@ -151,6 +157,30 @@ def send_now(environment_name: str, changed: set[str], *, state: bool = True) ->
         if state:
             for row in changed:
                 _sent.state_at[(environment_name, row)] = time.monotonic()
+    _push_home_card(layer, environment, state=state)
+
+
+def _push_home_card(layer: Any, environment: Environment, *, state: bool) -> None:
+    """The environment's home-page card, if it changed since the viewers got it.
+
+    A figures card rendered while a state card was being rendered is older: dropped.
+    """
+    name = environment.name
+    started = time.monotonic()
+    if not state and started - _sent.home_at.get(name, 0.0) < HOME_FIGURES_INTERVAL:
+        return
+    _sent.home_at[name] = started
+    html = render_card(environment)
+    with _sent.lock:
+        key = (name, "home", "@card")
+        if _sent.html.get(key) == html or (
+            not state and _sent.state_at.get((name, "@card"), 0.0) > started
+        ):
+            return
+        _sent.html[key] = html
+        if state:
+            _sent.state_at[(name, "@card")] = time.monotonic()
+        _sender.send(layer, [(HOME_GROUP, {"type": "live.html", "html": html})])
 
 
 class LivePusher(threading.Thread):

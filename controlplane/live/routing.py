@@ -6,4 +6,5 @@ from controlplane.live.consumers import LiveConsumer
 
 websocket_urlpatterns = [
     path("ws/live/<str:environment>/", LiveConsumer.as_asgi()),
+    path("ws/home/", LiveConsumer.as_asgi()),
 ]

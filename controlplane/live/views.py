@@ -13,7 +13,8 @@ from django.views.decorators.http import require_GET, require_POST
 
 from controlplane.accounts.actors import Actor
 from controlplane.accounts.roles import Role, abilities, role_required
-from controlplane.live.history import SERIES, read_history
+from controlplane.live.history import RATE_WINDOW, SERIES, read_history
+from controlplane.live.home import home_context
 from controlplane.live.models import BreakerEvent, DiscoveredName
 from controlplane.live.widgets import live_snapshot, overview, table_rows
 from controlplane.policies.actions import do_create_policy
@@ -32,6 +33,13 @@ from controlplane.redis_connection import get_redis
 
 # What each override button does: (kind, action) -> state to set, or a verb.
 ACTIONS = {(kind, a.action): a.does for kind, actions in OPERATOR_ACTIONS.items() for a in actions}
+
+
+@role_required(Role.VIEWER)
+@require_GET
+def home(request: HttpRequest) -> HttpResponse:
+    """What is wrong right now, per environment (``live/home.py``)."""
+    return render(request, "live/home.html", {**home_context(), "rate_window": RATE_WINDOW})
 
 
 def _environment(name: str) -> Environment:

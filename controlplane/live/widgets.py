@@ -325,11 +325,19 @@ SHOWN_SETTINGS = {
 }
 
 
-def overview(environment: Environment, only: set[str] | None = None) -> dict[str, Any]:
+def overview(
+    environment: Environment,
+    only: set[str] | None = None,
+    *,
+    tops: bool = True,
+    overrides: dict[str, Override] | None = None,
+) -> dict[str, Any]:
     """The overview's context; with ``only``, the rows of those policy fields alone.
 
     A constant number of queries and Redis round trips, whatever the number of
     policies; with ``only``, the work is proportional to the rows asked for.
+    ``tops=False`` leaves out the limiters' top rejected subjects; ``overrides``
+    (``active_overrides``) spares reading them, for a caller that read them already.
     """
     policies = environment.policies.filter(deleted=False, kind__in=LIVE_KINDS)
     if only is not None and len(only) > READ_ALL_ABOVE:
@@ -358,18 +366,10 @@ def overview(environment: Environment, only: set[str] | None = None) -> dict[str
     )
     fields = [f"{kind}:{name}" for kind, name, *_ in selected]
     snapshot = live_snapshot(environment, None if only is None else fields)
-    overrides = active_overrides(environment)
+    if overrides is None:
+        overrides = active_overrides(environment)
     limiters = [name for kind, name, *_ in selected if kind == "rate_limit"]
-    tops: dict[str, list[tuple[str, float]]] = {}
-    if limiters and snapshot.redis_ok:
-        try:
-            tops = top_rejected(get_redis(), environment.keys(), limiters)
-            _readable(environment, "rejected subjects")
-        except redis.RedisError:
-            tops = {}
-        except UNREADABLE as exc:
-            _unreadable(environment, "rejected subjects", exc)
-            tops = {}
+    top = rejected_subjects(environment, limiters) if tops and snapshot.redis_ok else {}
     rows: dict[str, list[Row]] = {kind: [] for kind in LIVE_KINDS}
     for (kind, name, mode, limit, period, generation), field in zip(selected, fields, strict=True):
         rows[kind].append(
@@ -383,7 +383,7 @@ def overview(environment: Environment, only: set[str] | None = None) -> dict[str
                 rates=snapshot.rates_for(field),
                 override=overrides.get(field),
                 states=snapshot.breaker_states.get(name, {}) if kind == "breaker" else {},
-                top=tops.get(name, []),
+                top=top.get(name, []),
             )
         )
     in_sync = sum(1 for i in snapshot.instances if i.revision >= environment.revision)
@@ -395,6 +395,23 @@ def overview(environment: Environment, only: set[str] | None = None) -> dict[str
         "instances_in_sync": in_sync,
         "instances_behind": len(snapshot.instances) - in_sync,
     }
+
+
+def rejected_subjects(
+    environment: Environment, limiters: list[str]
+) -> dict[str, list[tuple[str, float]]]:
+    """The subjects each limiter rejected most (``history.top_rejected``); none if unreadable."""
+    if not limiters:
+        return {}
+    try:
+        top = top_rejected(get_redis(), environment.keys(), limiters)
+    except redis.RedisError:
+        return {}
+    except UNREADABLE as exc:
+        _unreadable(environment, "rejected subjects", exc)
+        return {}
+    _readable(environment, "rejected subjects")
+    return top
 
 
 def render_rows(

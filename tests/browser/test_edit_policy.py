@@ -35,7 +35,8 @@ def test_editor_changes_a_limit_the_client_follows_and_the_audit_shows_it(
     limiter = service.limiter("api")
     assert limiter.peek("user:1").limit == 100
 
-    page = log_in(browser, live_url, "erin")
+    page = log_in(browser, live_url, "erin")  # lands on the home page
+    page.click('nav a:has-text("Policies")')
     page.click('#env-production tr[data-policy="rate_limit:api"] a')
     page.click('a.button:has-text("Edit")')
     page.fill("#id_limit", "-5")  # checked as typed: refused (422), the error shows by the field

@@ -152,7 +152,8 @@ def test_dashboard_and_services_through_a_redis_kill(
 
         # Every page answers; those that show Redis's state say it cannot be reached.
         pages = {
-            "/": "Redis cannot be reached",
+            "/": "Redis cannot be reached: the fleet's state is unknown.",
+            "/policies/": "Redis cannot be reached: published versions are unknown.",
             "/e/production/live/": "Redis cannot be reached: live figures are unavailable.",
             "/e/production/breaker/payments/": "Redis cannot be reached: live figures",
             "/e/production/rate_limit/api/": "Redis cannot be reached: live figures",

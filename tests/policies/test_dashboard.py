@@ -14,14 +14,14 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def test_anonymous_is_sent_to_login(client: Client) -> None:
-    response = client.get("/")
+    response = client.get("/policies/")
     assert response.status_code == 302
     assert response["Location"].startswith("/login/")
 
 
 def test_post_is_not_allowed(client: Client, viewer: User) -> None:
     client.force_login(viewer)
-    assert client.post("/").status_code == 405
+    assert client.post("/policies/").status_code == 405
 
 
 def test_lists_policies_with_their_published_version(
@@ -31,7 +31,7 @@ def test_lists_policies_with_their_published_version(
     do_update_policy(policy, {"open_for": 5}, system)
     client.force_login(viewer)
 
-    response = client.get("/")
+    response = client.get("/policies/")
 
     html = response.content.decode()
     assert response.status_code == 200
@@ -45,7 +45,7 @@ def test_shows_a_policy_missing_from_redis(
     do_create_policy(production, "cache", "prices", {}, system)
     redis_client.hdel(production.keys().policies, "cache:prices")
     client.force_login(viewer)
-    assert "not published" in client.get("/").content.decode()
+    assert "not published" in client.get("/policies/").content.decode()
 
 
 def test_a_policies_key_of_another_type_is_not_mistaken_for_a_redis_outage(
@@ -59,7 +59,7 @@ def test_a_policies_key_of_another_type_is_not_mistaken_for_a_redis_outage(
     redis_client.set(staging.keys().policies, "not a hash")  # hostile or broken
     client.force_login(viewer)
 
-    html = client.get("/").content.decode()
+    html = client.get("/policies/").content.decode()
 
     assert "Redis cannot be reached" not in html
     assert '<span class="ok">v1</span>' in html  # production's, still read
@@ -77,7 +77,7 @@ def test_still_answers_when_redis_is_down(
     disposable_redis.stop()
     client.force_login(viewer)
 
-    response = client.get("/")
+    response = client.get("/policies/")
 
     assert response.status_code == 200
     assert "Redis cannot be reached" in response.content.decode()
@@ -93,13 +93,13 @@ def test_login_with_credentials_reaches_the_dashboard(client: Client, viewer: Us
     response = client.post(
         "/login/", {"username": "alice", "password": "password-alice"}, follow=True
     )
-    assert response.redirect_chain[-1][0] == "/"
+    assert response.redirect_chain[-1][0] == "/policies/"
     assert "alice · viewer" in response.content.decode()
 
 
 def test_user_without_a_role_is_refused(client: Client, outsider: User) -> None:
     client.force_login(outsider)
-    assert client.get("/").status_code == 403
+    assert client.get("/policies/").status_code == 403
 
 
 def test_admin_creates_an_environment_and_it_is_audited(client: Client, admin: User) -> None:

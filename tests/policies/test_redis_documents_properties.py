@@ -191,7 +191,7 @@ def test_dashboard_answers_with_a_byte_that_is_not_utf8_in_a_policies_hash(
     raw_redis.hset(valid["staging"].keys().policies, "config:x", b"\xff")
     raw_redis.hset(valid["staging"].keys().policies, b"config:\xfe", b"{}")
 
-    response = web.get("/")
+    response = web.get("/policies/")
 
     assert response.status_code == 200
     assert 'data-policy="config:banner"' in response.content.decode()

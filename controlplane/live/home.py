@@ -1,0 +1,301 @@
+"""The home page: what is wrong right now, per environment, at a glance.
+
+Each environment gets one card built from the same reads as its live overview
+(``widgets.overview``: the published policies, the fleet's last seconds of
+counters, breaker states and heartbeats, the overrides in force) plus, for its
+caches only, the minute before, to tell a hit ratio that fell from one that was
+always low. A card lists its problems worst first and says "All clear" when
+there are none. Pushes re-render an environment's card when its state changes
+(transitions, overrides, instances) and, for figures, at most every
+``FIGURES_EVERY`` seconds; viewers get the card only when its HTML changed.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import redis
+from django.db.models import Max
+from django.template.loader import render_to_string
+from django.utils import timezone
+
+from controlplane.live.history import RATE_WINDOW, REPORT_GRACE, Instance, undecoded
+from controlplane.live.widgets import UNREADABLE, Row, overview, rejected_subjects
+from controlplane.policies.models import Environment, Override, Policy
+from controlplane.redis_connection import get_redis
+
+# A limiter is rejecting from this share of its decisions over the rate window.
+REJECTING_SHARE = 1.0  # percent
+# A cache's hit ratio "fell" when it is this many points under the minute before,
+# with at least this many lookups a second now (a handful of misses is not news).
+HIT_RATIO_DROP = 20.0
+MIN_LOOKUPS_PER_SECOND = 1.0
+BASELINE_SECONDS = 60
+# An instance is behind once it has not applied the environment's revision for this
+# long after the change: right after a change every instance is briefly behind.
+BEHIND_GRACE = 10.0
+CACHE_COUNTERS = ("hits", "local_hits", "stale_hits", "misses")
+SEVERITY_ORDER = {"critical": 0, "warning": 1, "notice": 2}
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong in an environment, as its card lists it."""
+
+    severity: str  # critical, warning or notice
+    kind: str  # breaker, rate_limit, cache, instances, override
+    name: str
+    headline: str  # "payments is open"
+    detail: str  # figures, with their window
+    url: str  # where to look closer
+    override: Override | None = None
+
+
+@dataclass
+class EnvironmentHealth:
+    environment: Environment
+    problems: list[Problem] = field(default_factory=list)
+    overrides: list[Override] = field(default_factory=list)
+    instances: int = 0
+    in_sync: int = 0
+    policies: int = 0
+    redis_ok: bool = True
+
+    @property
+    def all_clear(self) -> bool:
+        return self.redis_ok and not self.problems and not self.overrides
+
+    @property
+    def worst(self) -> str:
+        if not self.redis_ok:
+            return "unknown"
+        if self.problems:
+            return min((p.severity for p in self.problems), key=SEVERITY_ORDER.__getitem__)
+        return "notice" if self.overrides else "ok"
+
+    @property
+    def dom_id(self) -> str:
+        return f"home-{self.environment.name}".replace(".", "_")
+
+
+def _share(part: float, whole: float) -> float:
+    return 100.0 * part / whole if whole else 0.0
+
+
+def _breaker_problem(row: Row) -> Problem | None:
+    states = row.states
+    reporting = sum(states.values())
+    window = f"last {RATE_WINDOW} s"
+    rates = row.rates
+    figures = []
+    if rates.failure_rate is not None:
+        calls = rates.calls_per_second
+        figures.append(f"failures {rates.failure_rate:.1f} % of {calls:.1f} calls/s")
+    rejected = rates.per_second("rejected")
+    if rejected:
+        figures.append(f"{rejected:.1f} calls/s rejected by the breaker")
+    detail = (", ".join(figures) + f" ({window})") if figures else f"no calls ({window})"
+    url = row.view.detail_url
+    for state, severity, verb in (
+        ("open", "critical", "open"),
+        ("half_open", "warning", "half-open"),
+    ):
+        count = states.get(state, 0)
+        if count:
+            where = "every instance" if count == reporting else f"{count} of {reporting} instances"
+            return Problem(
+                severity, "breaker", row.name, f"{row.name} is {verb} on {where}", detail, url
+            )
+    return None
+
+
+def _rejecting_share(row: Row) -> float:
+    """The share of a limiter's decisions that were rejections, in percent."""
+    allowed, rejected = row.allowed_per_second, row.rejected_per_second
+    return _share(rejected, allowed + rejected)
+
+
+def _limiter_problem(row: Row) -> Problem | None:
+    rejected, share = row.rejected_per_second, _rejecting_share(row)
+    if not rejected or share < REJECTING_SHARE:
+        return None
+    top = ", ".join(f"{subject} ({count:.0f})" for subject, count in row.top[:3])
+    detail = f"{rejected:.1f}/s rejected, {share:.0f} % of decisions (last {RATE_WINDOW} s)"
+    if top:
+        detail += f"; most rejected over the last 2 min: {top}"
+    severity = "critical" if share >= 50 else "warning"
+    return Problem(
+        severity, "rate_limit", row.name, f"{row.name} is rejecting", detail, row.view.detail_url
+    )
+
+
+def _cache_problem(row: Row, before: dict[str, float]) -> Problem | None:
+    now_ratio = row.rates.hit_ratio
+    if now_ratio is None or row.lookups_per_second < MIN_LOOKUPS_PER_SECOND:
+        return None
+    hits = sum(before.get(c, 0.0) for c in CACHE_COUNTERS[:3])
+    total = hits + before.get("misses", 0.0)
+    if not total:
+        return None
+    was = 100.0 * hits / total
+    if was - now_ratio < HIT_RATIO_DROP:
+        return None
+    detail = (
+        f"hit ratio {now_ratio:.0f} % (last {RATE_WINDOW} s), "
+        f"was {was:.0f} % over the {BASELINE_SECONDS} s before"
+    )
+    return Problem(
+        "warning", "cache", row.name, f"{row.name} hit ratio fell", detail, row.view.detail_url
+    )
+
+
+def _cache_baselines(environment: Environment, names: list[str]) -> dict[str, dict[str, float]]:
+    """Each cache's counters summed over the minute before the rate window (one round trip)."""
+    if not names:
+        return {}
+    keys = environment.keys()
+    last = int(time.time() - REPORT_GRACE) - 1 - RATE_WINDOW
+    seconds = range(last - BASELINE_SECONDS + 1, last + 1)
+    fields = [f"cache:{name}|{counter}" for name in names for counter in CACHE_COUNTERS]
+    try:
+        with get_redis().pipeline(transaction=False) as pipe:
+            for second in seconds:
+                undecoded(pipe, "HMGET", keys.live_second(second), *fields)
+            replies = pipe.execute()
+    except redis.RedisError:
+        return {}
+    sums: dict[str, dict[str, float]] = {name: {} for name in names}
+    for reply in replies:
+        for index, raw in enumerate(reply):
+            if raw is None:
+                continue
+            try:
+                value = float(raw)
+            except (ValueError, TypeError):
+                continue
+            if value - value != 0:  # NaN or infinite
+                continue
+            name, counter = names[index // len(CACHE_COUNTERS)], CACHE_COUNTERS[index % 4]
+            sums[name][counter] = sums[name].get(counter, 0.0) + value
+    return sums
+
+
+def environment_health(
+    environment: Environment,
+    changed_at: datetime | None = None,
+    overrides: dict[str, Override] | None = None,
+) -> EnvironmentHealth:
+    """What is wrong in ``environment`` right now, worst first.
+
+    ``changed_at``: when its revision last changed (``last_changes``), which tells an
+    instance still applying a change from one that is behind. ``overrides``: those in
+    force there, if read already (``overrides_in_force``).
+    """
+    context = overview(environment, tops=False, overrides=overrides)
+    snapshot = context["snapshot"]
+    rows: dict[str, list[Row]] = context["rows"]
+    rejecting = [row for row in rows["rate_limit"] if _rejecting_share(row) >= REJECTING_SHARE]
+    top = rejected_subjects(environment, [row.name for row in rejecting])
+    for row in rejecting:
+        row.top = top.get(row.name, [])
+    health = EnvironmentHealth(
+        environment,
+        instances=len(snapshot.instances),
+        in_sync=context["instances_in_sync"],
+        policies=sum(len(kind_rows) for kind_rows in rows.values()),
+        redis_ok=snapshot.redis_ok,
+    )
+    problems = health.problems
+    for row in rows["breaker"]:
+        if row.override is None:  # an override is listed with who, why and until when
+            problem = _breaker_problem(row)
+            if problem is not None:
+                problems.append(problem)
+    for row in rows["rate_limit"]:
+        problem = _limiter_problem(row)
+        if problem is not None:
+            problems.append(problem)
+    caches = [row for row in rows["cache"] if row.rates.hit_ratio is not None]
+    if caches:
+        try:
+            baselines = _cache_baselines(environment, [row.name for row in caches])
+        except UNREADABLE:
+            baselines = {}
+        for row in caches:
+            problem = _cache_problem(row, baselines.get(row.name, {}))
+            if problem is not None:
+                problems.append(problem)
+    behind = _behind(environment, snapshot.instances, changed_at)
+    if behind:
+        problems.append(
+            Problem(
+                "warning",
+                "instances",
+                "",
+                f"{len(behind)} of {health.instances} instances behind",
+                f"on revision {min(i.revision for i in behind)}; "
+                f"the environment is at revision {environment.revision}",
+                f"/e/{environment.name}/instances/",
+            )
+        )
+    problems.sort(key=lambda p: SEVERITY_ORDER[p.severity])
+    in_force = [row.override for kind_rows in rows.values() for row in kind_rows if row.override]
+    health.overrides = sorted(in_force, key=lambda o: o.created_at, reverse=True)
+    return health
+
+
+def _behind(
+    environment: Environment, instances: list[Instance], changed_at: datetime | None
+) -> list[Instance]:
+    """Instances that have not applied the environment's revision well after it was made."""
+    if changed_at is not None and (timezone.now() - changed_at).total_seconds() < BEHIND_GRACE:
+        return []
+    return [i for i in instances if i.revision < environment.revision]
+
+
+def last_changes(environments: list[Environment]) -> dict[int, datetime]:
+    """When each environment's revision last changed: a policy saved or an override set."""
+    ids = [environment.pk for environment in environments]
+    latest: dict[int, datetime] = {}
+    for model, column in ((Policy, "updated_at"), (Override, "created_at")):
+        rows = (
+            model.objects.filter(environment_id__in=ids)
+            .values("environment_id")
+            .annotate(at=Max(column))
+            .values_list("environment_id", "at")
+        )
+        for environment_id, at in rows:
+            if at is not None and (environment_id not in latest or at > latest[environment_id]):
+                latest[environment_id] = at
+    return latest
+
+
+def overrides_in_force(environments: list[Environment]) -> dict[int, dict[str, Override]]:
+    """``active_overrides`` of every one of ``environments``, in one query."""
+    ids = [environment.pk for environment in environments]
+    in_force = Override.objects.filter(environment_id__in=ids).in_force(timezone.now())
+    found: dict[int, dict[str, Override]] = {pk: {} for pk in ids}
+    for override in in_force.order_by("revision"):
+        found[override.environment_id][override.field] = override
+    return found
+
+
+def home_context(environments: list[Environment] | None = None) -> dict[str, object]:
+    """Every environment's card, the ones with the worst problems first."""
+    if environments is None:
+        environments = list(Environment.objects.order_by("name"))
+    changes = last_changes(environments)
+    overrides = overrides_in_force(environments)
+    cards = [
+        environment_health(e, changes.get(e.pk), overrides.get(e.pk, {})) for e in environments
+    ]
+    cards.sort(key=lambda card: (SEVERITY_ORDER.get(card.worst, 3), card.environment.name))
+    return {"cards": cards, "all_clear": all(card.all_clear for card in cards)}
+
+
+def render_card(environment: Environment) -> str:
+    """One environment's card, as a push swaps it by id."""
+    card = environment_health(environment, last_changes([environment]).get(environment.pk))
+    return render_to_string("live/_home_card.html", {"card": card, "oob": True})
