@@ -28,6 +28,11 @@ urlpatterns = [
         name="environment-export",
     ),
     path("e/<str:environment>/live/", live_views.live_overview, name="live-overview"),
+    path(
+        "e/<str:environment>/live/sparklines.json",
+        live_views.sparklines,
+        name="live-sparklines",
+    ),
     path("e/<str:environment>/instances/", live_views.instances, name="live-instances"),
     path("e/<str:environment>/discovered/", live_views.discovered, name="live-discovered"),
     path(

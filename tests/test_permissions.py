@@ -52,6 +52,7 @@ PAGES: list[tuple[str, str, Role, int]] = [
     ("get", "/e/production/import/", Role.EDITOR, 200),
     ("post", "/e/production/import/", Role.EDITOR, 422),
     ("get", "/e/production/live/", Role.VIEWER, 200),
+    ("get", "/e/production/live/sparklines.json", Role.VIEWER, 200),
     ("get", "/e/production/instances/", Role.VIEWER, 200),
     ("get", "/e/production/discovered/", Role.VIEWER, 200),
     ("post", "/e/production/discovered/{discovered}/adopt/", Role.EDITOR, 302),

@@ -122,10 +122,45 @@ def _finite(raw: Any) -> float | None:
     return value if math.isfinite(value) else None
 
 
+class MinuteSums:
+    """One batch's sums per minute, written once per field (``live_minute``).
+
+    A batch holds many instances' reports of the same few minutes, so the sums
+    cost one ``HINCRBYFLOAT`` per field and minute, not one per report.
+    """
+
+    def __init__(self) -> None:
+        self.sums: dict[tuple[int, str], float] = defaultdict(float)
+
+    def add(self, at: float, field: str, value: float) -> None:
+        self.sums[(int(at) // 60, field)] += value
+
+    def state(self, at: float, breaker: str, state: str) -> None:
+        """A report of ``breaker`` in ``state``: counted only for the states there are."""
+        if state in BREAKER_STATES:
+            self.add(at, f"breaker:{breaker}|state:{state}", 1)
+
+    def write(self, pipe: Any, keys: KeyLayout) -> None:
+        minutes = set()
+        for (minute, field_name), value in self.sums.items():
+            pipe.hincrbyfloat(keys.live_minute(minute), field_name, value)
+            minutes.add(minute)
+        for minute in minutes:
+            pipe.expire(keys.live_minute(minute), HISTORY_SECONDS + 60)
+
+
 def record_counters(
-    pipe: Any, keys: KeyLayout, instance: str, at: float, policies: dict[str, Any]
+    pipe: Any,
+    keys: KeyLayout,
+    instance: str,
+    at: float,
+    policies: dict[str, Any],
+    minutes: MinuteSums | None = None,
 ) -> set[str]:
-    """Queue the writes for one counters report; return the policy fields it touched."""
+    """Queue the writes for one counters report; return the policy fields it touched.
+
+    With ``minutes``, the report's counters and breaker states are added to it too.
+    """
     second = int(at)
     hash_key = keys.live_second(second)
     touched: set[str] = set()
@@ -137,6 +172,8 @@ def record_counters(
             value = counters.get(counter)
             if isinstance(value, int | float) and not isinstance(value, bool) and value:
                 pipe.hincrbyfloat(hash_key, f"{policy}|{counter}", value)
+                if minutes is not None and math.isfinite(value):
+                    minutes.add(at, f"{policy}|{counter}", value)
         kind, _, name = policy.partition(":")
         top = counters.get("top_rejected")
         if kind == "rate_limit" and isinstance(top, dict) and top:
@@ -148,6 +185,8 @@ def record_counters(
         state = counters.get("state")
         if kind == "breaker" and isinstance(state, str):
             pipe.hset(keys.live_breaker_states, f"{name}|{instance}", f"{state}|{at}")
+            if minutes is not None:
+                minutes.state(at, name, state)
     pipe.expire(hash_key, HISTORY_SECONDS)
     return touched
 
@@ -507,6 +546,59 @@ def _history_value(keys: KeyLayout, second: int, raw: Any) -> float:
         _skipped_live.skip("counters", f"{keys.live_second(second)}: {_shown(raw)}")
         return 0.0
     return value
+
+
+SPARKLINE_MINUTES = 15
+# What each kind's sparkline draws: the traffic, then what went wrong.
+SPARKLINES: dict[str, tuple[str, ...]] = {
+    "breaker": ("calls", "failures", "rejected"),
+    "rate_limit": ("allowed", "rejected"),
+    "cache": ("hits", "misses"),
+}
+
+
+def read_minutes(
+    client: redis.Redis, keys: KeyLayout, policies: set[str], count: int = SPARKLINE_MINUTES
+) -> dict[str, Any]:
+    """Per-minute sums of ``policies`` (``kind:name``) over the last ``count`` minutes.
+
+    One round trip. Returns ``{"minutes": [unix minute start, ...], "policies":
+    {field: {counter: [per minute], "states": [{state: reports}, ...]}}}``; the
+    current minute, still filling, is the last. Unknown fields are left out.
+    """
+    current = int(time.time()) // 60
+    minutes = list(range(current - count + 1, current + 1))
+    with client.pipeline(transaction=False) as pipe:
+        for minute in minutes:
+            undecoded(pipe, "HGETALL", keys.live_minute(minute))
+        replies = pipe.execute()
+    found: dict[str, dict[str, Any]] = {}
+    for index, reply in enumerate(replies):
+        for raw_key, raw_value in reply.items():
+            key, value = _text(raw_key, 2 * INSTANCE_LENGTH), _finite(raw_value)
+            if key is None or value is None:
+                _skipped_live.skip(
+                    "minutes", f"{keys.live_minute(minutes[index])}: {_shown(raw_key)}"
+                )
+                continue
+            policy, _, counter = key.rpartition("|")
+            if policy not in policies:
+                continue
+            kind = policy.partition(":")[0]
+            series = found.get(policy)
+            if series is None:
+                series = found[policy] = {c: [0.0] * count for c in SPARKLINES.get(kind, ())}
+                if kind == "breaker":
+                    series["states"] = [{} for _ in range(count)]
+            if counter.startswith("state:") and kind == "breaker":
+                state = counter[6:]
+                if state in BREAKER_STATES:
+                    series["states"][index][state] = value
+            elif kind == "cache" and counter in ("local_hits", "stale_hits"):
+                series["hits"][index] += value
+            elif counter in series:
+                series[counter][index] += value
+    return {"minutes": [minute * 60 for minute in minutes], "policies": found}
 
 
 def top_rejected(

@@ -105,6 +105,7 @@ def process_entries(
     events: list[BreakerEvent] = []
     changes = Changes()
     discovered: dict[tuple[str, str], tuple[dict[str, Any], str]] = {}
+    minutes = history.MinuteSums()
     with get_redis().pipeline(transaction=False) as pipe:
         for entry_id, fields in entries:
             try:
@@ -116,12 +117,13 @@ def process_entries(
             REPORTS_INGESTED.labels(_type_label(report)).inc()
             if isinstance(report, Counters):
                 changes.figures |= history.record_counters(
-                    pipe, keys, report.instance, report.at, report.policies
+                    pipe, keys, report.instance, report.at, report.policies, minutes
                 )
             elif isinstance(report, Transition):
                 history.record_breaker_state(
                     pipe, keys, report.name, report.instance, report.to_state, report.at
                 )
+                minutes.state(report.at, report.name, report.to_state)  # even 1 s in a state
                 events.append(
                     BreakerEvent(
                         environment=environment,
@@ -141,6 +143,7 @@ def process_entries(
                 changes.figures.add("@instances")
             elif isinstance(report, Discovered):
                 discovered[(report.kind, report.name)] = (report.defaults, report.service)
+        minutes.write(pipe, keys)
         # A command Redis refuses (a live key of the wrong type, say) costs that write;
         # an unreachable Redis still raises, and the batch is read again.
         for result in pipe.execute(raise_on_error=False):

@@ -40,6 +40,7 @@ FIGURES_INTERVAL = 1.0
 # (it reads every policy of the environment); state changes go out at once.
 HOME_FIGURES_INTERVAL = 5.0
 HOME_GROUP = "live.home"
+HOME_CARD = "@card"  # in a figures push's changes: render the home page's card now
 # What an overview push shows to whom: operators also get the override controls.
 VARIANTS: dict[str, dict[str, bool]] = {
     "viewer": abilities_of(Role.VIEWER),
@@ -129,6 +130,13 @@ def send_now(environment_name: str, changed: set[str], *, state: bool = True) ->
     environment = Environment.objects.filter(name=environment_name).first()
     if environment is None:
         return
+    if state:  # the home page's card follows within a second, off this thread
+        notify(environment_name, {HOME_CARD}, urgent=False)
+    else:
+        _push_home_card(layer, environment, due=HOME_CARD in changed)
+        changed = changed - {HOME_CARD}
+        if not changed:
+            return
     started = time.monotonic()
     notice = {"type": "live.changed", "changed": sorted(changed)}
     _sender.send(layer, [(group_name(environment_name), notice)])  # pages that render themselves
@@ -157,30 +165,26 @@ def send_now(environment_name: str, changed: set[str], *, state: bool = True) ->
         if state:
             for row in changed:
                 _sent.state_at[(environment_name, row)] = time.monotonic()
-    _push_home_card(layer, environment, state=state)
 
 
-def _push_home_card(layer: Any, environment: Environment, *, state: bool) -> None:
+def _push_home_card(layer: Any, environment: Environment, *, due: bool) -> None:
     """The environment's home-page card, if it changed since the viewers got it.
 
-    A figures card rendered while a state card was being rendered is older: dropped.
+    Rendered by the figures pusher only (one thread: cards go out in order), when a
+    state push asked for it (``due``) or its figures are ``HOME_FIGURES_INTERVAL`` old.
     """
     name = environment.name
-    started = time.monotonic()
-    if not state and started - _sent.home_at.get(name, 0.0) < HOME_FIGURES_INTERVAL:
+    now = time.monotonic()
+    if not due and now - _sent.home_at.get(name, 0.0) < HOME_FIGURES_INTERVAL:
         return
-    _sent.home_at[name] = started
+    _sent.home_at[name] = now
     html = render_card(environment)
     with _sent.lock:
-        key = (name, "home", "@card")
-        if _sent.html.get(key) == html or (
-            not state and _sent.state_at.get((name, "@card"), 0.0) > started
-        ):
+        key = (name, "home", HOME_CARD)
+        if _sent.html.get(key) == html:
             return
         _sent.html[key] = html
-        if state:
-            _sent.state_at[(name, "@card")] = time.monotonic()
-        _sender.send(layer, [(HOME_GROUP, {"type": "live.html", "html": html})])
+    _sender.send(layer, [(HOME_GROUP, {"type": "live.html", "html": html})])
 
 
 class LivePusher(threading.Thread):

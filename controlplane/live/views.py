@@ -1,7 +1,8 @@
 from __future__ import annotations
 
 from collections import Counter
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import Any
 
 import redis
 from django.contrib import messages
@@ -13,12 +14,18 @@ from django.views.decorators.http import require_GET, require_POST
 
 from controlplane.accounts.actors import Actor
 from controlplane.accounts.roles import Role, abilities, role_required
-from controlplane.live.history import RATE_WINDOW, SERIES, read_history
+from controlplane.live.history import (
+    RATE_WINDOW,
+    SERIES,
+    SPARKLINES,
+    read_history,
+    read_minutes,
+)
 from controlplane.live.home import home_context
 from controlplane.live.models import BreakerEvent, DiscoveredName
 from controlplane.live.widgets import live_snapshot, overview, table_rows
 from controlplane.policies.actions import do_create_policy
-from controlplane.policies.models import Environment
+from controlplane.policies.models import Environment, Override, PolicyVersion
 from controlplane.policies.overrides import (
     OPERATOR_ACTIONS,
     RedisUnavailableError,
@@ -55,6 +62,24 @@ def live_overview(request: HttpRequest, environment: str) -> HttpResponse:
         kind: table_rows(rows, operate=operate) for kind, rows in context["rows"].items()
     }
     return render(request, "live/overview.html", context)
+
+
+@role_required(Role.VIEWER)
+@require_GET
+def sparklines(request: HttpRequest, environment: str) -> JsonResponse:
+    """The overview rows' last 15 minutes, per minute (``history.read_minutes``)."""
+    env = _environment(environment)
+    fields = {
+        f"{kind}:{name}"
+        for kind, name in env.policies.filter(deleted=False, kind__in=SPARKLINES).values_list(
+            "kind", "name"
+        )
+    }
+    try:
+        data = read_minutes(get_redis(), env.keys(), fields)
+    except redis.RedisError:
+        return JsonResponse({"error": "Redis cannot be reached"}, status=503)
+    return JsonResponse(data)
 
 
 @role_required(Role.VIEWER)
@@ -183,4 +208,36 @@ def series(request: HttpRequest, environment: str, kind: str, name: str) -> Json
         data = read_history(get_redis(), env.keys(), f"{kind}:{name}", SERIES[kind], seconds)
     except redis.RedisError:
         return JsonResponse({"error": "Redis cannot be reached"}, status=503)
+    data["marks"] = _chart_marks(env, kind, name, since=timezone.now() - timedelta(seconds=seconds))
     return JsonResponse(data)
+
+
+MARKS_SHOWN = 50  # the newest changes and overrides of a chart's window
+
+
+def _chart_marks(env: Environment, kind: str, name: str, since: datetime) -> list[dict[str, Any]]:
+    """The policy's changes and overrides within a chart's window, for its vertical marks."""
+    marks = [
+        {
+            "t": version.created_at.timestamp(),
+            "kind": "change",
+            "label": f"v{version.version} {version.get_action_display()} by "
+            f"{version.author_name}" + (f": {version.reason}" if version.reason else ""),
+        }
+        for version in PolicyVersion.objects.filter(
+            policy__environment=env, policy__kind=kind, policy__name=name, created_at__gte=since
+        ).order_by("-created_at")[:MARKS_SHOWN]
+    ]
+    marks += [
+        {
+            "t": override.created_at.timestamp(),
+            "kind": "override",
+            "label": (f"{override.label} by " if override.state else "override lifted by ")
+            + override.actor_name
+            + (f": {override.reason}" if override.reason else ""),
+        }
+        for override in Override.objects.filter(
+            environment=env, kind=kind, name=name, created_at__gte=since
+        ).order_by("-created_at")[:MARKS_SHOWN]
+    ]
+    return sorted(marks, key=lambda mark: mark["t"])

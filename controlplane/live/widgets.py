@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import logging
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, NamedTuple
 from urllib.parse import quote
 
@@ -24,6 +25,7 @@ from django.db.models import Q
 from django.db.models.fields.json import KT
 from django.template.loader import get_template, render_to_string
 from django.urls import reverse
+from django.utils import timezone
 from markupsafe import Markup
 
 from controlplane.live.history import (
@@ -33,6 +35,7 @@ from controlplane.live.history import (
     read_snapshot,
     top_rejected,
 )
+from controlplane.live.models import BreakerEvent
 from controlplane.policies.access import find_policy
 from controlplane.policies.models import Environment, Override, Policy
 from controlplane.policies.overrides import OPERATOR_ACTIONS, active_overrides
@@ -75,6 +78,8 @@ class BreakerView(NamedTuple):
     failure: str
     slow: str
     calls: str
+    rejected: str  # calls the breaker rejected, per second
+    opened_at: str  # the failure rate the breaker opened at, over its own window
     override: OverrideBadge | None
 
 
@@ -125,6 +130,7 @@ class Row:
     override: Override | None
     states: dict[str, int]
     top: list[tuple[str, float]]
+    opened_at: float | None = None  # failure rate (percent) of the transition to open
 
     @property
     def field(self) -> str:
@@ -208,6 +214,8 @@ class Row:
                 _percent(rates.failure_rate),
                 _percent(rates.slow_rate),
                 f"{rates.calls_per_second:.1f}",
+                f"{rates.per_second('rejected'):.1f}",
+                "" if self.opened_at is None else _percent(self.opened_at),
                 override,
             )
         return LimiterView(
@@ -386,6 +394,7 @@ def overview(
                 top=top.get(name, []),
             )
         )
+    _add_opening_rates(environment, rows["breaker"])
     in_sync = sum(1 for i in snapshot.instances if i.revision >= environment.revision)
     return {
         "environment": environment,
@@ -395,6 +404,35 @@ def overview(
         "instances_in_sync": in_sync,
         "instances_behind": len(snapshot.instances) - in_sync,
     }
+
+
+OPENING_LOOKBACK = timedelta(hours=1)  # an open breaker tries again within its open_for
+
+
+def _add_opening_rates(environment: Environment, breakers: list[Row]) -> None:
+    """The failure rate each open breaker opened at (its last transition to open).
+
+    It is the rate over the breaker's own window that decided, which the fleet's
+    last seconds of counters need not show. One query, for the open breakers only.
+    """
+    open_rows = {row.name: row for row in breakers if row.states.get("open")}
+    if not open_rows:
+        return
+    events = (
+        BreakerEvent.objects.filter(
+            environment=environment,
+            name__in=list(open_rows),
+            to_state="open",
+            at__gte=timezone.now() - OPENING_LOOKBACK,
+        )
+        .exclude(failure_rate=None)
+        .order_by("name", "-at")
+        .values_list("name", "failure_rate")
+    )
+    for name, failure_rate in events:
+        row = open_rows[name]
+        if row.opened_at is None:
+            row.opened_at = failure_rate
 
 
 def rejected_subjects(

@@ -108,6 +108,11 @@ class KeyLayout:
         """Hash: ``<kind:name>|<counter>`` -> sum over instances during one second."""
         return f"{self._tag}:live:s:{second}"
 
+    def live_minute(self, minute: int) -> str:
+        """Hash: ``<kind:name>|<counter>`` -> sum over instances during one minute, and
+        ``breaker:<name>|state:<state>`` -> reports of that state (the rows' sparklines)."""
+        return f"{self._tag}:live:m:{minute}"
+
     def live_top_rejected(self, name: str, minute: int) -> str:
         """Sorted set: subjects a limiter rejected during one minute, by count."""
         return f"{self._tag}:live:top:{name}:{minute}"

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
 import pytest
 from channels.db import database_sync_to_async
-from channels.layers import channel_layers
 from django.contrib.auth.models import User
 from django.test import Client
 from django.utils import timezone
@@ -215,21 +213,14 @@ def test_anonymous_is_sent_to_login_and_the_policy_list_moved(
     assert 'data-policy="breaker:payments"' in client.get("/policies/").content.decode()
 
 
-@pytest.fixture
-def in_memory_layer(settings: Any) -> Iterator[None]:
-    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
-    channel_layers.backends.clear()
-    yield
-    channel_layers.backends.clear()
-
-
 async def test_the_home_card_follows_a_breaker_opening_over_the_websocket(
     production: Environment,
     viewer: User,
     system: Actor,
-    in_memory_layer: None,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # The real channel layer (its keys are this run's): the figures pusher, a thread of
+    # its own, renders the card that a state push asks for.
     monkeypatch.setattr(push, "_sent", push._Sent())
     await database_sync_to_async(do_create_policy)(production, "breaker", "payments", {}, system)
     communicator = await session_communicator(viewer, "/ws/home/")
