@@ -15,6 +15,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
+from urllib.parse import quote
 
 import redis
 from django.db.models import Max
@@ -22,7 +23,13 @@ from django.template.loader import render_to_string
 from django.utils import timezone
 
 from controlplane.live.history import RATE_WINDOW, REPORT_GRACE, Instance, undecoded
-from controlplane.live.widgets import UNREADABLE, Row, overview, rejected_subjects
+from controlplane.live.widgets import (
+    UNREADABLE,
+    Row,
+    overview,
+    rejected_subjects,
+    row_dom_id,
+)
 from controlplane.policies.models import Environment, Override, Policy
 from controlplane.redis_connection import get_redis
 
@@ -49,15 +56,23 @@ class Problem:
     name: str
     headline: str  # "payments is open"
     detail: str  # figures, with their window
-    url: str  # where to look closer
-    override: Override | None = None
+    url: str  # where to look closer: the policy's page
+    live_url: str = ""  # its row on the live overview, where operators act
+
+
+@dataclass(frozen=True)
+class InForce:
+    """An override in force, as a card lists it: who, why, until when, and where to act."""
+
+    override: Override
+    live_url: str
 
 
 @dataclass
 class EnvironmentHealth:
     environment: Environment
     problems: list[Problem] = field(default_factory=list)
-    overrides: list[Override] = field(default_factory=list)
+    overrides: list[InForce] = field(default_factory=list)
     instances: int = 0
     in_sync: int = 0
     policies: int = 0
@@ -78,6 +93,15 @@ class EnvironmentHealth:
     @property
     def dom_id(self) -> str:
         return f"home-{self.environment.name}".replace(".", "_")
+
+
+def live_row_url(environment: str, kind: str, name: str) -> str:
+    """The row of a policy on its environment's live overview."""
+    return f"/e/{quote(environment)}/live/#{row_dom_id(kind, name)}"
+
+
+def _row_url(row: Row) -> str:
+    return live_row_url(row.environment, row.kind, row.name)
 
 
 def _share(part: float, whole: float) -> float:
@@ -105,9 +129,8 @@ def _breaker_problem(row: Row) -> Problem | None:
         count = states.get(state, 0)
         if count:
             where = "every instance" if count == reporting else f"{count} of {reporting} instances"
-            return Problem(
-                severity, "breaker", row.name, f"{row.name} is {verb} on {where}", detail, url
-            )
+            headline = f"{row.name} is {verb} on {where}"
+            return Problem(severity, "breaker", row.name, headline, detail, url, _row_url(row))
     return None
 
 
@@ -126,8 +149,9 @@ def _limiter_problem(row: Row) -> Problem | None:
     if top:
         detail += f"; most rejected over the last 2 min: {top}"
     severity = "critical" if share >= 50 else "warning"
+    headline = f"{row.name} is rejecting"
     return Problem(
-        severity, "rate_limit", row.name, f"{row.name} is rejecting", detail, row.view.detail_url
+        severity, "rate_limit", row.name, headline, detail, row.view.detail_url, _row_url(row)
     )
 
 
@@ -146,8 +170,9 @@ def _cache_problem(row: Row, before: dict[str, float]) -> Problem | None:
         f"hit ratio {now_ratio:.0f} % (last {RATE_WINDOW} s), "
         f"was {was:.0f} % over the {BASELINE_SECONDS} s before"
     )
+    headline = f"{row.name} hit ratio fell"
     return Problem(
-        "warning", "cache", row.name, f"{row.name} hit ratio fell", detail, row.view.detail_url
+        "warning", "cache", row.name, headline, detail, row.view.detail_url, _row_url(row)
     )
 
 
@@ -241,8 +266,13 @@ def environment_health(
             )
         )
     problems.sort(key=lambda p: SEVERITY_ORDER[p.severity])
-    in_force = [row.override for kind_rows in rows.values() for row in kind_rows if row.override]
-    health.overrides = sorted(in_force, key=lambda o: o.created_at, reverse=True)
+    in_force = [
+        InForce(row.override, _row_url(row))
+        for kind_rows in rows.values()
+        for row in kind_rows
+        if row.override
+    ]
+    health.overrides = sorted(in_force, key=lambda o: o.override.created_at, reverse=True)
     return health
 
 

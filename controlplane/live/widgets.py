@@ -179,7 +179,7 @@ class Row:
     def view(self) -> RowView:
         """The values the row's partial shows, formatted: the row's HTML is kept by them."""
         kind, name, rates, field = self.kind, self.name, self.rates, self.field
-        dom_id = f"live-{kind}-{name}".replace(".", "_")
+        dom_id = row_dom_id(kind, name)
         detail_url = _detail_url(self.environment, kind, name)
         if kind == "cache":
             return CacheView(
@@ -230,6 +230,11 @@ class Row:
             tuple((subject, f"{count:.0f}") for subject, count in self.top),
             override,
         )
+
+
+def row_dom_id(kind: str, name: str) -> str:
+    """The id of a policy's row on the live overview (pushes swap rows by it)."""
+    return f"live-{kind}-{name}".replace(".", "_")
 
 
 ROW_TEMPLATES = {

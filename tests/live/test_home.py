@@ -103,6 +103,7 @@ def test_an_open_breaker_leads_with_how_many_instances_and_its_figures(
     assert "payments is open on 1 of 2 instances" in card
     assert "failures 30.0 % of 4.0 calls/s (last 5 s)" in card  # 6 of 20 calls over 5 s
     assert 'href="/e/production/breaker/payments/"' in card
+    assert 'href="/e/production/live/#live-breaker-payments"' in card  # where to act
     assert "all clear" in _card(html, "staging")
 
 
@@ -125,7 +126,8 @@ def test_an_override_shows_who_why_and_time_left_instead_of_a_problem(
 
     assert 'data-problem="breaker:payments"' not in card
     assert 'data-override="breaker:payments"' in card
-    assert "forced open" in card and "database failover" in card
+    assert "forced open" in card and '"override-reason">database failover</q>' in card
+    assert 'href="/e/production/live/#live-breaker-payments"' in card
     assert "by tests" in card
     assert "51\xa0minutes left" in card or "52\xa0minutes left" in card
     assert "overridden" in card
