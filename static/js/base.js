@@ -60,6 +60,12 @@
       toggle.addEventListener("click", function () {
         toggle.setAttribute("aria-expanded", String(toggle.getAttribute("aria-expanded") !== "true"));
       });
+      // Escape folds an open menu and gives the focus back to its button.
+      document.addEventListener("keydown", function (event) {
+        if (event.key !== "Escape" || toggle.getAttribute("aria-expanded") !== "true") return;
+        toggle.setAttribute("aria-expanded", "false");
+        toggle.focus();
+      });
     }
   });
 })();

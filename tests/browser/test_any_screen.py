@@ -17,6 +17,7 @@ import pytest
 from axe_playwright_python.sync_playwright import Axe
 from django.contrib.auth.models import User
 from django.urls import reverse
+from playwright.sync_api import expect
 
 from controlplane.accounts.actors import Actor
 from controlplane.client import Client
@@ -39,6 +40,9 @@ PAGES: list[tuple[str, str]] = [
     ("policy", reverse("policy-detail", args=BREAKER)),
     ("policy edit", reverse("policy-edit", args=BREAKER)),
     ("compare", reverse("policy-compare", args=BREAKER) + "?a=1&b=2"),
+    ("new policy", reverse("policy-create", args=["production", "rate_limit"])),
+    ("transitions", reverse("live-breaker-events", args=["production", "payments"])),
+    ("import", reverse("environment-import", args=["production"])),
     ("audit log", reverse("audit-log")),
     ("API tokens", reverse("tokens")),
     ("not found", "/e/production/breaker/no-such-breaker/"),
@@ -118,3 +122,55 @@ def _keep_screenshot(page: Any, name: str) -> None:
         Path(folder).mkdir(parents=True, exist_ok=True)
         file_name = re.sub(r"\W+", "-", name) + ".png"
         page.screenshot(path=Path(folder) / file_name, full_page=True)
+
+
+def test_the_menu_folds_on_a_phone_and_opens_from_the_keyboard(
+    live_url: str, browser: Any, admin: User
+) -> None:
+    context = browser.new_context(viewport=SCREENS["phone"])
+    page = log_in(context, live_url, "adam")
+    menu = page.get_by_role("button", name="Menu")
+    audit_link = page.locator("#site-nav").get_by_role("link", name="Audit log")
+    assert menu.get_attribute("aria-expanded") == "false"
+    assert audit_link.is_hidden()
+
+    menu.focus()
+    page.keyboard.press("Enter")
+    expect(menu).to_have_attribute("aria-expanded", "true")
+    expect(audit_link).to_be_visible()
+    page.keyboard.press("Tab")  # the nav follows the button in tab order
+    expect(page.locator("#site-nav a").first).to_be_focused()
+    page.keyboard.press("Escape")
+    expect(menu).to_have_attribute("aria-expanded", "false")
+    expect(menu).to_be_focused()
+    expect(audit_link).to_be_hidden()
+    context.close()
+
+
+def test_the_theme_follows_the_system_until_chosen_and_is_remembered(
+    live_url: str, browser: Any, admin: User
+) -> None:
+    context = browser.new_context(color_scheme="dark", viewport=SCREENS["desktop"])
+    page = log_in(context, live_url, "adam")
+    root = page.locator("html")
+    expect(root).to_have_attribute("data-theme", "dark")
+    background = "getComputedStyle(document.body).backgroundColor"
+    dark_background = page.evaluate(background)
+
+    page.get_by_label("Theme").select_option("light")
+    expect(root).to_have_attribute("data-theme", "light")
+    assert page.evaluate(background) != dark_background
+
+    # Remembered, and set before the first paint: already there when the body is parsed.
+    page.add_init_script(
+        "document.addEventListener('DOMContentLoaded', () => "
+        "{ window.themeAtParse = document.documentElement.dataset.theme; });"
+    )
+    page.reload()
+    assert page.evaluate("window.themeAtParse") == "light"
+    expect(page.get_by_label("Theme")).to_have_value("light")
+
+    page.get_by_label("Theme").select_option("system")
+    page.reload()
+    expect(root).to_have_attribute("data-theme", "dark")
+    context.close()
