@@ -46,6 +46,7 @@ def test_404_keeps_the_navigation_of_a_signed_in_user(client: Client, viewer: Us
     assert '<nav id="site-nav" aria-label="Main">' in html
     assert '<a href="/audit/">Audit log</a>' in html
     assert "<code>/e/nowhere/live/</code>" in html
+    assert '<a class="button" href="/">Home</a>' in html
     assert 'href="/static/css/app.css"' in html
 
 

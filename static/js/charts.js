@@ -1,7 +1,10 @@
 // Glue between the series endpoint and uPlot: draw each chart, redraw it when
 // the policy's live section is pushed (at most a few times a second) or every 5 s.
 (function () {
-  var COLORS = ["#2f5bd3", "#b42318", "#a15c00", "#6b7385"];
+  // The theme's colours (static/css/app.css), read when a chart is first drawn.
+  function themed(name) {
+    return getComputedStyle(document.documentElement).getPropertyValue(name).trim();
+  }
 
   function toSeries(data) {
     var names = Object.keys(data).filter(function (k) { return k !== "t"; });
@@ -21,9 +24,14 @@
         var opts = {
           width: el.clientWidth || 800, height: 220,
           series: [{}].concat(s.names.map(function (n, i) {
-            return { label: n.replace("_", " "), stroke: COLORS[i % COLORS.length], width: 1.5 };
+            return { label: n.replace("_", " "), stroke: themed("--chart-" + (i % 4 + 1)), width: 1.5 };
           })),
-          axes: [{}, { label: "per second" }],
+          axes: [{}, { label: "per second" }].map(function (axis) {
+            axis.stroke = themed("--muted");
+            axis.grid = { stroke: themed("--line") };
+            axis.ticks = { stroke: themed("--line") };
+            return axis;
+          }),
         };
         el._plot = new uPlot(opts, s.columns, el);
       });

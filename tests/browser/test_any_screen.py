@@ -16,12 +16,14 @@ from typing import Any
 import pytest
 from axe_playwright_python.sync_playwright import Axe
 from django.contrib.auth.models import User
+from django.template.loader import render_to_string
 from django.urls import reverse
 from playwright.sync_api import expect
 
 from controlplane.accounts.actors import Actor
 from controlplane.client import Client
 from controlplane.live.ingest import Ingestor, ensure_group
+from controlplane.ops.outage import MESSAGE
 from controlplane.policies.models import Environment, Policy
 from controlplane.policies.overrides import do_set_override
 from controlplane.redis_connection import get_redis
@@ -46,6 +48,12 @@ PAGES: list[tuple[str, str]] = [
     ("audit log", reverse("audit-log")),
     ("API tokens", reverse("tokens")),
     ("not found", "/e/production/breaker/no-such-breaker/"),
+]
+# (name, template, context): pages Django renders with no request, served here
+# by the browser itself (no URL of the app fails on purpose), with the app's static files.
+STANDALONE_PAGES: list[tuple[str, str, dict[str, Any]]] = [
+    ("server error", "500.html", {}),
+    ("database unreachable", "errors/database.html", {"message": MESSAGE}),
 ]
 SCREENS = {"desktop": {"width": 1440, "height": 900}, "phone": {"width": 390, "height": 844}}
 BLOCKING = {"serious", "critical"}
@@ -111,9 +119,24 @@ def test_every_page_fits_the_screen_and_passes_axe(
                 page.goto(live_url + path)
                 problems += [f"{screen} {name}: {p}" for p in _problems(page, axe)]
                 _keep_screenshot(page, f"{name}-{screen}-{scheme}")
+            for name, template, template_context in STANDALONE_PAGES:
+                html = render_to_string(template, template_context)
+                page.route(f"{live_url}/standalone/", _serve(html))
+                page.goto(f"{live_url}/standalone/")
+                assert page.locator("h1").is_visible()
+                problems += [f"{screen} {name}: {p}" for p in _problems(page, axe)]
+                _keep_screenshot(page, f"{name}-{screen}-{scheme}")
+                page.unroute(f"{live_url}/standalone/")
         finally:
             context.close()
     assert not problems, "\n".join(problems)
+
+
+def _serve(html: str) -> Callable[[Any], None]:
+    def fulfill(route: Any) -> None:
+        route.fulfill(status=500, body=html, content_type="text/html")
+
+    return fulfill
 
 
 def _keep_screenshot(page: Any, name: str) -> None:
