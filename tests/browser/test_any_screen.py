@@ -161,6 +161,7 @@ def test_the_menu_folds_on_a_phone_and_opens_from_the_keyboard(
     page.keyboard.press("Enter")
     expect(menu).to_have_attribute("aria-expanded", "true")
     expect(audit_link).to_be_visible()
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
     page.keyboard.press("Tab")  # the nav follows the button in tab order
     expect(page.locator("#site-nav a").first).to_be_focused()
     page.keyboard.press("Escape")
