@@ -40,6 +40,7 @@
   }
   window.addEventListener("resize", focusableWhenScrolling);
   document.addEventListener("htmx:afterSettle", focusableWhenScrolling);
+  document.addEventListener("htmx:oobAfterSwap", focusableWhenScrolling); // websocket pushes
 
   document.addEventListener("DOMContentLoaded", function () {
     focusableWhenScrolling();
