@@ -76,6 +76,19 @@ def test_403_says_which_role_is_needed_and_links_back(
     assert 'class="button" href="/"' in html
 
 
+def test_a_form_without_its_csrf_token_gets_a_styled_403(viewer: User) -> None:
+    client = Client(enforce_csrf_checks=True)
+
+    response = client.post("/login/", {"username": "alice", "password": "password-alice"})
+
+    assert response.status_code == 403
+    html = response.content.decode()
+    assert 'data-error="csrf-failure"' in html
+    assert "Nothing was changed." in html
+    assert "CSRF verification failed." in html  # Django's words, which people search for
+    assert '<a href="/">Home</a>' in html
+
+
 def test_500_is_styled_and_links_home() -> None:
     client = Client(raise_request_exception=False)
 

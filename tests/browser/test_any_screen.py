@@ -54,6 +54,7 @@ PAGES: list[tuple[str, str]] = [
 STANDALONE_PAGES: list[tuple[str, str, dict[str, Any]]] = [
     ("server error", "500.html", {}),
     ("database unreachable", "errors/database.html", {"message": MESSAGE}),
+    ("form expired", "403_csrf.html", {}),
 ]
 SCREENS = {"desktop": {"width": 1440, "height": 900}, "phone": {"width": 390, "height": 844}}
 BLOCKING = {"serious", "critical"}
