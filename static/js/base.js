@@ -2,8 +2,7 @@
 // <html data-theme> from the visitor's choice (localStorage) or, for "system",
 // from prefers-color-scheme, so a dark page never flashes light. Once the page
 // is parsed it wires the theme choice and the "Menu" button of narrow screens,
-// and lets the keyboard scroll a table wider than the screen (it scrolls inside
-// its card: see app.css), by making such a table focusable while it overflows.
+// and makes a table wider than its card scroll inside it.
 (function () {
   var KEY = "controlplane-theme";
   var root = document.documentElement;
@@ -26,8 +25,19 @@
   apply();
   dark.addEventListener("change", apply);
 
-  function focusableWhenScrolling() {
-    document.querySelectorAll("table").forEach(function (table) {
+  // A table wider than the room its parent gives it scrolls inside it (class
+  // "scrolls", see app.css; phones get that from a media query before this runs),
+  // and is focusable while it does, so the keyboard can scroll it.
+  function room(box) {
+    var style = getComputedStyle(box);
+    return box.clientWidth - parseFloat(style.paddingLeft) - parseFloat(style.paddingRight);
+  }
+  function fitTables() {
+    document.querySelectorAll("table:not(.diff):not(.u-legend)").forEach(function (table) {
+      if (table.classList.contains("scrolls") && table.scrollWidth <= table.clientWidth) {
+        table.classList.remove("scrolls"); // it may fit again: measure it as a table
+      }
+      if (table.offsetWidth > room(table.parentElement) + 1) table.classList.add("scrolls");
       var scrolls = table.scrollWidth > table.clientWidth;
       if (scrolls && !table.hasAttribute("tabindex")) {
         table.setAttribute("tabindex", "0");
@@ -38,12 +48,12 @@
       }
     });
   }
-  window.addEventListener("resize", focusableWhenScrolling);
-  document.addEventListener("htmx:afterSettle", focusableWhenScrolling);
-  document.addEventListener("htmx:oobAfterSwap", focusableWhenScrolling); // websocket pushes
+  window.addEventListener("resize", fitTables);
+  document.addEventListener("htmx:afterSettle", fitTables);
+  document.addEventListener("htmx:oobAfterSwap", fitTables); // websocket pushes
 
   document.addEventListener("DOMContentLoaded", function () {
-    focusableWhenScrolling();
+    fitTables();
     var select = document.getElementById("theme-choice");
     if (select) {
       select.value = chosen();
