@@ -3,8 +3,11 @@
 // The policy's changes and overrides in the window are marked on the chart as
 // vertical lines (blue: a change, purple: an override), listed under it in words.
 (function () {
-  var COLORS = ["#2f5bd3", "#b42318", "#a15c00", "#6b7385"];
-  var MARK_COLORS = { change: "#2f5bd3", override: "#7e57c2" };
+  // The theme's colours (static/css/app.css), read when a chart is first drawn.
+  function themed(name) {
+    return getComputedStyle(document.documentElement).getPropertyValue(name).trim();
+  }
+  var MARK_COLORS = { change: "--accent", override: "--override" };
 
   function toSeries(data) {
     var names = Object.keys(data).filter(function (k) { return k !== "t" && k !== "marks"; });
@@ -23,7 +26,7 @@
     marks.forEach(function (mark) {
       var x = Math.round(u.valToPos(mark.t, "x", true));
       if (x < u.bbox.left || x > u.bbox.left + u.bbox.width) return;
-      ctx.strokeStyle = MARK_COLORS[mark.kind] || "#6b7385";
+      ctx.strokeStyle = themed(MARK_COLORS[mark.kind] || "--muted");
       ctx.beginPath();
       ctx.moveTo(x, u.bbox.top);
       ctx.lineTo(x, u.bbox.top + u.bbox.height);
@@ -65,9 +68,14 @@
         var opts = {
           width: el.clientWidth || 800, height: 220,
           series: [{}].concat(s.names.map(function (n, i) {
-            return { label: n.replace("_", " "), stroke: COLORS[i % COLORS.length], width: 1.5 };
+            return { label: n.replace("_", " "), stroke: themed("--chart-" + (i % 4 + 1)), width: 1.5 };
           })),
-          axes: [{}, { label: "per second" }],
+          axes: [{}, { label: "per second" }].map(function (axis) {
+            axis.stroke = themed("--muted");
+            axis.grid = { stroke: themed("--line") };
+            axis.ticks = { stroke: themed("--line") };
+            return axis;
+          }),
           hooks: { draw: [drawMarks] },
         };
         el._plot = new uPlot(opts, s.columns, el);
