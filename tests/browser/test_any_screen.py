@@ -35,6 +35,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 BREAKER = ("production", "breaker", "payments")
 # (name, path): visited in this order, signed in as an admin, who sees every control.
 PAGES: list[tuple[str, str]] = [
+    ("home", reverse("home")),
     ("policy list", reverse("dashboard")),
     ("live overview", reverse("live-overview", args=["production"])),
     ("instances", reverse("live-instances", args=["production"])),
