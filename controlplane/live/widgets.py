@@ -24,6 +24,7 @@ from django.db.models import Q
 from django.db.models.fields.json import KT
 from django.template.loader import get_template, render_to_string
 from django.urls import reverse
+from django.utils import timezone
 from markupsafe import Markup
 
 from controlplane.live.history import (
@@ -35,16 +36,14 @@ from controlplane.live.history import (
 )
 from controlplane.policies.access import find_policy
 from controlplane.policies.models import Environment, Override, Policy
-from controlplane.policies.overrides import OPERATOR_ACTIONS, active_overrides
+from controlplane.policies.overrides import OPERATOR_ACTIONS, OperatorAction, active_overrides
 from controlplane.redis_connection import get_redis
 
 logger = logging.getLogger(__name__)
 
 
-# The override form's choices by kind: (action, label), as the templates list them.
-OVERRIDE_ACTIONS: dict[str, list[tuple[str, str]]] = {
-    kind: [(a.action, a.label) for a in actions] for kind, actions in OPERATOR_ACTIONS.items()
-}
+# The override panel's choices by kind, as the templates list them.
+OVERRIDE_ACTIONS: dict[str, tuple[OperatorAction, ...]] = OPERATOR_ACTIONS
 
 
 def _percent(value: float | None) -> str:
@@ -52,12 +51,32 @@ def _percent(value: float | None) -> str:
 
 
 class OverrideBadge(NamedTuple):
-    """An override as a row shows it."""
+    """An override as a row shows it: what, who, why and until when.
+
+    The expiry is an absolute time (``expires``, ISO 8601, and ``until``, as the
+    server's zone shows it): the row's HTML is kept by these values, so the page
+    (live.js) turns it into the viewer's local time and "in 52 min", and keeps that current.
+    """
 
     label: str
     actor: str
-    until: str
     reason: str
+    expires: str  # ISO 8601, "" until lifted
+    until: str  # e.g. "21:43 UTC", "" until lifted
+
+
+def override_badge(override: Override) -> OverrideBadge:
+    expires_at = override.expires_at
+    if expires_at is None:
+        return OverrideBadge(override.label, override.actor_name, override.reason, "", "")
+    local = timezone.localtime(expires_at)
+    return OverrideBadge(
+        override.label,
+        override.actor_name,
+        override.reason,
+        expires_at.isoformat(),
+        f"{local:%H:%M} {local.tzname()}",
+    )
 
 
 class BreakerView(NamedTuple):
@@ -185,15 +204,7 @@ class Row:
                 f"{self.lookups_per_second:.1f}",
                 self.generation,
             )
-        override = None
-        if self.override is not None:
-            expires_at = self.override.expires_at
-            override = OverrideBadge(
-                self.override_label,
-                self.override.actor_name,
-                "" if expires_at is None else f" until {expires_at:%H:%M:%S}",
-                self.override.reason,
-            )
+        override = None if self.override is None else override_badge(self.override)
         if kind == "breaker":
             return BreakerView(
                 field,
@@ -463,6 +474,7 @@ def policy_live(policy: Policy) -> dict[str, Any]:
     return {
         "policy": policy,
         "row": rows[0] if rows else None,
+        "badge": override_badge(rows[0].override) if rows and rows[0].override else None,
         "instances": instances,
         "snapshot": context["snapshot"],
         "override_actions": OVERRIDE_ACTIONS,
