@@ -102,8 +102,7 @@ function openPanel(button) {
   form.setAttribute("aria-label", heading.textContent);
   form.querySelector("input[name=policy]").value = field;
   form.querySelectorAll("[data-kind]").forEach(function (group) {
-    group.disabled = group.hidden = group.dataset.kind !== kind;
-    group.querySelectorAll("fieldset").forEach(function (f) { f.disabled = group.hidden; });
+    if (group.dataset.kind !== kind) group.remove();  // only this kind's actions
   });
   var expiry = form.querySelector("[data-expiry]");
   if (expiry && !form.querySelector('[data-kind="' + kind + '"] .act-states')) {
