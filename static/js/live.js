@@ -117,6 +117,7 @@ function openPanel(button) {
 document.addEventListener("click", function (event) {
   var button = event.target.closest("[data-act]");
   if (button) {
+    event.preventDefault();  // the link is for pages without scripts
     var open = document.getElementById(button.getAttribute("aria-controls"));
     if (open) closePanel(open, true); else openPanel(button);
     return;
@@ -125,6 +126,11 @@ document.addEventListener("click", function (event) {
   if (close) closePanel(close.closest("tr.act-panel"), true);
 });
 document.addEventListener("keydown", function (event) {
+  if (event.key === " " && event.target.matches && event.target.matches("a[data-act]")) {
+    event.preventDefault();  // Space presses Act, as it would a button
+    event.target.click();
+    return;
+  }
   if (event.key !== "Escape") return;
   var panel = event.target.closest && event.target.closest("tr.act-panel");
   if (panel) closePanel(panel, true);
@@ -150,16 +156,48 @@ document.addEventListener("htmx:wsAfterMessage", function () {
   document.querySelectorAll("tr.act-panel").forEach(fitPanel);
   showExpiries();
 });
-// After an action the page's main part is replaced: focus goes back to the row's Act.
+// An Apply with no action picked is answered here, before anything is sent; the
+// lift is a button of its own and needs none.
+document.addEventListener("htmx:configRequest", function (event) {
+  var form = event.detail.elt;
+  if (!form.matches(".override-form") || event.detail.formData.getAll("action").length) return;
+  event.preventDefault();
+  actedOn = null;
+  var first = form.querySelector("input[name=action]");
+  first.setCustomValidity("Pick an action: a state to hold, or an action done once.");
+  first.reportValidity();
+  first.addEventListener("change", function () { first.setCustomValidity(""); }, { once: true });
+});
+// After an action the page's main part is replaced: focus goes back to the row's Act,
+// and if the action was refused, the panel opens again with what the operator had chosen.
 var actedOn = null;
 document.addEventListener("submit", function (event) {
-  var input = event.target.querySelector && event.target.querySelector("input[name=policy]");
-  actedOn = input && event.target.closest("tr.act-panel") ? input.value : null;
+  var form = event.target;
+  if (!form.closest || !form.closest("tr.act-panel")) return;
+  var lifting = event.submitter && event.submitter.value === "lift";
+  if (!lifting && !form.querySelector("input[name=action]:checked")) return;  // not sent
+  actedOn = { field: form.querySelector("input[name=policy]").value, values: [] };
+  form.querySelectorAll("input[name]").forEach(function (input) {
+    if (input.type === "hidden") return;
+    actedOn.values.push([input.name, input.value, input.checked]);
+  });
 });
-document.addEventListener("htmx:afterSettle", function () {
+document.addEventListener("htmx:afterSettle", function (event) {
   showExpiries();
-  if (!actedOn) return;
-  var button = document.querySelector('[data-act="' + CSS.escape(actedOn) + '"]');
+  if (!actedOn || !event.detail || !event.detail.xhr) return;  // a request's answer, not a push
+  var acted = actedOn;
   actedOn = null;
-  if (button) button.focus();
+  var button = document.querySelector('[data-act="' + CSS.escape(acted.field) + '"]');
+  if (!button) return;
+  if (!document.querySelector(".flash.error")) return button.focus();
+  openPanel(button);
+  var form = document.getElementById(button.getAttribute("aria-controls")).querySelector("form");
+  acted.values.forEach(function (value) {
+    var input = Array.from(form.querySelectorAll('input[name="' + value[0] + '"]')).find(function (i) {
+      return i.type !== "radio" || i.value === value[1];
+    });
+    if (!input) return;
+    if (input.type === "radio") input.checked = value[2]; else input.value = value[1];
+  });
+  previewExpiry(form);
 });

@@ -356,7 +356,7 @@ def test_operator_places_every_override_from_the_overview_and_the_policy_page(
     form = OverrideForm(html)
     if page == "overview":  # the row's Act button opens the panel below it (live.js) ...
         assert f'data-act="{field}" aria-expanded="false" aria-controls="act-live-' in html
-        # ... and without scripts its link opens the policy's page at its form.
+        # ... and without scripts, as a link, opens the policy's page at its form.
         assert f'href="/e/production/{kind}/{name}/#override-form">Act</a>' in html
     else:
         assert form.inputs["policy"] == field
