@@ -42,8 +42,18 @@ from controlplane.redis_connection import get_redis
 logger = logging.getLogger(__name__)
 
 
+class ActionGroups(NamedTuple):
+    """A kind's actions as the override panel groups them."""
+
+    held: tuple[OperatorAction, ...]  # states held until lifted or expired
+    once: tuple[OperatorAction, ...]  # done once, now: reset, purge
+
+
 # The override panel's choices by kind, as the templates list them.
-OVERRIDE_ACTIONS: dict[str, tuple[OperatorAction, ...]] = OPERATOR_ACTIONS
+OVERRIDE_ACTIONS: dict[str, ActionGroups] = {
+    kind: ActionGroups(tuple(a for a in actions if not a.once), tuple(a for a in actions if a.once))
+    for kind, actions in OPERATOR_ACTIONS.items()
+}
 
 
 def _percent(value: float | None) -> str:

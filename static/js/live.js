@@ -24,7 +24,7 @@ function inText(date) {
   var seconds = (date.getTime() - Date.now()) / 1000;
   if (seconds <= 0) return "(ended)";
   var minutes = Math.ceil(seconds / 60);
-  if (minutes < 90) return "(in " + minutes + " min)";
+  if (minutes < 60) return "(in " + minutes + " min)";
   var hours = Math.floor(minutes / 60);
   return "(in " + hours + " h" + (minutes % 60 ? " " + (minutes % 60) + " min" : "") + ")";
 }

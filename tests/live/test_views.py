@@ -393,8 +393,10 @@ def test_policy_page_offers_only_its_kinds_overrides(
     client: Client, operator: User, production: Environment, policies: None
 ) -> None:
     client.force_login(operator)
-    form = OverrideForm(client.get("/e/production/rate_limit/api/").content.decode())
+    html = client.get("/e/production/rate_limit/api/").content.decode()
+    form = OverrideForm(html)
     assert form.choices["action"] == ["block_all", "bypass"]  # nothing to lift yet
+    assert "act-states" in html and "act-once" not in html  # no empty group
     assert form.choices["expires_in_minutes"] == ["10", "60", "240", "custom", ""]
     do_set_override(production, "rate_limit", "api", "bypass", Actor.system("olga"), "load test")
     form = OverrideForm(client.get("/e/production/rate_limit/api/").content.decode())
@@ -413,6 +415,7 @@ def test_overview_override_form_lists_no_policies(
     html = client.get("/e/production/live/").content.decode()
 
     assert OverrideForm(html).inputs["policy"] == ""  # a row's Act button fills it
+    assert "{#" not in html and "live.js opens a copy" not in html  # comments stay comments
     assert html.count(" data-act=") == 33
 
 
