@@ -154,6 +154,10 @@ document.addEventListener("input", function (event) {
 });
 document.addEventListener("htmx:wsAfterMessage", function () {
   document.querySelectorAll("tr.act-panel").forEach(fitPanel);
+  // A policy's page: its section is pushed, its form is not; lifting follows the section.
+  var lift = document.querySelector("#override-form [data-lift]");
+  var section = document.getElementById("policy-live");
+  if (lift && section) lift.hidden = !section.querySelector("[data-override] .badge");
   showExpiries();
 });
 // An Apply with no action picked is answered here, before anything is sent; the

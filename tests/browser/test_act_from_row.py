@@ -131,3 +131,26 @@ def test_a_refused_action_reopens_the_panel_with_what_was_typed(
     expect(panel.get_by_role("radio", name="after")).to_be_checked()
     assert current_override(production, "breaker", "payments") is None
     assert not AuditEntry.objects.filter(action__startswith="override.").exists()
+
+
+def test_the_policy_page_offers_the_lift_once_a_push_brings_an_override(
+    live_url: str, browser: Any, operator: User, production: Environment, system: Actor
+) -> None:
+    from playwright.sync_api import expect
+
+    do_create_policy(production, "breaker", "payments", {}, system)
+    olga = log_in(browser, live_url, "olga")
+    olga.goto(f"{live_url}/e/production/breaker/payments/")
+    olga.wait_for_selector('[data-live-status="connected"]')
+    form = olga.locator("#override-form")
+    lift = form.get_by_role("button", name="Lift the override")
+    expect(lift).to_be_hidden()
+    form.get_by_label("Reason").fill("DB is back")
+
+    do_set_override(production, "breaker", "payments", "disabled", Actor.system("alice"), "deploy")
+    expect(olga.locator("#policy-live [data-override]")).to_contain_text("disabled by alice")
+    expect(lift).to_be_visible()
+    expect(form.get_by_label("Reason")).to_have_value("DB is back")  # the form is not pushed
+    lift.click()
+    expect(olga.locator("#policy-live [data-override]")).to_contain_text("none")
+    assert current_override(production, "breaker", "payments") is None
