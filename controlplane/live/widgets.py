@@ -183,10 +183,6 @@ class Row:
         return self.worst_state.replace("_", " ")
 
     @property
-    def override_label(self) -> str:
-        return self.override.label if self.override else ""
-
-    @property
     def allowed_per_second(self) -> float:
         return self.rates.per_second("allowed")
 

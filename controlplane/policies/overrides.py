@@ -261,11 +261,12 @@ def do_reset_breaker(
 ) -> Override | None:
     """Back to closed on every instance, windows emptied; lifts any override first.
 
-    One action, one audit entry (``override.reset``, with the lifted state if an
-    override was in force), in one transaction; once it commits the lift is published, then the
-    breaker's shared state is reset. A reset is written to Redis only, never
-    stored for the reconciler to replay, so it is refused, with nothing lifted
-    or audited, while Redis does not answer. Returns the override it lifted, if any.
+    One action, one audit entry (``override.reset``, with the lifted state if
+    an override was in force), in one transaction; once it commits the lift is
+    published, then the breaker's shared state is reset. A reset is written to
+    Redis only, never stored for the reconciler to replay, so it is refused,
+    with nothing lifted or audited, while Redis does not answer. Returns the
+    override it lifted, if any.
     """
     errors = _target_errors("breaker", ("breaker",), name, reason)
     if errors:

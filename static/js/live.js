@@ -28,8 +28,8 @@ function inText(date) {
   var hours = Math.floor(minutes / 60);
   return "(in " + hours + " h" + (minutes % 60 ? " " + (minutes % 60) + " min" : "") + ")";
 }
-function showExpiries(root) {
-  (root || document).querySelectorAll("time[data-expires]").forEach(function (el) {
+function showExpiries() {
+  document.querySelectorAll("time[data-expires]").forEach(function (el) {
     var date = new Date(el.getAttribute("datetime"));
     if (isNaN(date)) return;
     el.textContent = untilText(date);
