@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import uuid
 from typing import Any
 
 import pytest
@@ -10,12 +11,20 @@ from django.contrib.auth.models import User
 
 from controlplane.accounts.actors import Actor
 from controlplane.audit.models import AuditEntry
-from controlplane.policies.actions import do_create_policy
+from controlplane.policies.actions import do_create_environment, do_create_policy
 from controlplane.policies.models import Environment
 from controlplane.policies.overrides import current_override, do_set_override
 from tests.browser.conftest import log_in
 
 pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def production(system: Actor) -> Environment:
+    """An environment of this test's own name: test runs on this host share the channel
+    layer's groups (``live.<environment>``), and another run's pushes must not reach it."""
+    return do_create_environment(f"prod-{uuid.uuid4().hex[:8]}", system)
+
 
 ROW = "#live-breaker-payments"
 PANEL = "#act-live-breaker-payments"
@@ -33,7 +42,7 @@ def test_operator_trips_a_breaker_from_its_row_with_the_keyboard_and_lifts_it(
     do_create_policy(production, "breaker", "payments", {}, system)
     do_create_policy(production, "breaker", "search", {}, system)
     olga = log_in(browser, live_url, "olga")
-    olga.goto(f"{live_url}/e/production/live/")
+    olga.goto(f"{live_url}/e/{production.name}/live/")
     olga.wait_for_selector('[data-live-status="connected"]')
     act = olga.locator(f"{ROW} [data-act]")
 
@@ -105,7 +114,7 @@ def test_a_refused_action_reopens_the_panel_with_what_was_typed(
 
     do_create_policy(production, "breaker", "payments", {}, system)
     olga = log_in(browser, live_url, "olga")
-    olga.goto(f"{live_url}/e/production/live/")
+    olga.goto(f"{live_url}/e/{production.name}/live/")
     olga.wait_for_selector('[data-live-status="connected"]')
     olga.locator(f"{ROW} [data-act]").click()
     panel = olga.locator(PANEL)
@@ -140,7 +149,7 @@ def test_the_policy_page_offers_the_lift_once_a_push_brings_an_override(
 
     do_create_policy(production, "breaker", "payments", {}, system)
     olga = log_in(browser, live_url, "olga")
-    olga.goto(f"{live_url}/e/production/breaker/payments/")
+    olga.goto(f"{live_url}/e/{production.name}/breaker/payments/")
     olga.wait_for_selector('[data-live-status="connected"]')
     form = olga.locator("#override-form")
     lift = form.get_by_role("button", name="Lift the override")
