@@ -6,7 +6,7 @@ from typing import Any
 
 import redis
 from django.contrib import messages
-from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse, QueryDict
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme
@@ -134,19 +134,61 @@ def adopt(request: HttpRequest, environment: str, discovered_id: int) -> HttpRes
     return redirect("policy-detail", env.name, found.kind, found.name)
 
 
+def _expiry(post: QueryDict) -> datetime | None:
+    """When an override ends, from the panel's choice: None is "until lifted".
+
+    ``expires_in_minutes`` is a preset (``10``, ``60``, ``240``), ``custom`` (then
+    ``custom_minutes`` holds the number) or empty; ``expires_at`` an absolute time
+    with its offset (ISO 8601), for a caller that knows the moment rather than the delay.
+    """
+    minutes = post.get("expires_in_minutes", "").strip()
+    field = "expires_in_minutes"
+    if minutes == "custom":
+        minutes, field = post.get("custom_minutes", "").strip(), "custom_minutes"
+        if not minutes:
+            raise PolicyError({field: ["Enter a number of minutes, or pick a preset."]})
+    if minutes:
+        try:
+            delay = timedelta(minutes=float(minutes))
+            if delay <= timedelta(0):
+                raise ValueError(minutes)
+            return timezone.now() + delay
+        except (ValueError, OverflowError):
+            raise PolicyError({field: ["Enter a number of minutes above 0."]}) from None
+    absolute = post.get("expires_at", "").strip()
+    if not absolute:
+        return None
+    try:
+        moment = datetime.fromisoformat(absolute)
+    except ValueError:
+        raise PolicyError({"expires_at": ["Enter a date and time (ISO 8601)."]}) from None
+    if timezone.is_naive(moment):
+        raise PolicyError({"expires_at": ["Add the time zone offset, e.g. +01:00 or Z."]})
+    return moment
+
+
+# What the confirmation says an action did, by its value in the form.
+DONE = {a.action: a.label for actions in OPERATOR_ACTIONS.values() for a in actions} | {
+    "lift": "Override lifted"
+}
+
+
 @role_required(Role.OPERATOR)
 @require_POST
 def override(request: HttpRequest, environment: str) -> HttpResponse:
     """Trip, force closed, disable, reset, block, bypass, purge or lift, with a reason.
 
-    While Redis is down, an override, a lift and a purge are saved and audited,
-    and reach the instances when Redis answers again; a reset is refused.
+    One action per request, audited once. While Redis is down, an override, a
+    lift and a purge are saved and audited, and reach the instances when Redis
+    answers again; a reset is refused.
     """
     env = _environment(environment)
     kind, _, name = request.POST.get("policy", "").partition(":")
     if not name:
         kind, name = request.POST.get("kind", ""), request.POST.get("name", "")
-    action = request.POST.get("action", "")
+    # The panel's "Lift the override" is a button of its own, whatever action is picked.
+    actions = request.POST.getlist("action")
+    action = "lift" if "lift" in actions else (actions[-1] if actions else "")
     reason = request.POST.get("reason", "").strip()
     actor = Actor.from_request(request)
     back = request.POST.get("next", "")
@@ -155,16 +197,10 @@ def override(request: HttpRequest, environment: str) -> HttpResponse:
         back, allowed_hosts={request.get_host()}
     ):
         back = ""
+    until = ""
     try:
         if not name:
             raise PolicyError({"policy": ["Pick a policy with the Act button of its row."]})
-        minutes = request.POST.get("expires_in_minutes", "").strip()
-        expires_at = None
-        if minutes:
-            try:
-                expires_at = timezone.now() + timedelta(minutes=float(minutes))
-            except (ValueError, OverflowError):
-                raise PolicyError({"expires_in_minutes": ["Enter a number of minutes."]}) from None
         if action == "lift":
             do_clear_override(env, kind, name, actor, reason)
         elif (kind, action) not in ACTIONS:
@@ -175,12 +211,19 @@ def override(request: HttpRequest, environment: str) -> HttpResponse:
         elif ACTIONS[(kind, action)] == "purge":
             do_purge_cache(env, name, actor, reason)
         else:
+            expires_at = _expiry(request.POST)
             do_set_override(env, kind, name, ACTIONS[(kind, action)], actor, reason, expires_at)
+            until = " until lifted" if expires_at is None else f" until {_shown(expires_at)}"
     except (PolicyError, RedisUnavailableError) as exc:
         messages.error(request, f"Nothing was changed. {exc}")
     else:
-        confirm_saved(request, f"{action.replace('_', ' ').capitalize()}: {kind} {name}.")
+        confirm_saved(request, f"{DONE[action]}: {kind} {name}{until}.")
     return redirect(back or "live-overview", *([] if back else [env.name]))
+
+
+def _shown(moment: datetime) -> str:
+    local = timezone.localtime(moment)
+    return f"{local:%Y-%m-%d %H:%M} {local.tzname()}"
 
 
 @role_required(Role.VIEWER)

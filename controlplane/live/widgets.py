@@ -38,15 +38,23 @@ from controlplane.live.history import (
 from controlplane.live.models import BreakerEvent
 from controlplane.policies.access import find_policy
 from controlplane.policies.models import Environment, Override, Policy
-from controlplane.policies.overrides import OPERATOR_ACTIONS, active_overrides
+from controlplane.policies.overrides import OPERATOR_ACTIONS, OperatorAction, active_overrides
 from controlplane.redis_connection import get_redis
 
 logger = logging.getLogger(__name__)
 
 
-# The override form's choices by kind: (action, label), as the templates list them.
-OVERRIDE_ACTIONS: dict[str, list[tuple[str, str]]] = {
-    kind: [(a.action, a.label) for a in actions] for kind, actions in OPERATOR_ACTIONS.items()
+class ActionGroups(NamedTuple):
+    """A kind's actions as the override panel groups them."""
+
+    held: tuple[OperatorAction, ...]  # states held until lifted or expired
+    once: tuple[OperatorAction, ...]  # done once, now: reset, purge
+
+
+# The override panel's choices by kind, as the templates list them.
+OVERRIDE_ACTIONS: dict[str, ActionGroups] = {
+    kind: ActionGroups(tuple(a for a in actions if not a.once), tuple(a for a in actions if a.once))
+    for kind, actions in OPERATOR_ACTIONS.items()
 }
 
 
@@ -55,12 +63,32 @@ def _percent(value: float | None) -> str:
 
 
 class OverrideBadge(NamedTuple):
-    """An override as a row shows it."""
+    """An override as a row shows it: what, who, why and until when.
+
+    The expiry is an absolute time (``expires``, ISO 8601, and ``until``, as the
+    server's zone shows it): the row's HTML is kept by these values, so the page
+    (live.js) turns it into the viewer's local time and "in 52 min", and keeps that current.
+    """
 
     label: str
     actor: str
-    until: str
     reason: str
+    expires: str  # ISO 8601, "" until lifted
+    until: str  # e.g. "21:43 UTC", "" until lifted
+
+
+def override_badge(override: Override) -> OverrideBadge:
+    expires_at = override.expires_at
+    if expires_at is None:
+        return OverrideBadge(override.label, override.actor_name, override.reason, "", "")
+    local = timezone.localtime(expires_at)
+    return OverrideBadge(
+        override.label,
+        override.actor_name,
+        override.reason,
+        expires_at.isoformat(),
+        f"{local:%H:%M} {local.tzname()}",
+    )
 
 
 class BreakerView(NamedTuple):
@@ -160,10 +188,6 @@ class Row:
         return self.worst_state.replace("_", " ")
 
     @property
-    def override_label(self) -> str:
-        return self.override.label if self.override else ""
-
-    @property
     def allowed_per_second(self) -> float:
         return self.rates.per_second("allowed")
 
@@ -191,15 +215,7 @@ class Row:
                 f"{self.lookups_per_second:.1f}",
                 self.generation,
             )
-        override = None
-        if self.override is not None:
-            expires_at = self.override.expires_at
-            override = OverrideBadge(
-                self.override_label,
-                self.override.actor_name,
-                "" if expires_at is None else f" until {expires_at:%H:%M:%S}",
-                self.override.reason,
-            )
+        override = None if self.override is None else override_badge(self.override)
         if kind == "breaker":
             return BreakerView(
                 field,
@@ -523,6 +539,7 @@ def policy_live(policy: Policy) -> dict[str, Any]:
     return {
         "policy": policy,
         "row": rows[0] if rows else None,
+        "badge": override_badge(rows[0].override) if rows and rows[0].override else None,
         "instances": instances,
         "snapshot": context["snapshot"],
         "override_actions": OVERRIDE_ACTIONS,

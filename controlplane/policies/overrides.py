@@ -45,26 +45,38 @@ class RedisUnavailableError(Exception):
 
 
 class OperatorAction(NamedTuple):
-    """A button of the override form: what it sets (an override state, or a verb)."""
+    """A choice of the override panel: what it sets (an override state, or a verb) and says."""
 
     action: str
     does: str  # a state of OVERRIDE_STATES[kind], or "reset" / "purge"
     label: str
+    explains: str  # what it does, in words, next to the label
+
+    @property
+    def once(self) -> bool:
+        """Done once, now (a reset, a purge), rather than a state held until lifted."""
+        return self.does in ONE_OFF
 
 
-# Every action an operator can take on a policy, by kind, in the order the form offers them.
+ONE_OFF = ("reset", "purge")
+
+# Every action an operator can take on a policy, by kind, in the order the panel offers them.
 OPERATOR_ACTIONS: dict[str, tuple[OperatorAction, ...]] = {
     "breaker": (
-        OperatorAction("trip", "forced_open", "trip (forced open)"),
-        OperatorAction("force_closed", "forced_closed", "force closed"),
-        OperatorAction("disable", "disabled", "disable"),
-        OperatorAction("reset", "reset", "reset to closed"),
+        OperatorAction("trip", "forced_open", "Force open", "rejects every call, as if tripped"),
+        OperatorAction("force_closed", "forced_closed", "Force closed", "lets every call through"),
+        OperatorAction("disable", "disabled", "Disable", "takes the breaker out of the call path"),
+        OperatorAction(
+            "reset", "reset", "Reset to closed", "clears its counters now; lifts any override"
+        ),
     ),
     "rate_limit": (
-        OperatorAction("block_all", "block_all", "block all"),
-        OperatorAction("bypass", "bypass", "bypass"),
+        OperatorAction("block_all", "block_all", "Block all", "rejects every request"),
+        OperatorAction("bypass", "bypass", "Bypass", "admits every request, no limit"),
     ),
-    "cache": (OperatorAction("purge", "purge", "purge (new generation)"),),
+    "cache": (
+        OperatorAction("purge", "purge", "Purge", "drops every entry now (a new generation)"),
+    ),
 }
 
 
@@ -138,7 +150,11 @@ def _write(
     action: str,
     before_state: str | None,
 ) -> Override:
-    """Save one set or lift and its audit entry in the caller's transaction; publish on commit."""
+    """Save one set or lift and its audit entry in the caller's transaction; publish on commit.
+
+    ``action`` names the operator's action in the audit log: a reset's lift is
+    audited as the reset itself (``override.reset``), one row for one action.
+    """
     override = Override.objects.create(
         environment=environment,
         kind=kind,
@@ -245,11 +261,12 @@ def do_reset_breaker(
 ) -> Override | None:
     """Back to closed on every instance, windows emptied; lifts any override first.
 
-    One action: the lift (if an override is in force) and the reset are audited
-    in one transaction, and once it commits the lift is published, then the
-    breaker's shared state is reset. A reset is written to Redis only, never
-    stored for the reconciler to replay, so it is refused, with nothing lifted
-    or audited, while Redis does not answer. Returns the override it lifted, if any.
+    One action, one audit entry (``override.reset``, with the lifted state if
+    an override was in force), in one transaction; once it commits the lift is
+    published, then the breaker's shared state is reset. A reset is written to
+    Redis only, never stored for the reconciler to replay, so it is refused,
+    with nothing lifted or audited, while Redis does not answer. Returns the
+    override it lifted, if any.
     """
     errors = _target_errors("breaker", ("breaker",), name, reason)
     if errors:
@@ -261,6 +278,7 @@ def do_reset_breaker(
     with transaction.atomic(durable=True):
         before = current_override(environment, "breaker", name)
         if before is not None:
+            # The lift is part of the reset: its audit entry is the reset's, not a second row.
             _write(
                 environment,
                 "breaker",
@@ -269,17 +287,18 @@ def do_reset_breaker(
                 actor,
                 reason,
                 None,
-                "override.clear",
+                "override.reset",
                 before.state,
             )
-        record(
-            actor,
-            "override.reset",
-            environment=environment.name,
-            kind="breaker",
-            name=name,
-            reason=reason,
-        )
+        else:
+            record(
+                actor,
+                "override.reset",
+                environment=environment.name,
+                kind="breaker",
+                name=name,
+                reason=reason,
+            )
         transaction.on_commit(partial(_write_reset, environment.keys(), name))
         transaction.on_commit(partial(_announce, environment.name, f"breaker:{name}"))
     return before

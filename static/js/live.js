@@ -12,30 +12,196 @@ document.addEventListener("htmx:wsClose", function () {
     el.dataset.liveStatus = "disconnected";
   });
 });
-// "Act" on a row picks that policy in the page's override form, which then offers
-// that kind's actions only. (Without scripts, the link opens the policy's page.)
-document.addEventListener("click", function (event) {
-  var button = event.target.closest("[data-act]");
-  if (!button) return;
-  var form = document.getElementById("override-form");
-  var select = form && form.querySelector("select[name=policy]");
-  if (!select) return;
-  event.preventDefault();
+// Times an override ends: the server writes an absolute time (the row's HTML is kept by
+// its values); here it becomes the viewer's local time and "in 52 min", kept current.
+function untilText(date) {
+  var now = new Date();
+  var time = date.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+  if (date.toDateString() === now.toDateString()) return time;
+  return date.toLocaleDateString([], { month: "short", day: "numeric" }) + " " + time;
+}
+function inText(date) {
+  var seconds = (date.getTime() - Date.now()) / 1000;
+  if (seconds <= 0) return "(ended)";
+  var minutes = Math.ceil(seconds / 60);
+  if (minutes < 60) return "(in " + minutes + " min)";
+  var hours = Math.floor(minutes / 60);
+  return "(in " + hours + " h" + (minutes % 60 ? " " + (minutes % 60) + " min" : "") + ")";
+}
+function showExpiries() {
+  document.querySelectorAll("time[data-expires]").forEach(function (el) {
+    var date = new Date(el.getAttribute("datetime"));
+    if (isNaN(date)) return;
+    el.textContent = untilText(date);
+    el.title = date.toString();
+    var rest = el.parentElement.querySelector("[data-expires-in]");
+    if (rest) rest.textContent = inText(date);
+  });
+  document.querySelectorAll(".override-form").forEach(previewExpiry);
+}
+// What the panel's chosen expiry comes to, before it is applied.
+function previewExpiry(form) {
+  var out = form.querySelector("[data-expiry-preview]");
+  if (!out) return;
+  var chosen = form.querySelector("input[name=expires_in_minutes]:checked");
+  var minutes = chosen ? chosen.value : "";
+  if (minutes === "custom") minutes = form.querySelector("input[name=custom_minutes]").value;
+  if (!chosen || chosen.value === "") {
+    out.textContent = "Until someone lifts it.";
+  } else if (!(parseFloat(minutes) > 0)) {
+    out.textContent = "Enter the number of minutes.";
+  } else {
+    var date = new Date(Date.now() + parseFloat(minutes) * 60000);
+    out.textContent = "Ends at " + untilText(date) + " " + inText(date) + ".";
+  }
+}
+document.addEventListener("DOMContentLoaded", function () { showExpiries(); });
+setInterval(showExpiries, 15000);
+
+// "Act" on a row opens the override panel in a row of its own just below, which pushes
+// never swap (they replace rows by id), so what the operator typed stays. One at a time.
+// (Without scripts, the row's link opens the policy's page and its form.)
+function actButton(panel) {
+  return document.querySelector('[aria-controls="' + panel.id + '"]');
+}
+function closePanel(panel, refocus) {
+  var button = actButton(panel);
+  panel.remove();
+  if (button) {
+    button.setAttribute("aria-expanded", "false");
+    if (refocus) button.focus();
+  }
+}
+function fitPanel(panel) {
+  // After a push: the new row's Act says the panel is open, lifting is offered only
+  // while an override is in force, and the panel stays below its row.
+  var button = actButton(panel);
+  if (!button) return closePanel(panel, false);
+  button.setAttribute("aria-expanded", "true");
+  var row = button.closest("tr");
+  if (row.nextElementSibling !== panel) row.after(panel);
+  var lift = panel.querySelector("[data-lift]");
+  if (lift) lift.hidden = !row.querySelector("[data-override-active]");
+}
+function openPanel(button) {
+  var template = document.getElementById("act-panel");
+  if (!template) return;
+  document.querySelectorAll("tr.act-panel").forEach(function (p) { closePanel(p, false); });
+  var row = button.closest("tr");
   var field = button.dataset.act;
   var kind = field.split(":")[0];
-  var option = Array.from(select.options).find(function (o) { return o.value === field; });
-  if (!option) {
-    option = new Option(kind.replace("_", " ") + " " + field.slice(kind.length + 1), field);
-    select.add(option);
-  }
-  select.value = field;
-  var action = form.querySelector("select[name=action]");
-  action.querySelectorAll("optgroup[data-kind]").forEach(function (group) {
-    group.disabled = group.hidden = group.dataset.kind !== kind;
+  var panel = document.createElement("tr");
+  panel.className = "act-panel";
+  panel.id = button.getAttribute("aria-controls");
+  var cell = panel.insertCell();
+  cell.colSpan = row.cells.length;
+  var heading = document.createElement("h3");
+  heading.textContent = "Act on " + kind.replace("_", " ") + " " + field.slice(kind.length + 1);
+  cell.append(heading, template.content.cloneNode(true));
+  var form = cell.querySelector("form");
+  form.setAttribute("aria-label", heading.textContent);
+  form.querySelector("input[name=policy]").value = field;
+  form.querySelectorAll("[data-kind]").forEach(function (group) {
+    if (group.dataset.kind !== kind) group.remove();  // only this kind's actions
   });
-  if (action.selectedOptions[0] && action.selectedOptions[0].matches(":disabled")) {
-    action.value = action.querySelector("optgroup:not([disabled]) option").value;
+  var expiry = form.querySelector("[data-expiry]");
+  if (expiry && !form.querySelector('[data-kind="' + kind + '"] .act-states')) {
+    expiry.hidden = expiry.disabled = true;
   }
-  form.scrollIntoView({ block: "center" });
-  form.querySelector("input[name=reason]").focus();
+  row.after(panel);
+  fitPanel(panel);
+  if (window.htmx) window.htmx.process(panel);
+  previewExpiry(form);
+  form.querySelector('[data-kind="' + kind + '"] input[name=action]').focus();
+}
+document.addEventListener("click", function (event) {
+  var button = event.target.closest("[data-act]");
+  if (button) {
+    event.preventDefault();  // the link is for pages without scripts
+    var open = document.getElementById(button.getAttribute("aria-controls"));
+    if (open) closePanel(open, true); else openPanel(button);
+    return;
+  }
+  var close = event.target.closest("[data-act-close]");
+  if (close) closePanel(close.closest("tr.act-panel"), true);
+});
+document.addEventListener("keydown", function (event) {
+  if (event.key === " " && event.target.matches && event.target.matches("a[data-act]")) {
+    event.preventDefault();  // Space presses Act, as it would a button
+    event.target.click();
+    return;
+  }
+  if (event.key !== "Escape") return;
+  var panel = event.target.closest && event.target.closest("tr.act-panel");
+  if (panel) closePanel(panel, true);
+});
+document.addEventListener("change", function (event) {
+  var form = event.target.closest(".override-form");
+  if (!form) return;
+  var chosen = form.querySelector("input[name=action]:checked:not(:disabled)");
+  var expiry = form.querySelector("[data-expiry]");
+  // The expiry is for a held state; a reset or a purge is done once.
+  if (expiry && chosen && !expiry.hidden) {
+    expiry.disabled = !!chosen.closest(".act-once");
+  }
+  previewExpiry(form);
+});
+document.addEventListener("input", function (event) {
+  if (event.target.name !== "custom_minutes") return;
+  var form = event.target.closest(".override-form");
+  form.querySelector('input[name=expires_in_minutes][value=custom]').checked = true;
+  previewExpiry(form);
+});
+document.addEventListener("htmx:wsAfterMessage", function () {
+  document.querySelectorAll("tr.act-panel").forEach(fitPanel);
+  // A policy's page: its section is pushed, its form is not; lifting follows the section.
+  var lift = document.querySelector("#override-form [data-lift]");
+  var section = document.getElementById("policy-live");
+  if (lift && section) lift.hidden = !section.querySelector("[data-override] .badge");
+  showExpiries();
+});
+// An Apply with no action picked is answered here, before anything is sent; the
+// lift is a button of its own and needs none.
+document.addEventListener("htmx:configRequest", function (event) {
+  var form = event.detail.elt;
+  if (!form.matches(".override-form") || event.detail.formData.getAll("action").length) return;
+  event.preventDefault();
+  actedOn = null;
+  var first = form.querySelector("input[name=action]");
+  first.setCustomValidity("Pick an action: a state to hold, or an action done once.");
+  first.reportValidity();
+  first.addEventListener("change", function () { first.setCustomValidity(""); }, { once: true });
+});
+// After an action the page's main part is replaced: focus goes back to the row's Act,
+// and if the action was refused, the panel opens again with what the operator had chosen.
+var actedOn = null;
+document.addEventListener("submit", function (event) {
+  var form = event.target;
+  if (!form.closest || !form.closest("tr.act-panel")) return;
+  var lifting = event.submitter && event.submitter.value === "lift";
+  if (!lifting && !form.querySelector("input[name=action]:checked")) return;  // not sent
+  actedOn = { field: form.querySelector("input[name=policy]").value, values: [] };
+  form.querySelectorAll("input[name]").forEach(function (input) {
+    if (input.type === "hidden") return;
+    actedOn.values.push([input.name, input.value, input.checked]);
+  });
+});
+document.addEventListener("htmx:afterSettle", function (event) {
+  showExpiries();
+  if (!actedOn || !event.detail || !event.detail.xhr) return;  // a request's answer, not a push
+  var acted = actedOn;
+  actedOn = null;
+  var button = document.querySelector('[data-act="' + CSS.escape(acted.field) + '"]');
+  if (!button) return;
+  if (!document.querySelector(".flash.error")) return button.focus();
+  openPanel(button);
+  var form = document.getElementById(button.getAttribute("aria-controls")).querySelector("form");
+  acted.values.forEach(function (value) {
+    var input = Array.from(form.querySelectorAll('input[name="' + value[0] + '"]')).find(function (i) {
+      return i.type !== "radio" || i.value === value[1];
+    });
+    if (!input) return;
+    if (input.type === "radio") input.checked = value[2]; else input.value = value[1];
+  });
+  previewExpiry(form);
 });

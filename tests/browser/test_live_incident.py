@@ -53,26 +53,26 @@ def test_operator_watches_a_breaker_open_trips_it_and_a_colleague_sees_it(
     alice = log_in(browser, live_url, "alice")
     alice.goto(f"{live_url}/e/production/live/")
     alice.wait_for_selector('[data-live-status="connected"]')
-    assert alice.locator("#override-form, [data-act]").count() == 0  # viewers get no controls
+    assert alice.locator("#act-panel, [data-act]").count() == 0  # viewers get no controls
 
-    olga.locator(f"{ROW} [data-act]").click()  # picks payments in the override form
-    form = olga.locator("#override-form")
-    assert form.locator("select[name=policy]").input_value() == "breaker:payments"
-    form.locator("select[name=action]").select_option("trip")
-    form.locator("input[name=reason]").fill("incident 7: payments provider down")
-    form.locator("button[type=submit]").click()
-    olga.wait_for_selector("text=Trip: breaker payments.")
+    olga.locator(f"{ROW} [data-act]").click()  # opens the override panel below the row
+    panel = olga.locator("tr.act-panel")
+    assert panel.locator("input[name=policy]").input_value() == "breaker:payments"
+    panel.get_by_role("radio", name="Force open").check()
+    panel.get_by_label("Reason").fill("incident 7: payments provider down")
+    panel.get_by_role("button", name="Apply").click()
+    olga.wait_for_selector("text=Force open: breaker payments until")
 
     # Alice's page changes without a reload.
     alice.wait_for_selector(f"{ROW} [data-override]:has-text('forced open by olga')")
     alice.wait_for_selector(f'{ROW}[data-state="forced_open"]', timeout=30_000)
 
     olga.locator(f"{ROW} [data-act]").click()
-    form = olga.locator("#override-form")
-    form.locator("select[name=action]").select_option("reset")
-    form.locator("input[name=reason]").fill("provider recovered")
-    form.locator("button[type=submit]").click()
-    olga.wait_for_selector("text=Reset: breaker payments.")
+    panel = olga.locator("tr.act-panel")
+    panel.get_by_role("radio", name="Reset to closed").check()
+    panel.get_by_label("Reason").fill("provider recovered")
+    panel.get_by_role("button", name="Apply").click()
+    olga.wait_for_selector("text=Reset to closed: breaker payments.")
     alice.wait_for_selector(f"{ROW} [data-override]:has-text('none')")
 
     olga.goto(f"{live_url}/audit/?object=payments&action=override")
@@ -80,3 +80,4 @@ def test_operator_watches_a_breaker_open_trips_it_and_a_colleague_sees_it(
     texts = [actions.nth(i).inner_text() for i in range(actions.count())]
     assert any("override.set" in t and "incident 7" in t for t in texts)
     assert any("override.reset" in t and "provider recovered" in t for t in texts)
+    assert not any("override.clear" in t for t in texts)  # the reset's lift is in its one row

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import UTC, datetime, timedelta
 from html.parser import HTMLParser
 
 import pytest
@@ -15,6 +16,7 @@ from controlplane.accounts.actors import Actor
 from controlplane.audit.models import AuditEntry
 from controlplane.live.ingest import process_entries
 from controlplane.live.models import DiscoveredName
+from controlplane.live.views import DONE
 from controlplane.policies.actions import do_create_policy
 from controlplane.policies.models import Environment, Override, Policy
 from controlplane.policies.overrides import current_override, do_set_override
@@ -107,7 +109,10 @@ def test_operator_trips_a_breaker_with_a_reason_and_expiry(
     )
     assert (stored.state, stored.reason) == ("forced_open", "upstream on fire")
     html = client.get("/e/production/live/").content.decode()
-    assert "forced open by olga" in html
+    row = html.split('id="live-breaker-payments"', 1)[1].split("</tr>", 1)[0]
+    assert "forced open by olga" in row
+    assert '<q class="override-reason" title="upstream on fire">upstream on fire</q>' in row
+    assert f'until <time datetime="{override.expires_at.isoformat()}" data-expires>' in row
     assert Policy.objects.get(name="payments").version == 1
 
 
@@ -289,36 +294,41 @@ def test_policy_page_shows_live_state_per_instance_and_series(
 
 
 class OverrideForm(HTMLParser):
-    """The fields of a page's override form: its action, inputs and each select's options."""
+    """A page's override panel: its action, hidden inputs, and each radio's or button's values.
+
+    ``choices`` are those shown; ``hidden`` those the page shows only once they apply
+    (the lift, while no override is in force).
+    """
 
     def __init__(self, html: str) -> None:
         super().__init__()
         self.action = ""
         self.inputs: dict[str, str] = {}
-        self.options: dict[str, list[str]] = {}
+        self.choices: dict[str, list[str]] = {}
+        self.hidden: dict[str, list[str]] = {}
         self._inside = False
-        self._select = ""
+        self._hidden = False
         self.feed(html)
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         found = {name: value or "" for name, value in attrs}
-        if tag == "form" and found.get("id") == "override-form":
+        if tag == "span" and "data-lift" in found:
+            self._hidden = "hidden" in found
+        if tag == "form" and "override-form" in found.get("class", "").split():
             self._inside, self.action = True, found["action"]
-        elif not self._inside:
+        elif not self._inside or "name" not in found:
             return
-        elif tag == "input":
+        elif tag == "input" and found.get("type") == "hidden":
             self.inputs[found["name"]] = found.get("value", "")
-        elif tag == "select":
-            self._select = found["name"]
-            self.options[self._select] = []
-        elif tag == "option" and self._select:
-            self.options[self._select].append(found["value"])
+        elif found.get("type") in ("radio", "submit"):
+            shown = self.hidden if self._hidden else self.choices
+            shown.setdefault(found["name"], []).append(found.get("value", ""))
 
     def handle_endtag(self, tag: str) -> None:
         if tag == "form":
             self._inside = False
-        elif tag == "select":
-            self._select = ""
+        elif tag == "span":
+            self._hidden = False
 
 
 # Every override an operator can place, and what it leaves behind.
@@ -355,12 +365,17 @@ def test_operator_places_every_override_from_the_overview_and_the_policy_page(
     url = "/e/production/live/" if page == "overview" else f"/e/production/{kind}/{name}/"
     html = client.get(url).content.decode()
     form = OverrideForm(html)
-    if page == "overview":  # the row's Act button picks the policy (live.js)
-        assert f'data-act="{field}"' in html
-        assert f'href="/e/production/{kind}/{name}/#override-form" data-act=' in html
+    if page == "overview":  # the row's Act button opens the panel below it (live.js) ...
+        assert f'data-act="{field}" aria-expanded="false" aria-controls="act-live-' in html
+        # ... and without scripts, as a link, opens the policy's page at its form.
+        assert f'href="/e/production/{kind}/{name}/#override-form">Act</a>' in html
     else:
         assert form.inputs["policy"] == field
-    assert action in form.options["action"]
+        assert 'id="override-form"' in html
+    if page == "overview" and action == "lift":  # shown by live.js for a row with an override
+        assert form.hidden["action"] == ["lift"]
+    else:
+        assert action in form.choices["action"]
 
     response = client.post(
         form.action,
@@ -375,7 +390,8 @@ def test_operator_places_every_override_from_the_overview_and_the_policy_page(
     )
 
     assert response.redirect_chain[-1][0] == url
-    assert f"{action.replace('_', ' ').capitalize()}: {kind} {name}." in response.content.decode()
+    done = DONE[action] + f": {kind} {name}"
+    assert done + (" until 20" if state else ".") in response.content.decode()
     override = current_override(production, kind, name)
     assert (override.state if override else None) == state
     if state is not None:
@@ -391,8 +407,17 @@ def test_policy_page_offers_only_its_kinds_overrides(
     client: Client, operator: User, production: Environment, policies: None
 ) -> None:
     client.force_login(operator)
+    html = client.get("/e/production/rate_limit/api/").content.decode()
+    form = OverrideForm(html)
+    assert form.choices["action"] == ["block_all", "bypass"]  # nothing to lift yet
+    assert form.hidden["action"] == ["lift"]  # shown when a push brings one (live.js)
+    assert "act-states" in html and "act-once" not in html  # no empty group
+    assert form.choices["expires_in_minutes"] == ["10", "60", "240", "custom", ""]
+    do_set_override(production, "rate_limit", "api", "bypass", Actor.system("olga"), "load test")
     form = OverrideForm(client.get("/e/production/rate_limit/api/").content.decode())
-    assert form.options["action"] == ["block_all", "bypass", "lift"]
+    assert form.choices["action"] == ["block_all", "bypass", "lift"]
+    cache = OverrideForm(client.get("/e/production/cache/prices/").content.decode())
+    assert cache.choices == {"action": ["purge"]}  # done once: no expiry to choose
 
 
 def test_overview_override_form_lists_no_policies(
@@ -404,7 +429,8 @@ def test_overview_override_form_lists_no_policies(
 
     html = client.get("/e/production/live/").content.decode()
 
-    assert OverrideForm(html).options["policy"] == [""]  # a row's Act button fills it
+    assert OverrideForm(html).inputs["policy"] == ""  # a row's Act button fills it
+    assert "{#" not in html and "live.js opens a copy" not in html  # comments stay comments
     assert html.count(" data-act=") == 33
 
 
@@ -546,3 +572,154 @@ def test_instances_page_shows_each_implementation_as_text(
     assert "<script>alert" not in html and "<b>go" not in html
     assert "&lt;b&gt;go&lt;/b&gt; · &lt;script&gt;alert(1)&lt;/script&gt; 1" in html
     assert "python 3.11.7 · controlplane.client 0.1.0 (2)" in html  # the fleet's summary
+
+
+# Every action an operator takes from the panel, what it needs first, and its one audit row.
+ACTIONS_AUDITED = [
+    ("breaker:payments", "trip", None, "override.set"),
+    ("breaker:payments", "lift", "forced_open", "override.clear"),
+    ("breaker:payments", "reset", "forced_open", "override.reset"),  # lifts and resets
+    ("breaker:payments", "reset", None, "override.reset"),
+    ("rate_limit:api", "block_all", None, "override.set"),
+    ("rate_limit:api", "lift", "bypass", "override.clear"),
+    ("cache:prices", "purge", None, "policy.purge"),
+]
+
+
+@pytest.mark.parametrize(("field", "action", "before", "audited"), ACTIONS_AUDITED)
+def test_each_action_writes_exactly_one_audit_row(
+    client: Client,
+    operator: User,
+    production: Environment,
+    policies: None,
+    field: str,
+    action: str,
+    before: str | None,
+    audited: str,
+) -> None:
+    kind, _, name = field.partition(":")
+    if before is not None:
+        do_set_override(production, kind, name, before, Actor.system("olga"), "earlier")
+    client.force_login(operator)
+    mark = AuditEntry.objects.count()
+
+    client.post(
+        "/e/production/override/",
+        {"policy": field, "action": action, "reason": "incident 7", "expires_in_minutes": "10"},
+    )
+
+    entries = list(AuditEntry.objects.order_by("id")[mark:])
+    assert [(e.action, e.object_name, e.reason) for e in entries] == [
+        (audited, name, "Purge: incident 7" if action == "purge" else "incident 7")
+    ]
+    if before is not None:  # the lift a reset includes is in its one row
+        assert entries[0].changes["state"] == [before, None]
+
+
+def _trip(client: Client, **expiry: str) -> str:
+    response = client.post(
+        "/e/production/override/",
+        {"policy": "breaker:payments", "action": "trip", "reason": "incident 7", **expiry},
+        follow=True,
+    )
+    return response.content.decode()
+
+
+@pytest.mark.parametrize(
+    ("expiry", "minutes"),
+    [
+        ({"expires_in_minutes": "10"}, 10),
+        ({"expires_in_minutes": "60"}, 60),
+        ({"expires_in_minutes": "240"}, 240),
+        ({"expires_in_minutes": "custom", "custom_minutes": "25"}, 25),
+        ({"expires_in_minutes": "", "custom_minutes": "25"}, None),  # until lifted, chosen
+        ({}, None),
+    ],
+)
+def test_expiry_presets_custom_minutes_and_until_lifted(
+    client: Client,
+    operator: User,
+    production: Environment,
+    policies: None,
+    expiry: dict[str, str],
+    minutes: int | None,
+) -> None:
+    client.force_login(operator)
+    start = datetime.now(UTC)
+    html = _trip(client, **expiry)
+    override = current_override(production, "breaker", "payments")
+    assert override is not None and override.state == "forced_open"
+    if minutes is None:
+        assert override.expires_at is None
+        assert "Force open: breaker payments until lifted." in html
+    else:
+        assert override.expires_at is not None
+        ends = override.expires_at - start
+        assert timedelta(minutes=minutes) <= ends < timedelta(minutes=minutes, seconds=30)
+        assert f"Force open: breaker payments until {override.expires_at:%Y-%m-%d %H:%M}" in html
+
+
+def test_an_absolute_expiry_needs_its_offset_and_a_future_time(
+    client: Client, operator: User, production: Environment, policies: None
+) -> None:
+    client.force_login(operator)
+    ends = (datetime.now(UTC) + timedelta(hours=2)).replace(microsecond=0)
+    naive = ends.replace(tzinfo=None).isoformat()
+    assert "Nothing was changed. expires_at: Add the time zone offset" in _trip(
+        client, expires_at=naive
+    )
+    past = (ends - timedelta(hours=3)).isoformat()
+    assert "Nothing was changed. expires_at: Must be in the future." in _trip(
+        client, expires_at=past
+    )
+    assert current_override(production, "breaker", "payments") is None
+    _trip(client, expires_at=ends.isoformat())
+    override = current_override(production, "breaker", "payments")
+    assert override is not None and override.expires_at == ends
+
+
+@pytest.mark.parametrize(
+    ("expiry", "error"),
+    [
+        ({"expires_in_minutes": "soon"}, "expires_in_minutes: Enter a number of minutes above 0."),
+        ({"expires_in_minutes": "0"}, "expires_in_minutes: Enter a number of minutes above 0."),
+        ({"expires_in_minutes": "-5"}, "expires_in_minutes: Enter a number of minutes above 0."),
+        ({"expires_in_minutes": "1e300"}, "expires_in_minutes: Enter a number of minutes above 0."),
+        ({"expires_in_minutes": "custom"}, "custom_minutes: Enter a number of minutes, or pick"),
+        (
+            {"expires_in_minutes": "custom", "custom_minutes": "nan"},
+            "custom_minutes: Enter a number of minutes above 0.",
+        ),
+        ({"expires_at": "tomorrow"}, "expires_at: Enter a date and time (ISO 8601)."),
+    ],
+)
+def test_a_bad_expiry_names_its_field_and_changes_nothing(
+    client: Client,
+    operator: User,
+    production: Environment,
+    policies: None,
+    expiry: dict[str, str],
+    error: str,
+) -> None:
+    client.force_login(operator)
+    audited = AuditEntry.objects.count()
+    assert f"Nothing was changed. {error}" in _trip(client, **expiry)
+    assert not Override.objects.exists()
+    assert AuditEntry.objects.count() == audited
+
+
+def test_the_row_shows_who_why_and_until_when_and_lifting_only_when_in_force(
+    client: Client, operator: User, production: Environment, policies: None
+) -> None:
+    client.force_login(operator)
+    long_reason = "DB failover: " + "primary lost, " * 20
+    do_set_override(production, "rate_limit", "api", "block_all", Actor.system("olga"), long_reason)
+    html = client.get("/e/production/live/").content.decode()
+    row = html.split('id="live-rate_limit-api"', 1)[1].split("</tr>", 1)[0]
+    # The whole reason is on the row (the page truncates it and shows it all on hover).
+    assert f'<q class="override-reason" title="{long_reason}">{long_reason}</q>' in row
+    assert "block all by olga" in row and "until lifted" in row
+    page = OverrideForm(client.get("/e/production/rate_limit/api/").content.decode())
+    assert "lift" in page.choices["action"]
+    breaker = client.get("/e/production/breaker/payments/").content.decode()
+    assert "lift" not in OverrideForm(breaker).choices["action"]

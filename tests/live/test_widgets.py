@@ -124,6 +124,7 @@ def test_override_text_is_escaped_in_rows(production: Environment, policies: Non
     assert 'title="&lt;script&gt;&#34;x&#34;"' in html
     assert "<script>" not in html
     assert "forced open by olga" in html
+    assert "&lt;script&gt;&#34;x&#34;</q>" in html  # the reason shown on the row, escaped
 
 
 def test_overview_queries_do_not_grow_with_the_policies(

@@ -179,6 +179,23 @@ def test_lifting_needs_a_reason_and_a_valid_name(
     assert Override.objects.count() == 1
 
 
+def test_a_reset_that_lifts_an_override_is_one_audit_row(
+    production: Environment, payments: Policy, redis_client: redis.Redis
+) -> None:
+    do_set_override(production, "breaker", "payments", "forced_open", Actor.system("olga"), "x")
+    mark = AuditEntry.objects.count()
+
+    lifted = do_reset_breaker(production, "payments", Actor.system("olga"), "recovered")
+
+    assert lifted is not None and lifted.state == "forced_open"
+    entries = list(AuditEntry.objects.order_by("id")[mark:])
+    assert [(e.action, e.reason, e.changes) for e in entries] == [
+        ("override.reset", "recovered", {"state": ["forced_open", None]})
+    ]
+    assert current_override(production, "breaker", "payments") is None
+    assert _stored(redis_client, production, "breaker:payments").state is None  # lift published
+
+
 def test_reset_refuses_a_name_outside_the_rule_writing_nothing(
     production: Environment, payments: Policy, redis_client: redis.Redis
 ) -> None:
