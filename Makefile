@@ -15,7 +15,7 @@ PORT ?= 8000
 # `make run DEMO=false`: no simulated demo-shop traffic next to the server.
 DEMO ?= true
 
-.PHONY: install run test lint format bench stop-redis clean
+.PHONY: install run test lint format bench screenshots stop-redis clean
 
 # `make run` installs only what serving needs; `make test` adds the dev tools.
 $(RUN_STAMP): pyproject.toml
@@ -74,6 +74,11 @@ test-min-deps: $(MIN_STAMP)
 		--deselect tests/client/test_servers.py::test_celery_prefork_children_each_start_a_client_and_share_exact_limits
 # That Celery test runs in `make test`; on redis-py 5.2 its prefork children never
 # reported as instances (found at the end of stop 21, not yet understood: see its note).
+
+# The pictures of docs/tour.md and the README, taken by the browser journeys.
+screenshots: $(STAMP)
+	SCREENSHOTS=docs/tour $(BIN)/pytest -p no:cacheprovider \
+		tests/browser/test_first_minute.py tests/browser/test_live_incident.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -8,8 +8,10 @@ that message, except under CI, where a missing browser fails the run.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -73,3 +75,15 @@ def log_in(browser: Any, live_url: str, username: str) -> Any:
     page.click("button[type=submit]")
     page.wait_for_url(f"{live_url}/")
     return page
+
+
+def keep_screenshot(page: Any, name: str, *, full_page: bool = False) -> None:
+    """With ``SCREENSHOTS`` set to a folder, keep a picture of ``page`` there as ``name``.png.
+
+    ``make screenshots`` sets it to docs/tour, whose pictures are these.
+    """
+    folder = os.environ.get("SCREENSHOTS")
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        file_name = re.sub(r"\W+", "-", name).strip("-") + ".png"
+        page.screenshot(path=Path(folder) / file_name, full_page=full_page)

@@ -7,10 +7,8 @@ Set ``SCREENSHOTS`` to a folder to keep a full-page screenshot of each visit.
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,7 +25,7 @@ from controlplane.ops.outage import MESSAGE
 from controlplane.policies.models import Environment, Policy
 from controlplane.policies.overrides import do_set_override
 from controlplane.redis_connection import get_redis
-from tests.browser.conftest import log_in
+from tests.browser.conftest import keep_screenshot, log_in
 from tests.conftest import wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -120,14 +118,14 @@ def test_every_page_fits_the_screen_and_passes_axe(
             for name, path in PAGES:
                 page.goto(live_url + path)
                 problems += [f"{screen} {name}: {p}" for p in _problems(page, axe)]
-                _keep_screenshot(page, f"{name}-{screen}-{scheme}")
+                keep_screenshot(page, f"{name}-{screen}-{scheme}")
             for name, template, template_context in STANDALONE_PAGES:
                 html = render_to_string(template, template_context)
                 page.route(f"{live_url}/standalone/", _serve(html))
                 page.goto(f"{live_url}/standalone/")
                 assert page.locator("h1").is_visible()
                 problems += [f"{screen} {name}: {p}" for p in _problems(page, axe)]
-                _keep_screenshot(page, f"{name}-{screen}-{scheme}")
+                keep_screenshot(page, f"{name}-{screen}-{scheme}")
                 page.unroute(f"{live_url}/standalone/")
         finally:
             context.close()
@@ -139,14 +137,6 @@ def _serve(html: str) -> Callable[[Any], None]:
         route.fulfill(status=500, body=html, content_type="text/html")
 
     return fulfill
-
-
-def _keep_screenshot(page: Any, name: str) -> None:
-    folder = os.environ.get("SCREENSHOTS")
-    if folder:
-        Path(folder).mkdir(parents=True, exist_ok=True)
-        file_name = re.sub(r"\W+", "-", name) + ".png"
-        page.screenshot(path=Path(folder) / file_name, full_page=True)
 
 
 def test_the_menu_folds_on_a_phone_and_opens_from_the_keyboard(

@@ -4,15 +4,13 @@ Home says what is wrong; its live-row link leads to the breaker on the live page
 the operator trips it from its row; a colleague's home page shows the override
 (who, why, until when) without a reload; the operator lifts it and the colleague's
 page follows. No page scrolls sideways. With ``SCREENSHOTS`` set to a folder, the
-desktop runs keep the pictures of docs/tour.md there (``make screenshots``).
+runs keep the pictures of docs/tour.md there (``make screenshots``).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,6 +22,7 @@ from controlplane.live.ingest import process_entries
 from controlplane.policies.actions import do_create_policy
 from controlplane.policies.models import Environment
 from controlplane.redis_connection import get_redis
+from tests.browser.conftest import keep_screenshot
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -51,7 +50,12 @@ def _incident(production: Environment, system: Actor) -> None:
             "reason": "failure_rate",
             "failure_rate": 72.5,
         }
-        entries.append((f"{number}-0", {"type": "transition", "instance": instance, "data": json.dumps(transition)}))
+        entries.append(
+            (
+                f"{number}-0",
+                {"type": "transition", "instance": instance, "data": json.dumps(transition)},
+            )
+        )
         for ago in (120, 60, 2):
             counters = {
                 "breaker:payments": {"calls": 40, "failures": 30, "rejected": 90, "state": "open"},
@@ -59,7 +63,9 @@ def _incident(production: Environment, system: Actor) -> None:
                 "rate_limit:api": {"allowed": 50, "rejected": 2},
             }
             data = json.dumps({"at": now - ago, "policies": counters})
-            entries.append((f"{number}-{ago}", {"type": "counters", "instance": instance, "data": data}))
+            entries.append(
+                (f"{number}-{ago}", {"type": "counters", "instance": instance, "data": data})
+            )
     process_entries(production, entries)
 
 
@@ -80,11 +86,7 @@ def _fits(page: Any) -> None:
 
 
 def _keep(page: Any, name: str, screen: str, scheme: str) -> None:
-    folder = os.environ.get("SCREENSHOTS")
-    if folder and screen == "desktop":
-        path = Path(folder) / f"{name}-{scheme}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(path))
+    keep_screenshot(page, f"{name}-{screen}-{scheme}")
 
 
 @pytest.mark.parametrize("scheme", ["light", "dark"])
@@ -138,9 +140,7 @@ def test_a_newcomers_first_minute(
     override = alice.locator(f'{CARD} [data-override="breaker:payments"]')
     expect(override).to_contain_text("forced open", timeout=15_000)
     expect(override).to_contain_text("by olga")
-    expect(override.locator(".override-reason")).to_have_text(
-        "incident 7: payments provider down"
-    )
+    expect(override.locator(".override-reason")).to_have_text("incident 7: payments provider down")
     expect(override).to_contain_text("left")
     _keep(alice, "home-overridden", screen, scheme)
 

@@ -12,7 +12,7 @@ from django.contrib.auth.models import User
 from controlplane import demo
 from controlplane.live.ingest import Ingestor
 from controlplane.policies.examples import load_examples
-from tests.browser.conftest import log_in
+from tests.browser.conftest import keep_screenshot, log_in
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -51,6 +51,9 @@ def test_operator_watches_a_breaker_open_trips_it_and_a_colleague_sees_it(
     )
 
     alice = log_in(browser, live_url, "alice")
+    # Her first page, home, says it before she looks for it (the README's picture).
+    alice.wait_for_selector('#home-production [data-problem="breaker:payments"]')
+    keep_screenshot(alice, "home-demo-incident", full_page=True)
     alice.goto(f"{live_url}/e/production/live/")
     alice.wait_for_selector('[data-live-status="connected"]')
     assert alice.locator("#act-panel, [data-act]").count() == 0  # viewers get no controls
