@@ -70,10 +70,7 @@ $(MIN_STAMP): pyproject.toml $(MIN_CONSTRAINTS)
 .PHONY: test-min-deps
 test-min-deps: $(MIN_STAMP)
 	CONTROLPLANE_TEST_CLUSTER=false CONTROLPLANE_TEST_MIN_DEPS=$(MIN_CONSTRAINTS) \
-		$(MIN_VENV)/bin/pytest tests/client tests/protocol \
-		--deselect tests/client/test_servers.py::test_celery_prefork_children_each_start_a_client_and_share_exact_limits
-# That Celery test runs in `make test`; on redis-py 5.2 its prefork children never
-# reported as instances (found at the end of stop 21, not yet understood: see its note).
+		$(MIN_VENV)/bin/pytest tests/client tests/protocol
 
 # The pictures of docs/tour.md and the README, taken by the browser journeys.
 screenshots: $(STAMP)

@@ -62,12 +62,15 @@ def declared_redis() -> Requirement:
 
 
 def pinned() -> dict[str, Version]:
+    """The exact pins of the constraints file (its caps on test tools are not floors)."""
     pins = {}
     for line in CONSTRAINTS.read_text().splitlines():
         line = line.partition("#")[0].strip()
         if line:
-            name, _, version = line.partition("==")
-            pins[name.strip()] = Version(version.strip())
+            requirement = Requirement(line)
+            exact = [s.version for s in requirement.specifier if s.operator == "=="]
+            if exact:
+                pins[requirement.name] = Version(exact[0])
     return pins
 
 
