@@ -9,6 +9,7 @@ from controlplane.accounts import views as account_views
 from controlplane.accounts.login import LoginView
 from controlplane.api.views import api
 from controlplane.audit import views as audit_views
+from controlplane.live import rollout
 from controlplane.live import views as live_views
 from controlplane.ops import health
 from controlplane.policies import views as policy_views
@@ -28,6 +29,11 @@ urlpatterns = [
     ),
     path("e/<str:environment>/live/", live_views.live_overview, name="live-overview"),
     path("e/<str:environment>/instances/", live_views.instances, name="live-instances"),
+    path(
+        "e/<str:environment>/revisions/<int:revision>/rollout/",
+        rollout.rollout_status,
+        name="live-rollout",
+    ),
     path("e/<str:environment>/discovered/", live_views.discovered, name="live-discovered"),
     path(
         "e/<str:environment>/discovered/<int:discovered_id>/adopt/",
