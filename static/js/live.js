@@ -50,7 +50,7 @@ document.addEventListener("click", function (event) {
       : s >= 60 ? Math.floor(s / 60) + " min" : s + " s";
     return past ? t + " ago" : "in " + t;
   }
-  var full = { year: "numeric", month: "2-digit", day: "2-digit", hour: "2-digit",
+  var full = { year: "numeric", month: "2-digit", day: "2-digit", hourCycle: "h23", hour: "2-digit",
     minute: "2-digit", second: "2-digit", timeZoneName: "short" };
   function refresh(root) {
     root.querySelectorAll("time[data-relative]").forEach(function (el) {
@@ -58,7 +58,7 @@ document.addEventListener("click", function (event) {
       if (isNaN(at)) return;
       el.title = d.toLocaleString(undefined, full);
       if (el.dataset.relative !== "clock") { el.textContent = relative(at); return; }
-      var clock = d.toLocaleTimeString(undefined, { hour: "2-digit", minute: "2-digit", timeZoneName: "short" });
+      var clock = d.toLocaleTimeString(undefined, { hourCycle: "h23", hour: "2-digit", minute: "2-digit", timeZoneName: "short" });
       if (d.toDateString() !== new Date().toDateString()) clock = d.toLocaleDateString() + " " + clock;
       el.textContent = clock + " (" + relative(at) + ")";
     });
