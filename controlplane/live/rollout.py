@@ -26,7 +26,7 @@ ROLLOUT_TIMEOUT = 30.0  # seconds after the save: six default heartbeats
 
 def rollout(environment: Environment, revision: int, since: float) -> dict[str, Any]:
     """What the fragment says about ``revision``, saved at ``since`` (Unix time)."""
-    snapshot = live_snapshot(environment)
+    snapshot = live_snapshot(environment, policies=[])  # instances and meta: no counters
     elapsed = max(0.0, time.time() - since)
     timed_out = elapsed >= ROLLOUT_TIMEOUT
     published = (
