@@ -9,6 +9,7 @@ from controlplane.accounts import views as account_views
 from controlplane.accounts.login import LoginView
 from controlplane.api.views import api
 from controlplane.audit import views as audit_views
+from controlplane.live import rollout
 from controlplane.live import views as live_views
 from controlplane.ops import health
 from controlplane.policies import views as policy_views
@@ -34,6 +35,11 @@ urlpatterns = [
         name="live-sparklines",
     ),
     path("e/<str:environment>/instances/", live_views.instances, name="live-instances"),
+    path(
+        "e/<str:environment>/revisions/<int:revision>/rollout/",
+        rollout.rollout_status,
+        name="live-rollout",
+    ),
     path("e/<str:environment>/discovered/", live_views.discovered, name="live-discovered"),
     path(
         "e/<str:environment>/discovered/<int:discovered_id>/adopt/",

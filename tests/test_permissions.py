@@ -54,6 +54,7 @@ PAGES: list[tuple[str, str, Role, int]] = [
     ("get", "/e/production/live/", Role.VIEWER, 200),
     ("get", "/e/production/live/sparklines.json", Role.VIEWER, 200),
     ("get", "/e/production/instances/", Role.VIEWER, 200),
+    ("get", "/e/production/revisions/1/rollout/", Role.VIEWER, 200),
     ("get", "/e/production/discovered/", Role.VIEWER, 200),
     ("post", "/e/production/discovered/{discovered}/adopt/", Role.EDITOR, 302),
     ("get", "/e/production/breaker/payments/events/", Role.VIEWER, 200),

@@ -202,6 +202,7 @@ def world(production: Environment, system: Actor, admin: User) -> World:
         "name": "payments",
         "fmt": "json",
         "version": "1",
+        "revision": "1",
         "discovered_id": str(discovered.pk),
         "token_id": str(token.pk),
         "id": str(admin.pk),

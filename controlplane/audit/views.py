@@ -3,6 +3,7 @@ from __future__ import annotations
 import csv
 import json
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from django import forms
@@ -14,7 +15,8 @@ from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
 from controlplane.audit.models import AuditEntry, AuditEntryQuerySet
-from controlplane.protocol.schema import KIND_LABELS
+from controlplane.audit.templatetags.humane import absolute, as_datetime
+from controlplane.protocol.schema import KIND_LABELS, field_label, shown_value
 
 # The log checks its own permission, which every role holds from viewer up
 # (``controlplane.accounts.roles``): it imports nothing of ``accounts``, which records here.
@@ -33,6 +35,64 @@ EXPORT_COLUMNS = (
     "changes",
     "correlation_id",
 )
+# What each action is called on the page; the raw name stays in the row's data-action,
+# the filter and the exports. An action missing here is shown from its name.
+ACTION_LABELS = {
+    "policy.create": "Policy created",
+    "policy.update": "Policy changed",
+    "policy.delete": "Policy deleted",
+    "policy.rollback": "Policy restored",
+    "policy.adopt": "Policy adopted",
+    "policy.purge": "Cache purged",
+    "override.set": "Override set",
+    "override.clear": "Override lifted",
+    "override.expire": "Override expired",
+    "override.reset": "Breaker reset",
+    "environment.create": "Environment created",
+    "token.create": "API token created",
+    "token.revoke": "API token revoked",
+    "user.create": "User created",
+    "user.update": "User changed",
+    "user.delete": "User deleted",
+    "user.roles": "Roles changed",
+    "login.failed_burst": "Failed log-ins",
+}
+
+
+def action_label(action: str) -> str:
+    return ACTION_LABELS.get(action) or action.replace(".", " ").replace("_", " ").capitalize()
+
+
+@dataclass(frozen=True)
+class ChangeRow:
+    """One changed field of an entry as the log shows it: its label, values with units."""
+
+    field: str
+    label: str
+    old: str
+    new: str
+
+
+def _changed_value(kind: str, field: str, value: Any) -> str:
+    if field.endswith("_at") and isinstance(value, str):
+        moment = as_datetime(value)
+        if moment is not None:
+            return absolute(moment)
+    return shown_value(kind, field, value)
+
+
+def change_rows(entry: AuditEntry) -> list[ChangeRow]:
+    kind = entry.object_kind
+    return [
+        ChangeRow(
+            field,
+            field_label(kind, field),
+            _changed_value(kind, field, values[0] if values else None),
+            _changed_value(kind, field, values[1] if len(values) > 1 else None),
+        )
+        for field, values in entry.changes.items()
+        if isinstance(values, list)
+    ]
 
 
 class AuditFilterForm(forms.Form):
@@ -84,6 +144,9 @@ def _filtered(request: HttpRequest) -> tuple[AuditFilterForm, QuerySet[AuditEntr
 def audit_log(request: HttpRequest) -> HttpResponse:
     form, entries = _filtered(request)
     page = Paginator(entries, PAGE_SIZE).get_page(request.GET.get("page"))
+    for entry in page:
+        entry.action_label = action_label(entry.action)  # type: ignore[attr-defined]
+        entry.change_rows = change_rows(entry)  # type: ignore[attr-defined]
     query = request.GET.copy()
     query.pop("page", None)
     return render(

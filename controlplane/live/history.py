@@ -20,6 +20,7 @@ import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import redis
@@ -27,6 +28,7 @@ from redis.client import NEVER_DECODE
 
 from controlplane.live.models import BreakerEvent
 from controlplane.protocol.breaker_state import STATES as BREAKER_STATES
+from controlplane.protocol.documents import MetaDocument, ProtocolError
 from controlplane.protocol.keys import NAME_PATTERN, KeyLayout
 from controlplane.protocol.limits import MAX_SAFE_INTEGER, loads_json
 from controlplane.protocol.reports import NUMERIC_COUNTERS, SUBJECT_LENGTH
@@ -41,6 +43,9 @@ RATE_WINDOW = 5  # seconds averaged for the overview's rates
 REPORT_GRACE = 0.5
 INSTANCE_TIMEOUT = 30.0  # gone after this long without a heartbeat, if it gives no interval
 INSTANCE_MARGIN = 2.0  # gone after its heartbeat interval + max(this, interval / 2)
+# A gone instance is listed as gone this long after its last heartbeat, then no more:
+# a killed process says no goodbye, and its field stays in the instances hash for good.
+GONE_LISTED_FOR = 900.0
 MAX_HEARTBEAT_INTERVAL = 86_400.0
 HEARTBEAT_BYTES = 16 * 1024  # a heartbeat document takes about 200 bytes
 # An instance id, and each text a heartbeat shows, is as long as the database keeps one.
@@ -274,6 +279,27 @@ class Instance:
 
 
 @dataclass
+class FleetSync:
+    """Where the instances stand against a revision: what the sync summary counts.
+
+    ``applying``: behind, but the change is younger than the instance's heartbeat
+    timeout, so it may have applied it and not yet said so (heartbeats carry the
+    revision every few seconds); ``behind``: still on an older revision after that;
+    ``gone``: stopped reporting (docs/protocol.md, 12.3), counted apart, never as behind.
+    """
+
+    revision: int
+    in_sync: list[Instance]
+    applying: list[Instance]
+    behind: list[Instance]
+    gone: list[Instance]
+
+    @property
+    def reporting(self) -> int:
+        return len(self.in_sync) + len(self.applying) + len(self.behind)
+
+
+@dataclass
 class LiveSnapshot:
     """Everything the live pages show about one environment, read in one round trip."""
 
@@ -281,9 +307,28 @@ class LiveSnapshot:
     breaker_states: dict[str, dict[str, int]]  # breaker -> state -> instances
     instances: list[Instance]
     redis_ok: bool = True
+    gone: list[Instance] = field(default_factory=list)  # stopped reporting, recently
+    # The highest revision published to Redis and when (the meta document), if readable.
+    published_revision: int | None = None
+    published_at: float | None = None
 
     def rates_for(self, policy: str) -> PolicyRates:
         return self.rates.get(policy) or PolicyRates()
+
+    def sync(self, revision: int, now: float | None = None) -> FleetSync:
+        """The live instances in sync with ``revision``, applying it, or behind; and the gone."""
+        now = time.time() if now is None else now
+        published = self.published_revision is not None and self.published_revision >= revision
+        changed_at = self.published_at if published else None
+        in_sync, applying, behind = [], [], []
+        for instance in self.instances:
+            if instance.revision >= revision:
+                in_sync.append(instance)
+            elif changed_at is None or now - changed_at <= instance.timeout:
+                applying.append(instance)  # not published yet, or just now
+            else:
+                behind.append(instance)
+        return FleetSync(revision, in_sync, applying, behind, list(self.gone))
 
 
 def read_heartbeat(instance_id: str, document: str | bytes) -> Instance:
@@ -387,8 +432,9 @@ def _shown(raw: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def _instances(key: str, raw: dict[Any, Any], now: float) -> list[Instance]:
-    instances = []
+def _instances(key: str, raw: dict[Any, Any], now: float) -> tuple[list[Instance], list[Instance]]:
+    """The live instances and those gone in the last ``GONE_LISTED_FOR`` seconds."""
+    instances, gone = [], []
     for raw_id, document in raw.items():
         instance_id = _text(raw_id)
         try:
@@ -403,7 +449,26 @@ def _instances(key: str, raw: dict[Any, Any], now: float) -> list[Instance]:
             continue
         if now - instance.last_seen <= instance.timeout:
             instances.append(instance)
-    return sorted(instances, key=lambda i: (i.service, i.instance))
+        elif now - instance.last_seen <= GONE_LISTED_FOR:
+            gone.append(instance)
+    return sorted(instances, key=_by_service), sorted(gone, key=_by_service)
+
+
+def _by_service(instance: Instance) -> tuple[str, str]:
+    return instance.service, instance.instance
+
+
+def _published(raw: Any) -> tuple[int | None, float | None]:
+    """The revision and time of a meta document (docs/protocol.md, 4.3); None if unreadable."""
+    if raw is None:
+        return None, None
+    try:
+        meta = MetaDocument.decode(raw)
+        at = datetime.fromisoformat(meta.published_at).timestamp() if meta.published_at else None
+    except (ProtocolError, ValueError, TypeError, OverflowError):
+        _skipped_live.skip("meta", f"the meta document: {_shown(raw)}")
+        return None, None
+    return meta.revision, at
 
 
 def _breaker_states(key: str, raw: dict[Any, Any]) -> list[tuple[str, str, str, float]]:
@@ -468,11 +533,12 @@ def read_snapshot(
                 undecoded(pipe, "HMGET", keys.live_second(second), *wanted)
         undecoded(pipe, "HGETALL", keys.live_breaker_states)
         undecoded(pipe, "HGETALL", keys.instances)
+        undecoded(pipe, "GET", keys.meta)
         replies = pipe.execute()
-    states_raw, instances_raw = replies[-2], replies[-1]
+    states_raw, instances_raw, meta_raw = replies[-3], replies[-2], replies[-1]
     # Summed per field first, then split: a field is split once, not once per second.
     sums: dict[Any, float] = {}  # by field as read: each is decoded once, not once a second
-    for second, reply in zip(seconds, replies[:-2], strict=False):
+    for second, reply in zip(seconds, replies[:-3], strict=False):
         pairs = reply.items() if wanted is None else zip(wanted, reply, strict=True)
         for raw_key, raw_value in pairs:
             if raw_value is None:
@@ -499,7 +565,8 @@ def read_snapshot(
         policy, _, counter = key.rpartition("|")
         if math.isfinite(total):  # finite values can still add up to infinity
             totals[policy][counter] = total
-    instances = _instances(keys.instances, instances_raw, now)
+    instances, gone = _instances(keys.instances, instances_raw, now)
+    published_revision, published_at = _published(meta_raw)
     alive = {i.instance for i in instances}
     breakers = None  # with ``policies``, only their breakers' states are counted
     if policies is not None:
@@ -512,6 +579,9 @@ def read_snapshot(
         rates={policy: PolicyRates(dict(c)) for policy, c in totals.items()},
         breaker_states={name: dict(states) for name, states in breaker_states.items()},
         instances=instances,
+        gone=gone,
+        published_revision=published_revision,
+        published_at=published_at,
     )
 
 

@@ -88,13 +88,17 @@ def instances(request: HttpRequest, environment: str) -> HttpResponse:
     env = _environment(environment)
     snapshot = live_snapshot(env)
     implementations = Counter(i.implementation_label for i in snapshot.instances)
+    sync = snapshot.sync(env.revision)
+    status = {id(i): "applying" for i in sync.applying} | {id(i): "behind" for i in sync.behind}
     return render(
         request,
         "live/instances.html",
         {
             "environment": env,
             "snapshot": snapshot,
-            "instances": snapshot.instances,
+            "sync": sync,
+            "rows": [(i, status.get(id(i), "in_sync")) for i in snapshot.instances]
+            + [(i, "gone") for i in sync.gone],
             "implementations": implementations.most_common(),
         },
     )

@@ -416,14 +416,17 @@ def overview(
             )
         )
     _add_opening_rates(environment, rows["breaker"])
-    in_sync = sum(1 for i in snapshot.instances if i.revision >= environment.revision)
+    sync = snapshot.sync(environment.revision)
     return {
         "environment": environment,
         "rows": rows,
         "override_actions": OVERRIDE_ACTIONS,
         "snapshot": snapshot,
-        "instances_in_sync": in_sync,
-        "instances_behind": len(snapshot.instances) - in_sync,
+        "sync": sync,
+        "instances_in_sync": len(sync.in_sync),
+        "instances_applying": len(sync.applying),
+        "instances_behind": len(sync.behind),
+        "instances_gone": len(sync.gone),
     }
 
 

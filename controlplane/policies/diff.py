@@ -6,8 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from controlplane.audit.record import spec_changes
-from controlplane.policies.forms import display_value
-from controlplane.protocol.schema import SPECS, masked
+from controlplane.protocol.schema import SPECS, field_label, masked, shown_value
 
 
 @dataclass(frozen=True)
@@ -19,18 +18,24 @@ class FieldDiff:
 
 
 def spec_diff(kind: str, old: dict[str, Any] | None, new: dict[str, Any] | None) -> list[FieldDiff]:
-    """The fields that differ, with secret config values shown only as fingerprints."""
+    """The fields that differ, labelled and with units, secret config values as fingerprints."""
     changes = spec_changes(kind, old, new)
-    labels = {f.name: f.label for f in SPECS[kind].fields}
     return [
-        FieldDiff(name, labels.get(name, name), display_value(before), display_value(after))
+        FieldDiff(
+            name,
+            field_label(kind, name),
+            shown_value(kind, name, before, old),
+            shown_value(kind, name, after, new),
+        )
         for name, (before, after) in changes.items()
     ]
 
 
 def masked_spec(kind: str, spec: dict[str, Any] | None) -> list[tuple[str, str]]:
-    """``(label, value)`` pairs of a spec for display, hiding secret values."""
+    """``(label, value with its unit)`` pairs of a spec for display, hiding secret values."""
     if spec is None:
         return []
     shown = masked(kind, spec)
-    return [(f.label, display_value(shown.get(f.name))) for f in SPECS[kind].fields]
+    return [
+        (f.label, shown_value(kind, f.name, shown.get(f.name), shown)) for f in SPECS[kind].fields
+    ]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from django import forms
@@ -18,29 +17,20 @@ from controlplane.protocol.schema import (
     masked,
     validate_name,
     validate_spec,
+    value_text,
 )
 
 SECRET_PLACEHOLDER = "unchanged (secret)"
 
 
-def display_value(value: Any) -> str:
-    """How a spec value is written in a form field."""
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    if isinstance(value, list):
-        return ", ".join(str(v) for v in value)
-    if isinstance(value, dict):
-        return json.dumps(value)
-    return str(value)
+# How a spec value is written in a form field: as text, without its unit.
+display_value = value_text
 
 
 def _form_field(spec: FieldSpec) -> forms.Field:
     common: dict[str, Any] = {
-        "label": spec.label,
+        # A percentage is typed as a bare number: the label says what it counts in.
+        "label": f"{spec.label} (%)" if spec.unit == "%" else spec.label,
         "help_text": spec.help,
         "required": False,
     }

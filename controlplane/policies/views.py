@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections import defaultdict
 from typing import Any
 
@@ -40,6 +41,8 @@ from controlplane.protocol.schema import KIND_LABELS, KINDS, PolicyError
 from controlplane.redis_connection import get_redis, redis_answers
 
 logger = logging.getLogger(__name__)
+# The session key under which a save hands its revision to the policy's page.
+ROLLOUT_SESSION_KEY = "rollout"
 
 
 class HtmxHttpRequest(HttpRequest):
@@ -74,8 +77,18 @@ def _published_versions(environments: list[Environment]) -> dict[str, dict[str, 
     return published
 
 
-def confirm_saved(request: HttpRequest, text: str) -> None:
-    """Say that a change was saved and, while Redis is down, that services get it later."""
+def confirm_saved(request: HttpRequest, text: str, saved: Policy | None = None) -> None:
+    """Say that a change was saved and, while Redis is down, that services get it later.
+
+    With ``saved``, the policy's page then follows its revision to the fleet
+    ("applied by 11 of 12 instances", ``live/rollout.py``).
+    """
+    if saved is not None:
+        request.session[ROLLOUT_SESSION_KEY] = {
+            "policy": saved.pk,
+            "revision": saved.revision,
+            "since": time.time(),
+        }
     if redis_answers():
         messages.success(request, text)
     else:
@@ -121,6 +134,9 @@ def dashboard(request: HttpRequest) -> HttpResponse:
 @require_GET
 def policy_detail(request: HttpRequest, environment: str, kind: str, name: str) -> HttpResponse:
     policy = policy_for(role_of(request.user), Role.VIEWER, environment, kind, name)
+    rollout = request.session.pop(ROLLOUT_SESSION_KEY, None)
+    if not isinstance(rollout, dict) or rollout.get("policy") != policy.pk:
+        rollout = None
     versions = list(policy.versions.order_by("-version"))
     history = []
     for index, version in enumerate(versions):
@@ -143,6 +159,7 @@ def policy_detail(request: HttpRequest, environment: str, kind: str, name: str) 
             "spec_rows": masked_spec(kind, policy.spec),
             "history": history,
             "kind_label": KIND_LABELS[kind],
+            "rollout": rollout,
         },
     )
 
@@ -185,7 +202,7 @@ def policy_create(request: HtmxHttpRequest, environment: str, kind: str) -> Http
         for field, errors in exc.errors.items():
             form.add_error(field if field in form.fields else None, errors)
         return _form_response(request, form, context, status=422)
-    confirm_saved(request, f"Created {KIND_LABELS[kind].lower()} {policy.name}.")
+    confirm_saved(request, f"Created {KIND_LABELS[kind].lower()} {policy.name}.", policy)
     return redirect("policy-detail", env.name, kind, policy.name)
 
 
@@ -211,7 +228,7 @@ def policy_edit(request: HtmxHttpRequest, environment: str, kind: str, name: str
         context["diff"] = spec_diff(kind, policy.spec, form.spec)
         return _form_response(request, form, context)
     try:
-        do_update_policy(
+        saved = do_update_policy(
             policy,
             form.spec,
             Actor.from_request(request),
@@ -229,7 +246,7 @@ def policy_edit(request: HtmxHttpRequest, environment: str, kind: str, name: str
         for field, errors in exc.errors.items():
             form.add_error(field if field in form.fields else None, errors)
         return _form_response(request, form, context, status=422)
-    confirm_saved(request, f"Saved {KIND_LABELS[kind].lower()} {policy.name}.")
+    confirm_saved(request, f"Saved {KIND_LABELS[kind].lower()} {policy.name}.", saved)
     return redirect("policy-detail", policy.environment.name, kind, policy.name)
 
 
@@ -284,13 +301,13 @@ def policy_restore(
     if version > policy.version or not policy.versions.filter(version=version).exists():
         raise Http404("No such version.")
     try:
-        do_rollback_policy(
+        saved = do_rollback_policy(
             policy, version, Actor.from_request(request), request.POST.get("reason", "")
         )
     except PolicyError as exc:
         messages.error(request, f"Nothing was restored. {exc}")
         return redirect("policy-detail", environment, kind, name)
-    confirm_saved(request, f"Restored version {version} of {name} as a new version.")
+    confirm_saved(request, f"Restored version {version} of {name} as a new version.", saved)
     return redirect("policy-detail", environment, kind, name)
 
 

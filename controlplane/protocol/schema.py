@@ -238,6 +238,7 @@ class FieldSpec:
     exclusive_minimum: bool = False
     nullable: bool = False
     widget: str = "text"
+    unit: str = ""  # what a number is counted in: "s", "%", "calls"; shown with every value
 
     def clean(self, raw: Any) -> Any:
         """Return the normalized value of ``raw`` or raise ``InvalidValue``."""
@@ -268,7 +269,15 @@ def _choice(name: str, label: str, choices: tuple[str, ...], default: str, help:
 
 def _percent(name: str, label: str, default: float, help: str) -> FieldSpec:
     return FieldSpec(
-        name, label, _parse_float, default, help, minimum=0, exclusive_minimum=True, maximum=100
+        name,
+        label,
+        _parse_float,
+        default,
+        help,
+        minimum=0,
+        exclusive_minimum=True,
+        maximum=100,
+        unit="%",
     )
 
 
@@ -285,12 +294,23 @@ def _duration(
         exclusive_minimum=not allow_zero,
         maximum=MAX_DURATION,
         widget="duration",
+        unit="s",
     )
 
 
-def _count(name: str, label: str, default: int | None, help: str, *, minimum: int = 1) -> FieldSpec:
+def _count(
+    name: str, label: str, default: int | None, help: str, *, minimum: int = 1, unit: str = ""
+) -> FieldSpec:
     return FieldSpec(
-        name, label, _parse_int, default, help, minimum=minimum, maximum=MAX_COUNT, widget="number"
+        name,
+        label,
+        _parse_int,
+        default,
+        help,
+        minimum=minimum,
+        maximum=MAX_COUNT,
+        widget="number",
+        unit=unit,
     )
 
 
@@ -478,7 +498,7 @@ SPECS: Final[dict[str, KindSpec]] = {
         (
             _percent(
                 "failure_rate_threshold",
-                "Failure rate threshold (%)",
+                "Failure rate threshold",
                 50.0,
                 "Open when at least this share of recorded calls failed.",
             ),
@@ -490,7 +510,7 @@ SPECS: Final[dict[str, KindSpec]] = {
             ),
             _percent(
                 "slow_call_rate_threshold",
-                "Slow call rate threshold (%)",
+                "Slow call rate threshold",
                 100.0,
                 "Open when at least this share of recorded calls was slow.",
             ),
@@ -512,6 +532,7 @@ SPECS: Final[dict[str, KindSpec]] = {
                 "Minimum calls",
                 10,
                 "No decision to open is taken before this many calls were recorded.",
+                unit="calls",
             ),
             _duration("open_for", "Open for", 60.0, "How long to stay open before probing."),
             _count(
@@ -519,6 +540,7 @@ SPECS: Final[dict[str, KindSpec]] = {
                 "Half-open probe calls",
                 5,
                 "Probe calls allowed across the whole fleet while half-open.",
+                unit="calls",
             ),
             FieldSpec(
                 "record_exceptions",
@@ -556,7 +578,7 @@ SPECS: Final[dict[str, KindSpec]] = {
                 "token_bucket",
                 "Token bucket and GCRA smooth traffic and allow bursts; windows count requests.",
             ),
-            _count("limit", "Limit", 100, "Requests allowed per period."),
+            _count("limit", "Limit", 100, "Requests allowed per period.", unit="requests"),
             _duration("period", "Period", 60.0, "Any length: 1s, 30s, 5m, 1h, 1d..."),
             FieldSpec(
                 "burst",
@@ -568,6 +590,7 @@ SPECS: Final[dict[str, KindSpec]] = {
                 maximum=MAX_COUNT,
                 nullable=True,
                 widget="number",
+                unit="requests",
             ),
             _choice(
                 "key",
@@ -625,6 +648,7 @@ SPECS: Final[dict[str, KindSpec]] = {
                 0,
                 "Entries each process keeps in memory in front of Redis; 0 turns the tier off.",
                 minimum=0,
+                unit="entries",
             ),
             FieldSpec(
                 "generation",
@@ -801,3 +825,56 @@ def masked(kind: str, spec: Mapping[str, Any] | None, mask: Any = SECRET_MASK) -
     if is_secret(kind, copy):
         copy["value"] = mask
     return copy
+
+
+def value_text(value: Any) -> str:
+    """A spec value as plain text, as a form field holds it: no unit, ``""`` for none."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, list):
+        return ", ".join(str(v) for v in value)
+    if isinstance(value, dict):
+        return json.dumps(value)
+    return str(value)
+
+
+def duration_text(seconds: float) -> str:
+    """``seconds`` as people read a setting: ``250 ms``, ``10 s``, ``60 s``, ``5 min``, ``2 h``."""
+    if 0 < seconds < 1:
+        return f"{seconds * 1000:g} ms"
+    if seconds >= 3600 and seconds % 3600 == 0:
+        return f"{seconds / 3600:g} h"
+    if seconds >= 120 and seconds % 60 == 0:
+        return f"{seconds / 60:g} min"
+    return f"{seconds:g} s"
+
+
+def field_label(kind: str, name: str) -> str:
+    """The label people read for field ``name`` of ``kind`` (any other name, made readable)."""
+    found = SPECS[kind].by_name.get(name) if kind in SPECS else None
+    return found.label if found else name.replace("_", " ").capitalize()
+
+
+def field_unit(kind: str, name: str, spec: Mapping[str, Any] | None = None) -> str:
+    """The unit of field ``name``; a breaker's window size is in calls or seconds by its type."""
+    if kind == BREAKER and name == "window_size" and spec:
+        return {"count": "calls", "time": "s"}.get(spec.get("window_type", ""), "")
+    found = SPECS[kind].by_name.get(name) if kind in SPECS else None
+    return found.unit if found else ""
+
+
+def shown_value(kind: str, name: str, value: Any, spec: Mapping[str, Any] | None = None) -> str:
+    """``value`` of field ``name`` with its unit (``10 s``, ``50 %``, ``100 calls``);
+    ``""`` for none. ``spec``, the whole spec, settles a unit that depends on another field."""
+    unit = field_unit(kind, name, spec)
+    if not unit or isinstance(value, bool) or not isinstance(value, int | float):
+        return value_text(value)
+    if unit == "s":
+        return duration_text(float(value))
+    if unit.endswith("s") and unit != "s" and value == 1:
+        unit = unit[:-1]  # 1 call, 1 request
+    return f"{value_text(value)} {unit}"

@@ -205,3 +205,31 @@ document.addEventListener("htmx:afterSettle", function (event) {
   });
   previewExpiry(form);
 });
+// Relative times (<time data-relative>, audit/templatetags/humane.py): the text is kept
+// current every 30 s, and the absolute time is shown in the browser's own zone.
+(function () {
+  function relative(at) {
+    var s = Math.round((Date.now() - at) / 1000), past = s >= 0, t;
+    s = Math.abs(s);
+    if (s < 5) return past ? "just now" : "in a moment";
+    t = s >= 86400 ? Math.floor(s / 86400) + " d" : s >= 3600 ? Math.floor(s / 3600) + " h"
+      : s >= 60 ? Math.floor(s / 60) + " min" : s + " s";
+    return past ? t + " ago" : "in " + t;
+  }
+  var full = { year: "numeric", month: "2-digit", day: "2-digit", hourCycle: "h23", hour: "2-digit",
+    minute: "2-digit", second: "2-digit", timeZoneName: "short" };
+  function refresh(root) {
+    root.querySelectorAll("time[data-relative]").forEach(function (el) {
+      var at = Date.parse(el.getAttribute("datetime")), d = new Date(at);
+      if (isNaN(at)) return;
+      el.title = d.toLocaleString(undefined, full);
+      if (el.dataset.relative !== "clock") { el.textContent = relative(at); return; }
+      var clock = d.toLocaleTimeString(undefined, { hourCycle: "h23", hour: "2-digit", minute: "2-digit", timeZoneName: "short" });
+      if (d.toDateString() !== new Date().toDateString()) clock = d.toLocaleDateString() + " " + clock;
+      el.textContent = clock + " (" + relative(at) + ")";
+    });
+  }
+  document.addEventListener("DOMContentLoaded", function () { refresh(document); });
+  document.addEventListener("htmx:load", function (event) { refresh(event.target); });
+  setInterval(function () { refresh(document); }, 30000);
+})();

@@ -31,7 +31,7 @@ def test_editor_changes_a_limit_the_client_follows_and_the_audit_shows_it(
         {"algorithm": "sliding_window", "limit": 100, "period": 60},
         system,
     )
-    service = client_factory().start()
+    service = client_factory(heartbeat_interval=0.5).start()
     limiter = service.limiter("api")
     assert limiter.peek("user:1").limit == 100
 
@@ -46,19 +46,25 @@ def test_editor_changes_a_limit_the_client_follows_and_the_audit_shows_it(
     page.click("button[value=preview]")
     diff = page.locator('.preview tr[data-field="limit"]')
     diff.wait_for()
-    assert diff.locator(".old").inner_text() == "100"
-    assert diff.locator(".new").inner_text() == "250"
+    assert diff.locator(".old").inner_text() == "100 requests"
+    assert diff.locator(".new").inner_text() == "250 requests"
     page.fill("#id_reason", "launch day")
     page.click("button[value=save]")
     page.wait_for_selector("text=Saved rate limiter api.")
+    # The page follows the save to the fleet, until the one instance reports it applied.
+    rollout = page.locator('#rollout[data-done="true"]')
+    rollout.wait_for(timeout=15_000)
+    assert "; applied by the only instance." in rollout.inner_text()
+    assert rollout.inner_text().startswith("Published as revision ")
 
     wait_for(lambda: limiter.peek("user:1").limit == 250)  # the running client enforces it
 
     page.goto(f"{live_url}/audit/?object=api&action=policy.update")
     row = page.locator('tr[data-action="policy.update"]').first
     assert "launch day" in row.inner_text()
-    assert row.locator('tr[data-field="limit"] .old').inner_text() == "100"
-    assert row.locator('tr[data-field="limit"] .new').inner_text() == "250"
+    assert row.locator('tr[data-field="limit"] .old').inner_text() == "100 requests"
+    assert row.locator('tr[data-field="limit"] .new').inner_text() == "250 requests"
+    assert row.locator("time[data-relative]").inner_text() == "just now"
 
     page.goto(f"{live_url}/e/production/rate_limit/api/")
     page.locator('tr[data-version="1"] button:has-text("Restore")').click()

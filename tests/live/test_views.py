@@ -20,7 +20,7 @@ from controlplane.live.views import DONE
 from controlplane.policies.actions import do_create_policy
 from controlplane.policies.models import Environment, Override, Policy
 from controlplane.policies.overrides import current_override, do_set_override
-from controlplane.protocol.documents import OverrideDocument
+from controlplane.protocol.documents import MetaDocument, OverrideDocument
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -232,6 +232,13 @@ def test_instances_page_flags_instances_behind(
                 }
             ),
         )
+    # The change was published a minute ago: past every heartbeat timeout, so "stale"
+    # is behind, not still applying it.
+    published = datetime.now(UTC) - timedelta(minutes=1)
+    redis_client.set(
+        production.keys().meta,
+        MetaDocument("production", production.revision, published.isoformat()).encode(),
+    )
     client.force_login(viewer)
     html = client.get("/e/production/instances/").content.decode()
     assert 'data-instance="fresh"' in html and 'data-instance="stale"' in html

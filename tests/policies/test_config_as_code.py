@@ -65,7 +65,7 @@ def test_dry_run_prints_the_diff_and_changes_nothing(
     _edit(path, lambda d: d["policies"]["rate_limit"]["api"].update(limit=250))
     call_command("import_policies", str(path), "--dry-run")
     out = capsys.readouterr().out
-    assert "update rate_limit api\n  Limit: 100 -> 250" in out
+    assert "update rate_limit api\n  Limit: 100 requests -> 250 requests" in out
     assert "Would apply 1 change(s)" in out
     assert Policy.objects.get(name="api").spec["limit"] == 100
 

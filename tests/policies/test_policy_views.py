@@ -47,8 +47,8 @@ def test_preview_shows_the_diff_and_saves_nothing(
     html = response.content.decode()
     assert response.status_code == 200
     assert "What will change" in html
-    assert '<tr data-field="limit"><th>Limit</th><td class="old">100</td>' in html
-    assert '<td class="new">250</td>' in html
+    assert '<tr data-field="limit"><th>Limit</th><td class="old">100 requests</td>' in html
+    assert '<td class="new">250 requests</td>' in html
     api.refresh_from_db()
     assert api.version == 1
 
@@ -104,7 +104,7 @@ def test_second_editor_with_a_stale_form_is_refused_and_shown_the_first_change(
     html = response.content.decode()
     assert response.status_code == 409
     assert "bob saved version 2" in html
-    assert '<td class="new">120</td>' in html
+    assert '<td class="new">120 requests</td>' in html
     api.refresh_from_db()
     assert (api.version, api.spec["limit"]) == (2, 120)
 
@@ -201,7 +201,8 @@ def test_history_compare_and_restore(
     detail = client.get("/e/production/rate_limit/api/").content.decode()
     assert detail.count('<tr data-version="') == 3
     compare = client.get("/e/production/rate_limit/api/compare/?a=1&b=3").content.decode()
-    assert '<td class="old">100</td>' in compare and '<td class="new">300</td>' in compare
+    assert '<td class="old">100 requests</td>' in compare
+    assert '<td class="new">300 requests</td>' in compare
 
     response = client.post("/e/production/rate_limit/api/versions/1/restore/")
     assert response.status_code == 302

@@ -1,0 +1,133 @@
+"""The sync summary: instances in sync, applying a change, behind, and gone."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import UTC, datetime
+
+import pytest
+import redis
+from django.contrib.auth.models import User
+from django.test import Client
+
+from controlplane.accounts.actors import Actor
+from controlplane.live.history import GONE_LISTED_FOR, read_snapshot
+from controlplane.policies.actions import do_create_policy
+from controlplane.policies.models import Environment
+from controlplane.policies.overrides import do_set_override
+from controlplane.protocol.documents import MetaDocument
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def heartbeat(
+    client: redis.Redis, environment: Environment, instance: str, revision: int, at: float
+) -> None:
+    document = {
+        "service": "shop",
+        "host": "h",
+        "pid": 1,
+        "library_version": "0.1.0",
+        "revision": revision,
+        "connected": True,
+        "heartbeat_interval": 5.0,  # gone 7.5 s after its last heartbeat
+        "at": at,
+    }
+    client.hset(environment.keys().instances, instance, json.dumps(document))
+
+
+def published(client: redis.Redis, environment: Environment, at: float) -> None:
+    """Say in the meta document that the environment's revision was published at ``at``."""
+    moment = datetime.fromtimestamp(at, UTC).isoformat()
+    document = MetaDocument(environment.name, environment.revision, moment)
+    client.set(environment.keys().meta, document.encode())
+
+
+def test_each_instance_is_in_sync_applying_behind_or_gone(
+    production: Environment, system: Actor, redis_client: redis.Redis
+) -> None:
+    do_create_policy(production, "breaker", "payments", {}, system)
+    production.refresh_from_db()
+    now = time.time()
+    current, old = production.revision, production.revision - 1
+    published(redis_client, production, now - 3)  # the change is 3 s old
+    heartbeat(redis_client, production, "synced", current, now - 1)
+    heartbeat(redis_client, production, "not-yet", old, now - 4)  # last heard before it
+    heartbeat(redis_client, production, "stopped", old, now - 20)  # no heartbeat for 20 s
+    heartbeat(redis_client, production, "ancient", old, now - GONE_LISTED_FOR - 1)
+
+    snapshot = read_snapshot(redis_client, production.keys(), now=now)
+    sync = snapshot.sync(current, now=now)
+
+    assert [i.instance for i in sync.in_sync] == ["synced"]
+    assert [i.instance for i in sync.applying] == ["not-yet"]
+    assert sync.behind == []
+    assert [i.instance for i in sync.gone] == ["stopped"]  # "ancient" is no longer listed
+    # Past its heartbeat timeout (5 s + 2.5 s) after the change, still old: behind.
+    later = snapshot.sync(current, now=now + 5)
+    assert [i.instance for i in later.behind] == ["not-yet"]
+    assert later.applying == []
+
+
+def test_a_change_not_yet_published_leaves_instances_applying(
+    production: Environment, system: Actor, redis_client: redis.Redis
+) -> None:
+    do_create_policy(production, "breaker", "payments", {}, system)
+    production.refresh_from_db()
+    redis_client.delete(production.keys().meta)
+    now = time.time()
+    heartbeat(redis_client, production, "i1", 0, now)
+
+    sync = read_snapshot(redis_client, production.keys(), now=now).sync(production.revision)
+
+    assert [i.instance for i in sync.applying] == ["i1"] and sync.behind == []
+
+
+def test_an_override_shows_instances_applying_not_behind(
+    client: Client,
+    viewer: User,
+    production: Environment,
+    system: Actor,
+    redis_client: redis.Redis,
+) -> None:
+    do_create_policy(production, "breaker", "payments", {}, system)
+    production.refresh_from_db()
+    now = time.time()
+    for name in ("a", "b", "c"):
+        heartbeat(redis_client, production, name, production.revision, now)
+    # The override bumps the revision; the instances report it at their next heartbeat.
+    do_set_override(production, "breaker", "payments", "forced_open", system, "incident")
+    client.force_login(viewer)
+
+    html = client.get("/e/production/live/").content.decode()
+
+    assert 'data-in-sync="0"' in html
+    assert 'data-applying="3"' in html and "3 applying" in html
+    assert 'data-behind="0"' in html and '<span class="muted" data-behind="0">' in html
+
+
+def test_an_instance_that_stopped_is_gone_on_the_overview_and_instances_page(
+    client: Client,
+    viewer: User,
+    production: Environment,
+    system: Actor,
+    redis_client: redis.Redis,
+) -> None:
+    do_create_policy(production, "breaker", "payments", {}, system)
+    production.refresh_from_db()
+    now = time.time()
+    published(redis_client, production, now - 60)
+    heartbeat(redis_client, production, "alive", production.revision, now)
+    heartbeat(redis_client, production, "killed", production.revision - 1, now - 20)
+    client.force_login(viewer)
+
+    overview = client.get("/e/production/live/").content.decode()
+    instances = client.get("/e/production/instances/").content.decode()
+
+    assert 'data-in-sync="1"' in overview and 'data-behind="0"' in overview
+    assert 'data-gone="1"' in overview and "1 gone" in overview
+    assert "<strong>1</strong> instance reporting" in overview
+    assert 'data-instance="killed" data-status="gone"' in instances
+    assert 'data-instance="alive" data-status="in_sync"' in instances
+    assert "data-behind" not in instances
