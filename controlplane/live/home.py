@@ -14,15 +14,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
 from urllib.parse import quote
 
 import redis
-from django.db.models import Max
 from django.template.loader import render_to_string
 from django.utils import timezone
 
-from controlplane.live.history import RATE_WINDOW, REPORT_GRACE, Instance, undecoded
+from controlplane.live.history import GONE_LISTED_FOR, RATE_WINDOW, REPORT_GRACE, undecoded
 from controlplane.live.widgets import (
     UNREADABLE,
     Row,
@@ -30,7 +28,7 @@ from controlplane.live.widgets import (
     rejected_subjects,
     row_dom_id,
 )
-from controlplane.policies.models import Environment, Override, Policy
+from controlplane.policies.models import Environment, Override
 from controlplane.redis_connection import get_redis
 
 # A limiter is rejecting from this share of its decisions over the rate window.
@@ -40,9 +38,6 @@ REJECTING_SHARE = 1.0  # percent
 HIT_RATIO_DROP = 20.0
 MIN_LOOKUPS_PER_SECOND = 1.0
 BASELINE_SECONDS = 60
-# An instance is behind once it has not applied the environment's revision for this
-# long after the change: right after a change every instance is briefly behind.
-BEHIND_GRACE = 10.0
 CACHE_COUNTERS = ("hits", "local_hits", "stale_hits", "misses")
 SEVERITY_ORDER = {"critical": 0, "warning": 1, "notice": 2}
 
@@ -208,15 +203,13 @@ def _cache_baselines(environment: Environment, names: list[str]) -> dict[str, di
 
 
 def environment_health(
-    environment: Environment,
-    changed_at: datetime | None = None,
-    overrides: dict[str, Override] | None = None,
+    environment: Environment, overrides: dict[str, Override] | None = None
 ) -> EnvironmentHealth:
     """What is wrong in ``environment`` right now, worst first.
 
-    ``changed_at``: when its revision last changed (``last_changes``), which tells an
-    instance still applying a change from one that is behind. ``overrides``: those in
-    force there, if read already (``overrides_in_force``).
+    ``overrides``: those in force there, if read already (``overrides_in_force``).
+    Instances behind are those still on an older revision after their heartbeat
+    timeout (``LiveSnapshot.sync``): right after a change they are applying it.
     """
     context = overview(environment, tops=False, overrides=overrides)
     snapshot = context["snapshot"]
@@ -252,17 +245,31 @@ def environment_health(
             problem = _cache_problem(row, baselines.get(row.name, {}))
             if problem is not None:
                 problems.append(problem)
-    behind = _behind(environment, snapshot.instances, changed_at)
-    if behind:
+    sync = context["sync"]
+    if sync.behind:
+        oldest = min(i.revision for i in sync.behind)
         problems.append(
             Problem(
                 "warning",
                 "instances",
-                "",
-                f"{len(behind)} of {health.instances} instances behind",
-                f"on revision {min(i.revision for i in behind)}; "
+                "behind",
+                f"{len(sync.behind)} of {sync.reporting} instances behind",
+                f"still on revision {oldest} after their heartbeat timeout; "
                 f"the environment is at revision {environment.revision}",
-                f"/e/{environment.name}/instances/",
+                f"/e/{quote(environment.name)}/instances/",
+            )
+        )
+    if sync.gone:
+        services = sorted({i.service or "unnamed" for i in sync.gone})
+        problems.append(
+            Problem(
+                "warning",
+                "instances",
+                "gone",
+                f"{len(sync.gone)} instance{'s' if len(sync.gone) > 1 else ''} gone silent",
+                f"stopped reporting without a goodbye in the last "
+                f"{GONE_LISTED_FOR / 60:.0f} min ({', '.join(services)})",
+                f"/e/{quote(environment.name)}/instances/",
             )
         )
     problems.sort(key=lambda p: SEVERITY_ORDER[p.severity])
@@ -274,32 +281,6 @@ def environment_health(
     ]
     health.overrides = sorted(in_force, key=lambda o: o.override.created_at, reverse=True)
     return health
-
-
-def _behind(
-    environment: Environment, instances: list[Instance], changed_at: datetime | None
-) -> list[Instance]:
-    """Instances that have not applied the environment's revision well after it was made."""
-    if changed_at is not None and (timezone.now() - changed_at).total_seconds() < BEHIND_GRACE:
-        return []
-    return [i for i in instances if i.revision < environment.revision]
-
-
-def last_changes(environments: list[Environment]) -> dict[int, datetime]:
-    """When each environment's revision last changed: a policy saved or an override set."""
-    ids = [environment.pk for environment in environments]
-    latest: dict[int, datetime] = {}
-    for model, column in ((Policy, "updated_at"), (Override, "created_at")):
-        rows = (
-            model.objects.filter(environment_id__in=ids)
-            .values("environment_id")
-            .annotate(at=Max(column))
-            .values_list("environment_id", "at")
-        )
-        for environment_id, at in rows:
-            if at is not None and (environment_id not in latest or at > latest[environment_id]):
-                latest[environment_id] = at
-    return latest
 
 
 def overrides_in_force(environments: list[Environment]) -> dict[int, dict[str, Override]]:
@@ -316,16 +297,13 @@ def home_context(environments: list[Environment] | None = None) -> dict[str, obj
     """Every environment's card, the ones with the worst problems first."""
     if environments is None:
         environments = list(Environment.objects.order_by("name"))
-    changes = last_changes(environments)
     overrides = overrides_in_force(environments)
-    cards = [
-        environment_health(e, changes.get(e.pk), overrides.get(e.pk, {})) for e in environments
-    ]
+    cards = [environment_health(e, overrides.get(e.pk, {})) for e in environments]
     cards.sort(key=lambda card: (SEVERITY_ORDER.get(card.worst, 3), card.environment.name))
     return {"cards": cards, "all_clear": all(card.all_clear for card in cards)}
 
 
 def render_card(environment: Environment) -> str:
     """One environment's card, as a push swaps it by id."""
-    card = environment_health(environment, last_changes([environment]).get(environment.pk))
+    card = environment_health(environment)
     return render_to_string("live/_home_card.html", {"card": card, "oob": True})

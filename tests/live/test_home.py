@@ -18,10 +18,11 @@ from controlplane.live import push
 from controlplane.live.ingest import process_entries
 from controlplane.live.push import send_now
 from controlplane.policies.actions import do_create_policy
-from controlplane.policies.models import Environment, Policy
+from controlplane.policies.models import Environment
 from controlplane.policies.overrides import do_set_override
 from controlplane.redis_connection import get_redis
 from tests.live.conftest import session_communicator
+from tests.live.test_sync import heartbeat, published
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -31,8 +32,6 @@ def policies(production: Environment, system: Actor) -> None:
     do_create_policy(production, "breaker", "payments", {}, system)
     do_create_policy(production, "rate_limit", "api", {}, system)
     do_create_policy(production, "cache", "prices", {"ttl": 30}, system)
-    # Made a while ago: an instance on an older revision is behind, not still applying.
-    Policy.objects.update(updated_at=timezone.now() - timedelta(minutes=5))
 
 
 def _heartbeat(environment: Environment, instance: str, revision: int | None = None) -> None:
@@ -189,19 +188,23 @@ def test_a_cache_whose_hit_ratio_fell_is_told_from_one_always_low(
     assert "always_cold" not in card
 
 
-def test_instances_behind_are_a_problem_only_after_a_grace_period(
+def test_instances_behind_or_gone_silent_are_problems_applying_ones_are_not(
     client: Client, viewer: User, production: Environment, policies: None, system: Actor
 ) -> None:
+    redis_client = get_redis()
+    now = time.time()
+    published(redis_client, production, now - 60)  # the revision is a minute old
     _heartbeat(production, "i1")
     _heartbeat(production, "i2", revision=production.revision - 1)
+    heartbeat(redis_client, production, "crashed", production.revision, now - 20)
 
     card = _card(_home(client, viewer), "production")
     assert "1 of 2 instances behind" in card
     assert f"the environment is at revision {production.revision}" in card
+    assert "1 instance gone silent" in card and "(shop)" in card
 
-    # A change made just now: every instance is briefly behind while it applies it.
-    do_create_policy(production, "breaker", "fresh", {}, system)
-    production.refresh_from_db()
+    # A change published just now: instances on the revision before are applying it.
+    published(redis_client, production, time.time())
     card = _card(_home(client, viewer), "production")
     assert "instances behind" not in card
 
