@@ -36,6 +36,7 @@ from controlplane.live.history import (
 from controlplane.policies.access import find_policy
 from controlplane.policies.models import Environment, Override, Policy
 from controlplane.policies.overrides import OPERATOR_ACTIONS, active_overrides
+from controlplane.protocol.schema import KIND_LABELS
 from controlplane.redis_connection import get_redis
 
 logger = logging.getLogger(__name__)
@@ -66,6 +67,7 @@ class BreakerView(NamedTuple):
     field: str
     dom_id: str
     name: str
+    tags: str  # space-separated, for the rows' filter (data-tags)
     detail_url: str
     observe: bool
     state: str
@@ -84,6 +86,7 @@ class LimiterView(NamedTuple):
     field: str
     dom_id: str
     name: str
+    tags: str
     detail_url: str
     limit: str
     observe: bool
@@ -99,6 +102,7 @@ class CacheView(NamedTuple):
     field: str
     dom_id: str
     name: str
+    tags: str
     detail_url: str
     hit_ratio: str
     lookups: str
@@ -125,6 +129,7 @@ class Row:
     override: Override | None
     states: dict[str, int]
     top: list[tuple[str, float]]
+    tags: tuple[str, ...] = ()
 
     @property
     def field(self) -> str:
@@ -174,12 +179,14 @@ class Row:
         """The values the row's partial shows, formatted: the row's HTML is kept by them."""
         kind, name, rates, field = self.kind, self.name, self.rates, self.field
         dom_id = f"live-{kind}-{name}".replace(".", "_")
+        tags = " ".join(self.tags)
         detail_url = _detail_url(self.environment, kind, name)
         if kind == "cache":
             return CacheView(
                 field,
                 dom_id,
                 name,
+                tags,
                 detail_url,
                 _percent(rates.hit_ratio),
                 f"{self.lookups_per_second:.1f}",
@@ -199,6 +206,7 @@ class Row:
                 field,
                 dom_id,
                 name,
+                tags,
                 detail_url,
                 self.observe,
                 self.worst_state,
@@ -214,6 +222,7 @@ class Row:
             field,
             dom_id,
             name,
+            tags,
             detail_url,
             self.limit,
             self.observe,
@@ -315,6 +324,14 @@ def live_snapshot(environment: Environment, policies: list[str] | None = None) -
 
 
 LIVE_KINDS = ("breaker", "rate_limit", "cache")
+LIVE_KIND_LABELS = [(kind, KIND_LABELS[kind]) for kind in LIVE_KINDS]
+# The overview's state filter (static/js/filter.js): "forced" is any manual state.
+STATE_FILTERS = [
+    ("open", "open"),
+    ("half_open", "half-open"),
+    ("forced", "forced or disabled"),
+    ("closed", "closed"),
+]
 READ_ALL_ABOVE = 200  # rows asked for, above which overview() reads every row
 # The settings a row shows, read from each policy's spec by the database.
 SHOWN_SETTINGS = {
@@ -354,7 +371,7 @@ def overview(environment: Environment, only: set[str] | None = None) -> dict[str
     selected = list(
         policies.order_by("kind", "name")
         .annotate(**SHOWN_SETTINGS)
-        .values_list("kind", "name", *SHOWN_SETTINGS)
+        .values_list("kind", "name", *SHOWN_SETTINGS, "tags")
     )
     fields = [f"{kind}:{name}" for kind, name, *_ in selected]
     snapshot = live_snapshot(environment, None if only is None else fields)
@@ -371,7 +388,8 @@ def overview(environment: Environment, only: set[str] | None = None) -> dict[str
             _unreadable(environment, "rejected subjects", exc)
             tops = {}
     rows: dict[str, list[Row]] = {kind: [] for kind in LIVE_KINDS}
-    for (kind, name, mode, limit, period, generation), field in zip(selected, fields, strict=True):
+    selected_rows = zip(selected, fields, strict=True)
+    for (kind, name, mode, limit, period, generation, tags), field in selected_rows:
         rows[kind].append(
             Row(
                 kind=kind,
@@ -384,6 +402,7 @@ def overview(environment: Environment, only: set[str] | None = None) -> dict[str
                 override=overrides.get(field),
                 states=snapshot.breaker_states.get(name, {}) if kind == "breaker" else {},
                 top=tops.get(name, []),
+                tags=tuple(tags or ()),
             )
         )
     in_sync = sum(1 for i in snapshot.instances if i.revision >= environment.revision)
@@ -391,6 +410,9 @@ def overview(environment: Environment, only: set[str] | None = None) -> dict[str
         "environment": environment,
         "rows": rows,
         "override_actions": OVERRIDE_ACTIONS,
+        "tags": sorted({tag for *_, tags in selected for tag in tags or ()}),
+        "live_kinds": LIVE_KIND_LABELS,
+        "live_states": STATE_FILTERS,
         "snapshot": snapshot,
         "instances_in_sync": in_sync,
         "instances_behind": len(snapshot.instances) - in_sync,
