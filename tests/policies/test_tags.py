@@ -7,6 +7,7 @@ import pytest
 import redis
 from django.contrib.auth.models import User
 from django.test import Client
+from django.urls import reverse
 
 from controlplane.accounts.actors import Actor
 from controlplane.audit.models import AuditEntry
@@ -177,3 +178,13 @@ def test_a_new_policy_takes_tags_and_team_from_the_form(
     assert response.status_code == 302
     created = Policy.objects.get(name="prices")
     assert (created.tags, created.team) == (["catalogue"], "Shop")
+
+
+def test_the_policy_page_shows_tags_and_team_linking_to_the_filtered_list(
+    client: Client, viewer: User, payments: Policy
+) -> None:
+    client.force_login(viewer)
+    html = client.get("/e/production/breaker/payments/").content.decode()
+    listed = reverse("dashboard")
+    assert f'<a class="tag" href="{listed}?tag=payments">payments</a>' in html
+    assert f'<a href="{listed}?team=Checkout">Checkout</a>' in html
