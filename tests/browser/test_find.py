@@ -58,23 +58,23 @@ def test_filter_and_sort_the_live_overview_and_keep_them_through_pushes(
     from playwright.sync_api import expect
 
     for name, tags in [
-        ("payments", ["payments", "tier-1"]),
-        ("inventory", ["catalogue", "tier-1"]),
-        ("search", ["catalogue"]),
+        ("ledger", ["ledger", "tier-1"]),
+        ("warehouse", ["catalogue", "tier-1"]),
+        ("finder", ["catalogue"]),
     ]:
         do_create_policy(production, "breaker", name, {}, system, tags=tags)
-    do_create_policy(production, "rate_limit", "api", {"limit": 10}, system, tags=["tier-1"])
-    do_create_policy(production, "cache", "prices", {"generation": 10}, system)
-    do_create_policy(production, "cache", "stock", {"generation": 2}, system)
+    do_create_policy(production, "rate_limit", "gateway", {"limit": 10}, system, tags=["tier-1"])
+    do_create_policy(production, "cache", "pricebook", {"generation": 10}, system)
+    do_create_policy(production, "cache", "stockpile", {"generation": 2}, system)
     heartbeat = {"service": "shop", "host": "h", "pid": 1, "library_version": "0.1.0"}
     heartbeat |= {"revision": production.revision, "connected": True, "at": time.time()}
     redis_client.hset(production.keys().instances, "i1", json.dumps(heartbeat))
     report(
         production,
         {
-            "breaker:payments": {"calls": 100, "failures": 80, "state": "open"},
-            "breaker:inventory": {"calls": 100, "failures": 20, "state": "closed"},
-            "breaker:search": {"calls": 10, "failures": 0, "state": "closed"},
+            "breaker:ledger": {"calls": 100, "failures": 80, "state": "open"},
+            "breaker:warehouse": {"calls": 100, "failures": 20, "state": "closed"},
+            "breaker:finder": {"calls": 10, "failures": 0, "state": "closed"},
         },
     )
 
@@ -83,7 +83,7 @@ def test_filter_and_sort_the_live_overview_and_keep_them_through_pushes(
     page.wait_for_selector('[data-live-status="connected"]')
     expect(page.locator("[data-live-filters] select[name=tag]")).to_have_value("tier-1")
     expect(page.locator("[data-filter-count]")).to_have_text("3 of 6 policies shown")
-    expect_shown(page, ["inventory", "payments"])
+    expect_shown(page, ["ledger", "warehouse"])
     expect(page.locator("section[data-kind-section=cache] [data-no-match]")).to_be_visible()
 
     # Sort by state, worst first, with the keyboard: the header is a button.
@@ -91,43 +91,43 @@ def test_filter_and_sort_the_live_overview_and_keep_them_through_pushes(
     state.get_by_role("button").focus()
     page.keyboard.press("Enter")
     expect(state).to_have_attribute("aria-sort", "ascending")
-    expect_shown(page, ["payments", "inventory"])  # open before closed
+    expect_shown(page, ["ledger", "warehouse"])  # open before closed
     page.keyboard.press("Enter")
     expect(state).to_have_attribute("aria-sort", "descending")
-    expect_shown(page, ["inventory", "payments"])
+    expect_shown(page, ["warehouse", "ledger"])
     page.keyboard.press("Enter")
-    expect_shown(page, ["payments", "inventory"])
+    expect_shown(page, ["ledger", "warehouse"])
 
     # A push that changes the order: payments closes, inventory opens; the rows follow.
     report(
         production,
         {
-            "breaker:payments": {"calls": 1, "state": "closed"},
-            "breaker:inventory": {"calls": 1, "failures": 1, "state": "open"},
+            "breaker:ledger": {"calls": 1, "state": "closed"},
+            "breaker:warehouse": {"calls": 1, "failures": 1, "state": "open"},
         },
     )
-    expect(page.locator(SHOWN_BREAKERS).first).to_have_attribute("data-name", "inventory")
-    expect_shown(page, ["inventory", "payments"])
+    expect(page.locator(SHOWN_BREAKERS).first).to_have_attribute("data-name", "warehouse")
+    expect_shown(page, ["warehouse", "ledger"])
     # A push of a row the filter hides: it stays hidden.
-    report(production, {"breaker:search": {"calls": 10, "failures": 10, "state": "forced_open"}})
-    expect(page.locator('tr[data-name="search"]')).to_have_attribute("data-state", "forced_open")
-    expect(page.locator('tr[data-name="search"]')).to_be_hidden()
-    expect_shown(page, ["inventory", "payments"])
+    report(production, {"breaker:finder": {"calls": 10, "failures": 10, "state": "forced_open"}})
+    expect(page.locator('tr[data-name="finder"]')).to_have_attribute("data-state", "forced_open")
+    expect(page.locator('tr[data-name="finder"]')).to_be_hidden()
+    expect_shown(page, ["warehouse", "ledger"])
 
     # Name, kind and state narrow further; the address keeps them for a bookmark.
-    page.fill("[data-live-filters] input[name=q]", "PAY")
-    expect_shown(page, ["payments"])
-    expect(page.locator("tr[data-name=api]")).to_be_hidden()
-    assert "q=PAY" in page.url and "tag=tier-1" in page.url
+    page.fill("[data-live-filters] input[name=q]", "LEDG")
+    expect_shown(page, ["ledger"])
+    expect(page.locator("tr[data-name=gateway]")).to_be_hidden()
+    assert "q=LEDG" in page.url and "tag=tier-1" in page.url
     page.fill("[data-live-filters] input[name=q]", "")
     page.select_option("[data-live-filters] select[name=tag]", "")
     page.select_option("[data-live-filters] select[name=state]", "forced")
-    expect_shown(page, ["search"])
+    expect_shown(page, ["finder"])
     expect(page.locator("section[data-kind-section=rate_limit]")).to_be_hidden()
     page.select_option("[data-live-filters] select[name=state]", "")
     page.select_option("[data-live-filters] select[name=kind]", "cache")
     expect(page.locator("section[data-kind-section=breaker]")).to_be_hidden()
-    expect(page.locator("tr[data-name=prices]")).to_be_visible()
+    expect(page.locator("tr[data-name=pricebook]")).to_be_visible()
     expect(page.locator("[data-filter-count]")).to_have_text("2 of 6 policies shown")
 
     # A number column sorts by number: 2 before 10, where text order puts 10 first.
@@ -135,7 +135,13 @@ def test_filter_and_sort_the_live_overview_and_keep_them_through_pushes(
     generation.get_by_role("button").click()
     expect(generation).to_have_attribute("aria-sort", "ascending")
     caches = page.locator("section[data-kind-section=cache] tr[data-kind]")
-    assert caches.evaluate_all("rows => rows.map(r => r.dataset.name)") == ["stock", "prices"]
+    assert caches.evaluate_all("rows => rows.map(r => r.dataset.name)") == [
+        "stockpile",
+        "pricebook",
+    ]
     generation.get_by_role("button").click()
     expect(generation).to_have_attribute("aria-sort", "descending")
-    assert caches.evaluate_all("rows => rows.map(r => r.dataset.name)") == ["prices", "stock"]
+    assert caches.evaluate_all("rows => rows.map(r => r.dataset.name)") == [
+        "pricebook",
+        "stockpile",
+    ]
