@@ -11,6 +11,7 @@ from django.urls import reverse
 from controlplane.accounts.actors import Actor
 from controlplane.embedded_redis import RedisServer
 from controlplane.policies.actions import do_create_policy, do_update_policy
+from controlplane.policies.examples import load_examples
 from controlplane.policies.models import Environment
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -181,3 +182,11 @@ def test_tags_and_teams_are_offered_and_shown(
     assert '<option value="Shop">Shop</option>' in html
     assert '<a class="tag" href="?tag=catalogue">catalogue</a>' in html
     assert '<th data-sort="number">Version</th>' in html  # sortable by filter.js
+
+
+def test_the_examples_carry_tags_to_filter_by(client: Client, viewer: User) -> None:
+    load_examples()
+    client.force_login(viewer)
+    listed, html = _listed(client, "?tag=tier-1&kind=breaker")
+    assert listed == {"breaker:payments"}  # in production and staging
+    assert html.count('data-policy="breaker:payments"') == 2
