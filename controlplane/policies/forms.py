@@ -77,8 +77,8 @@ class PolicyForm(forms.Form):
     tags = forms.CharField(
         label="Tags",
         required=False,
-        help_text=f"Up to {MAX_TAGS} lower-case words or dashes, separated by commas "
-        "(payments, tier-1): for finding policies, never sent to services.",
+        help_text=f"Up to {MAX_TAGS} tags of lower-case letters, digits and dashes, "
+        "separated by commas (payments, tier-1): for finding policies, never sent to services.",
     )
     team = forms.CharField(
         label="Owner team",

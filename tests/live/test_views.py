@@ -546,3 +546,21 @@ def test_instances_page_shows_each_implementation_as_text(
     assert "<script>alert" not in html and "<b>go" not in html
     assert "&lt;b&gt;go&lt;/b&gt; · &lt;script&gt;alert(1)&lt;/script&gt; 1" in html
     assert "python 3.11.7 · controlplane.client 0.1.0 (2)" in html  # the fleet's summary
+
+
+def test_overview_offers_a_filter_bar_set_from_the_query_string(
+    client: Client, viewer: User, production: Environment, system: Actor
+) -> None:
+    do_create_policy(production, "breaker", "payments", {}, system, tags=["tier-1", "payments"])
+    do_create_policy(production, "cache", "prices", {}, system, tags=["catalogue"])
+    client.force_login(viewer)
+
+    html = client.get("/e/production/live/?tag=tier-1&state=open&q=pay").content.decode()
+
+    assert "data-live-filters hidden" in html  # shown by filter.js, which does the filtering
+    assert '<option value="tier-1" selected>tier-1</option>' in html
+    assert '<option value="catalogue">catalogue</option>' in html
+    assert '<option value="open" selected>open</option>' in html
+    assert 'name="q" value="pay"' in html
+    assert 'data-kind-section="cache"' in html and "js/filter.js" in html
+    assert "{#" not in html and "#}" not in html  # no template comment shown as text
