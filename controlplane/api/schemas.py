@@ -6,7 +6,16 @@ from typing import Annotated, Any, Literal
 from ninja import Schema
 from pydantic import AfterValidator, ConfigDict, Field
 
-from controlplane.policies.models import PolicyVersion, max_length
+from controlplane.policies.models import (
+    MAX_TAG_LENGTH,
+    MAX_TAGS,
+    TAG_PATTERN,
+    Policy,
+    PolicyVersion,
+    check_tags,
+    check_team,
+    max_length,
+)
 from controlplane.protocol.keys import NAME_PATTERN
 from controlplane.protocol.schema import InvalidValue, PolicyError, check_text, validate_name
 
@@ -35,6 +44,42 @@ Name = Annotated[
     str,
     AfterValidator(_name),
     Field(json_schema_extra={"pattern": NAME_PATTERN.pattern.replace("\\Z", "$")}),
+]
+
+
+def _tags(value: list[str]) -> list[str]:
+    try:
+        return check_tags(value)
+    except PolicyError as exc:
+        raise ValueError(" ".join(exc.errors["tags"])) from None
+
+
+def _team(value: str) -> str:
+    try:
+        return check_team(value)
+    except PolicyError as exc:
+        raise ValueError(" ".join(exc.errors["team"])) from None
+
+
+# A policy's tags and owner team, by check_tags and check_team: metadata for finding
+# policies, kept by the control plane and never published to services.
+Tags = Annotated[
+    list[
+        Annotated[
+            str,
+            Field(
+                max_length=MAX_TAG_LENGTH,
+                json_schema_extra={"pattern": "^" + TAG_PATTERN.pattern.replace("\\Z", "$")},
+            ),
+        ]
+    ],
+    AfterValidator(_tags),
+    Field(max_length=MAX_TAGS, description="Lower-case slugs (payments, tier-1)."),
+]
+Team = Annotated[
+    str,
+    AfterValidator(_team),
+    Field(max_length=max_length(Policy, "team"), description="Owner team."),
 ]
 # Why a change was made: kept in the history and the audit log, within their bound.
 Reason = Annotated[Text, Field(max_length=max_length(PolicyVersion, "reason"))]
@@ -69,6 +114,8 @@ class PolicyOut(Schema):
     version: int
     revision: int
     spec: dict[str, Any] = Field(description="Secret config values are masked.")
+    tags: list[str]
+    team: str
     updated_at: datetime
     updated_by: str
 
@@ -77,11 +124,17 @@ class PolicyIn(Schema):
     kind: Kind
     name: Name
     spec: dict[str, Any] = Field(default_factory=dict)
+    tags: Tags = Field(default_factory=list)
+    team: Team = ""
     reason: Reason = ""
 
 
 class PolicyPatch(Schema):
-    spec: dict[str, Any] = Field(description="Fields to change; the others keep their value.")
+    spec: dict[str, Any] = Field(
+        default_factory=dict, description="Fields to change; the others keep their value."
+    )
+    tags: Tags | None = Field(default=None, description="Replace the tags (null keeps them).")
+    team: Team | None = Field(default=None, description="Replace the team (null keeps it).")
     reason: Reason = ""
     expected_version: int | None = Field(
         default=None,

@@ -8,7 +8,7 @@ action functions. Errors are JSON naming the field.
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any, cast
+from typing import Annotated, Any, cast
 
 from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpRequest, HttpResponse
@@ -51,7 +51,14 @@ from controlplane.policies.actions import (
     do_rollback_policy,
     do_update_policy,
 )
-from controlplane.policies.models import Environment, Override, Policy, PolicyVersion
+from controlplane.policies.models import (
+    MAX_TAG_LENGTH,
+    Environment,
+    Override,
+    Policy,
+    PolicyVersion,
+    max_length,
+)
 from controlplane.policies.overrides import (
     RedisUnavailableError,
     active_overrides,
@@ -139,6 +146,8 @@ def _policy_out(policy: Policy) -> dict[str, Any]:
         "version": policy.version,
         "revision": policy.revision,
         "spec": masked(policy.kind, policy.spec),
+        "tags": policy.tags,
+        "team": policy.team,
         "updated_at": policy.updated_at,
         "updated_by": policy.updated_by,
     }
@@ -169,13 +178,24 @@ def list_environments(request: HttpRequest) -> Any:
 
 
 @api.get("/environments/{environment}/policies", response={200: list[PolicyOut], **READ})
-def list_policies(request: HttpRequest, environment: Name, kind: Kind | None = None) -> Any:
+def list_policies(
+    request: HttpRequest,
+    environment: Name,
+    kind: Kind | None = None,
+    tag: Annotated[Text | None, Field(max_length=MAX_TAG_LENGTH)] = None,
+    team: Annotated[Text | None, Field(max_length=max_length(Policy, "team"))] = None,
+) -> Any:
+    """The environment's policies; ``tag`` keeps those with the tag, ``team`` those of
+    the team (exactly, ignoring case)."""
     token = require(request, Role.VIEWER)
     env = environment_for(token.acting_role(), Role.VIEWER, environment)
     policies = env.policies.filter(deleted=False).select_related("environment")
     if kind is not None:
         policies = policies.filter(kind=kind)
-    return [_policy_out(p) for p in policies]
+    if team is not None:
+        policies = policies.filter(team__iexact=team.strip())
+    chosen = [p for p in policies if tag is None or tag.strip().lower() in p.tags]
+    return [_policy_out(p) for p in chosen]
 
 
 @api.post("/environments/{environment}/policies", response={201: PolicyOut, **WRITE})
@@ -183,7 +203,14 @@ def create_policy(request: HttpRequest, environment: Name, payload: PolicyIn) ->
     token = require(request, Role.EDITOR)
     env = environment_for(token.acting_role(), Role.EDITOR, environment)
     policy = do_create_policy(
-        env, payload.kind, payload.name, payload.spec, actor_for(request, token), payload.reason
+        env,
+        payload.kind,
+        payload.name,
+        payload.spec,
+        actor_for(request, token),
+        payload.reason,
+        tags=payload.tags,
+        team=payload.team,
     )
     return Status(201, _policy_out(policy))
 
@@ -205,6 +232,8 @@ def update_policy(
         actor_for(request, token),
         payload.reason,
         expected_version=payload.expected_version,
+        tags=payload.tags,
+        team=payload.team,
     )
     return _policy_out(policy)
 
@@ -417,6 +446,8 @@ def reset_breaker(request: HttpRequest, environment: Name, name: Name, payload: 
                                 "local_size": 0,
                                 "generation": 3,
                             },
+                            "tags": ["catalogue"],
+                            "team": "storefront",
                             "updated_at": "2026-12-06T14:05:00Z",
                             "updated_by": "token:deploy-bot",
                         }

@@ -39,6 +39,7 @@ from controlplane.live.models import BreakerEvent
 from controlplane.policies.access import find_policy
 from controlplane.policies.models import Environment, Override, Policy
 from controlplane.policies.overrides import OPERATOR_ACTIONS, OperatorAction, active_overrides
+from controlplane.protocol.schema import KIND_LABELS
 from controlplane.redis_connection import get_redis
 
 logger = logging.getLogger(__name__)
@@ -97,6 +98,7 @@ class BreakerView(NamedTuple):
     field: str
     dom_id: str
     name: str
+    tags: str  # space-separated, for the rows' filter (data-tags)
     detail_url: str
     observe: bool
     state: str
@@ -117,6 +119,7 @@ class LimiterView(NamedTuple):
     field: str
     dom_id: str
     name: str
+    tags: str
     detail_url: str
     limit: str
     observe: bool
@@ -132,6 +135,7 @@ class CacheView(NamedTuple):
     field: str
     dom_id: str
     name: str
+    tags: str
     detail_url: str
     hit_ratio: str
     lookups: str
@@ -159,6 +163,7 @@ class Row:
     states: dict[str, int]
     top: list[tuple[str, float]]
     opened_at: float | None = None  # failure rate (percent) of the transition to open
+    tags: tuple[str, ...] = ()
 
     @property
     def field(self) -> str:
@@ -204,12 +209,14 @@ class Row:
         """The values the row's partial shows, formatted: the row's HTML is kept by them."""
         kind, name, rates, field = self.kind, self.name, self.rates, self.field
         dom_id = row_dom_id(kind, name)
+        tags = " ".join(self.tags)
         detail_url = _detail_url(self.environment, kind, name)
         if kind == "cache":
             return CacheView(
                 field,
                 dom_id,
                 name,
+                tags,
                 detail_url,
                 _percent(rates.hit_ratio),
                 f"{self.lookups_per_second:.1f}",
@@ -221,6 +228,7 @@ class Row:
                 field,
                 dom_id,
                 name,
+                tags,
                 detail_url,
                 self.observe,
                 self.worst_state,
@@ -238,6 +246,7 @@ class Row:
             field,
             dom_id,
             name,
+            tags,
             detail_url,
             self.limit,
             self.observe,
@@ -344,6 +353,14 @@ def live_snapshot(environment: Environment, policies: list[str] | None = None) -
 
 
 LIVE_KINDS = ("breaker", "rate_limit", "cache")
+LIVE_KIND_LABELS = [(kind, KIND_LABELS[kind]) for kind in LIVE_KINDS]
+# The overview's state filter (static/js/filter.js): "forced" is any manual state.
+STATE_FILTERS = [
+    ("open", "open"),
+    ("half_open", "half-open"),
+    ("forced", "forced or disabled"),
+    ("closed", "closed"),
+]
 READ_ALL_ABOVE = 200  # rows asked for, above which overview() reads every row
 # The settings a row shows, read from each policy's spec by the database.
 SHOWN_SETTINGS = {
@@ -391,7 +408,7 @@ def overview(
     selected = list(
         policies.order_by("kind", "name")
         .annotate(**SHOWN_SETTINGS)
-        .values_list("kind", "name", *SHOWN_SETTINGS)
+        .values_list("kind", "name", *SHOWN_SETTINGS, "tags")
     )
     fields = [f"{kind}:{name}" for kind, name, *_ in selected]
     snapshot = live_snapshot(environment, None if only is None else fields)
@@ -400,7 +417,8 @@ def overview(
     limiters = [name for kind, name, *_ in selected if kind == "rate_limit"]
     top = rejected_subjects(environment, limiters) if tops and snapshot.redis_ok else {}
     rows: dict[str, list[Row]] = {kind: [] for kind in LIVE_KINDS}
-    for (kind, name, mode, limit, period, generation), field in zip(selected, fields, strict=True):
+    selected_rows = zip(selected, fields, strict=True)
+    for (kind, name, mode, limit, period, generation, tags), field in selected_rows:
         rows[kind].append(
             Row(
                 kind=kind,
@@ -413,6 +431,7 @@ def overview(
                 override=overrides.get(field),
                 states=snapshot.breaker_states.get(name, {}) if kind == "breaker" else {},
                 top=top.get(name, []),
+                tags=tuple(tags or ()),
             )
         )
     _add_opening_rates(environment, rows["breaker"])
@@ -421,6 +440,9 @@ def overview(
         "environment": environment,
         "rows": rows,
         "override_actions": OVERRIDE_ACTIONS,
+        "tags": sorted({tag for *_, tags in selected for tag in tags or ()}),
+        "live_kinds": LIVE_KIND_LABELS,
+        "live_states": STATE_FILTERS,
         "snapshot": snapshot,
         "sync": sync,
         "instances_in_sync": len(sync.in_sync),

@@ -9,7 +9,7 @@ import, a cache purge): they run in their caller's transaction.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from functools import partial
 from typing import Any
 
@@ -23,6 +23,8 @@ from controlplane.policies.models import (
     PolicyVersion,
     check_length,
     check_reason,
+    check_tags,
+    check_team,
 )
 from controlplane.policies.publish import policy_document, publish_policy
 from controlplane.protocol.schema import (
@@ -101,7 +103,7 @@ def _record(
         kind=policy.kind,
         name=policy.name,
         reason=reason,
-        changes=_policy_changes(before, policy),
+        changes={**_policy_changes(before, policy), **_metadata_changes(before, policy)},
     )
     document = policy_document(policy)
     transaction.on_commit(partial(publish_policy, policy.environment.keys(), document))
@@ -119,7 +121,38 @@ def _policy_changes(before: Policy | None, after: Policy) -> dict[str, list[Any]
 
 def _snapshot(policy: Policy) -> Policy:
     """A detached copy of ``policy`` as it is now, for the audit's before values."""
-    return Policy(spec=dict(policy.spec), deleted=policy.deleted, version=policy.version)
+    return Policy(
+        spec=dict(policy.spec),
+        deleted=policy.deleted,
+        version=policy.version,
+        tags=list(policy.tags),
+        team=policy.team,
+    )
+
+
+def _metadata_changes(before: Policy | None, after: Policy) -> dict[str, list[Any]]:
+    """The tags and team that differ, as the audit records them."""
+    changes: dict[str, list[Any]] = {}
+    old_tags, old_team = ([], "") if before is None else (before.tags, before.team)
+    if old_tags != after.tags:
+        changes["tags"] = [old_tags, list(after.tags)]
+    if old_team != after.team:
+        changes["team"] = [old_team, after.team]
+    return changes
+
+
+def _set_metadata(policy: Policy, tags: Sequence[str] | None, team: str | None) -> None:
+    """Validate and set the tags and team given (None keeps the policy's)."""
+    errors: dict[str, list[str]] = {}
+    for check, value, field in ((check_tags, tags, "tags"), (check_team, team, "team")):
+        if value is None:
+            continue
+        try:
+            setattr(policy, field, check(value))
+        except PolicyError as exc:
+            errors.update(exc.errors)
+    if errors:
+        raise PolicyError(errors)
 
 
 def do_create_policy(
@@ -131,15 +164,25 @@ def do_create_policy(
     reason: str = "",
     *,
     audit_action: str = "",
+    tags: Sequence[str] | None = None,
+    team: str | None = None,
 ) -> Policy:
     """Create a policy (or bring back a deleted one of the same name).
 
     ``audit_action`` names the action in the audit log when it is more than a
-    create (``policy.adopt``).
+    create (``policy.adopt``). ``tags`` and ``team`` default to none.
     """
     with transaction.atomic(durable=True):
         return create_policy(
-            environment, kind, name, spec, actor, reason, audit_action=audit_action
+            environment,
+            kind,
+            name,
+            spec,
+            actor,
+            reason,
+            audit_action=audit_action,
+            tags=tags,
+            team=team,
         )
 
 
@@ -152,11 +195,15 @@ def create_policy(
     reason: str = "",
     *,
     audit_action: str = "",
+    tags: Sequence[str] | None = None,
+    team: str | None = None,
 ) -> Policy:
     """``do_create_policy`` as a step of the caller's transaction (it must be in one)."""
     kind_spec(kind)
     validate_name(name)
     check_reason(reason)
+    metadata = Policy()
+    _set_metadata(metadata, tags, team)
     clean = validate_spec(kind, spec)
     policy, created = Policy.objects.select_for_update().get_or_create(
         environment=environment, kind=kind, name=name, defaults={"spec": clean}
@@ -173,6 +220,7 @@ def create_policy(
         )
     policy.spec = clean
     policy.deleted = False
+    policy.tags, policy.team = metadata.tags, metadata.team
     _record(policy, PolicyVersion.Action.CREATE, actor, reason, before, audit_action)
     return policy
 
@@ -193,14 +241,26 @@ def do_update_policy(
     reason: str = "",
     *,
     expected_version: int | None = None,
+    tags: Sequence[str] | None = None,
+    team: str | None = None,
 ) -> Policy:
     """Change some fields of a policy; fields not in ``changes`` keep their value.
 
     With ``expected_version``, the update is refused with ``StaleVersionError``
-    if someone else saved the policy in the meantime.
+    if someone else saved the policy in the meantime. ``tags`` and ``team``
+    replace the policy's when given; a change of them alone is audited as an
+    update but is no new version and is not published.
     """
     with transaction.atomic(durable=True):
-        return update_policy(policy, changes, actor, reason, expected_version=expected_version)
+        return update_policy(
+            policy,
+            changes,
+            actor,
+            reason,
+            expected_version=expected_version,
+            tags=tags,
+            team=team,
+        )
 
 
 def update_policy(
@@ -211,6 +271,8 @@ def update_policy(
     *,
     expected_version: int | None = None,
     audit_action: str = "",
+    tags: Sequence[str] | None = None,
+    team: str | None = None,
 ) -> Policy:
     """``do_update_policy`` as a step of the caller's transaction (it must be in one).
 
@@ -219,12 +281,33 @@ def update_policy(
     """
     check_reason(reason)
     locked = _lock_current(policy, expected_version)
-    clean = validate_spec(locked.kind, changes, base=locked.spec)
-    if clean == locked.spec:
-        return locked
     before = _snapshot(locked)
-    locked.spec = clean
-    _record(locked, PolicyVersion.Action.UPDATE, actor, reason, before, audit_action)
+    errors: dict[str, list[str]] = {}
+    try:
+        _set_metadata(locked, tags, team)
+    except PolicyError as exc:
+        errors.update(exc.errors)
+    try:
+        clean = validate_spec(locked.kind, changes, base=locked.spec)
+    except PolicyError as exc:
+        errors.update(exc.errors)
+    if errors:
+        raise PolicyError(errors)
+    if clean != locked.spec:
+        locked.spec = clean
+        _record(locked, PolicyVersion.Action.UPDATE, actor, reason, before, audit_action)
+    elif metadata := _metadata_changes(before, locked):
+        locked.updated_by = actor.name
+        locked.save(update_fields=["tags", "team", "updated_by", "updated_at"])
+        record(
+            actor,
+            audit_action or "policy.update",
+            environment=locked.environment.name,
+            kind=locked.kind,
+            name=locked.name,
+            reason=reason,
+            changes=metadata,
+        )
     return locked
 
 

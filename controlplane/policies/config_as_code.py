@@ -4,7 +4,8 @@ Export writes every live policy in full. Import plans the changes that make the
 environment match the document (a dry run shows them), then applies them all in
 one transaction, or none; importing the same document twice changes nothing.
 Secret config values are exported as null; a null secret on import keeps the
-value the environment has.
+value the environment has. A policy's ``tags`` and ``team`` sit beside its spec
+fields, written only when set; a policy without them in the document has none.
 """
 
 from __future__ import annotations
@@ -20,7 +21,13 @@ from django.db import transaction
 from controlplane.accounts.actors import Actor
 from controlplane.policies.actions import create_policy, delete_policy, update_policy
 from controlplane.policies.diff import FieldDiff, spec_diff
-from controlplane.policies.models import Environment, Policy, check_reason
+from controlplane.policies.models import (
+    Environment,
+    Policy,
+    check_reason,
+    check_tags,
+    check_team,
+)
 from controlplane.protocol.limits import (
     MAX_IMPORT_BYTES,
     MAX_JSON_DEPTH,
@@ -57,7 +64,12 @@ def export_environment(environment: Environment) -> dict[str, Any]:
         except LimitExceeded as exc:
             path = f"policies.{policy.kind}.{policy.name}"
             raise PolicyError({path: [f"{exc} Edit it, then export again."]}) from None
-        policies[policy.kind][policy.name] = masked(policy.kind, policy.spec, mask=None)
+        entry = masked(policy.kind, policy.spec, mask=None)
+        if policy.tags:
+            entry["tags"] = list(policy.tags)
+        if policy.team:
+            entry["team"] = policy.team
+        policies[policy.kind][policy.name] = entry
     return {
         "version": FORMAT_VERSION,
         "environment": environment.name,
@@ -136,11 +148,31 @@ class PlannedChange:
     name: str
     spec: dict[str, Any] | None = None
     diff: list[FieldDiff] = field(default_factory=list)
+    tags: list[str] = field(default_factory=list)
+    team: str = ""
 
     def describe(self) -> str:
         head = f"{self.op} {self.kind} {self.name}"
         lines = [f"  {d.label}: {d.old or '—'} -> {d.new or '—'}" for d in self.diff]
         return "\n".join([head, *lines])
+
+
+def _metadata(data: dict[str, Any]) -> tuple[list[str], str]:
+    """Take a policy's tags and team out of its entry: they are no spec fields."""
+    errors: dict[str, list[str]] = {}
+    tags: list[str] = []
+    team = ""
+    try:
+        tags = check_tags(data.pop("tags", None) or [])
+    except PolicyError as exc:
+        errors.update(exc.errors)
+    try:
+        team = check_team(data.pop("team", None) or "")
+    except PolicyError as exc:
+        errors.update(exc.errors)
+    if errors:
+        raise PolicyError(errors)
+    return tags, team
 
 
 def plan_import(
@@ -149,6 +181,7 @@ def plan_import(
     """Validate the whole document and return the changes it implies; raise on any error."""
     errors: dict[str, list[str]] = {}
     wanted: dict[tuple[str, str], dict[str, Any]] = {}
+    metadata: dict[tuple[str, str], tuple[list[str], str]] = {}
     existing = {(p.kind, p.name): p for p in environment.policies.filter(deleted=False)}
     for kind, specs in document.get("policies", {}).items():
         if kind not in KINDS:
@@ -164,6 +197,7 @@ def plan_import(
                 if not isinstance(spec, dict | None):
                     raise PolicyError({"name": ["Expected a mapping of policy fields."]})
                 data = dict(spec or {})
+                metadata[(kind, name)] = _metadata(data)
                 current = existing.get((kind, name))
                 if is_secret(kind, data) and data.get("value") is None:
                     if current is None:
@@ -179,12 +213,17 @@ def plan_import(
     changes: list[PlannedChange] = []
     for (kind, name), spec in sorted(wanted.items()):
         current = existing.get((kind, name))
+        tags, team = metadata[(kind, name)]
+        old_tags, old_team = ([], "") if current is None else (current.tags, current.team)
+        diff = spec_diff(kind, None if current is None else current.spec, spec)
+        if old_tags != tags:
+            diff.append(FieldDiff("tags", "Tags", ", ".join(old_tags), ", ".join(tags)))
+        if old_team != team:
+            diff.append(FieldDiff("team", "Owner team", old_team, team))
         if current is None:
-            changes.append(PlannedChange("create", kind, name, spec, spec_diff(kind, None, spec)))
-        elif current.spec != spec:
-            changes.append(
-                PlannedChange("update", kind, name, spec, spec_diff(kind, current.spec, spec))
-            )
+            changes.append(PlannedChange("create", kind, name, spec, diff, tags, team))
+        elif diff:
+            changes.append(PlannedChange("update", kind, name, spec, diff, tags, team))
     if prune:
         for (kind, name), current in sorted(existing.items()):
             if (kind, name) not in wanted:
@@ -215,11 +254,20 @@ def apply_import(
             if change.op == "create":
                 assert change.spec is not None
                 create_policy(
-                    environment, change.kind, change.name, change.spec, correlated, reason
+                    environment,
+                    change.kind,
+                    change.name,
+                    change.spec,
+                    correlated,
+                    reason,
+                    tags=change.tags,
+                    team=change.team,
                 )
             elif change.op == "update" and current is not None:
                 assert change.spec is not None
-                update_policy(current, change.spec, correlated, reason)
+                update_policy(
+                    current, change.spec, correlated, reason, tags=change.tags, team=change.team
+                )
             elif change.op == "delete" and current is not None:
                 delete_policy(current, correlated, reason)
     return changes, correlation_id

@@ -62,6 +62,18 @@ EXAMPLES: dict[str, list[tuple[str, str, dict[str, Any]]]] = {
     ],
 }
 
+# The examples' tags and owner teams (by policy name, the same in every environment),
+# so the demo's lists have something to filter by.
+EXAMPLE_OWNERS: dict[str, tuple[list[str], str]] = {
+    "payments": (["payments", "tier-1"], "Payments"),
+    "inventory": (["catalogue"], "Storefront"),
+    "api": (["edge", "tier-1"], "Platform"),
+    "login": (["edge", "security"], "Identity"),
+    "prices": (["catalogue"], "Storefront"),
+    "checkout.max_items": (["checkout"], "Payments"),
+    "checkout.banner": (["checkout"], "Storefront"),
+}
+
 
 def load_examples() -> list[str]:
     """Create the example environments and policies that do not exist yet."""
@@ -74,6 +86,9 @@ def load_examples() -> list[str]:
         existing = set(environment.policies.values_list("kind", "name"))
         for kind, name, spec in policies:
             if (kind, name) not in existing:
-                do_create_policy(environment, kind, name, spec, actor, "Example policy")
+                tags, team = EXAMPLE_OWNERS.get(name, ([], ""))
+                do_create_policy(
+                    environment, kind, name, spec, actor, "Example policy", tags=tags, team=team
+                )
                 created.append(f"{env_name}/{kind}:{name}")
     return created

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -9,7 +11,7 @@ from django.db import models
 
 from controlplane.protocol.documents import OVERRIDE_STATES
 from controlplane.protocol.keys import NAME_PATTERN, KeyLayout, policy_field
-from controlplane.protocol.schema import KIND_LABELS, PolicyError
+from controlplane.protocol.schema import KIND_LABELS, InvalidValue, PolicyError, check_text
 
 name_validator = RegexValidator(
     NAME_PATTERN, "Use letters, digits, dots, dashes and underscores, starting with a letter."
@@ -61,6 +63,11 @@ class Policy(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
     updated_by = models.CharField(max_length=150, blank=True)
+    # Metadata for people finding policies, kept here and not in the spec: a change
+    # of them is audited but is no new version and is not published (clients never
+    # read them). Validated by check_tags and check_team.
+    tags: models.JSONField[list[str], list[str]] = models.JSONField(default=list, blank=True)
+    team = models.CharField(max_length=100, blank=True)
 
     class Meta:
         ordering = ["environment__name", "kind", "name"]
@@ -132,6 +139,46 @@ def check_length(value: str, model: type[models.Model], field: str, *, name: str
             {name or field: [f"Use at most {limit} characters (this has {len(value)})."]}
         )
     return value
+
+
+MAX_TAGS = 20
+MAX_TAG_LENGTH = 50
+TAG_PATTERN = re.compile(r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?\Z")
+
+
+def check_tags(value: Any, *, name: str = "tags") -> list[str]:
+    """The tags of a policy, sorted and without repeats, from a list of slugs or a text
+    separating them with commas or spaces; else ``PolicyError`` naming ``name``."""
+    if isinstance(value, str):
+        value = value.replace(",", " ").split()
+    if not isinstance(value, Sequence) or not all(isinstance(tag, str) for tag in value):
+        raise PolicyError({name: ["Enter a list of tags."]})
+    tags = sorted({tag.strip().lower() for tag in value if tag.strip()})
+    problems = [
+        f"{tag[:60]!r} is not a tag: use lower-case letters, digits and dashes "
+        f"(like tier-1), at most {MAX_TAG_LENGTH} characters."
+        for tag in tags
+        if len(tag) > MAX_TAG_LENGTH or not TAG_PATTERN.match(tag)
+    ]
+    if len(tags) > MAX_TAGS:
+        problems.append(f"Use at most {MAX_TAGS} tags (this has {len(tags)}).")
+    if problems:
+        raise PolicyError({name: problems})
+    return tags
+
+
+def check_team(value: Any, *, name: str = "team") -> str:
+    """The team that owns a policy: one line of text within the field's bound."""
+    if not isinstance(value, str):
+        raise PolicyError({name: ["Enter the owner team's name as text."]})
+    team = value.strip()
+    try:
+        check_text(team)
+    except InvalidValue as exc:
+        raise PolicyError({name: [str(exc)]}) from None
+    if any(ch in team for ch in "\r\n\t"):
+        raise PolicyError({name: ["Write the team's name on one line."]})
+    return check_length(team, Policy, "team", name=name)
 
 
 def check_reason(reason: str, *, name: str = "reason") -> str:

@@ -32,8 +32,8 @@ from controlplane.policies.config_as_code import (
     parse,
     plan_import,
 )
-from controlplane.policies.diff import masked_spec, spec_diff
-from controlplane.policies.forms import PolicyForm
+from controlplane.policies.diff import FieldDiff, masked_spec, spec_diff
+from controlplane.policies.forms import PolicyFilterForm, PolicyForm
 from controlplane.policies.models import Environment, Policy
 from controlplane.protocol.documents import PolicyDocument, ProtocolError
 from controlplane.protocol.limits import MAX_IMPORT_BYTES
@@ -102,10 +102,19 @@ def confirm_saved(request: HttpRequest, text: str, saved: Policy | None = None) 
 @role_required(Role.VIEWER)
 @require_GET
 def dashboard(request: HttpRequest) -> HttpResponse:
+    """Every policy by environment, with its published version; searched and filtered
+    by the query string (``q``, ``kind``, ``tag``, ``team``), on the server."""
     environments = list(Environment.objects.all())
-    policies = Policy.objects.filter(deleted=False).select_related("environment")
+    policies = list(Policy.objects.filter(deleted=False).select_related("environment"))
+    filters = PolicyFilterForm(
+        request.GET,
+        tags=sorted({tag for policy in policies for tag in policy.tags}),
+        teams=sorted({policy.team for policy in policies if policy.team}, key=str.lower),
+    )
+    filters.is_valid()  # the errors show; the valid filters still apply
+    shown = [policy for policy in policies if filters.matches(policy)]
     by_environment: dict[int, list[Policy]] = defaultdict(list)
-    for policy in policies:
+    for policy in shown:
         by_environment[policy.environment_id].append(policy)
     published = _published_versions(environments)
     rows = [
@@ -126,7 +135,14 @@ def dashboard(request: HttpRequest) -> HttpResponse:
     return render(
         request,
         "policies/dashboard.html",
-        {"rows": rows, "redis_reachable": published is not None, "kinds": KIND_LABELS},
+        {
+            "rows": rows,
+            "redis_reachable": published is not None,
+            "kinds": KIND_LABELS,
+            "filters": filters,
+            "shown_count": len(shown),
+            "total_count": len(policies),
+        },
     )
 
 
@@ -164,6 +180,19 @@ def policy_detail(request: HttpRequest, environment: str, kind: str, name: str) 
     )
 
 
+def _with_metadata(
+    diff: list[FieldDiff], policy: Policy | None, form: PolicyForm
+) -> list[FieldDiff]:
+    """The preview's changes: the spec's, then the tags' and team's."""
+    old_tags, old_team = (policy.tags, policy.team) if policy else ([], "")
+    new_tags, new_team = form.cleaned_data["tags"], form.cleaned_data["team"]
+    if old_tags != new_tags:
+        diff = [*diff, FieldDiff("tags", "Tags", ", ".join(old_tags), ", ".join(new_tags))]
+    if old_team != new_team:
+        diff = [*diff, FieldDiff("team", "Owner team", old_team, new_team)]
+    return diff
+
+
 def _form_response(
     request: HtmxHttpRequest, form: PolicyForm, context: dict[str, Any], status: int = 200
 ) -> HttpResponse:
@@ -187,7 +216,7 @@ def policy_create(request: HtmxHttpRequest, environment: str, kind: str) -> Http
     if not form.is_valid() or form.spec is None:
         return _form_response(request, form, context, status=422)
     if request.POST.get("action") != "save":
-        context["diff"] = spec_diff(kind, None, form.spec)
+        context["diff"] = _with_metadata(spec_diff(kind, None, form.spec), None, form)
         return _form_response(request, form, context)
     try:
         policy = do_create_policy(
@@ -197,6 +226,8 @@ def policy_create(request: HtmxHttpRequest, environment: str, kind: str) -> Http
             form.spec,
             Actor.from_request(request),
             form.cleaned_data["reason"],
+            tags=form.cleaned_data["tags"],
+            team=form.cleaned_data["team"],
         )
     except PolicyError as exc:
         for field, errors in exc.errors.items():
@@ -217,15 +248,19 @@ def policy_edit(request: HtmxHttpRequest, environment: str, kind: str, name: str
         "creating": False,
     }
     if request.method == "GET":
-        form = PolicyForm(kind, current=policy.spec, creating=False)
+        form = PolicyForm(
+            kind, current=policy.spec, creating=False, tags=policy.tags, team=policy.team
+        )
         form.initial["expected_version"] = policy.version
         return _form_response(request, form, context)
-    form = PolicyForm(kind, request.POST, current=policy.spec, creating=False)
+    form = PolicyForm(
+        kind, request.POST, current=policy.spec, creating=False, tags=policy.tags, team=policy.team
+    )
     if not form.is_valid() or form.spec is None:
         return _form_response(request, form, context, status=422)
     expected = form.cleaned_data.get("expected_version")
     if request.POST.get("action") != "save":
-        context["diff"] = spec_diff(kind, policy.spec, form.spec)
+        context["diff"] = _with_metadata(spec_diff(kind, policy.spec, form.spec), policy, form)
         return _form_response(request, form, context)
     try:
         saved = do_update_policy(
@@ -234,6 +269,8 @@ def policy_edit(request: HtmxHttpRequest, environment: str, kind: str, name: str
             Actor.from_request(request),
             form.cleaned_data["reason"],
             expected_version=expected,
+            tags=form.cleaned_data["tags"],
+            team=form.cleaned_data["team"],
         )
     except StaleVersionError as exc:
         loaded = policy.versions.filter(version=expected).first() if expected else None

@@ -730,3 +730,21 @@ def test_the_row_shows_who_why_and_until_when_and_lifting_only_when_in_force(
     assert "lift" in page.choices["action"]
     breaker = client.get("/e/production/breaker/payments/").content.decode()
     assert "lift" not in OverrideForm(breaker).choices["action"]
+
+
+def test_overview_offers_a_filter_bar_set_from_the_query_string(
+    client: Client, viewer: User, production: Environment, system: Actor
+) -> None:
+    do_create_policy(production, "breaker", "payments", {}, system, tags=["tier-1", "payments"])
+    do_create_policy(production, "cache", "prices", {}, system, tags=["catalogue"])
+    client.force_login(viewer)
+
+    html = client.get("/e/production/live/?tag=tier-1&state=open&q=pay").content.decode()
+
+    assert "data-live-filters hidden" in html  # shown by filter.js, which does the filtering
+    assert '<option value="tier-1" selected>tier-1</option>' in html
+    assert '<option value="catalogue">catalogue</option>' in html
+    assert '<option value="open" selected>open</option>' in html
+    assert 'name="q" value="pay"' in html
+    assert 'data-kind-section="cache"' in html and "js/filter.js" in html
+    assert "{#" not in html and "#}" not in html  # no template comment shown as text

@@ -19,8 +19,8 @@ from controlplane.live import widgets
 from controlplane.live.ingest import process_entries
 from controlplane.live.push import VARIANTS
 from controlplane.live.widgets import _rendered_row, overview, render_rows
-from controlplane.policies.actions import do_create_policy
-from controlplane.policies.models import Environment
+from controlplane.policies.actions import do_create_policy, do_update_policy
+from controlplane.policies.models import Environment, Policy
 from controlplane.policies.overrides import do_purge_cache, do_set_override
 from controlplane.redis_connection import get_redis
 
@@ -178,3 +178,22 @@ def test_many_rows_asked_for_are_read_with_the_rest_and_show_the_same(
     assert set(read_all["viewer"]) == {"breaker:payments", "cache:prices", "@summary"}
     policies_query = captured.captured_queries[0]["sql"]
     assert "policies_policy" in policies_query and "payments" not in policies_query
+
+
+def test_rows_carry_what_the_filter_reads_and_a_tag_change_renders_them_again(
+    production: Environment, policies: None, system: Actor
+) -> None:
+    payments = Policy.objects.get(name="payments")
+    do_update_policy(payments, {}, system, tags=["tier-1", "payments"])
+    first = render_rows(production, FIELDS, VARIANTS)["viewer"]
+    assert (
+        'data-name="payments" data-kind="breaker" data-tags="payments tier-1"'
+        in (first["breaker:payments"])
+    )
+    assert 'data-kind="rate_limit" data-tags=""' in first["rate_limit:api"]
+    assert overview(production)["tags"] == ["payments", "tier-1"]
+
+    do_update_policy(payments, {}, system, tags=["payments"])
+    again = render_rows(production, FIELDS, VARIANTS)["viewer"]
+    assert 'data-tags="payments"' in again["breaker:payments"]  # not the kept HTML
+    assert again["cache:prices"] is first["cache:prices"]

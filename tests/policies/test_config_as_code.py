@@ -14,8 +14,9 @@ from django.test import Client
 from controlplane.accounts.actors import Actor
 from controlplane.audit.models import AuditEntry
 from controlplane.policies.actions import do_create_policy, do_delete_policy, do_update_policy
-from controlplane.policies.config_as_code import apply_import, dump, export_environment
+from controlplane.policies.config_as_code import apply_import, dump, export_environment, parse
 from controlplane.policies.models import Environment, Policy, PolicyVersion
+from controlplane.protocol.schema import PolicyError
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -272,3 +273,59 @@ def test_every_policy_action_is_its_own_durable_transaction(
     policy.refresh_from_db()
     assert (policy.version, policy.deleted, policy.spec["ttl"]) == (1, False, 30)
     assert not Policy.objects.filter(name="stock").exists()
+
+
+@pytest.mark.parametrize("fmt", ["yaml", "json"])
+def test_tags_and_team_round_trip_to_another_environment(
+    populated: Environment, system: Actor, fmt: str
+) -> None:
+    do_update_policy(
+        Policy.objects.get(name="payments"), {}, system, tags=["payments", "tier-1"], team="Pay"
+    )
+    document = export_environment(populated)
+    assert document["policies"]["breaker"]["payments"]["tags"] == ["payments", "tier-1"]
+    assert document["policies"]["breaker"]["payments"]["team"] == "Pay"
+    assert "tags" not in document["policies"]["rate_limit"]["api"]  # written only when set
+
+    del document["policies"]["config"]  # a secret is exported without its value
+    staging = Environment.objects.create(name="staging")
+    text = dump({**document, "environment": "staging"}, fmt)
+    apply_import(staging, parse(text), system)
+    copy = Policy.objects.get(environment=staging, name="payments")
+    assert (copy.tags, copy.team) == (["payments", "tier-1"], "Pay")
+    assert Policy.objects.get(environment=staging, name="api").tags == []
+    changes, _ = apply_import(staging, parse(text), system)
+    assert changes == []  # the same document again changes nothing
+
+
+def test_import_changes_tags_without_a_new_version(populated: Environment, system: Actor) -> None:
+    document = export_environment(populated)
+    document["policies"]["rate_limit"]["api"]["tags"] = ["edge"]
+    document["policies"]["rate_limit"]["api"]["team"] = "Platform"
+    versions = PolicyVersion.objects.count()
+
+    changes, _ = apply_import(populated, document, system)
+
+    assert [(c.op, c.name, [d.field for d in c.diff]) for c in changes] == [
+        ("update", "api", ["tags", "team"])
+    ]
+    assert PolicyVersion.objects.count() == versions
+    api = Policy.objects.get(name="api")
+    assert (api.tags, api.team) == (["edge"], "Platform")
+    assert AuditEntry.objects.filter(action="policy.update", object_name="api").exists()
+
+
+def test_bad_tags_in_a_document_change_nothing_and_name_the_path(
+    populated: Environment, system: Actor
+) -> None:
+    document = export_environment(populated)
+    document["policies"]["rate_limit"]["api"]["limit"] = 250
+    document["policies"]["breaker"]["payments"]["tags"] = ["Not a tag!"]
+    document["policies"]["breaker"]["payments"]["team"] = ["a list"]
+    with pytest.raises(PolicyError) as caught:
+        apply_import(populated, document, system)
+    assert set(caught.value.errors) == {
+        "policies.breaker.payments.tags",
+        "policies.breaker.payments.team",
+    }
+    assert Policy.objects.get(name="api").spec["limit"] == 100

@@ -1,13 +1,17 @@
 from __future__ import annotations
 
+import re
+
 import pytest
 import redis
 from django.contrib.auth.models import User
 from django.test import Client
+from django.urls import reverse
 
 from controlplane.accounts.actors import Actor
 from controlplane.embedded_redis import RedisServer
 from controlplane.policies.actions import do_create_policy, do_update_policy
+from controlplane.policies.examples import load_examples
 from controlplane.policies.models import Environment
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -112,3 +116,77 @@ def test_admin_creates_an_environment_and_it_is_audited(client: Client, admin: U
     assert AuditEntry.objects.get(action="environment.create").actor_name == "adam"
     bad = client.post("/environments/new/", {"name": "no spaces"}, follow=True)
     assert "Nothing was created" in bad.content.decode()
+
+
+@pytest.fixture
+def tagged(production: Environment, system: Actor) -> Environment:
+    do_create_policy(production, "breaker", "payments", {}, system, tags=["payments"], team="Pay")
+    do_create_policy(
+        production, "rate_limit", "payments-api", {}, system, tags=["payments", "tier-1"]
+    )
+    do_create_policy(production, "cache", "prices", {}, system, tags=["catalogue"], team="Shop")
+    return production
+
+
+def _listed(client: Client, query: str) -> tuple[set[str], str]:
+    html = client.get(reverse("dashboard") + query).content.decode()
+    return set(re.findall(r'data-policy="([^"]+)"', html)), html
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ("", {"breaker:payments", "rate_limit:payments-api", "cache:prices"}),
+        ("?q=PAY", {"breaker:payments", "rate_limit:payments-api"}),
+        ("?kind=cache", {"cache:prices"}),
+        ("?tag=payments", {"breaker:payments", "rate_limit:payments-api"}),
+        ("?tag=tier-1&q=api", {"rate_limit:payments-api"}),
+        ("?team=pay", {"breaker:payments"}),
+        ("?q=payments&kind=breaker&tag=payments&team=Pay", {"breaker:payments"}),
+    ],
+)
+def test_search_and_filters_are_in_the_query_string(
+    client: Client, viewer: User, tagged: Environment, query: str, expected: set[str]
+) -> None:
+    client.force_login(viewer)
+    listed, html = _listed(client, query)
+    assert listed == expected
+    assert f"{len(expected)} of 3 policies" in html
+
+
+def test_nothing_matching_says_so_and_offers_all(
+    client: Client, viewer: User, tagged: Environment
+) -> None:
+    client.force_login(viewer)
+    listed, html = _listed(client, "?tag=nowhere")
+    assert listed == set()
+    assert "0 of 3 policies" in html and "data-empty-state" in html
+    assert "Show all 3 policies" in html
+
+
+def test_a_bad_filter_is_named_and_the_others_still_apply(
+    client: Client, viewer: User, tagged: Environment
+) -> None:
+    client.force_login(viewer)
+    listed, html = _listed(client, "?kind=teapot&tag=payments")
+    assert listed == {"breaker:payments", "rate_limit:payments-api"}
+    assert 'data-error-for="kind"' in html
+
+
+def test_tags_and_teams_are_offered_and_shown(
+    client: Client, viewer: User, tagged: Environment
+) -> None:
+    client.force_login(viewer)
+    _, html = _listed(client, "")
+    assert '<option value="tier-1">tier-1</option>' in html
+    assert '<option value="Shop">Shop</option>' in html
+    assert '<a class="tag" href="?tag=catalogue">catalogue</a>' in html
+    assert '<th data-sort="number">Version</th>' in html  # sortable by filter.js
+
+
+def test_the_examples_carry_tags_to_filter_by(client: Client, viewer: User) -> None:
+    load_examples()
+    client.force_login(viewer)
+    listed, html = _listed(client, "?tag=tier-1&kind=breaker")
+    assert listed == {"breaker:payments"}  # in production and staging
+    assert html.count('data-policy="breaker:payments"') == 2
