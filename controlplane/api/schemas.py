@@ -74,7 +74,7 @@ Tags = Annotated[
         ]
     ],
     AfterValidator(_tags),
-    Field(max_length=MAX_TAGS, description="Lower-case slugs (payments, tier-1)."),
+    Field(max_length=MAX_TAGS, description="Lower-case slugs (checkout, tier-1)."),
 ]
 Team = Annotated[
     str,

@@ -195,12 +195,16 @@ def test_the_theme_follows_the_system_until_chosen_and_is_remembered(
 def test_a_table_wider_than_its_card_scrolls_inside_it_on_a_tablet(
     live_url: str, browser: Any, admin: User, set_policy: Callable[..., Policy]
 ) -> None:
-    set_policy("breaker", "payments", failure_rate_threshold=50)  # an audit row listing 11 fields
+    set_policy("breaker", "payments", failure_rate_threshold=50)  # a row of ten columns
     context = browser.new_context(viewport={"width": 820, "height": 1180})  # above the phone CSS
     page = log_in(context, live_url, "adam")
-    page.goto(live_url + reverse("audit-log"))
+    page.goto(live_url + reverse("live-overview", args=["production"]))
 
-    table = page.locator("table.audit")
+    table = page.locator('[data-kind-section="breaker"] table')
+    assert page.evaluate(
+        "(t => t.scrollWidth > t.parentElement.clientWidth)"
+        "(document.querySelector('[data-kind-section=breaker] table'))"
+    ), "the premise: this table is wider than its card at 820 px"
     expect(table).to_have_class(re.compile(r"\bscrolls\b"))
     expect(table).to_have_attribute("tabindex", "0")  # the keyboard can scroll it
     assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
