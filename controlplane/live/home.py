@@ -109,6 +109,8 @@ def _breaker_problem(row: Row) -> Problem | None:
     window = f"last {RATE_WINDOW} s"
     rates = row.rates
     figures = []
+    if row.opened_at is not None:  # what decided, over the breaker's own window
+        figures.append(f"opened at {row.opened_at:.1f} % failures")
     if rates.failure_rate is not None:
         calls = rates.calls_per_second
         figures.append(f"failures {rates.failure_rate:.1f} % of {calls:.1f} calls/s")

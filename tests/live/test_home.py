@@ -101,6 +101,7 @@ def test_an_open_breaker_leads_with_how_many_instances_and_its_figures(
     assert 'data-problem="breaker:payments"' in card
     assert "payments is open on 1 of 2 instances" in card
     assert "failures 30.0 % of 4.0 calls/s (last 5 s)" in card  # 6 of 20 calls over 5 s
+    assert "opened at" not in card  # no transition reported: nothing to say it opened at
     assert 'href="/e/production/breaker/payments/"' in card
     assert 'href="/e/production/live/#live-breaker-payments"' in card  # where to act
     assert "all clear" in _card(html, "staging")
