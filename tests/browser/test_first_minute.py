@@ -22,7 +22,7 @@ from controlplane.live.ingest import process_entries
 from controlplane.policies.actions import do_create_policy
 from controlplane.policies.models import Environment
 from controlplane.redis_connection import get_redis
-from tests.browser.conftest import keep_screenshot
+from tests.browser.conftest import keep_screenshot, log_in
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -71,13 +71,7 @@ def _incident(production: Environment, system: Actor) -> None:
 
 def _page(browser: Any, live_url: str, username: str, screen: str, scheme: str) -> Any:
     context = browser.new_context(viewport=SCREENS[screen], color_scheme=scheme)
-    page = context.new_page()
-    page.goto(f"{live_url}/login/")
-    page.fill("#id_username", username)
-    page.fill("#id_password", f"password-{username}")
-    page.click("button[type=submit]")
-    page.wait_for_url(f"{live_url}/")
-    return page
+    return log_in(context, live_url, username)
 
 
 def _fits(page: Any) -> None:

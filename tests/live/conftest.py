@@ -1,10 +1,14 @@
 from __future__ import annotations
 
+import pytest
 from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.contrib.auth.models import User
 from django.test import Client
 
+from controlplane.accounts.actors import Actor
+from controlplane.policies.actions import do_create_policy
+from controlplane.policies.models import Environment
 from tests.client.conftest import client_factory, set_policy
 
 __all__ = ["client_factory", "session_communicator", "set_policy"]
@@ -24,3 +28,11 @@ async def session_communicator(
         path,
         headers=[(b"origin", origin), (b"host", b"127.0.0.1"), (b"cookie", cookie)],
     )
+
+
+@pytest.fixture
+def policies(production: Environment, system: Actor) -> None:
+    """A breaker, a limiter and a cache in production: payments, api and prices."""
+    do_create_policy(production, "breaker", "payments", {}, system)
+    do_create_policy(production, "rate_limit", "api", {}, system)
+    do_create_policy(production, "cache", "prices", {"ttl": 30}, system)

@@ -27,13 +27,6 @@ from tests.live.test_sync import heartbeat, published
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-@pytest.fixture
-def policies(production: Environment, system: Actor) -> None:
-    do_create_policy(production, "breaker", "payments", {}, system)
-    do_create_policy(production, "rate_limit", "api", {}, system)
-    do_create_policy(production, "cache", "prices", {"ttl": 30}, system)
-
-
 def _heartbeat(environment: Environment, instance: str, revision: int | None = None) -> None:
     heartbeat = {
         "service": "shop",

@@ -12,19 +12,12 @@ from django.test import Client
 
 from controlplane.accounts.actors import Actor
 from controlplane.live.ingest import process_entries
-from controlplane.policies.actions import do_create_policy, do_update_policy
+from controlplane.policies.actions import do_update_policy
 from controlplane.policies.models import Environment, Policy
 from controlplane.policies.overrides import do_clear_override, do_set_override
 from controlplane.redis_connection import get_redis
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture
-def policies(production: Environment, system: Actor) -> None:
-    do_create_policy(production, "breaker", "payments", {}, system)
-    do_create_policy(production, "rate_limit", "api", {}, system)
-    do_create_policy(production, "cache", "prices", {"ttl": 30}, system)
 
 
 def _entry(kind: str, instance: str, data: dict[str, Any]) -> tuple[str, dict[str, str]]:

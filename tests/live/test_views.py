@@ -25,13 +25,6 @@ from controlplane.protocol.documents import MetaDocument, OverrideDocument
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-@pytest.fixture
-def policies(production: Environment, system: Actor) -> None:
-    do_create_policy(production, "breaker", "payments", {}, system)
-    do_create_policy(production, "rate_limit", "api", {}, system)
-    do_create_policy(production, "cache", "prices", {"ttl": 30}, system)
-
-
 def test_overview_shows_live_figures(
     client: Client, viewer: User, production: Environment, policies: None, redis_client: redis.Redis
 ) -> None:

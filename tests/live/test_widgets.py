@@ -37,13 +37,6 @@ def no_rendered_rows() -> Iterator[None]:
     _rendered_row.cache_clear()
 
 
-@pytest.fixture
-def policies(production: Environment, system: Actor) -> None:
-    do_create_policy(production, "breaker", "payments", {}, system)
-    do_create_policy(production, "rate_limit", "api", {}, system)
-    do_create_policy(production, "cache", "prices", {"ttl": 30}, system)
-
-
 def report(environment: Environment, policies: dict[str, dict[str, Any]]) -> None:
     """A heartbeat and a counters report of instance ``i1`` (two seconds ago: in the window)."""
     heartbeat = {"service": "shop", "revision": environment.revision, "at": time.time()}
