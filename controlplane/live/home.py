@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from urllib.parse import quote
 
 import redis
@@ -53,6 +54,7 @@ class Problem:
     detail: str  # figures, with their window
     url: str  # where to look closer: the policy's page
     live_url: str = ""  # its row on the live overview, where operators act
+    since: datetime | None = None  # when it began, where known (a breaker's opening)
 
 
 @dataclass(frozen=True)
@@ -127,7 +129,10 @@ def _breaker_problem(row: Row) -> Problem | None:
         if count:
             where = "every instance" if count == reporting else f"{count} of {reporting} instances"
             headline = f"{row.name} is {verb} on {where}"
-            return Problem(severity, "breaker", row.name, headline, detail, url, _row_url(row))
+            since = row.opened_since if state == "open" else None
+            return Problem(
+                severity, "breaker", row.name, headline, detail, url, _row_url(row), since
+            )
     return None
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import logging
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 from urllib.parse import quote
 
@@ -28,6 +28,7 @@ from django.urls import reverse
 from django.utils import timezone
 from markupsafe import Markup
 
+from controlplane.audit.templatetags.humane import absolute
 from controlplane.live.history import (
     LiveSnapshot,
     PolicyRates,
@@ -110,6 +111,7 @@ class BreakerView(NamedTuple):
     calls: str
     rejected: str  # calls the breaker rejected, per second
     opened_at: str  # the failure rate the breaker opened at, over its own window
+    opened_since: tuple[str, str, str] | None  # when it opened: ISO, clock and full time
     override: OverrideBadge | None
 
 
@@ -163,6 +165,7 @@ class Row:
     states: dict[str, int]
     top: list[tuple[str, float]]
     opened_at: float | None = None  # failure rate (percent) of the transition to open
+    opened_since: datetime | None = None  # when that transition was
     tags: tuple[str, ...] = ()
 
     @property
@@ -240,6 +243,7 @@ class Row:
                 f"{rates.calls_per_second:.1f}",
                 f"{rates.per_second('rejected'):.1f}",
                 "" if self.opened_at is None else _percent(self.opened_at),
+                _moment(self.opened_since),
                 override,
             )
         return LimiterView(
@@ -455,11 +459,19 @@ def overview(
 OPENING_LOOKBACK = timedelta(hours=1)  # an open breaker tries again within its open_for
 
 
-def _add_opening_rates(environment: Environment, breakers: list[Row]) -> None:
-    """The failure rate each open breaker opened at (its last transition to open).
+def _moment(moment: datetime | None) -> tuple[str, str, str] | None:
+    """A time as a row shows it: ISO (scripts say "3 min ago"), the clock, the full time."""
+    if moment is None:
+        return None
+    local = timezone.localtime(moment)
+    return moment.isoformat(), f"{local:%H:%M} {local.tzname()}", absolute(moment)
 
-    It is the rate over the breaker's own window that decided, which the fleet's
-    last seconds of counters need not show. One query, for the open breakers only.
+
+def _add_opening_rates(environment: Environment, breakers: list[Row]) -> None:
+    """When each open breaker opened and at what failure rate (its last transition to open).
+
+    The rate over the breaker's own window decided, which the fleet's last seconds
+    of counters need not show. One query, for the open breakers only.
     """
     open_rows = {row.name: row for row in breakers if row.states.get("open")}
     if not open_rows:
@@ -471,14 +483,13 @@ def _add_opening_rates(environment: Environment, breakers: list[Row]) -> None:
             to_state="open",
             at__gte=timezone.now() - OPENING_LOOKBACK,
         )
-        .exclude(failure_rate=None)
         .order_by("name", "-at")
-        .values_list("name", "failure_rate")
+        .values_list("name", "failure_rate", "at")
     )
-    for name, failure_rate in events:
+    for name, failure_rate, at in events:
         row = open_rows[name]
-        if row.opened_at is None:
-            row.opened_at = failure_rate
+        if row.opened_since is None:  # the newest opening: what decided, and since when
+            row.opened_at, row.opened_since = failure_rate, at
 
 
 def rejected_subjects(

@@ -106,6 +106,7 @@ def test_a_newcomers_first_minute(
     problem = olga.locator(f'{CARD} [data-problem="breaker:payments"]')
     expect(problem).to_contain_text("payments is open on every instance")
     expect(problem).to_contain_text("opened at 72.5 % failures, failures 75.0 %")
+    expect(problem.locator("[data-since]")).to_have_text("since 1 min ago")
     expect(olga.locator(f'{CARD} [data-problem="breaker:search"]')).to_have_count(0)
     _fits(olga)
     _keep(olga, "home", screen, scheme)
@@ -115,6 +116,7 @@ def test_a_newcomers_first_minute(
     row = olga.locator(ROW)
     expect(row).to_have_attribute("data-state", "open")
     expect(row.locator("[data-opened-at]")).to_have_text("opened at 72.5%")
+    expect(row.locator("[data-open-since]")).to_have_text("opened 1 min ago")  # time in state
     expect(row.locator("td.spark svg rect.strip-open").first).to_be_attached()
     expect(olga.locator('[data-live-status="connected"]')).to_be_visible()
     _fits(olga)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -131,6 +132,8 @@ def test_the_overview_says_what_the_breaker_opened_at_and_what_it_rejected(
     row = row[: row.index("</tr>")]
     assert "<td data-failure>5.0%" in row  # the fleet's last 5 s
     assert "opened at 62.5%" in row  # the rate over the breaker's own window that decided
+    opened = datetime.fromtimestamp(now - 3, UTC).isoformat()
+    assert f'data-open-since>opened <time datetime="{opened}"' in row  # time in state
     assert "<td data-breaker-rejected>8.0</td>" in row  # 40 rejected over 5 s
     assert 'data-spark="breaker:payments"' in row
     assert "Failures <small>last 5 s</small>" in html
