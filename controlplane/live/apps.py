@@ -9,6 +9,6 @@ class LiveConfig(AppConfig):
     verbose_name = "Live state and overrides"
 
     def ready(self) -> None:
-        # push answers the policies app's override_changed signal: connect it in every
+        # push answers the policies app's row_changed signal: connect it in every
         # process (web, workers, shell), whatever else that process imported.
         from controlplane.live import push  # noqa: F401

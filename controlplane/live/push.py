@@ -30,7 +30,7 @@ from controlplane.accounts.roles import Role, abilities_of
 from controlplane.live.home import render_card
 from controlplane.live.widgets import render_rows
 from controlplane.policies.models import Environment
-from controlplane.policies.overrides import override_changed
+from controlplane.policies.signals import row_changed
 
 logger = logging.getLogger(__name__)
 
@@ -269,7 +269,7 @@ def notify(environment: str, changed: set[str], *, urgent: bool) -> None:
     pusher.notify(environment, changed)
 
 
-@receiver(override_changed, dispatch_uid="controlplane.live.push.announce_override")
-def announce_override(sender: object, *, environment: str, field: str, **kwargs: object) -> None:
-    """A committed change of an override: its row goes out with the next state push."""
+@receiver(row_changed, dispatch_uid="controlplane.live.push.announce_row")
+def announce_row(sender: object, *, environment: str, field: str, **kwargs: object) -> None:
+    """A committed change of a policy's row (settings, tags, override): the next state push."""
     notify(environment, {field}, urgent=True)

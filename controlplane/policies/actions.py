@@ -27,6 +27,7 @@ from controlplane.policies.models import (
     check_team,
 )
 from controlplane.policies.publish import policy_document, publish_policy
+from controlplane.policies.signals import announce_row
 from controlplane.protocol.schema import (
     KIND_LABELS,
     PolicyError,
@@ -107,6 +108,7 @@ def _record(
     )
     document = policy_document(policy)
     transaction.on_commit(partial(publish_policy, policy.environment.keys(), document))
+    transaction.on_commit(partial(announce_row, policy.environment.name, policy.field))
     return version
 
 
@@ -308,6 +310,8 @@ def update_policy(
             reason=reason,
             changes=metadata,
         )
+        # Not published (clients never read tags), but the live row shows them.
+        transaction.on_commit(partial(announce_row, locked.environment.name, locked.field))
     return locked
 
 

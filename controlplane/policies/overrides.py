@@ -5,8 +5,7 @@ per set or lift). Each ``do_*`` action runs in one durable transaction: its
 rows and audit entries commit together, and what leaves the database (the
 Redis publish, a breaker reset, the announcement to open dashboards) leaves
 only once they have committed. Open dashboards hear of a change through the
-``override_changed`` signal, which the live app answers: policies never
-import live.
+``row_changed`` signal (``policies.signals``), which the live app answers.
 """
 
 from __future__ import annotations
@@ -18,7 +17,6 @@ from typing import NamedTuple
 
 import redis
 from django.db import transaction
-from django.dispatch import Signal
 from django.utils import timezone
 
 from controlplane.accounts.actors import Actor
@@ -27,6 +25,7 @@ from controlplane.ops.metrics import PUBLISHES, REDIS_ERRORS
 from controlplane.policies.actions import next_revision, update_policy
 from controlplane.policies.models import Environment, Override, Policy, check_reason
 from controlplane.policies.publish import write_document
+from controlplane.policies.signals import announce_row
 from controlplane.protocol import scripts
 from controlplane.protocol.documents import OVERRIDE_STATES, SECTION_OVERRIDES, OverrideDocument
 from controlplane.protocol.keys import KeyLayout
@@ -34,10 +33,6 @@ from controlplane.protocol.schema import PolicyError, validate_name
 from controlplane.redis_connection import get_redis, redis_answers
 
 logger = logging.getLogger(__name__)
-
-# Sent once a change of an override has committed, with ``environment`` (its
-# name) and ``field`` (``kind:name``): the live pages push the row again.
-override_changed = Signal()
 
 
 class RedisUnavailableError(Exception):
@@ -132,13 +127,6 @@ def publish_override(keys: KeyLayout, document: OverrideDocument) -> bool:
     return True
 
 
-def _announce(environment: str, field: str) -> None:
-    # The dashboards also refresh on their own: a failed announcement never fails the action.
-    for _, result in override_changed.send_robust(Override, environment=environment, field=field):
-        if isinstance(result, Exception):
-            logger.warning("Could not announce the override of %s to open dashboards", field)
-
-
 def _write(
     environment: Environment,
     kind: str,
@@ -180,7 +168,7 @@ def _write(
     )
     document = override_document(override)
     transaction.on_commit(partial(publish_override, environment.keys(), document))
-    transaction.on_commit(partial(_announce, environment.name, f"{kind}:{name}"))
+    transaction.on_commit(partial(announce_row, environment.name, f"{kind}:{name}"))
     return override
 
 
@@ -300,7 +288,7 @@ def do_reset_breaker(
                 reason=reason,
             )
         transaction.on_commit(partial(_write_reset, environment.keys(), name))
-        transaction.on_commit(partial(_announce, environment.name, f"breaker:{name}"))
+        transaction.on_commit(partial(announce_row, environment.name, f"breaker:{name}"))
     return before
 
 

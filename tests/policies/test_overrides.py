@@ -23,9 +23,9 @@ from controlplane.policies.overrides import (
     do_reset_breaker,
     do_set_override,
     expire_overrides,
-    override_changed,
 )
 from controlplane.policies.reconcile import reconcile_environment
+from controlplane.policies.signals import row_changed
 from controlplane.protocol.documents import OverrideDocument
 from controlplane.protocol.schema import PolicyError
 from tests.client.conftest import client_factory
@@ -296,12 +296,12 @@ def test_a_change_is_announced_to_open_dashboards_once_committed(
     def listener(sender: object, *, environment: str, field: str, **kwargs: object) -> None:
         heard.append((environment, field, not transaction.get_connection().in_atomic_block))
 
-    override_changed.connect(listener)
+    row_changed.connect(listener)
     try:
         do_set_override(production, "breaker", "payments", "forced_open", system, "x")
         do_reset_breaker(production, "payments", system, "back")
     finally:
-        override_changed.disconnect(listener)
+        row_changed.disconnect(listener)
     assert heard == [  # each after its transaction committed
         ("production", "breaker:payments", True),  # the trip
         ("production", "breaker:payments", True),  # the reset's lift

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import redis
 from django.contrib.auth.models import User
+from django.db import transaction
 from django.test import Client
 from django.urls import reverse
 
@@ -21,6 +22,7 @@ from controlplane.policies.models import (
     check_tags,
     check_team,
 )
+from controlplane.policies.signals import row_changed
 from controlplane.protocol.documents import PolicyDocument
 from controlplane.protocol.schema import PolicyError
 
@@ -188,3 +190,21 @@ def test_the_policy_page_shows_tags_and_team_linking_to_the_filtered_list(
     listed = reverse("dashboard")
     assert f'<a class="tag" href="{listed}?tag=payments">payments</a>' in html
     assert f'<a href="{listed}?team=Checkout">Checkout</a>' in html
+
+
+def test_a_change_of_settings_or_tags_announces_the_row_once_committed(
+    production: Environment, payments: Policy, system: Actor
+) -> None:
+    heard: list[tuple[str, str, bool]] = []
+
+    def listener(sender: object, *, environment: str, field: str, **kwargs: object) -> None:
+        heard.append((environment, field, not transaction.get_connection().in_atomic_block))
+
+    row_changed.connect(listener)
+    try:
+        do_update_policy(payments, {}, system, tags=["tier-1"])  # tags only: not published
+        do_update_policy(payments, {"open_for": 5}, system)
+        do_update_policy(payments, {"open_for": 5}, system)  # no change: nothing to say
+    finally:
+        row_changed.disconnect(listener)
+    assert heard == [("production", "breaker:payments", True)] * 2  # each after its commit
