@@ -46,7 +46,8 @@ PAGES: list[tuple[str, str, Role, int]] = [
     ("post", "/e/production/rate_limit/new/", Role.EDITOR, 422),
     ("get", POLICY + "edit/", Role.EDITOR, 200),
     ("post", POLICY + "edit/", Role.EDITOR, 422),
-    ("post", POLICY + "versions/1/restore/", Role.EDITOR, 302),
+    ("get", POLICY + "versions/1/restore/", Role.EDITOR, 200),
+    ("post", POLICY + "versions/1/restore/", Role.EDITOR, 422),  # no reason: nothing restored
     ("post", POLICY + "delete/", Role.EDITOR, 302),
     ("get", "/e/production/export.yaml", Role.VIEWER, 200),
     ("get", "/e/production/import/", Role.EDITOR, 200),

@@ -28,7 +28,7 @@ from controlplane.accounts.actors import Actor
 from controlplane.accounts.roles import Role
 from controlplane.live.models import DiscoveredName
 from controlplane.ops.health import PROBES
-from controlplane.policies.actions import do_create_policy
+from controlplane.policies.actions import do_create_policy, do_rollback_policy
 from controlplane.policies.models import Environment, Policy
 from controlplane.protocol.schema import KINDS
 from tests.conftest import make_user
@@ -188,7 +188,8 @@ class World:
 @pytest.fixture
 def world(production: Environment, system: Actor, admin: User) -> World:
     for kind in KINDS:
-        do_create_policy(production, kind, "payments", {}, system)
+        policy = do_create_policy(production, kind, "payments", {}, system)
+        do_rollback_policy(policy, 1, system, "a v2, so that v1 can be restored")
     discovered = DiscoveredName.objects.create(
         environment=production, kind="cache", name="found", last_seen=timezone.now()
     )

@@ -34,7 +34,7 @@ from controlplane.policies.config_as_code import (
 )
 from controlplane.policies.diff import FieldDiff, masked_spec, spec_diff
 from controlplane.policies.forms import PolicyFilterForm, PolicyForm
-from controlplane.policies.models import Environment, Policy
+from controlplane.policies.models import Environment, Policy, check_reason
 from controlplane.protocol.documents import PolicyDocument, ProtocolError
 from controlplane.protocol.limits import MAX_IMPORT_BYTES
 from controlplane.protocol.schema import KIND_LABELS, KINDS, PolicyError
@@ -325,27 +325,89 @@ def policy_compare(request: HttpRequest, environment: str, kind: str, name: str)
                 kind, None if old.deleted else old.spec, None if new.deleted else new.spec
             ),
             "versions": range(1, policy.version + 1),
+            # Either side, if it is not what is live now: each goes through the restore page.
+            "restorable": sorted({first, second} - {policy.version}),
         },
     )
 
 
 @role_required(Role.EDITOR)
-@require_POST
+@require_http_methods(["GET", "POST"])
 def policy_restore(
     request: HttpRequest, environment: str, kind: str, name: str, version: int
 ) -> HttpResponse:
+    """Restore an earlier version as a new one: first what it changes, a reason, a confirm.
+
+    GET shows the field-by-field difference between what is live now and the
+    version to restore. POST restores it only with a reason and only if the policy
+    is still the version that difference was computed against; otherwise nothing
+    changes and the page shows the new difference to confirm again.
+    """
     policy = policy_for(role_of(request.user), Role.EDITOR, environment, kind, name)
-    if version > policy.version or not policy.versions.filter(version=version).exists():
-        raise Http404("No such version.")
+    # Compared first: a number past any database integer never reaches a query.
+    target = policy.versions.filter(version=version).first() if version < policy.version else None
+    if target is None:
+        raise Http404("No such earlier version.")
+    errors: dict[str, list[str]] = {}
+    status = 200
+    reason = str(request.POST.get("reason", "")).strip()
+    if request.method == "POST":
+        base = _int_or_none(request.POST.get("base_version"))
+        try:
+            check_reason(reason)
+        except PolicyError as exc:
+            errors.update(exc.errors)
+        if not errors and not reason:
+            errors["reason"] = ["Say why you restore this version: it is audited."]
+        if not errors and base is None:
+            errors["base_version"] = ["The version this restore was reviewed against is missing."]
+        if not errors:
+            try:
+                saved = do_rollback_policy(
+                    policy, version, Actor.from_request(request), reason, expected_version=base
+                )
+            except StaleVersionError as exc:
+                policy.refresh_from_db()
+                errors["base_version"] = [
+                    f"{exc.current.author_name} saved v{exc.current.version} meanwhile: "
+                    "nothing was restored. Here is what restoring would change now."
+                ]
+                status = 409
+            except PolicyError as exc:
+                errors.update(exc.errors)
+            else:
+                confirm_saved(
+                    request, f"Restored version {version} of {name} as a new version.", saved
+                )
+                return redirect("policy-detail", environment, kind, name)
+        if status == 200:
+            status = 422
+    current = policy.versions.get(version=policy.version)
+    diff = spec_diff(
+        kind,
+        None if current.deleted else current.spec,
+        None if target.deleted else target.spec,
+    )
+    return render(
+        request,
+        "policies/restore.html",
+        {
+            "policy": policy,
+            "current": current,
+            "target": target,
+            "diff": diff,
+            "errors": errors,
+            "reason": reason,
+        },
+        status=status,
+    )
+
+
+def _int_or_none(value: object) -> int | None:
     try:
-        saved = do_rollback_policy(
-            policy, version, Actor.from_request(request), request.POST.get("reason", "")
-        )
-    except PolicyError as exc:
-        messages.error(request, f"Nothing was restored. {exc}")
-        return redirect("policy-detail", environment, kind, name)
-    confirm_saved(request, f"Restored version {version} of {name} as a new version.", saved)
-    return redirect("policy-detail", environment, kind, name)
+        return int(str(value))
+    except ValueError:
+        return None
 
 
 @role_required(Role.VIEWER)

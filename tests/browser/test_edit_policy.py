@@ -67,6 +67,12 @@ def test_editor_changes_a_limit_the_client_follows_and_the_audit_shows_it(
     assert row.locator("time[data-relative]").inner_text() == "just now"
 
     page.goto(f"{live_url}/e/production/rate_limit/api/")
-    page.locator('tr[data-version="1"] button:has-text("Restore")').click()
+    page.locator('tr[data-version="1"] a:has-text("Restore")').click()
+    # First what it would do, against what is live now; then a reason and a confirm.
+    diff = page.locator("[data-restore-diff]")
+    assert diff.locator('tr[data-field="limit"] .old').inner_text() == "250 requests"
+    assert diff.locator('tr[data-field="limit"] .new').inner_text() == "100 requests"
+    page.get_by_label("Reason").fill("launch is over")
+    page.get_by_role("button", name="Restore v1 in production").click()
     page.wait_for_selector("text=Restored version 1")
     wait_for(lambda: limiter.peek("user:1").limit == 100)

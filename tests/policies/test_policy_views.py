@@ -204,11 +204,74 @@ def test_history_compare_and_restore(
     assert '<td class="old">100 requests</td>' in compare
     assert '<td class="new">300 requests</td>' in compare
 
-    response = client.post("/e/production/rate_limit/api/versions/1/restore/")
+    assert 'href="/e/production/rate_limit/api/versions/1/restore/">Restore v1' in compare
+
+
+RESTORE = "/e/production/rate_limit/api/versions/1/restore/"
+
+
+def test_restore_shows_what_it_changes_and_needs_a_reason_and_a_confirm(
+    client: Client, editor: User, api: Policy, system: Actor
+) -> None:
+    do_update_policy(api, {"limit": 300}, system, "bump")
+    client.force_login(editor)
+
+    # One click shows what restoring would do, against what is live now; nothing changes.
+    page = client.get(RESTORE)
+    html = page.content.decode()
+    assert page.status_code == 200
+    assert (
+        '<td class="old">300 requests</td>' in html and '<td class="new">100 requests</td>' in html
+    )
+    assert 'name="base_version" value="2"' in html
+    assert "Restore v1 in production" in html
+
+    # Without a reason: refused naming it, nothing restored.
+    refused = client.post(RESTORE, {"base_version": "2", "reason": " "})
+    assert refused.status_code == 422
+    assert 'data-error="reason"' in refused.content.decode()
+    api.refresh_from_db()
+    assert (api.version, api.spec["limit"]) == (2, 300)
+
+    response = client.post(RESTORE, {"base_version": "2", "reason": "300 overloads the API"})
     assert response.status_code == 302
     api.refresh_from_db()
-    assert (api.version, api.spec["limit"]) == (4, 100)
-    assert api.versions.get(version=4).action == "rollback"
+    assert (api.version, api.spec["limit"]) == (3, 100)
+    restored = api.versions.get(version=3)
+    assert (restored.action, restored.reason) == ("rollback", "300 overloads the API")
+    entry = AuditEntry.objects.get(action="policy.rollback")
+    assert entry.reason == "300 overloads the API"
+
+
+def test_a_restore_reviewed_against_an_older_version_changes_nothing(
+    client: Client, editor: User, api: Policy, system: Actor
+) -> None:
+    do_update_policy(api, {"limit": 300}, system, "bump")
+    client.force_login(editor)
+    client.get(RESTORE)  # reviewed against v2
+    do_update_policy(api, {"limit": 400}, system, "a colleague's change meanwhile")
+
+    response = client.post(RESTORE, {"base_version": "2", "reason": "back to 100"})
+
+    assert response.status_code == 409
+    html = response.content.decode()
+    assert "saved v3 meanwhile: nothing was restored" in html
+    assert '<td class="old">400 requests</td>' in html  # the difference against v3 now
+    assert 'name="base_version" value="3"' in html
+    api.refresh_from_db()
+    assert (api.version, api.spec["limit"]) == (3, 400)
+    assert not AuditEntry.objects.filter(action="policy.rollback").exists()
+
+
+@pytest.mark.parametrize("version", ["2", "9"])
+def test_only_an_earlier_version_can_be_restored(
+    client: Client, editor: User, api: Policy, system: Actor, version: str
+) -> None:
+    do_update_policy(api, {"limit": 300}, system, "bump")  # v2 is what is live
+    client.force_login(editor)
+    path = f"/e/production/rate_limit/api/versions/{version}/restore/"
+    assert client.get(path).status_code == 404
+    assert client.post(path, {"base_version": "2", "reason": "x"}).status_code == 404
 
 
 def test_delete_keeps_history_and_audits(client: Client, editor: User, api: Policy) -> None:
@@ -246,22 +309,21 @@ def test_form_refuses_an_overlong_reason_naming_it(
     assert api.spec["limit"] == 100
 
 
-@pytest.mark.parametrize(
-    "path",
-    [
-        "/e/production/rate_limit/api/delete/",
-        "/e/production/rate_limit/api/versions/1/restore/",
-    ],
-)
 def test_delete_and_restore_refuse_an_overlong_reason(
-    client: Client, editor: User, api: Policy, path: str
+    client: Client, editor: User, api: Policy, system: Actor
 ) -> None:
+    do_update_policy(api, {"limit": 300}, system, "bump")
     client.force_login(editor)
-    response = client.post(path, {"reason": "x" * 1001}, follow=True)
+    response = client.post(
+        "/e/production/rate_limit/api/delete/", {"reason": "x" * 1001}, follow=True
+    )
     assert response.status_code == 200
     assert "reason: Use at most 1000 characters" in response.content.decode()
+    response = client.post(RESTORE, {"base_version": "2", "reason": "x" * 1001})
+    assert response.status_code == 422
+    assert "Use at most 1000 characters" in response.content.decode()
     api.refresh_from_db()
-    assert (api.version, api.deleted) == (1, False)
+    assert (api.version, api.deleted) == (2, False)
     assert not AuditEntry.objects.filter(action__in=["policy.delete", "policy.rollback"]).exists()
 
 
