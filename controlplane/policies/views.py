@@ -273,11 +273,18 @@ def policy_edit(request: HtmxHttpRequest, environment: str, kind: str, name: str
             team=form.cleaned_data["team"],
         )
     except StaleVersionError as exc:
+        # Nothing is lost: the form keeps this editor's values, now based on the version
+        # saved meanwhile, and says what theirs changed and what saving these would do.
         loaded = policy.versions.filter(version=expected).first() if expected else None
+        current = exc.current
         context["conflict"] = {
-            "version": exc.current,
-            "diff": spec_diff(kind, loaded.spec if loaded else None, exc.current.spec),
+            "version": current,
+            "diff": spec_diff(kind, loaded.spec if loaded else None, current.spec),
+            "yours": spec_diff(kind, current.spec, form.spec),
         }
+        rebased = request.POST.copy()
+        rebased["expected_version"] = str(current.version)
+        form.data = rebased
         return _form_response(request, form, context, status=409)
     except PolicyError as exc:
         for field, errors in exc.errors.items():

@@ -104,9 +104,25 @@ def test_second_editor_with_a_stale_form_is_refused_and_shown_the_first_change(
     html = response.content.decode()
     assert response.status_code == 409
     assert "bob saved version 2" in html
-    assert '<td class="new">120 requests</td>' in html
+    theirs = html[html.index('data-conflict="theirs"') : html.index('data-conflict="yours"')]
+    assert '<td class="old">100 requests</td>' in theirs
+    assert '<td class="new">120 requests</td>' in theirs
+    # Their work is kept: what saving it now would do is said against bob's version.
+    yours = html[html.index('data-conflict="yours"') :]
+    assert (
+        '<td class="old">120 requests</td><td class="arrow">→</td><td class="new">300 requests</td>'
+        in yours
+    )
+    assert 'name="limit" value="300"' in html
+    assert 'name="expected_version" value="2"' in html
     api.refresh_from_db()
     assert (api.version, api.spec["limit"]) == (2, 120)
+
+    # Saved again, knowingly: on top of bob's version.
+    again = client.post(EDIT, {**stale_form, "expected_version": "2", "reason": "300 after all"})
+    assert again.status_code == 302
+    api.refresh_from_db()
+    assert (api.version, api.spec["limit"]) == (3, 300)
 
 
 def test_create_a_policy_through_the_form(
