@@ -3,6 +3,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -34,7 +35,7 @@ from controlplane.policies.config_as_code import (
 )
 from controlplane.policies.diff import FieldDiff, masked_spec, spec_diff
 from controlplane.policies.forms import PolicyFilterForm, PolicyForm
-from controlplane.policies.models import Environment, Policy, check_reason
+from controlplane.policies.models import Environment, Policy, PolicyVersion, check_reason
 from controlplane.protocol.documents import PolicyDocument, ProtocolError
 from controlplane.protocol.limits import MAX_IMPORT_BYTES
 from controlplane.protocol.schema import KIND_LABELS, KINDS, PolicyError
@@ -295,16 +296,24 @@ def policy_edit(request: HtmxHttpRequest, environment: str, kind: str, name: str
 
 
 @role_required(Role.EDITOR)
-@require_POST
+@require_http_methods(["GET", "POST"])
 def policy_delete(request: HttpRequest, environment: str, kind: str, name: str) -> HttpResponse:
+    """Delete a policy (its history is kept): first what it changes, a reason, a confirm."""
     policy = policy_for(role_of(request.user), Role.EDITOR, environment, kind, name)
-    try:
-        do_delete_policy(policy, Actor.from_request(request), request.POST.get("reason", ""))
-    except PolicyError as exc:
-        messages.error(request, f"Nothing was deleted. {exc}")
-        return redirect("policy-detail", environment, kind, name)
-    confirm_saved(request, f"Deleted {KIND_LABELS[kind].lower()} {name}.")
-    return redirect("dashboard")
+    actor = Actor.from_request(request)
+    return _confirmed(
+        request,
+        policy,
+        to=None,
+        heading=f"Delete {policy.name} from {policy.environment.name}",
+        consequence=(
+            "Every instance drops it at once and falls back to the defaults in its code; "
+            "the history is kept and any version can be restored."
+        ),
+        button=f"Delete {policy.name} in {policy.environment.name}",
+        apply=lambda reason, base: do_delete_policy(policy, actor, reason, expected_version=base),
+        done=f"Deleted {KIND_LABELS[kind].lower()} {name}.",
+    )
 
 
 @role_required(Role.VIEWER)
@@ -343,18 +352,49 @@ def policy_compare(request: HttpRequest, environment: str, kind: str, name: str)
 def policy_restore(
     request: HttpRequest, environment: str, kind: str, name: str, version: int
 ) -> HttpResponse:
-    """Restore an earlier version as a new one: first what it changes, a reason, a confirm.
-
-    GET shows the field-by-field difference between what is live now and the
-    version to restore. POST restores it only with a reason and only if the policy
-    is still the version that difference was computed against; otherwise nothing
-    changes and the page shows the new difference to confirm again.
-    """
+    """Restore an earlier version as a new one: first what it changes, a reason, a confirm."""
     policy = policy_for(role_of(request.user), Role.EDITOR, environment, kind, name)
     # Compared first: a number past any database integer never reaches a query.
     target = policy.versions.filter(version=version).first() if version < policy.version else None
     if target is None:
         raise Http404("No such earlier version.")
+    actor = Actor.from_request(request)
+    return _confirmed(
+        request,
+        policy,
+        to=target,
+        heading=f"Restore v{version} of {policy.name} in {policy.environment.name}",
+        consequence=(
+            f"Saved as a new version, v{policy.version + 1}, and published to every "
+            "instance at once; the history keeps every version."
+        ),
+        button=f"Restore v{version} in {policy.environment.name}",
+        apply=lambda reason, base: do_rollback_policy(
+            policy, version, actor, reason, expected_version=base
+        ),
+        done=f"Restored version {version} of {name} as a new version.",
+    )
+
+
+def _confirmed(
+    request: HttpRequest,
+    policy: Policy,
+    *,
+    to: PolicyVersion | None,
+    heading: str,
+    consequence: str,
+    button: str,
+    apply: Callable[[str, int], Policy],
+    done: str,
+) -> HttpResponse:
+    """A change that needs a review: GET shows it, POST applies it with a reason.
+
+    The page shows the field-by-field difference between what is live now and
+    what the change leaves (``to``: a version, or None once deleted). POST applies
+    it only with a reason, and only if the policy is still the version that
+    difference was computed against (``base_version``); otherwise nothing
+    changes and the page shows the new difference to confirm again.
+    """
     errors: dict[str, list[str]] = {}
     status = 200
     reason = str(request.POST.get("reason", "")).strip()
@@ -365,44 +405,42 @@ def policy_restore(
         except PolicyError as exc:
             errors.update(exc.errors)
         if not errors and not reason:
-            errors["reason"] = ["Say why you restore this version: it is audited."]
+            errors["reason"] = ["Say why: it is shown in the history and the audit log."]
         if not errors and base is None:
-            errors["base_version"] = ["The version this restore was reviewed against is missing."]
-        if not errors:
+            errors["base_version"] = ["The version this change was reviewed against is missing."]
+        if not errors and base is not None:
             try:
-                saved = do_rollback_policy(
-                    policy, version, Actor.from_request(request), reason, expected_version=base
-                )
+                saved = apply(reason, base)
             except StaleVersionError as exc:
                 policy.refresh_from_db()
                 errors["base_version"] = [
                     f"{exc.current.author_name} saved v{exc.current.version} meanwhile: "
-                    "nothing was restored. Here is what restoring would change now."
+                    "nothing was changed. Here is what it would change now."
                 ]
                 status = 409
             except PolicyError as exc:
                 errors.update(exc.errors)
             else:
-                confirm_saved(
-                    request, f"Restored version {version} of {name} as a new version.", saved
-                )
-                return redirect("policy-detail", environment, kind, name)
+                if saved.deleted:
+                    confirm_saved(request, done)
+                    return redirect("dashboard")
+                confirm_saved(request, done, saved)
+                return redirect("policy-detail", policy.environment.name, policy.kind, policy.name)
         if status == 200:
             status = 422
     current = policy.versions.get(version=policy.version)
-    diff = spec_diff(
-        kind,
-        None if current.deleted else current.spec,
-        None if target.deleted else target.spec,
-    )
+    after = None if to is None or to.deleted else to.spec
     return render(
         request,
-        "policies/restore.html",
+        "policies/confirm.html",
         {
             "policy": policy,
             "current": current,
-            "target": target,
-            "diff": diff,
+            "target": to,
+            "diff": spec_diff(policy.kind, None if current.deleted else current.spec, after),
+            "heading": heading,
+            "consequence": consequence,
+            "button": button,
             "errors": errors,
             "reason": reason,
         },

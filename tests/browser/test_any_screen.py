@@ -42,6 +42,7 @@ PAGES: list[tuple[str, str]] = [
     ("policy edit", reverse("policy-edit", args=BREAKER)),
     ("compare", reverse("policy-compare", args=BREAKER) + "?a=1&b=2"),
     ("restore", reverse("policy-restore", args=[*BREAKER, 1])),
+    ("delete", reverse("policy-delete", args=BREAKER)),
     ("new policy", reverse("policy-create", args=["production", "rate_limit"])),
     ("transitions", reverse("live-breaker-events", args=["production", "payments"])),
     ("import", reverse("environment-import", args=["production"])),

@@ -69,7 +69,7 @@ def test_editor_changes_a_limit_the_client_follows_and_the_audit_shows_it(
     page.goto(f"{live_url}/e/production/rate_limit/api/")
     page.locator('tr[data-version="1"] a:has-text("Restore")').click()
     # First what it would do, against what is live now; then a reason and a confirm.
-    diff = page.locator("[data-restore-diff]")
+    diff = page.locator("[data-confirm-diff]")
     assert diff.locator('tr[data-field="limit"] .old').inner_text() == "250 requests"
     assert diff.locator('tr[data-field="limit"] .new').inner_text() == "100 requests"
     page.get_by_label("Reason").fill("launch is over")

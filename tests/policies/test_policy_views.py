@@ -271,7 +271,7 @@ def test_a_restore_reviewed_against_an_older_version_changes_nothing(
 
     assert response.status_code == 409
     html = response.content.decode()
-    assert "saved v3 meanwhile: nothing was restored" in html
+    assert "saved v3 meanwhile: nothing was changed" in html
     assert '<td class="old">400 requests</td>' in html  # the difference against v3 now
     assert 'name="base_version" value="3"' in html
     api.refresh_from_db()
@@ -290,13 +290,40 @@ def test_only_an_earlier_version_can_be_restored(
     assert client.post(path, {"base_version": "2", "reason": "x"}).status_code == 404
 
 
-def test_delete_keeps_history_and_audits(client: Client, editor: User, api: Policy) -> None:
+DELETE = "/e/production/rate_limit/api/delete/"
+
+
+def test_delete_shows_what_it_drops_needs_a_reason_and_keeps_history(
+    client: Client, editor: User, api: Policy
+) -> None:
     client.force_login(editor)
-    response = client.post("/e/production/rate_limit/api/delete/", {"reason": "unused"})
-    assert response.status_code == 302
+    page = client.get(DELETE).content.decode()
+    assert '<tr data-field="limit"><th>Limit</th><td class="old">100 requests</td>' in page
+    assert "falls back to the defaults in its code" in page
+    assert 'name="base_version" value="1"' in page
+
+    refused = client.post(DELETE, {"base_version": "1"})
+    assert refused.status_code == 422 and 'data-error="reason"' in refused.content.decode()
     api.refresh_from_db()
-    assert api.deleted and api.versions.count() == 2
+    assert not api.deleted
+
+    response = client.post(DELETE, {"base_version": "1", "reason": "unused"})
+    assert response.status_code == 302 and response["Location"] == "/policies/"
+    deleted = Policy.objects.get(pk=api.pk)
+    assert deleted.deleted and deleted.versions.count() == 2
     assert AuditEntry.objects.get(action="policy.delete").reason == "unused"
+
+
+def test_a_delete_reviewed_against_an_older_version_changes_nothing(
+    client: Client, editor: User, api: Policy, system: Actor
+) -> None:
+    client.force_login(editor)
+    do_update_policy(api, {"limit": 400}, system, "a colleague's change meanwhile")
+    response = client.post(DELETE, {"base_version": "1", "reason": "unused"})
+    assert response.status_code == 409
+    assert "saved v2 meanwhile: nothing was changed" in response.content.decode()
+    api.refresh_from_db()
+    assert not api.deleted
 
 
 @pytest.mark.parametrize("value", ["[" * 5000 + "]" * 5000, "[" * 33 + "]" * 33])
@@ -330,14 +357,10 @@ def test_delete_and_restore_refuse_an_overlong_reason(
 ) -> None:
     do_update_policy(api, {"limit": 300}, system, "bump")
     client.force_login(editor)
-    response = client.post(
-        "/e/production/rate_limit/api/delete/", {"reason": "x" * 1001}, follow=True
-    )
-    assert response.status_code == 200
-    assert "reason: Use at most 1000 characters" in response.content.decode()
-    response = client.post(RESTORE, {"base_version": "2", "reason": "x" * 1001})
-    assert response.status_code == 422
-    assert "Use at most 1000 characters" in response.content.decode()
+    for path in (DELETE, RESTORE):
+        response = client.post(path, {"base_version": "2", "reason": "x" * 1001})
+        assert response.status_code == 422
+        assert "Use at most 1000 characters" in response.content.decode()
     api.refresh_from_db()
     assert (api.version, api.deleted) == (2, False)
     assert not AuditEntry.objects.filter(action__in=["policy.delete", "policy.rollback"]).exists()
