@@ -71,7 +71,15 @@ def test_all_clear_is_said_as_such(
     card = _card(html, "production")
     assert "all clear" in card and "data-all-clear" in card
     assert "1 instance reporting, 1 on revision" in card
+    assert "every instance in sync." in card
     assert 'ws-connect="/ws/home/"' in html
+
+
+def test_all_clear_with_no_instance_says_that_none_reports(
+    client: Client, viewer: User, production: Environment, policies: None
+) -> None:
+    card = _card(_home(client, viewer), "production")
+    assert "and no instance is reporting." in card and "every instance" not in card
 
 
 def test_an_open_breaker_leads_with_how_many_instances_and_its_figures(
