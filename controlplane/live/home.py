@@ -7,7 +7,7 @@ caches only, the minute before, to tell a hit ratio that fell from one that was
 always low. A card lists its problems worst first and says "All clear" when
 there are none. Pushes re-render an environment's card when its state changes
 (transitions, overrides, instances) and, for figures, at most every
-``FIGURES_EVERY`` seconds; viewers get the card only when its HTML changed.
+``push.HOME_FIGURES_INTERVAL`` seconds; viewers get the card only when its HTML changed.
 """
 
 from __future__ import annotations
@@ -242,7 +242,15 @@ def environment_health(
         problem = _limiter_problem(row)
         if problem is not None:
             problems.append(problem)
-    caches = [row for row in rows["cache"] if row.rates.hit_ratio is not None]
+    # Only a cache now under 100 - HIT_RATIO_DROP %, and busy, can have fallen: the
+    # minute before is read for those alone (healthy caches cost no read).
+    caches = [
+        row
+        for row in rows["cache"]
+        if row.rates.hit_ratio is not None
+        and row.rates.hit_ratio < 100.0 - HIT_RATIO_DROP
+        and row.lookups_per_second >= MIN_LOOKUPS_PER_SECOND
+    ]
     if caches:
         try:
             baselines = _cache_baselines(environment, [row.name for row in caches])
