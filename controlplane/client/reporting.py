@@ -115,9 +115,15 @@ class Reporter:
             stopping = self._stop.is_set()
             now = time.monotonic()
             if self.client.health.down:
+                # Nothing can be written, but the process's own metrics (calls, latency
+                # histograms) follow the calls: most of all while Redis is down.
+                if now >= next_counters or stopping:
+                    if self._collect():
+                        self.dropped += 1  # this interval's counters never reach the fleet
+                    next_counters = now + self.report_interval
                 if stopping:
-                    return  # nothing can be written; the control plane times the instance out
-                self._wake.wait(self.heartbeat_interval)  # woken when Redis is back
+                    return  # the control plane times the instance out
+                self._wake.wait(max(0.0, next_counters - time.monotonic()))  # or Redis is back
                 self._wake.clear()
                 continue
             if now < retry_at and not stopping:
@@ -221,13 +227,18 @@ class Reporter:
             self._xadd(pipe, HEARTBEAT, document)
             pipe.execute()
 
-    def _send_counters(self) -> None:
+    def _collect(self) -> dict[str, dict[str, Any]]:
+        """Each collector's counters since the last call (they update local metrics too)."""
         batch: dict[str, dict[str, Any]] = {}
         for collector in self._collectors:
             with contextlib.suppress(Exception):
                 for policy, counters in collector().items():
                     if any(counters.values()):
                         batch[policy] = counters
+        return batch
+
+    def _send_counters(self) -> None:
+        batch = self._collect()
         if not batch:
             return
         try:

@@ -73,6 +73,31 @@ def test_breaker_calls_are_timed_into_a_histogram_per_breaker(
     assert total is not None and 0.003 <= total < 0.25
 
 
+def test_metrics_follow_the_calls_while_redis_is_down() -> None:
+    """The reporter moves the counts into Prometheus with Redis down too (and at close)."""
+    registry = CollectorRegistry()
+    client = Client(
+        "redis://127.0.0.1:1/0",  # nothing listens there
+        "production",
+        "offline",
+        metrics=ClientMetrics(registry),
+        report_interval=0.05,
+        start_timeout=0.2,
+    ).start()
+    try:
+        breaker = client.breaker("offline")
+        for _ in range(3):
+            breaker.call(lambda: None)
+        timed = "controlplane_client_breaker_call_seconds_count"
+        wait_for(lambda: sample(registry, timed, breaker="offline") == 3)
+        breaker.call(lambda: None)
+    finally:
+        client.close()
+    assert sample(registry, timed, breaker="offline") == 4  # the last one, at close
+    calls = "controlplane_client_breaker_calls_total"
+    assert sample(registry, calls, breaker="offline", outcome="success") == 4
+
+
 def test_limit_checks_are_timed_into_a_histogram_per_limiter(
     client_factory: Callable[..., Client],
 ) -> None:
