@@ -107,8 +107,8 @@ def _record(
         changes={**_policy_changes(before, policy), **_metadata_changes(before, policy)},
     )
     document = policy_document(policy)
+    # Its rows follow with the fleet's next report, as the live pages read the policy.
     transaction.on_commit(partial(publish_policy, policy.environment.keys(), document))
-    transaction.on_commit(partial(announce_row, policy.environment.name, policy.field))
     return version
 
 

@@ -1,10 +1,10 @@
 """What the policies app tells the rest of the house once a change has committed.
 
 ``row_changed`` is sent with ``environment`` (its name) and ``field``
-(``kind:name``) after a change of what a policy's live row shows has committed:
-its published settings, its tags or team, or its override. The live app answers
-it (``live.push``, connected in ``LiveConfig.ready``) by pushing the row to open
-dashboards: policies never import live.
+(``kind:name``) after a change of what a policy's live row shows has committed
+that no report of the fleet would bring: its override, or its tags or team. The
+live app answers it (``live.push``, connected in ``LiveConfig.ready``) by pushing
+the row to open dashboards: policies never import live.
 """
 
 from __future__ import annotations

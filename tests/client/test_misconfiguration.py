@@ -129,9 +129,10 @@ def test_a_refused_password_is_one_line_without_the_password(
         before = problems("auth")
         client = client_factory(redis_url=url, start_timeout=2).start()
         run_for_a_while(client, calls=20)
+        lines = loud_lines(caplog_client)  # before the server stops: that would be news too
     finally:
         server.stop()
-    [line] = loud_lines(caplog_client)
+    [line] = lines
     assert line.startswith(
         f"Redis at redis://:***@127.0.0.1:{server.port}/0 refused to authenticate this client: "
     )
