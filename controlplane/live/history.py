@@ -118,7 +118,7 @@ def _text(raw: Any, max_length: int = INSTANCE_LENGTH) -> str | None:
     return raw
 
 
-def _finite(raw: Any) -> float | None:
+def finite_number(raw: Any) -> float | None:
     """``raw`` (a number as Redis returns it) as a finite float, else None."""
     try:
         value = float(raw)
@@ -371,7 +371,7 @@ def _heartbeat_interval(value: Any) -> float | None:
     if value is None:
         return None
     numeric = isinstance(value, int | float) and not isinstance(value, bool)
-    seconds = _finite(value) if numeric else None
+    seconds = finite_number(value) if numeric else None
     if seconds is None or not 0 < seconds <= MAX_HEARTBEAT_INTERVAL:
         raise ValueError(
             f"heartbeat_interval: not a number of seconds above 0 and at most "
@@ -420,7 +420,7 @@ def _member_bool(data: dict[str, Any], name: str) -> bool:
 
 def _member_time(data: dict[str, Any], name: str) -> float:
     value = data.get(name, 0)
-    seconds = None if isinstance(value, bool) else _finite(value)
+    seconds = None if isinstance(value, bool) else finite_number(value)
     if not isinstance(value, int | float) or seconds is None or seconds < 0:
         raise ValueError(f"{name}: not a finite, non-negative number of seconds")
     return seconds
@@ -478,7 +478,7 @@ def _breaker_states(key: str, raw: dict[Any, Any]) -> list[tuple[str, str, str, 
         field_text, value = _text(raw_field, 2 * INSTANCE_LENGTH), _text(raw_value)
         name, _, instance = (field_text or "").partition("|")
         state, _, at = (value or "").partition("|")
-        since = _finite(at or 0)
+        since = finite_number(at or 0)
         if (
             state not in BREAKER_STATES
             or since is None
@@ -543,7 +543,7 @@ def read_snapshot(
         for raw_key, raw_value in pairs:
             if raw_value is None:
                 continue
-            try:  # _finite, inline: this loop runs for every counter of every row
+            try:  # finite_number, inline: this loop runs for every counter of every row
                 value = float(raw_value)
             except ValueError:
                 value = math.nan
@@ -611,7 +611,7 @@ def read_history(
 def _history_value(keys: KeyLayout, second: int, raw: Any) -> float:
     if raw is None:
         return 0.0
-    value = _finite(raw)
+    value = finite_number(raw)
     if value is None:
         _skipped_live.skip("counters", f"{keys.live_second(second)}: {_shown(raw)}")
         return 0.0
@@ -645,7 +645,7 @@ def read_minutes(
     found: dict[str, dict[str, Any]] = {}
     for index, reply in enumerate(replies):
         for raw_key, raw_value in reply.items():
-            key, value = _text(raw_key, 2 * INSTANCE_LENGTH), _finite(raw_value)
+            key, value = _text(raw_key, 2 * INSTANCE_LENGTH), finite_number(raw_value)
             if key is None or value is None:
                 _skipped_live.skip(
                     "minutes", f"{keys.live_minute(minutes[index])}: {_shown(raw_key)}"
@@ -690,7 +690,7 @@ def top_rejected(
         for reply in replies[2 * index : 2 * index + 2]:
             # Members and scores alternate: [member, score, member, score, ...]
             for raw_subject, raw_score in zip(reply[::2], reply[1::2], strict=True):
-                subject, score = _text(raw_subject, SUBJECT_LENGTH), _finite(raw_score)
+                subject, score = _text(raw_subject, SUBJECT_LENGTH), finite_number(raw_score)
                 if subject is None or score is None:
                     _skipped_live.skip(
                         "top rejected",

@@ -21,7 +21,15 @@ import redis
 from django.template.loader import render_to_string
 from django.utils import timezone
 
-from controlplane.live.history import GONE_LISTED_FOR, RATE_WINDOW, REPORT_GRACE, undecoded
+from controlplane.live.history import (
+    COUNTERS_BY_KIND,
+    GONE_LISTED_FOR,
+    RATE_WINDOW,
+    REPORT_GRACE,
+    PolicyRates,
+    finite_number,
+    undecoded,
+)
 from controlplane.live.widgets import (
     UNREADABLE,
     Row,
@@ -39,7 +47,7 @@ REJECTING_SHARE = 1.0  # percent
 HIT_RATIO_DROP = 20.0
 MIN_LOOKUPS_PER_SECOND = 1.0
 BASELINE_SECONDS = 60
-CACHE_COUNTERS = ("hits", "local_hits", "stale_hits", "misses")
+CACHE_COUNTERS = COUNTERS_BY_KIND["cache"]
 SEVERITY_ORDER = {"critical": 0, "warning": 1, "notice": 2}
 
 
@@ -161,12 +169,8 @@ def _cache_problem(row: Row, before: dict[str, float]) -> Problem | None:
     now_ratio = row.rates.hit_ratio
     if now_ratio is None or row.lookups_per_second < MIN_LOOKUPS_PER_SECOND:
         return None
-    hits = sum(before.get(c, 0.0) for c in CACHE_COUNTERS[:3])
-    total = hits + before.get("misses", 0.0)
-    if not total:
-        return None
-    was = 100.0 * hits / total
-    if was - now_ratio < HIT_RATIO_DROP:
+    was = PolicyRates(before).hit_ratio  # the same ratio, over the minute before
+    if was is None or was - now_ratio < HIT_RATIO_DROP:
         return None
     detail = (
         f"hit ratio {now_ratio:.0f} % (last {RATE_WINDOW} s), "
@@ -196,16 +200,12 @@ def _cache_baselines(environment: Environment, names: list[str]) -> dict[str, di
     sums: dict[str, dict[str, float]] = {name: {} for name in names}
     for reply in replies:
         for index, raw in enumerate(reply):
-            if raw is None:
+            value = None if raw is None else finite_number(raw)
+            if value is None:
                 continue
-            try:
-                value = float(raw)
-            except (ValueError, TypeError):
-                continue
-            if value - value != 0:  # NaN or infinite
-                continue
-            name, counter = names[index // len(CACHE_COUNTERS)], CACHE_COUNTERS[index % 4]
-            sums[name][counter] = sums[name].get(counter, 0.0) + value
+            name, counter = divmod(index, len(CACHE_COUNTERS))
+            counts = sums[names[name]]
+            counts[CACHE_COUNTERS[counter]] = counts.get(CACHE_COUNTERS[counter], 0.0) + value
     return sums
 
 

@@ -28,7 +28,7 @@ from django.urls import reverse
 from django.utils import timezone
 from markupsafe import Markup
 
-from controlplane.audit.templatetags.humane import absolute
+from controlplane.audit.templatetags.humane import absolute, clock_time
 from controlplane.live.history import (
     LiveSnapshot,
     PolicyRates,
@@ -463,8 +463,7 @@ def _moment(moment: datetime | None) -> tuple[str, str, str] | None:
     """A time as a row shows it: ISO (scripts say "3 min ago"), the clock, the full time."""
     if moment is None:
         return None
-    local = timezone.localtime(moment)
-    return moment.isoformat(), f"{local:%H:%M} {local.tzname()}", absolute(moment)
+    return moment.isoformat(), clock_time(moment), absolute(moment)
 
 
 def _add_opening_rates(environment: Environment, breakers: list[Row]) -> None:

@@ -56,6 +56,12 @@ def absolute(moment: datetime) -> str:
     return f"{local:%Y-%m-%d %H:%M:%S} {local.tzname()}"
 
 
+def clock_time(moment: datetime) -> str:
+    """``moment``'s clock time in the server's zone, with the zone: ``21:43 UTC``."""
+    local = timezone.localtime(moment)
+    return f"{local:%H:%M} {local.tzname()}"
+
+
 @register.filter
 def ago(value: datetime | float | None) -> SafeString | str:
     """A ``<time>`` saying how long ago (or in how long) ``value`` is; "—" for none."""
@@ -77,7 +83,7 @@ def until(value: datetime | float | None) -> SafeString | str:
     if moment is None:
         return "—"
     local = timezone.localtime(moment)
-    clock = f"{local:%H:%M} {local.tzname()}"
+    clock = clock_time(moment)
     if timezone.localdate(moment) != timezone.localdate():
         clock = f"{local:%Y-%m-%d} {clock}"
     return format_html(
