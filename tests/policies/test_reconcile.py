@@ -66,7 +66,8 @@ def test_change_saved_while_redis_is_down_is_published_when_it_returns(
             lambda: (doc := _published(production, "rate_limit:api")) and doc.version == 2 and doc
         )
         assert stored.spec["limit"] == 25
-        meta = MetaDocument.decode(get_redis().get(production.keys().meta))
+        # The reconciler writes the meta document after the policies: wait for it too.
+        meta = MetaDocument.decode(wait_for(lambda: get_redis().get(production.keys().meta)))
         assert meta.revision == 2
     finally:
         thread.stop()
