@@ -8,7 +8,7 @@ from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
-from controlplane.accounts.roles import Role, lower, role_of
+from controlplane.accounts.roles import NO_GRANTS, Grants, Role, grants_of
 
 TOKEN_PREFIX = "rcp_"
 
@@ -38,6 +38,10 @@ class ApiToken(models.Model):
     expires_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
     last_used_at = models.DateTimeField(null=True, blank=True)
+    # The environments the token may act in; none: every environment.
+    environments = models.ManyToManyField(
+        "policies.Environment", blank=True, related_name="api_tokens"
+    )
 
     class Meta:
         ordering = ["-created_at"]
@@ -54,16 +58,20 @@ class ApiToken(models.Model):
         now = now or timezone.now()
         return self.revoked_at is None and (self.expires_at is None or now < self.expires_at)
 
-    def acting_role(self) -> Role | None:
-        """The role the token acts with now: its own, capped by its creator's current role."""
+    def grants(self) -> Grants:
+        """What the token holds now: its own role in its environments (none listed: all),
+        capped in each by the role its creator holds there now."""
         own = Role(self.role)
+        scope = frozenset(environment.name for environment in self.environments.all()) or None
         creator = self.created_by if self.created_by_id is not None else None
         if creator is None:
-            return own
-        held = role_of(creator)  # None for an inactive user
-        if held is None:
-            return None
-        return lower(own, held)
+            return Grants(own, {}, scope)
+        held = grants_of(creator)  # nothing for an inactive user
+        return NO_GRANTS if held == NO_GRANTS else held.limited(own, scope)
+
+    def acting_role(self) -> Role | None:
+        """The highest role the token acts with in any environment (None: it cannot act)."""
+        return self.grants().highest()
 
     @property
     def status(self) -> str:
@@ -72,3 +80,33 @@ class ApiToken(models.Model):
         if self.expires_at is not None and timezone.now() >= self.expires_at:
             return "expired"
         return "active"
+
+
+class RoleGrant(models.Model):
+    """A role a user holds in one environment, on top of the role they hold everywhere.
+
+    The role everywhere comes from the user's role group (``roles.ensure_role_groups``);
+    a grant raises it in one environment: a viewer everywhere may be an editor in
+    staging. A user's role in an environment is the higher of the two.
+    """
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="role_grants"
+    )
+    environment = models.ForeignKey(
+        "policies.Environment", on_delete=models.CASCADE, related_name="role_grants"
+    )
+    role = models.CharField(max_length=20, choices=[(r.value, r.value) for r in Role])
+    granted_by_name = models.CharField(max_length=150, blank=True)
+    granted_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["environment__name"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["user", "environment"], name="role_grant_one_per_environment"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user} {self.role} in {self.environment}"

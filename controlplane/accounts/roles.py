@@ -8,7 +8,8 @@ admin also manages users, roles, environments and API tokens.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, TypeVar
 
@@ -94,6 +95,70 @@ def role_of(user: AbstractBaseUser | AnonymousUser) -> Role | None:
         if user.has_perm(_KEY_PERMISSION[role]):  # type: ignore[attr-defined]
             return role
     return None
+
+
+@dataclass(frozen=True)
+class Grants:
+    """What a user or a token holds: a role everywhere, and roles in some environments.
+
+    A user's role in an environment is the higher of their role everywhere and
+    their grant there. A token is also limited to its environments (``scope``,
+    None: all) and capped by its own role (``cap``).
+    """
+
+    everywhere: Role | None = None
+    environments: Mapping[str, Role] = field(default_factory=dict)
+    scope: frozenset[str] | None = None
+    cap: Role | None = None
+
+    def role_in(self, environment: str) -> Role | None:
+        """The role held in ``environment`` (None: none)."""
+        if self.scope is not None and environment not in self.scope:
+            return None
+        granted = self.environments.get(environment)
+        held = max(self.everywhere, granted, key=rank) if granted else self.everywhere
+        return held if held is None or self.cap is None else lower(held, self.cap)
+
+    def highest(self) -> Role | None:
+        """The highest role held in any environment: what a page open to several asks."""
+        held = self.everywhere
+        for environment, granted in self.environments.items():
+            if self.scope is None or environment in self.scope:
+                held = max(held, granted, key=rank)
+        return held if held is None or self.cap is None else lower(held, self.cap)
+
+    def environments_with(self, role: Role, names: list[str]) -> list[str]:
+        """Those of ``names`` in which the holder has at least ``role``."""
+        return [name for name in names if includes(self.role_in(name), role)]
+
+    def limited(self, cap: Role, scope: frozenset[str] | None) -> Grants:
+        """These grants as a token acting for their holder sees them: capped, scoped."""
+        if self.scope is not None:
+            scope = self.scope if scope is None else scope & self.scope
+        capped = cap if self.cap is None else lower(cap, self.cap)
+        return Grants(self.everywhere, self.environments, scope, capped)
+
+
+NO_GRANTS = Grants()
+
+
+def grants_of(user: AbstractBaseUser | AnonymousUser) -> Grants:
+    """What ``user`` holds now (nothing for an anonymous or inactive user), read once
+    per user object: a request asks it many times."""
+    if not user.is_authenticated or not user.is_active:
+        return NO_GRANTS
+    cached: Grants | None = getattr(user, "_controlplane_grants", None)
+    if cached is not None:
+        return cached
+    from controlplane.accounts.models import RoleGrant
+
+    environments = {
+        grant.environment.name: Role(grant.role)
+        for grant in RoleGrant.objects.filter(user_id=user.pk).select_related("environment")
+    }
+    grants = Grants(role_of(user), environments)
+    user._controlplane_grants = grants  # type: ignore[attr-defined]
+    return grants
 
 
 def rank(role: Role | None) -> int:

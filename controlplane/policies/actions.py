@@ -65,6 +65,12 @@ def do_create_environment(name: str, actor: Actor, description: str = "") -> Env
         raise PolicyError({"name": [f"An environment named {name!r} already exists."]}) from None
 
 
+def check_reason_rule(environment: Environment, reason: str) -> None:
+    """Refuse a change without a reason where the environment's rules require one."""
+    if environment.require_reason and not reason.strip():
+        raise PolicyError({"reason": [f"Changes in {environment.name} need a reason: say why."]})
+
+
 def next_revision(environment: Environment) -> int:
     locked = Environment.objects.select_for_update().get(pk=environment.pk)
     locked.revision += 1
@@ -204,6 +210,7 @@ def create_policy(
     kind_spec(kind)
     validate_name(name)
     check_reason(reason)
+    check_reason_rule(environment, reason)
     metadata = Policy()
     _set_metadata(metadata, tags, team)
     clean = validate_spec(kind, spec)
@@ -283,6 +290,7 @@ def update_policy(
     """
     check_reason(reason)
     locked = _lock_current(policy, expected_version)
+    check_reason_rule(locked.environment, reason)
     before = _snapshot(locked)
     errors: dict[str, list[str]] = {}
     try:
@@ -328,6 +336,7 @@ def delete_policy(
     """``do_delete_policy`` as a step of the caller's transaction (it must be in one)."""
     check_reason(reason)
     locked = _lock_current(policy, expected_version)
+    check_reason_rule(locked.environment, reason)
     before = _snapshot(locked)
     locked.deleted = True
     _record(locked, PolicyVersion.Action.DELETE, actor, reason, before)
@@ -343,23 +352,36 @@ def do_rollback_policy(
     expected_version: int | None = None,
 ) -> Policy:
     """Restore the content of an earlier version as a new version (history is kept)."""
-    check_reason(reason)
     with transaction.atomic(durable=True):
-        locked = Policy.objects.select_for_update().select_related("environment").get(pk=policy.pk)
-        if expected_version is not None and locked.version != expected_version:
-            raise StaleVersionError(locked.versions.get(version=locked.version))
-        try:
-            target = locked.versions.get(version=to_version)
-        except PolicyVersion.DoesNotExist:
-            raise PolicyError({"version": [f"{locked} has no version {to_version}."]}) from None
-        before = _snapshot(locked)
-        locked.spec = validate_spec(locked.kind, target.spec)
-        locked.deleted = target.deleted
-        _record(
-            locked,
-            PolicyVersion.Action.ROLLBACK,
-            actor,
-            reason or f"Rolled back to v{to_version}",
-            before,
-        )
+        return rollback_policy(policy, to_version, actor, reason, expected_version=expected_version)
+
+
+def rollback_policy(
+    policy: Policy,
+    to_version: int,
+    actor: Actor,
+    reason: str = "",
+    *,
+    expected_version: int | None = None,
+) -> Policy:
+    """``do_rollback_policy`` as a step of the caller's transaction (it must be in one)."""
+    check_reason(reason)
+    locked = Policy.objects.select_for_update().select_related("environment").get(pk=policy.pk)
+    if expected_version is not None and locked.version != expected_version:
+        raise StaleVersionError(locked.versions.get(version=locked.version))
+    try:
+        target = locked.versions.get(version=to_version)
+    except PolicyVersion.DoesNotExist:
+        raise PolicyError({"version": [f"{locked} has no version {to_version}."]}) from None
+    check_reason_rule(locked.environment, reason)
+    before = _snapshot(locked)
+    locked.spec = validate_spec(locked.kind, target.spec)
+    locked.deleted = target.deleted
+    _record(
+        locked,
+        PolicyVersion.Action.ROLLBACK,
+        actor,
+        reason or f"Rolled back to v{to_version}",
+        before,
+    )
     return locked

@@ -19,7 +19,12 @@ import yaml
 from django.db import transaction
 
 from controlplane.accounts.actors import Actor
-from controlplane.policies.actions import create_policy, delete_policy, update_policy
+from controlplane.policies.actions import (
+    check_reason_rule,
+    create_policy,
+    delete_policy,
+    update_policy,
+)
 from controlplane.policies.diff import FieldDiff, spec_diff
 from controlplane.policies.models import (
     Environment,
@@ -244,6 +249,7 @@ def apply_import(
     """Apply the document in one transaction; every audit entry shares one correlation id."""
     correlation_id = uuid.uuid4()
     correlated = actor.correlated(correlation_id)
+    check_reason_rule(environment, reason)
     reason = check_reason(reason) or "Imported from a file"
     with transaction.atomic(durable=True):  # all or nothing: the steps, not the do_* actions
         changes = plan_import(environment, document, prune=prune)

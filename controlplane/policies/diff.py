@@ -39,3 +39,61 @@ def masked_spec(kind: str, spec: dict[str, Any] | None) -> list[tuple[str, str]]
     return [
         (f.label, shown_value(kind, f.name, shown.get(f.name), shown)) for f in SPECS[kind].fields
     ]
+
+
+@dataclass(frozen=True)
+class ThreeWayDiff:
+    """One field as the common base, their saved version and my proposal have it."""
+
+    field: str
+    label: str
+    base: str
+    theirs: str
+    mine: str
+    theirs_changed: bool
+    mine_changed: bool
+
+    @property
+    def conflict(self) -> bool:
+        """Both sides changed the field, to different values: mine wins on a rebase."""
+        return self.theirs_changed and self.mine_changed and self.theirs != self.mine
+
+
+def three_way(
+    kind: str,
+    base: dict[str, Any] | None,
+    theirs: dict[str, Any] | None,
+    mine: dict[str, Any] | None,
+) -> list[ThreeWayDiff]:
+    """The fields either side changed against ``base``, side by side, shown for people."""
+    theirs_changed = spec_changes(kind, base, theirs)
+    mine_changed = spec_changes(kind, base, mine)
+    rows = []
+    for name in [f.name for f in SPECS[kind].fields if f.name in theirs_changed | mine_changed]:
+        rows.append(
+            ThreeWayDiff(
+                name,
+                field_label(kind, name),
+                shown_value(kind, name, (base or {}).get(name), base),
+                shown_value(kind, name, (theirs or {}).get(name), theirs),
+                shown_value(kind, name, (mine or {}).get(name), mine),
+                name in theirs_changed,
+                name in mine_changed,
+            )
+        )
+    return rows
+
+
+def rebase_spec(
+    base: dict[str, Any] | None, theirs: dict[str, Any] | None, mine: dict[str, Any]
+) -> dict[str, Any]:
+    """My changes against ``base`` re-applied on top of ``theirs``: the fields I did not
+    change take their values, the fields I changed keep mine."""
+    base = base or {}
+    rebased = dict(theirs or {})
+    for name in set(base) | set(mine):
+        if name not in mine:
+            rebased.pop(name, None)
+        elif mine[name] != base.get(name):
+            rebased[name] = mine[name]
+    return rebased

@@ -27,12 +27,34 @@ class Environment(models.Model):
     # published document orders it against every other one.
     revision = models.BigIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)
+    # The environment's rules for changes to its policies, set by admins. Overrides
+    # (trip, force closed, block, purge) are never held for approval: they exist for
+    # incidents; they keep their own reason, expiry and audit.
+    require_reason = models.BooleanField(
+        default=False, help_text="Every change to a policy must say why."
+    )
+    approvals_required = models.PositiveSmallIntegerField(
+        default=0,
+        help_text="How many other people must approve a change before it applies "
+        "(0: changes apply at once).",
+    )
+    approver_role = models.CharField(
+        max_length=20,
+        default="editor",
+        choices=[("editor", "editor"), ("admin", "admin")],
+        help_text="The least role, in this environment, of those who may approve.",
+    )
 
     class Meta:
         ordering = ["name"]
 
     def __str__(self) -> str:
         return self.name
+
+    @property
+    def guarded(self) -> bool:
+        """Whether changes to its policies wait for approval (a change request)."""
+        return self.approvals_required > 0
 
     def keys(self) -> KeyLayout:
         return KeyLayout(self.name, settings.REDIS_KEY_PREFIX)
@@ -264,3 +286,121 @@ class Override(models.Model):
     def in_force(self, now: datetime) -> bool:
         """Whether this row, if it is its policy's newest, holds at ``now``."""
         return bool(self.state) and (self.expires_at is None or self.expires_at > now)
+
+
+class ChangeRequest(models.Model):
+    """A proposed change to policies of a guarded environment, waiting for approval.
+
+    It holds one item per policy it changes (an import holds many), each with the
+    version it was based on; it applies only while every base is still the
+    policy's current version, through the same actions as a direct edit.
+    """
+
+    class Status(models.TextChoices):
+        OPEN = "open"  # waiting for approvals
+        APPROVED = "approved"  # approved, waiting for its apply-at time or a rebase
+        APPLIED = "applied"
+        REJECTED = "rejected"
+        WITHDRAWN = "withdrawn"
+
+    environment = models.ForeignKey(
+        Environment, on_delete=models.PROTECT, related_name="change_requests"
+    )
+    title = models.CharField(max_length=200)
+    reason = models.TextField(blank=True, max_length=1000)
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.OPEN)
+    author = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="change_requests",
+    )
+    author_name = models.CharField(max_length=150)
+    author_token = models.CharField(max_length=100, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    # When to apply once approved (None: at once).
+    apply_at = models.DateTimeField(null=True, blank=True)
+    applied_at = models.DateTimeField(null=True, blank=True)
+    # Why the last attempt to apply it failed (a base that moved): it needs a rebase.
+    blocked_reason = models.TextField(blank=True)
+    closed_by_name = models.CharField(max_length=150, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["environment", "status"], name="changereq_env_status")]
+
+    def __str__(self) -> str:
+        return f"#{self.pk} {self.title}"
+
+    @property
+    def is_pending(self) -> bool:
+        return self.status in (self.Status.OPEN, self.Status.APPROVED)
+
+
+class ChangeItem(models.Model):
+    """One policy's change within a request: what it was based on and what it proposes."""
+
+    class Op(models.TextChoices):
+        CREATE = "create"
+        UPDATE = "update"
+        DELETE = "delete"
+        ROLLBACK = "rollback"
+
+    request = models.ForeignKey(ChangeRequest, on_delete=models.CASCADE, related_name="items")
+    op = models.CharField(max_length=20, choices=Op.choices)
+    kind = models.CharField(max_length=20, choices=Kind.choices)
+    name = models.CharField(max_length=100, validators=[name_validator])
+    # The policy's version the change was made against (0: it did not exist), and
+    # its spec then (None: absent or deleted), for the three-way view of a rebase.
+    base_version = models.PositiveIntegerField(default=0)
+    base_spec: models.JSONField[dict[str, Any] | None, dict[str, Any] | None] = models.JSONField(
+        null=True, blank=True
+    )
+    # What it proposes (None: the policy is deleted).
+    spec: models.JSONField[dict[str, Any] | None, dict[str, Any] | None] = models.JSONField(
+        null=True, blank=True
+    )
+    # None: keep the policy's.
+    tags: models.JSONField[list[str] | None, list[str] | None] = models.JSONField(
+        null=True, blank=True
+    )
+    # None keeps the policy's team, "" clears it: both are needed.
+    team = models.CharField(max_length=100, null=True, blank=True)  # noqa: DJ001
+    # For a rollback: the version whose content it restores.
+    rollback_to = models.PositiveIntegerField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["request", "kind", "name"]
+
+    def __str__(self) -> str:
+        return f"{self.op} {self.kind}:{self.name}"
+
+    @property
+    def field(self) -> str:
+        return policy_field(self.kind, self.name)
+
+
+class ChangeReview(models.Model):
+    """A reviewer's decision on a request; a rebase dismisses the approvals given before."""
+
+    class Decision(models.TextChoices):
+        APPROVE = "approve"
+        REJECT = "reject"
+
+    request = models.ForeignKey(ChangeRequest, on_delete=models.CASCADE, related_name="reviews")
+    reviewer = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    reviewer_name = models.CharField(max_length=150)
+    decision = models.CharField(max_length=20, choices=Decision.choices)
+    comment = models.TextField(blank=True, max_length=1000)
+    dismissed = models.BooleanField(default=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.reviewer_name} {self.decision} #{self.request_id}"

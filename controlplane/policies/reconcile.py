@@ -26,6 +26,7 @@ from controlplane.ops.outage import DATABASE_UNAVAILABLE, Outage
 from controlplane.policies.models import Environment
 from controlplane.policies.overrides import expire_overrides, newest_overrides, override_document
 from controlplane.policies.publish import policy_document, raise_meta_revision, write_document
+from controlplane.policies.requests import apply_due_requests
 from controlplane.protocol.documents import SECTION_OVERRIDES, SECTION_POLICIES
 from controlplane.protocol.store import (
     Stored,
@@ -256,6 +257,7 @@ class Reconciler(threading.Thread):
             close_old_connections()
             try:
                 expire_overrides()
+                apply_due_requests()
                 if time.monotonic() >= next_full:
                     reconcile_all()
                     next_full = time.monotonic() + self.full_interval
