@@ -36,6 +36,7 @@ from controlplane.policies.actions import (
     rollback_policy,
     update_policy,
 )
+from controlplane.policies.config_as_code import PlannedChange
 from controlplane.policies.diff import ThreeWayDiff, rebase_spec, three_way
 from controlplane.policies.models import (
     ChangeItem,
@@ -600,6 +601,29 @@ def apply_due_requests(now: datetime | None = None) -> list[ChangeRequest]:
         except PolicyError as exc:
             logger.warning("Change request #%s did not apply: %s", request.pk, exc)
     return applied
+
+
+def import_proposals(environment: Environment, changes: Sequence[PlannedChange]) -> list[Proposal]:
+    """An import's planned changes as the proposals of one request (the whole file),
+    each based on its policy's current version."""
+    versions = {
+        (kind, name): version
+        for kind, name, version in environment.policies.filter(deleted=False).values_list(
+            "kind", "name", "version"
+        )
+    }
+    return [
+        Proposal(
+            change.op,
+            change.kind,
+            change.name,
+            change.spec,
+            versions.get((change.kind, change.name), 0) if change.op != Op.CREATE else None,
+            None if change.op == Op.DELETE else change.tags,
+            None if change.op == Op.DELETE else change.team,
+        )
+        for change in changes
+    ]
 
 
 def pending_requests(environments: Sequence[str]) -> Any:

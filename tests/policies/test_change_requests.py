@@ -13,12 +13,14 @@ from controlplane.accounts.actors import Actor
 from controlplane.accounts.roles import Role
 from controlplane.audit.models import AuditEntry
 from controlplane.policies.actions import do_create_policy, do_update_policy
+from controlplane.policies.config_as_code import parse, plan_import
 from controlplane.policies.models import ChangeRequest, Environment, Policy
 from controlplane.policies.requests import (
     NeedsRebase,
     Proposal,
     apply_due_requests,
     apply_request,
+    import_proposals,
     item_states,
     open_request,
     rebase,
@@ -264,3 +266,31 @@ def test_a_required_reason_is_enforced_on_direct_changes(
         do_create_policy(production, "breaker", "payments", {}, system, "")
     assert "reason" in refused.value.errors
     assert not Policy.objects.filter(name="payments").exists()
+
+
+def test_an_import_into_a_guarded_environment_is_one_request_for_the_whole_file(
+    api: Policy, alice: Actor, bob: Actor, system: Actor
+) -> None:
+    do_create_policy(api.environment, "breaker", "payments", {}, system, "initial")
+    document = parse(
+        "version: 1\n"
+        "policies:\n"
+        "  rate_limit:\n"
+        "    api: {limit: 300, period: 60, tags: [edge]}\n"
+        "  config:\n"
+        "    banner: {value: sale}\n"
+    )
+    changes = plan_import(api.environment, document, prune=True)
+    request = open_request(
+        api.environment, import_proposals(api.environment, changes), alice, "from git"
+    )
+    assert sorted((i.op, i.name) for i in request.items.all()) == [
+        ("create", "banner"),
+        ("delete", "payments"),
+        ("update", "api"),
+    ]
+    assert review(request, bob, Role.EDITOR, "approve").status == ChangeRequest.Status.APPLIED
+    api.refresh_from_db()
+    assert (api.spec["limit"], api.tags) == (300, ["edge"])
+    assert Policy.objects.get(name="payments").deleted
+    assert Policy.objects.get(name="banner").spec["value"] == "sale"
