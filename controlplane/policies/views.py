@@ -320,8 +320,8 @@ def _conflict_response(
     Nothing is lost: the form comes back holding this editor's changes re-applied on
     top of theirs (a field left as loaded takes their value, a changed one keeps
     mine), next to base, theirs and mine per field, with what saving would now
-    change; one click previews it against their version. Always the whole page,
-    with 409: the Save button of htmx swaps the page's ``main``.
+    change; one click previews it against their version. Always the whole page, with
+    409, htmx or not: a Save replaces the page, never only the form.
     """
     assert form.spec is not None  # only a valid form is saved
     expected = form.cleaned_data.get("expected_version")

@@ -217,7 +217,7 @@ def test_re_apply_previews_against_their_version_before_saving(
     assert 'data-field="period"' not in html[html.index("What will change") :]
 
 
-def test_an_htmx_save_refused_gets_the_whole_page_to_swap_its_main(
+def test_a_save_refused_over_htmx_still_gets_the_whole_page(
     client: Client, editor: User, api: Policy
 ) -> None:
     client.force_login(editor)
