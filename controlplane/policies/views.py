@@ -3,12 +3,12 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis
 from django.contrib import messages
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, QueryDict
 from django.shortcuts import redirect, render
 from django.utils.cache import patch_vary_headers
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
@@ -16,6 +16,7 @@ from django_htmx.middleware import HtmxDetails
 
 from controlplane.accounts.actors import Actor
 from controlplane.accounts.roles import Role, role_of, role_required
+from controlplane.audit.record import fingerprint
 from controlplane.policies.access import environment_for, policy_for
 from controlplane.policies.actions import (
     StaleVersionError,
@@ -33,12 +34,26 @@ from controlplane.policies.config_as_code import (
     parse,
     plan_import,
 )
-from controlplane.policies.diff import FieldDiff, masked_spec, spec_diff
+from controlplane.policies.diff import (
+    FieldDiff,
+    ThreeWayDiff,
+    masked_spec,
+    rebase_spec,
+    spec_diff,
+    three_way,
+)
 from controlplane.policies.forms import PolicyFilterForm, PolicyForm
-from controlplane.policies.models import Environment, Policy, PolicyVersion, check_reason
+from controlplane.policies.models import (
+    Environment,
+    Policy,
+    PolicyVersion,
+    check_reason,
+    check_tags,
+    check_team,
+)
 from controlplane.protocol.documents import PolicyDocument, ProtocolError
 from controlplane.protocol.limits import MAX_IMPORT_BYTES
-from controlplane.protocol.schema import KIND_LABELS, KINDS, PolicyError
+from controlplane.protocol.schema import KIND_LABELS, KINDS, PolicyError, is_secret, value_text
 from controlplane.redis_connection import get_redis, redis_answers
 
 logger = logging.getLogger(__name__)
@@ -241,12 +256,22 @@ def policy_create(request: HtmxHttpRequest, environment: str, kind: str) -> Http
 @role_required(Role.EDITOR)
 @require_http_methods(["GET", "POST"])
 def policy_edit(request: HtmxHttpRequest, environment: str, kind: str, name: str) -> HttpResponse:
+    """Edit a policy: checked as typed, previewed, then saved against the version loaded.
+
+    A save refused because someone else saved first keeps this editor's work
+    (``_conflict_response``).
+    """
     policy = policy_for(role_of(request.user), Role.EDITOR, environment, kind, name)
     context: dict[str, Any] = {
         "environment": policy.environment,
         "kind": kind,
         "policy": policy,
         "creating": False,
+        # The tags and team this editor started from: they have no versions to look up.
+        "loaded_metadata": {
+            "tags": str(request.POST.get("loaded_tags", ", ".join(policy.tags))),
+            "team": str(request.POST.get("loaded_team", policy.team)),
+        },
     }
     if request.method == "GET":
         form = PolicyForm(
@@ -274,25 +299,137 @@ def policy_edit(request: HtmxHttpRequest, environment: str, kind: str, name: str
             team=form.cleaned_data["team"],
         )
     except StaleVersionError as exc:
-        # Nothing is lost: the form keeps this editor's values, now based on the version
-        # saved meanwhile, and says what theirs changed and what saving these would do.
-        loaded = policy.versions.filter(version=expected).first() if expected else None
-        current = exc.current
-        context["conflict"] = {
-            "version": current,
-            "diff": spec_diff(kind, loaded.spec if loaded else None, current.spec),
-            "yours": spec_diff(kind, current.spec, form.spec),
-        }
-        rebased = request.POST.copy()
-        rebased["expected_version"] = str(current.version)
-        form.data = rebased
-        return _form_response(request, form, context, status=409)
+        return _conflict_response(request, policy, form, exc.current, context)
     except PolicyError as exc:
         for field, errors in exc.errors.items():
             form.add_error(field if field in form.fields else None, errors)
         return _form_response(request, form, context, status=422)
     confirm_saved(request, f"Saved {KIND_LABELS[kind].lower()} {policy.name}.", saved)
     return redirect("policy-detail", policy.environment.name, kind, policy.name)
+
+
+def _conflict_response(
+    request: HtmxHttpRequest,
+    policy: Policy,
+    form: PolicyForm,
+    current: PolicyVersion,
+    context: dict[str, Any],
+) -> HttpResponse:
+    """A save refused because ``current`` was saved since this editor loaded the form.
+
+    Nothing is lost: the form comes back holding this editor's changes re-applied on
+    top of theirs (a field left as loaded takes their value, a changed one keeps
+    mine), next to base, theirs and mine per field, with what saving would now
+    change; one click previews it against their version. Always the whole page, with
+    409, htmx or not: a Save replaces the page, never only the form.
+    """
+    assert form.spec is not None  # only a valid form is saved
+    expected = form.cleaned_data.get("expected_version")
+    loaded = policy.versions.filter(version=expected).first() if expected else None
+    base = loaded.spec if loaded and not loaded.deleted else None
+    policy.refresh_from_db()  # their tags and team (not versioned), the page's version
+    mine = _edited_metadata(form.cleaned_data["tags"], form.cleaned_data["team"])
+    theirs = _edited_metadata(policy.tags, policy.team)
+    base_metadata = _loaded_metadata(context["loaded_metadata"], fallback=theirs)
+    rebased = _rebased_form(
+        request.POST,
+        form,
+        current,
+        rebase_spec(base, current.spec, form.spec),
+        rebase_spec(base_metadata, theirs, mine),
+    )
+    rows = three_way(policy.kind, *_secrets_hidden(policy.kind, [base, current.spec, form.spec]))
+    rows += _metadata_three_way(form, base_metadata, theirs, mine)
+    context["conflict"] = {"version": current, "loaded": expected, "rows": rows}
+    context["loaded_metadata"] = {"tags": _metadata_text(theirs["tags"]), "team": policy.team}
+    if rebased.is_valid() and rebased.spec is not None:
+        context["diff"] = _with_metadata(
+            spec_diff(policy.kind, current.spec, rebased.spec), policy, rebased
+        )
+    response = render(request, "policies/edit.html", {"form": rebased, **context}, status=409)
+    patch_vary_headers(response, ["HX-Request"])
+    return response
+
+
+def _edited_metadata(tags: Sequence[str], team: str) -> dict[str, Any]:
+    """Tags and team as one record, so a rebase treats them like a spec's fields."""
+    return {"tags": list(tags), "team": team}
+
+
+def _loaded_metadata(sent: dict[str, str], *, fallback: dict[str, Any]) -> dict[str, Any]:
+    """The tags and team the editor loaded, as the form sent them back; ``fallback``
+    where they are not readable (untrusted input), where the editor's values win."""
+    try:
+        return _edited_metadata(check_tags(sent["tags"]), check_team(sent["team"]))
+    except PolicyError:
+        return fallback
+
+
+def _metadata_three_way(
+    form: PolicyForm, base: dict[str, Any], theirs: dict[str, Any], mine: dict[str, Any]
+) -> list[ThreeWayDiff]:
+    """``three_way`` of the tags and team, which either side may change too."""
+    return [
+        ThreeWayDiff(
+            name,
+            str(form.fields[name].label),
+            _metadata_text(base[name]),
+            _metadata_text(theirs[name]),
+            _metadata_text(mine[name]),
+            theirs[name] != base[name],
+            mine[name] != base[name],
+        )
+        for name in ("tags", "team")
+        if base[name] != theirs[name] or base[name] != mine[name]
+    ]
+
+
+def _metadata_text(value: str | list[str]) -> str:
+    """Tags or a team as the form and the tables write them."""
+    return ", ".join(value) if isinstance(value, list) else value
+
+
+def _secrets_hidden(kind: str, specs: list[dict[str, Any] | None]) -> list[dict[str, Any] | None]:
+    """``specs`` with a secret value as its fingerprint in all of them if any is secret,
+    as the audit log shows it: changes still show, the value never does."""
+    if not any(is_secret(kind, spec) for spec in specs):
+        return specs
+    return [None if spec is None else _value_fingerprinted(spec) for spec in specs]
+
+
+def _value_fingerprinted(spec: dict[str, Any]) -> dict[str, Any]:
+    """``spec`` with its value as a fingerprint (none stays none, as in the audit log)."""
+    value = spec.get("value")
+    return {**spec, "value": None if value is None else fingerprint(value)}
+
+
+def _rebased_form(
+    sent: QueryDict,
+    form: PolicyForm,
+    current: PolicyVersion,
+    spec: dict[str, Any],
+    metadata: dict[str, Any],
+) -> PolicyForm:
+    """``form`` as if the editor had loaded ``current`` and made the same changes:
+    fields holding ``spec`` and ``metadata``, the reason kept, the version expected
+    now theirs. A field the editor changed keeps the text they typed (``sent``)."""
+    assert form.spec is not None
+    data = sent.copy()
+    shown = form.initial_from(spec)  # a secret left as theirs shows blank: "keep it"
+    for name, value in spec.items():
+        if name in form.fields and value != form.spec.get(name):
+            data[name] = value_text(shown.get(name))
+    data["tags"] = _metadata_text(metadata["tags"])
+    data["team"] = metadata["team"]
+    data["expected_version"] = str(current.version)
+    return PolicyForm(
+        form.kind,
+        data,
+        current=current.spec,
+        creating=False,
+        tags=metadata["tags"],
+        team=metadata["team"],
+    )
 
 
 @role_required(Role.EDITOR)

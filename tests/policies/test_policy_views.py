@@ -105,8 +105,10 @@ def test_second_editor_with_a_stale_form_is_refused_and_shown_the_first_change(
     assert response.status_code == 409
     assert "bob saved version 2" in html
     theirs = html[html.index('data-conflict="theirs"') : html.index('data-conflict="yours"')]
-    assert '<td class="old">100 requests</td>' in theirs
-    assert '<td class="new">120 requests</td>' in theirs
+    # Both changed the limit: base, theirs and yours side by side, yours kept.
+    assert '<td class="base">100 requests</td>' in theirs
+    assert '<td class="theirs changed">120 requests</td>' in theirs
+    assert "Conflict: both changed it, yours is kept" in theirs
     # Their work is kept: what saving it now would do is said against bob's version.
     yours = html[html.index('data-conflict="yours"') :]
     assert (
