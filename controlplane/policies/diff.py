@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from controlplane.audit.record import spec_changes
-from controlplane.protocol.schema import SPECS, field_label, masked, shown_value
+from controlplane.audit.record import fingerprint, spec_changes
+from controlplane.protocol.schema import SPECS, field_label, is_secret, masked, shown_value
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,12 @@ def three_way(
     theirs: dict[str, Any] | None,
     mine: dict[str, Any] | None,
 ) -> list[ThreeWayDiff]:
-    """The fields either side changed against ``base``, side by side, shown for people."""
+    """The fields either side changed against ``base``, side by side, shown for people.
+
+    If any of the three is a secret, its value shows as its fingerprint in all three,
+    as the audit log shows it: changes still show, the value never does.
+    """
+    base, theirs, mine = _secrets_hidden(kind, [base, theirs, mine])
     theirs_changed = spec_changes(kind, base, theirs)
     mine_changed = spec_changes(kind, base, mine)
     rows = []
@@ -82,6 +87,18 @@ def three_way(
             )
         )
     return rows
+
+
+def _secrets_hidden(kind: str, specs: list[dict[str, Any] | None]) -> list[dict[str, Any] | None]:
+    if not any(is_secret(kind, spec) for spec in specs):
+        return specs
+    return [None if spec is None else _value_fingerprinted(spec) for spec in specs]
+
+
+def _value_fingerprinted(spec: dict[str, Any]) -> dict[str, Any]:
+    """``spec`` with its value as a fingerprint (none stays none, as in the audit log)."""
+    value = spec.get("value")
+    return {**spec, "value": None if value is None else fingerprint(value)}
 
 
 def rebase_spec(

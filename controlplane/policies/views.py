@@ -16,7 +16,6 @@ from django_htmx.middleware import HtmxDetails
 
 from controlplane.accounts.actors import Actor
 from controlplane.accounts.roles import Role, role_of, role_required
-from controlplane.audit.record import fingerprint
 from controlplane.policies.access import environment_for, policy_for
 from controlplane.policies.actions import (
     StaleVersionError,
@@ -53,7 +52,7 @@ from controlplane.policies.models import (
 )
 from controlplane.protocol.documents import PolicyDocument, ProtocolError
 from controlplane.protocol.limits import MAX_IMPORT_BYTES
-from controlplane.protocol.schema import KIND_LABELS, KINDS, PolicyError, is_secret, value_text
+from controlplane.protocol.schema import KIND_LABELS, KINDS, PolicyError, value_text
 from controlplane.redis_connection import get_redis, redis_answers
 
 logger = logging.getLogger(__name__)
@@ -338,7 +337,7 @@ def _conflict_response(
         rebase_spec(base, current.spec, form.spec),
         rebase_spec(base_metadata, theirs, mine),
     )
-    rows = three_way(policy.kind, *_secrets_hidden(policy.kind, [base, current.spec, form.spec]))
+    rows = three_way(policy.kind, base, current.spec, form.spec)
     rows += _metadata_three_way(form, base_metadata, theirs, mine)
     context["conflict"] = {"version": current, "loaded": expected, "rows": rows}
     context["loaded_metadata"] = {"tags": _metadata_text(theirs["tags"]), "team": policy.team}
@@ -387,20 +386,6 @@ def _metadata_three_way(
 def _metadata_text(value: str | list[str]) -> str:
     """Tags or a team as the form and the tables write them."""
     return ", ".join(value) if isinstance(value, list) else value
-
-
-def _secrets_hidden(kind: str, specs: list[dict[str, Any] | None]) -> list[dict[str, Any] | None]:
-    """``specs`` with a secret value as its fingerprint in all of them if any is secret,
-    as the audit log shows it: changes still show, the value never does."""
-    if not any(is_secret(kind, spec) for spec in specs):
-        return specs
-    return [None if spec is None else _value_fingerprinted(spec) for spec in specs]
-
-
-def _value_fingerprinted(spec: dict[str, Any]) -> dict[str, Any]:
-    """``spec`` with its value as a fingerprint (none stays none, as in the audit log)."""
-    value = spec.get("value")
-    return {**spec, "value": None if value is None else fingerprint(value)}
 
 
 def _rebased_form(

@@ -294,3 +294,24 @@ def test_an_import_into_a_guarded_environment_is_one_request_for_the_whole_file(
     assert (api.spec["limit"], api.tags) == (300, ["edge"])
     assert Policy.objects.get(name="payments").deleted
     assert Policy.objects.get(name="banner").spec["value"] == "sale"
+
+
+def test_the_three_way_view_of_a_secret_shows_fingerprints_never_the_value(
+    guarded: Environment, alice: Actor, system: Actor
+) -> None:
+    token = do_create_policy(
+        guarded, "config", "token", {"value": "old-secret", "secret": True}, system, "initial"
+    )
+    request = open_request(
+        guarded,
+        [Proposal("update", "config", "token", {"value": "my-secret"}, token.version)],
+        alice,
+        "rotate",
+    )
+    do_update_policy(token, {"value": "their-secret"}, system, "rotated first")
+    [state] = item_states(request)
+    [row] = state.three_way()
+    shown = f"{row.base} {row.theirs} {row.mine}"
+    assert "secret" in row.mine and row.conflict
+    for value in ("old-secret", "their-secret", "my-secret"):
+        assert value not in shown
