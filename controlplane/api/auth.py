@@ -38,9 +38,11 @@ def require(request: HttpRequest, role: Role) -> ApiToken:
 
 
 def actor_for(request: HttpRequest, token: ApiToken) -> Actor:
+    """The token acts for its creator (none for a system token): whoever made it cannot
+    approve, through it, a change request they opened themselves."""
     return Actor(
         name=f"token:{token.label}",
-        user=None,
+        user=token.created_by,
         token=token.label,
         ip=client_address(request),
     )

@@ -1,15 +1,17 @@
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from ninja import Schema
-from pydantic import AfterValidator, ConfigDict, Field
+from pydantic import AfterValidator, AwareDatetime, ConfigDict, Field
 
 from controlplane.policies.models import (
     MAX_TAG_LENGTH,
     MAX_TAGS,
     TAG_PATTERN,
+    ChangeRequest,
+    ChangeReview,
     Policy,
     PolicyVersion,
     check_tags,
@@ -105,6 +107,14 @@ class EnvironmentOut(Schema):
     name: str
     description: str
     revision: int
+    require_reason: bool = Field(description="Every change to a policy must say why.")
+    approvals_required: int = Field(
+        description="How many other people approve a change before it applies "
+        "(0: changes apply at once; above 0, writes open a change request)."
+    )
+    approver_role: Literal["editor", "admin"] = Field(
+        description="The least role, in this environment, of those who may approve."
+    )
 
 
 class PolicyOut(Schema):
@@ -229,3 +239,131 @@ class ResetOut(Schema):
     lifted_override: str | None = Field(
         description="The override the reset lifted first (its state), or null if none was in force."
     )
+
+
+# Change requests ---------------------------------------------------------------
+
+# Ids are BigAutoFields: the largest every database stores.
+MAX_ID = 2**63 - 1
+RequestId = Annotated[int, Field(ge=1, le=MAX_ID)]
+
+# Spelled out for the OpenAPI schema; tests/api/test_change_requests.py holds them
+# equal to ChangeItem.Op and ChangeRequest.Status, where they are defined.
+ChangeOp = Literal["create", "update", "delete", "rollback"]
+RequestStatus = Literal["open", "approved", "applied", "rejected", "withdrawn"]
+
+
+def _utc(value: datetime) -> datetime:
+    """An aware time in UTC; one whose offset moves it out of the calendar is refused
+    here, naming the field, instead of failing when compared to now."""
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("The time is out of range.") from None
+
+
+ApplyAt = Annotated[
+    AwareDatetime,
+    AfterValidator(_utc),
+    Field(description="When to apply once approved, with its offset (2026-12-24T09:00:00+01:00)."),
+]
+Comment = Annotated[Text, Field(max_length=max_length(ChangeReview, "comment"))]
+
+
+class ChangeIn(Schema):
+    """One policy's change, as ``requests.Proposal`` takes it."""
+
+    op: ChangeOp
+    kind: Kind
+    name: Name
+    spec: dict[str, Any] | None = Field(
+        default=None,
+        description="create: the spec; update: the fields to change (the others keep "
+        "their value); delete and rollback: none.",
+    )
+    base_version: int | None = Field(
+        default=None,
+        ge=0,
+        le=MAX_VERSION,
+        description="The version you based the change on (refused if the policy moved); "
+        "null: its current version.",
+    )
+    tags: Tags | None = Field(default=None, description="Replace the tags (null keeps them).")
+    team: Team | None = Field(default=None, description="Replace the team (null keeps it).")
+    rollback_to: int | None = Field(
+        default=None, ge=1, le=MAX_VERSION, description="rollback: the version to restore."
+    )
+
+
+class ChangeRequestIn(Schema):
+    changes: list[ChangeIn] = Field(max_length=1000, description="One item per policy.")
+    reason: Reason = Field(default="", description="Required: reviewers read it.")
+    apply_at: ApplyAt | None = None
+    title: Annotated[Text, Field(max_length=max_length(ChangeRequest, "title"))] = Field(
+        default="", description="Empty: one is made from the changes."
+    )
+
+
+class ReviewIn(Schema):
+    comment: Comment = Field(default="", description="Required to reject: the author reads it.")
+
+
+class WithdrawIn(Schema):
+    reason: Reason = ""
+
+
+class ScheduleIn(Schema):
+    apply_at: ApplyAt | None = Field(description="null: apply as soon as it is approved.")
+
+
+class ApprovalsOut(Schema):
+    given: int = Field(description="Approvals that count (a rebase dismisses earlier ones).")
+    required: int
+
+
+class ReviewOut(Schema):
+    reviewer: str
+    decision: Literal["approve", "reject"]
+    comment: str
+    dismissed: bool
+    created_at: datetime
+
+
+class ChangeItemOut(Schema):
+    op: ChangeOp
+    kind: Kind
+    name: str
+    base_version: int = Field(description="The version it was based on (0: it did not exist).")
+    current_version: int
+    moved: bool = Field(description="The policy changed since: the request needs a rebase.")
+    diff: dict[str, list[Any]] = Field(
+        description="{field: [before, after]} against its base; secret values as fingerprints."
+    )
+    spec: dict[str, Any] | None = Field(
+        description="The proposed spec (null: deleted); secret config values are masked."
+    )
+    tags: list[str] | None
+    team: str | None
+    rollback_to: int | None
+
+
+class ChangeRequestSummaryOut(Schema):
+    id: int
+    environment: str
+    title: str
+    status: RequestStatus
+    author: str
+    reason: str
+    created_at: datetime
+    apply_at: datetime | None
+    applied_at: datetime | None
+    approvals: ApprovalsOut
+    blocked_reason: str = Field(description="Why it could not apply (empty: nothing blocks it).")
+    links: dict[str, str]
+
+
+class ChangeRequestOut(ChangeRequestSummaryOut):
+    needs_rebase: bool = Field(description="A policy moved since: rebase before it can apply.")
+    closed_by: str
+    items: list[ChangeItemOut]
+    reviews: list[ReviewOut]

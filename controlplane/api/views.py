@@ -1,28 +1,34 @@
-"""The JSON API for automation: policies, their history and rollback, overrides, breaker
-resets, cache purges and the audit log.
+"""The JSON API for automation: policies, their history and rollback, change requests,
+overrides, breaker resets, cache purges and the audit log.
 
 Same validation and the same audit as the forms: every write goes through the
-action functions. Errors are JSON naming the field.
+action functions. Errors are JSON naming the field. In a guarded environment a
+write to a policy does not apply: it opens a change request (202), as the pages do.
 """
 
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Annotated, Any, cast
+from typing import Annotated, Any, Literal, cast
 
 from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpRequest, HttpResponse
+from django.urls import reverse
 from django.utils import timezone
 from ninja import NinjaAPI, Query, Schema, Status
 from ninja.errors import HttpError, ValidationError
 from ninja.parser import Parser
 from pydantic import Field
 
+from controlplane.accounts.models import ApiToken
 from controlplane.accounts.roles import Role
 from controlplane.api.auth import TokenAuth, actor_for, require
 from controlplane.api.schemas import (
     MAX_VERSION,
     AuditOut,
+    ChangeRequestIn,
+    ChangeRequestOut,
+    ChangeRequestSummaryOut,
     ConflictOut,
     DetailOut,
     EnvironmentOut,
@@ -37,13 +43,18 @@ from controlplane.api.schemas import (
     PolicyPatch,
     Reason,
     ReasonIn,
+    RequestId,
+    RequestStatus,
     ResetOut,
+    ReviewIn,
     RollbackIn,
+    ScheduleIn,
     Text,
     VersionOut,
+    WithdrawIn,
 )
 from controlplane.audit.models import AuditEntry
-from controlplane.policies.access import environment_for, policy_for
+from controlplane.policies.access import check_role, environment_for, policy_for
 from controlplane.policies.actions import (
     StaleVersionError,
     do_create_policy,
@@ -53,6 +64,8 @@ from controlplane.policies.actions import (
 )
 from controlplane.policies.models import (
     MAX_TAG_LENGTH,
+    ChangeRequest,
+    ChangeReview,
     Environment,
     Override,
     Policy,
@@ -66,6 +79,19 @@ from controlplane.policies.overrides import (
     do_purge_cache,
     do_reset_breaker,
     do_set_override,
+)
+from controlplane.policies.requests import (
+    ItemState,
+    Proposal,
+    approvals,
+    item_changes,
+    item_states,
+    open_request,
+    pending_requests,
+    rebase,
+    review,
+    schedule,
+    withdraw,
 )
 from controlplane.protocol.limits import MAX_JSON_DEPTH, LimitExceeded, loads_json
 from controlplane.protocol.schema import PolicyError, masked
@@ -166,9 +192,110 @@ def _version_out(version: PolicyVersion) -> dict[str, Any]:
     }
 
 
+def _request_url(change_request: ChangeRequest, step: str = "") -> str:
+    name = f"api:{step}_change_request" if step else "api:read_change_request"
+    return reverse(name, kwargs={"request_id": change_request.pk})
+
+
+def _request_summary(change_request: ChangeRequest) -> dict[str, Any]:
+    """What the queue shows of a request; its reviews prefetched, its items not read."""
+    environment = change_request.environment
+    links = {
+        "self": _request_url(change_request),
+        "policies": reverse("api:list_policies", kwargs={"environment": environment.name}),
+    }
+    if change_request.is_pending:
+        for step in ("approve", "reject", "withdraw", "schedule", "rebase"):
+            links[step] = _request_url(change_request, step)
+    return {
+        "id": change_request.pk,
+        "environment": environment.name,
+        "title": change_request.title,
+        "status": change_request.status,
+        "author": change_request.author_name,
+        "reason": change_request.reason,
+        "created_at": change_request.created_at,
+        "apply_at": change_request.apply_at,
+        "applied_at": change_request.applied_at,
+        # An unguarded environment's request still waits for one approval.
+        "approvals": {
+            "given": len(approvals(change_request)),
+            "required": max(environment.approvals_required, 1),
+        },
+        "blocked_reason": change_request.blocked_reason,
+        "links": links,
+    }
+
+
+def _item_out(state: ItemState, pending: bool) -> dict[str, Any]:
+    item = state.item
+    return {
+        "op": item.op,
+        "kind": item.kind,
+        "name": item.name,
+        "base_version": item.base_version,
+        "current_version": state.current_version,
+        # Once closed, the policy moving on is no news: only a pending request rebases.
+        "moved": pending and state.moved,
+        "diff": item_changes(item),
+        "spec": None if item.spec is None else masked(item.kind, item.spec),
+        "tags": item.tags,
+        "team": item.team,
+        "rollback_to": item.rollback_to,
+    }
+
+
+def _request_out(change_request: ChangeRequest) -> dict[str, Any]:
+    """A request with its items against their policies now, and its reviews."""
+    pending = change_request.is_pending
+    items = [_item_out(state, pending) for state in item_states(change_request)]
+    return {
+        **_request_summary(change_request),
+        "needs_rebase": any(item["moved"] for item in items),
+        "closed_by": change_request.closed_by_name,
+        "items": items,
+        "reviews": [
+            {
+                "reviewer": r.reviewer_name,
+                "decision": r.decision,
+                "comment": r.comment,
+                "dismissed": r.dismissed,
+                "created_at": r.created_at,
+            }
+            for r in change_request.reviews.all()
+        ],
+    }
+
+
+def _opened(response: HttpResponse, change_request: ChangeRequest, status: int) -> Status[Any]:
+    response["Location"] = _request_url(change_request)
+    return Status(status, _request_out(change_request))
+
+
+def _propose(
+    request: HttpRequest,
+    response: HttpResponse,
+    token: ApiToken,
+    environment: Environment,
+    proposal: Proposal,
+    reason: str,
+) -> Status[Any]:
+    """A write to a guarded environment: open a change request for it instead (202)."""
+    opened = open_request(environment, [proposal], actor_for(request, token), reason)
+    return _opened(response, opened, 202)
+
+
+def _check_expected(policy: Policy, expected_version: int | None) -> None:
+    """Refuse a proposal based on a version the policy left, as a direct write is: 409."""
+    if expected_version is not None and expected_version != policy.version:
+        raise StaleVersionError(policy.versions.get(version=policy.version))
+
+
 AUTH_ERRORS: dict[int, Any] = {401: DetailOut, 403: DetailOut, 422: ErrorOut}
 READ = {**AUTH_ERRORS, 404: DetailOut}
 WRITE = {**READ, 409: ConflictOut}
+# A write to a policy of a guarded environment opens a change request instead.
+PROPOSED = {202: ChangeRequestOut}
 
 
 @api.get("/environments", response={200: list[EnvironmentOut], **AUTH_ERRORS})
@@ -198,10 +325,18 @@ def list_policies(
     return [_policy_out(p) for p in chosen]
 
 
-@api.post("/environments/{environment}/policies", response={201: PolicyOut, **WRITE})
-def create_policy(request: HttpRequest, environment: Name, payload: PolicyIn) -> Any:
+@api.post("/environments/{environment}/policies", response={201: PolicyOut, **PROPOSED, **WRITE})
+def create_policy(
+    request: HttpRequest, response: HttpResponse, environment: Name, payload: PolicyIn
+) -> Any:
+    """Create a policy; in a guarded environment, open a change request for it (202)."""
     token = require(request, Role.EDITOR)
     env = environment_for(token.acting_role(), Role.EDITOR, environment)
+    if env.guarded:
+        proposal = Proposal(
+            "create", payload.kind, payload.name, payload.spec, None, payload.tags, payload.team
+        )
+        return _propose(request, response, token, env, proposal, payload.reason)
     policy = do_create_policy(
         env,
         payload.kind,
@@ -221,13 +356,29 @@ def read_policy(request: HttpRequest, environment: Name, kind: Kind, name: Name)
     return _policy_out(policy_for(token.acting_role(), Role.VIEWER, environment, kind, name))
 
 
-@api.patch("/environments/{environment}/policies/{kind}/{name}", response={200: PolicyOut, **WRITE})
+@api.patch(
+    "/environments/{environment}/policies/{kind}/{name}",
+    response={200: PolicyOut, **PROPOSED, **WRITE},
+)
 def update_policy(
-    request: HttpRequest, environment: Name, kind: Kind, name: Name, payload: PolicyPatch
+    request: HttpRequest,
+    response: HttpResponse,
+    environment: Name,
+    kind: Kind,
+    name: Name,
+    payload: PolicyPatch,
 ) -> Any:
+    """Change a policy; in a guarded environment, open a change request for it (202)."""
     token = require(request, Role.EDITOR)
+    policy = policy_for(token.acting_role(), Role.EDITOR, environment, kind, name)
+    if policy.environment.guarded:
+        _check_expected(policy, payload.expected_version)
+        proposal = Proposal(
+            "update", kind, name, payload.spec, policy.version, payload.tags, payload.team
+        )
+        return _propose(request, response, token, policy.environment, proposal, payload.reason)
     policy = do_update_policy(
-        policy_for(token.acting_role(), Role.EDITOR, environment, kind, name),
+        policy,
         payload.spec,
         actor_for(request, token),
         payload.reason,
@@ -247,17 +398,27 @@ class LiftQuery(Schema):
     reason: Reason = Field(min_length=1, description="Required: kept in the audit log.")
 
 
-@api.delete("/environments/{environment}/policies/{kind}/{name}", response={204: None, **WRITE})
+@api.delete(
+    "/environments/{environment}/policies/{kind}/{name}",
+    response={204: None, **PROPOSED, **WRITE},
+)
 def delete_policy(
     request: HttpRequest,
+    response: HttpResponse,
     environment: Name,
     kind: Kind,
     name: Name,
     query: Query[DeleteQuery],
 ) -> Any:
+    """Delete a policy; in a guarded environment, open a change request for it (202)."""
     token = require(request, Role.EDITOR)
+    policy = policy_for(token.acting_role(), Role.EDITOR, environment, kind, name)
+    if policy.environment.guarded:
+        _check_expected(policy, query.expected_version)
+        proposal = Proposal("delete", kind, name, base_version=policy.version)
+        return _propose(request, response, token, policy.environment, proposal, query.reason)
     do_delete_policy(
-        policy_for(token.acting_role(), Role.EDITOR, environment, kind, name),
+        policy,
         actor_for(request, token),
         query.reason,
         expected_version=query.expected_version,
@@ -277,20 +438,172 @@ def policy_history(request: HttpRequest, environment: Name, kind: Kind, name: Na
 
 @api.post(
     "/environments/{environment}/policies/{kind}/{name}/rollback",
-    response={200: PolicyOut, **WRITE},
+    response={200: PolicyOut, **PROPOSED, **WRITE},
 )
 def rollback_policy(
-    request: HttpRequest, environment: Name, kind: Kind, name: Name, payload: RollbackIn
+    request: HttpRequest,
+    response: HttpResponse,
+    environment: Name,
+    kind: Kind,
+    name: Name,
+    payload: RollbackIn,
 ) -> Any:
+    """Restore an earlier version; in a guarded environment, open a change request for
+    it (202)."""
     token = require(request, Role.EDITOR)
+    policy = policy_for(token.acting_role(), Role.EDITOR, environment, kind, name)
+    if policy.environment.guarded:
+        _check_expected(policy, payload.expected_version)
+        proposal = Proposal(
+            "rollback", kind, name, base_version=policy.version, rollback_to=payload.version
+        )
+        return _propose(request, response, token, policy.environment, proposal, payload.reason)
     policy = do_rollback_policy(
-        policy_for(token.acting_role(), Role.EDITOR, environment, kind, name),
+        policy,
         payload.version,
         actor_for(request, token),
         payload.reason,
         expected_version=payload.expected_version,
     )
     return _policy_out(policy)
+
+
+class RequestQuery(Schema):
+    environment: Name | None = None
+    status: Literal["pending", "all"] | RequestStatus = Field(
+        "pending", description="pending: open or approved, not yet applied."
+    )
+    limit: int = Field(100, ge=1, le=1000)
+    offset: int = Field(0, ge=0, le=1_000_000_000)
+
+
+def _request_for(
+    token: ApiToken, needed: Role, request_id: int
+) -> tuple[ChangeRequest, Role | None]:
+    """The request numbered ``request_id`` and the role the token holds in its
+    environment, if that is at least ``needed``: 404 if there is none, else 403."""
+    change_request = (
+        ChangeRequest.objects.select_related("environment").filter(pk=request_id).first()
+    )
+    if change_request is None:
+        raise Http404(f"No change request #{request_id}.")
+    held = token.grants().role_in(change_request.environment.name)
+    check_role(held, needed)
+    return change_request, held
+
+
+@api.get("/change-requests", response={200: list[ChangeRequestSummaryOut], **READ})
+def list_change_requests(request: HttpRequest, filters: Query[RequestQuery]) -> Any:
+    """Change requests of the environments the token can view, newest first; by default
+    the pending ones (open, or approved and waiting for their time or a rebase)."""
+    token = require(request, Role.VIEWER)
+    grants = token.grants()
+    if filters.environment is not None:
+        environment_for(grants.role_in(filters.environment), Role.VIEWER, filters.environment)
+        names = [filters.environment]
+    else:
+        names = grants.environments_with(
+            Role.VIEWER, list(Environment.objects.values_list("name", flat=True))
+        )
+    if filters.status == "pending":
+        chosen = pending_requests(names)
+    else:
+        chosen = ChangeRequest.objects.filter(environment__name__in=names)
+        if filters.status != "all":
+            chosen = chosen.filter(status=filters.status)
+    chosen = chosen.select_related("environment").prefetch_related("reviews")
+    window = chosen.order_by("-created_at", "-pk")[filters.offset : filters.offset + filters.limit]
+    return [_request_summary(r) for r in window]
+
+
+@api.get("/change-requests/{request_id}", response={200: ChangeRequestOut, **READ})
+def read_change_request(request: HttpRequest, request_id: RequestId) -> Any:
+    """A request with each item's diff against its base, whether its policy moved since
+    (``needs_rebase``), and its reviews."""
+    token = require(request, Role.VIEWER)
+    return _request_out(_request_for(token, Role.VIEWER, request_id)[0])
+
+
+@api.post("/environments/{environment}/change-requests", response={201: ChangeRequestOut, **READ})
+def create_change_request(
+    request: HttpRequest, response: HttpResponse, environment: Name, payload: ChangeRequestIn
+) -> Any:
+    """Propose changes to several policies at once, applied together once approved.
+
+    Works in any environment: in one that is not guarded, one approval by someone
+    else applies it.
+    """
+    token = require(request, Role.EDITOR)
+    env = environment_for(token.grants().role_in(environment), Role.EDITOR, environment)
+    proposals = [
+        Proposal(c.op, c.kind, c.name, c.spec, c.base_version, c.tags, c.team, c.rollback_to)
+        for c in payload.changes
+    ]
+    opened = open_request(
+        env,
+        proposals,
+        actor_for(request, token),
+        payload.reason,
+        apply_at=payload.apply_at,
+        title=payload.title,
+    )
+    return _opened(response, opened, 201)
+
+
+def _review(request: HttpRequest, request_id: int, decision: str, comment: str) -> Any:
+    """Approve or reject: the environment's approver role is needed (403 below it)."""
+    token = require(request, Role.EDITOR)
+    change_request, held = _request_for(token, Role.EDITOR, request_id)
+    check_role(held, Role(change_request.environment.approver_role))
+    reviewed = review(change_request, actor_for(request, token), held, decision, comment)
+    return _request_out(reviewed)
+
+
+@api.post("/change-requests/{request_id}/approve", response={200: ChangeRequestOut, **READ})
+def approve_change_request(request: HttpRequest, request_id: RequestId, payload: ReviewIn) -> Any:
+    """Approve as someone other than its author. The approval that reaches the number
+    required applies it at once (unless planned for later): the answer says ``applied``.
+    If a policy moved meanwhile, the approval still counts, but the request stays
+    ``approved`` with a ``blocked_reason``: rebase it, and it needs approving again."""
+    return _review(request, request_id, ChangeReview.Decision.APPROVE, payload.comment)
+
+
+@api.post("/change-requests/{request_id}/reject", response={200: ChangeRequestOut, **READ})
+def reject_change_request(request: HttpRequest, request_id: RequestId, payload: ReviewIn) -> Any:
+    """Reject, saying why (``comment`` is required): the request is closed."""
+    return _review(request, request_id, ChangeReview.Decision.REJECT, payload.comment)
+
+
+@api.post("/change-requests/{request_id}/withdraw", response={200: ChangeRequestOut, **READ})
+def withdraw_change_request(
+    request: HttpRequest, request_id: RequestId, payload: WithdrawIn
+) -> Any:
+    """Its author takes a pending request back; nothing of it applies."""
+    token = require(request, Role.EDITOR)
+    change_request, _ = _request_for(token, Role.EDITOR, request_id)
+    return _request_out(withdraw(change_request, actor_for(request, token), payload.reason))
+
+
+@api.post("/change-requests/{request_id}/schedule", response={200: ChangeRequestOut, **READ})
+def schedule_change_request(
+    request: HttpRequest, request_id: RequestId, payload: ScheduleIn
+) -> Any:
+    """Its author plans it for ``apply_at`` (in the future), or clears the time: an
+    approved request then applies at once. The workers apply planned requests when due,
+    with the same checks."""
+    token = require(request, Role.EDITOR)
+    change_request, _ = _request_for(token, Role.EDITOR, request_id)
+    return _request_out(schedule(change_request, actor_for(request, token), payload.apply_at))
+
+
+@api.post("/change-requests/{request_id}/rebase", response={200: ChangeRequestOut, **READ})
+def rebase_change_request(request: HttpRequest, request_id: RequestId) -> Any:
+    """Re-apply its changes on top of its policies as they are now (the fields it
+    changes keep its values, the others take the new ones). Its approvals are dismissed:
+    it waits for approval again."""
+    token = require(request, Role.EDITOR)
+    change_request, held = _request_for(token, Role.EDITOR, request_id)
+    return _request_out(rebase(change_request, actor_for(request, token), held))
 
 
 class AuditQuery(Schema):

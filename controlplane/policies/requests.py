@@ -215,6 +215,12 @@ def open_request(
         errors["reason"] = ["Say why: reviewers read it before approving."]
     if not proposals:
         errors["changes"] = ["There is nothing to change."]
+    # Each item applies locked on its base: a second one for the same policy never could.
+    seen: set[tuple[str, str]] = set()
+    for proposal in proposals:
+        if (proposal.kind, proposal.name) in seen:
+            errors["changes"] = [f"Change {proposal.kind} {proposal.name} once, in one item."]
+        seen.add((proposal.kind, proposal.name))
     try:
         _check_apply_at(apply_at)
     except PolicyError as exc:
@@ -282,10 +288,16 @@ def _set_status(
     _audit(request, actor, step, reason, {"status": [before, status]})
 
 
+def _same_person(user_id: int | None, name: str, actor: Actor) -> bool:
+    """Whether ``actor`` is the person recorded as ``user_id`` (or, for no user, ``name``):
+    their page session and each of their API tokens are one person."""
+    if user_id is not None and actor.user is not None:
+        return bool(user_id == actor.user.pk)
+    return name == actor.name
+
+
 def _is_author(request: ChangeRequest, actor: Actor) -> bool:
-    if request.author_id is not None and actor.user is not None:
-        return bool(request.author_id == actor.user.pk)
-    return request.author_name == actor.name
+    return _same_person(request.author_id, request.author_name, actor)
 
 
 def approvals(request: ChangeRequest) -> list[ChangeReview]:
@@ -332,7 +344,7 @@ def review(
             )
         if decision == ChangeReview.Decision.REJECT and not comment:
             raise PolicyError({"comment": ["Say why it is rejected: its author reads it."]})
-        if any(r.reviewer_name == actor.name for r in approvals(locked)):
+        if any(_same_person(r.reviewer_id, r.reviewer_name, actor) for r in approvals(locked)):
             raise PolicyError({"decision": ["You approved this request already."]})
         ChangeReview.objects.create(
             request=locked,

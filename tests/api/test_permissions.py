@@ -10,7 +10,8 @@ import pytest
 from controlplane.accounts.actors import Actor
 from controlplane.accounts.roles import ORDER, Role
 from controlplane.policies.actions import do_create_policy, do_update_policy
-from controlplane.policies.models import Environment
+from controlplane.policies.models import ChangeRequest, Environment
+from controlplane.policies.requests import Proposal, open_request
 from tests.api.conftest import ApiClient
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -36,6 +37,22 @@ ENDPOINTS: list[tuple[str, str, Any, Role, int]] = [
     ),
     ("post", P + "/breaker/payments/reset", {"reason": "recovered"}, Role.OPERATOR, 200),
     ("post", P + "/cache/prices/purge", {"reason": "bad prices"}, Role.OPERATOR, 200),
+    ("get", "/change-requests", None, Role.VIEWER, 200),
+    ("get", "/change-requests/{request}", None, Role.VIEWER, 200),
+    (
+        "post",
+        "/environments/production/change-requests",
+        {"changes": [{"op": "delete", "kind": "cache", "name": "prices"}], "reason": "test"},
+        Role.EDITOR,
+        201,
+    ),
+    ("post", "/change-requests/{request}/approve", {}, Role.EDITOR, 200),
+    ("post", "/change-requests/{request}/reject", {"comment": "no"}, Role.EDITOR, 200),
+    ("post", "/change-requests/{request}/rebase", None, Role.EDITOR, 200),
+    # A request is its author's to withdraw or plan: an editor who is not passes the
+    # role check and is refused naming the field.
+    ("post", "/change-requests/{request}/withdraw", {}, Role.EDITOR, 422),
+    ("post", "/change-requests/{request}/schedule", {"apply_at": None}, Role.EDITOR, 422),
 ]
 CALLERS = ["none", "viewer", "operator", "editor", "admin", "expired", "revoked"]
 
@@ -44,6 +61,9 @@ CALLERS = ["none", "viewer", "operator", "editor", "admin", "expired", "revoked"
 def api_policy(production: Environment, system: Actor) -> None:
     policy = do_create_policy(production, "rate_limit", "api", {"limit": 10}, system)
     do_update_policy(policy, {"limit": 20}, system)
+    # A pending change request (by someone else than the tokens) whose base then moved.
+    open_request(production, [Proposal("update", "rate_limit", "api", {"limit": 30})], system, "x")
+    do_update_policy(policy, {"limit": 25}, system)
     do_create_policy(production, "breaker", "payments", {}, system)
     do_create_policy(production, "cache", "prices", {}, system)
 
@@ -66,6 +86,8 @@ def test_api_permission_matrix(
         api = api_as(Role.ADMIN, caller)
     else:
         api = api_as(Role(caller))
+    if "{request}" in path:
+        path = path.format(request=ChangeRequest.objects.get().pk)
     response = api.call(method, path, body)
     if caller in ("none", "expired", "revoked"):
         assert response.status_code == 401
