@@ -21,7 +21,7 @@ from ninja.parser import Parser
 from pydantic import Field
 
 from controlplane.accounts.models import ApiToken
-from controlplane.accounts.roles import Role
+from controlplane.accounts.roles import Role, includes
 from controlplane.api.auth import TokenAuth, actor_for, require
 from controlplane.api.schemas import (
     MAX_VERSION,
@@ -481,13 +481,17 @@ def _request_for(
     token: ApiToken, needed: Role, request_id: int
 ) -> tuple[ChangeRequest, Role | None]:
     """The request numbered ``request_id`` and the role the token holds in its
-    environment, if that is at least ``needed``: 404 if there is none, else 403."""
+    environment, if that is at least ``needed``: 404 if there is none, or if the token
+    cannot even view its environment (a scoped token learns nothing of the others),
+    else 403."""
     change_request = (
         ChangeRequest.objects.select_related("environment").filter(pk=request_id).first()
     )
-    if change_request is None:
+    held = (
+        None if change_request is None else token.grants().role_in(change_request.environment.name)
+    )
+    if change_request is None or not includes(held, Role.VIEWER):
         raise Http404(f"No change request #{request_id}.")
-    held = token.grants().role_in(change_request.environment.name)
     check_role(held, needed)
     return change_request, held
 

@@ -411,9 +411,10 @@ def test_a_token_scoped_to_staging_cannot_see_or_act_on_productions_requests(
     staging = do_create_environment("staging", system)
     created = _propose(token_of(alice))
     staging_only = token_of(bob, environments=[staging])
-    assert staging_only.call("get", f"{REQUESTS}/{created['id']}").status_code == 403
+    # As if it did not exist: a scoped token learns nothing of other environments.
+    assert staging_only.call("get", f"{REQUESTS}/{created['id']}").status_code == 404
     refused = staging_only.call("post", f"{REQUESTS}/{created['id']}/approve", {})
-    assert refused.status_code == 403
+    assert refused.status_code == 404
     assert staging_only.call("post", PROPOSE, {"changes": [], "reason": "x"}).status_code == 403
     assert staging_only.call("get", REQUESTS).json() == []
     assert staging_only.call("get", REQUESTS + "?environment=production").status_code == 403
