@@ -75,7 +75,8 @@ test-min-deps: $(MIN_STAMP)
 # The pictures of docs/tour.md and the README, taken by the browser journeys.
 screenshots: $(STAMP)
 	SCREENSHOTS=docs/tour $(BIN)/pytest -p no:cacheprovider \
-		tests/browser/test_first_minute.py tests/browser/test_live_incident.py
+		tests/browser/test_first_minute.py tests/browser/test_live_incident.py \
+		tests/browser/test_change_requests.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
