@@ -178,3 +178,27 @@ def test_a_guarded_change_waits_for_a_second_person_then_reaches_the_client(
     expect(banner.locator('[data-override="breaker:payments"]')).to_contain_text("incident 9")
     assert ChangeRequest.objects.count() == requests
     wait_for(lambda: service.breaker("payments").state == "forced_open")
+
+
+def test_apply_at_is_the_time_typed_in_the_authors_zone(
+    live_url: str, browser: Any, editor: User, production: Environment, system: Actor
+) -> None:
+    from playwright.sync_api import expect
+
+    api = do_create_policy(production, "rate_limit", "api", {"limit": 100}, system)
+    page = browser.new_page(timezone_id="Asia/Tokyo")  # UTC+9, no summer time
+    page.goto(f"{live_url}/login/")
+    page.fill("#id_username", "erin")
+    page.fill("#id_password", "password-erin")
+    page.click("button[type=submit]")
+    page.wait_for_url(f"{live_url}/")
+    _propose_limit(page, live_url, api, "250", "sale at 18:00 in Tokyo")
+    page.get_by_label("Apply at").fill("2030-06-01T18:00")
+    page.get_by_role("button", name="Plan").click()
+    expect(page.locator("main .flash")).to_have_text("Planned for the time chosen.")
+    expect(page.locator("[data-apply-at] time")).to_have_attribute(
+        "datetime", "2030-06-01T09:00:00+00:00"
+    )
+    planned = ChangeRequest.objects.get()
+    assert planned.apply_at is not None
+    assert planned.apply_at.isoformat() == "2030-06-01T09:00:00+00:00"

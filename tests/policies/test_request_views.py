@@ -456,3 +456,33 @@ def test_an_override_in_a_guarded_environment_is_immediate_and_shown_first(
     assert "overrides never wait for approval" in banner
     assert 'data-override="rate_limit:api"' in banner
     assert "olga" in banner and "abuse" in banner and "until lifted" in banner
+
+
+def test_the_audit_log_shows_every_step_of_a_request_by_its_label(
+    client: Client, editor: User, bob: User, api: Policy, system: Actor
+) -> None:
+    client.force_login(editor)
+    document = (
+        "version: 1\npolicies:\n  rate_limit:\n    api: {limit: 500, period: 60}\n"
+        "    search: {limit: 5, period: 1}\n"
+    )
+    client.post("/e/production/import/", {"text": document, "action": "apply", "reason": "sync"})
+    opened = ChangeRequest.objects.get()
+    client.post(
+        f"/requests/{opened.pk}/act/", {"action": "schedule", "apply_at": "2999-01-01T09:00"}
+    )
+    do_update_policy(api, {"limit": 100, "period": 30}, system, "someone else")
+    client.force_login(bob)
+    client.post(f"/requests/{opened.pk}/act/", {"action": "approve"})
+    client.post(f"/requests/{opened.pk}/act/", {"action": "rebase"})
+    response = client.get("/audit/?action=change_request")
+    html = response.content.decode()
+    assert response.status_code == 200
+    for label in (
+        "Change proposed",
+        "Change request planned",
+        "Change request approved by a reviewer",
+        "Change request fully approved",
+        "Change request rebased",
+    ):
+        assert f">{label}</span>" in html, label
