@@ -15,6 +15,7 @@ from typing import Any
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.core.exceptions import PermissionDenied
 from django.db.models import Count, Q, QuerySet
 from django.http import Http404, HttpRequest, HttpResponse
@@ -154,8 +155,9 @@ def _request_for(request: HttpRequest, pk: int, needed: Role) -> tuple[ChangeReq
     return change_request, held
 
 
-def _is_author(change_request: ChangeRequest, user: Any) -> bool:
-    return bool(change_request.author_id is not None and change_request.author_id == user.pk)
+def _is_author(change_request: ChangeRequest, user: AbstractBaseUser | AnonymousUser) -> bool:
+    """Whether the signed-in user proposed it (what the page offers; the steps check again)."""
+    return change_request.author_id is not None and change_request.author_id == user.pk
 
 
 def _items(change_request: ChangeRequest) -> list[dict[str, Any]]:
