@@ -81,6 +81,7 @@ TEMPLATES = [
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
                 "controlplane.accounts.context_processors.roles",
+                "controlplane.policies.context_processors.change_requests",
             ],
         },
     },

@@ -12,6 +12,7 @@ from controlplane.audit import views as audit_views
 from controlplane.live import rollout
 from controlplane.live import views as live_views
 from controlplane.ops import health
+from controlplane.policies import request_views
 from controlplane.policies import views as policy_views
 
 POLICY = "e/<str:environment>/<str:kind>/<str:name>/"
@@ -64,6 +65,9 @@ urlpatterns = [
         policy_views.policy_restore,
         name="policy-restore",
     ),
+    path("requests/", request_views.request_queue, name="request-queue"),
+    path("requests/<int:request_id>/", request_views.request_detail, name="request-detail"),
+    path("requests/<int:request_id>/act/", request_views.request_act, name="request-act"),
     path("audit/", audit_views.audit_log, name="audit-log"),
     path("audit/export.<str:fmt>", audit_views.audit_export, name="audit-export"),
     path("tokens/", account_views.tokens, name="tokens"),

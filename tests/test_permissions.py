@@ -25,6 +25,7 @@ from controlplane.live.models import DiscoveredName
 from controlplane.policies.actions import do_create_policy, do_update_policy
 from controlplane.policies.models import Environment
 from controlplane.policies.overrides import do_set_override
+from controlplane.policies.requests import Proposal, open_request
 from tests.api.test_permissions import ENDPOINTS as API_ENDPOINTS
 from tests.test_security import all_patterns
 
@@ -67,6 +68,9 @@ PAGES: list[tuple[str, str, Role, int]] = [
     ("post", "/tokens/{token}/revoke/", Role.ADMIN, 302),
     ("get", "/admin/", Role.ADMIN, 200),
     ("get", "/admin/auth/user/", Role.ADMIN, 200),
+    ("get", "/requests/", Role.VIEWER, 200),
+    ("get", "/requests/{request}/", Role.VIEWER, 200),
+    ("post", "/requests/{request}/act/", Role.EDITOR, 302),  # no action: refused, back to it
 ]
 # API endpoints the API's matrix does not try (same columns, under /api/v1).
 API: list[tuple[str, str, Role, int]] = [
@@ -97,7 +101,9 @@ def world(production: Environment, system: Actor) -> dict[str, str]:
     )
     token, _ = do_create_token("robot", Role.EDITOR, system)
     do_set_override(production, "rate_limit", "api", "bypass", system, "load test")
-    return {"discovered": str(discovered.pk), "token": str(token.pk)}
+    change = Proposal("update", "rate_limit", "api", {"limit": 30})
+    request = open_request(production, [change], system, "change request")
+    return {"discovered": str(discovered.pk), "token": str(token.pk), "request": str(request.pk)}
 
 
 def _expected(who: str, least: Role) -> int | str:

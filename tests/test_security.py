@@ -30,6 +30,7 @@ from controlplane.live.models import DiscoveredName
 from controlplane.ops.health import PROBES
 from controlplane.policies.actions import do_create_policy, do_rollback_policy
 from controlplane.policies.models import Environment, Policy
+from controlplane.policies.requests import Proposal, open_request
 from controlplane.protocol.schema import KINDS
 from tests.conftest import make_user
 from tests.properties import stored_state
@@ -197,6 +198,8 @@ def world(production: Environment, system: Actor, admin: User) -> World:
     root = make_user("root", Role.ADMIN)
     root.is_staff = root.is_superuser = True
     root.save()
+    change = Proposal("delete", "breaker", "payments")
+    change_request = open_request(production, [change], system, "a change request to reach")
     values = {
         "environment": production.name,
         "kind": "breaker",
@@ -211,6 +214,7 @@ def world(production: Environment, system: Actor, admin: User) -> World:
         "content_type_id": str(ContentType.objects.get_for_model(User).pk),
         "app_label": "auth",
         "url": "no-such-page/",
+        "request_id": str(change_request.pk),
     }
     return World(production, root, values, secret)
 

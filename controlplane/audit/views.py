@@ -56,6 +56,15 @@ ACTION_LABELS = {
     "user.delete": "User deleted",
     "user.roles": "Roles changed",
     "login.failed_burst": "Failed log-ins",
+    "change_request.open": "Change proposed",
+    "change_request.approve": "Change request approved by a reviewer",
+    "change_request.approved": "Change request fully approved",
+    "change_request.reject": "Change request rejected",
+    "change_request.withdraw": "Change request withdrawn",
+    "change_request.schedule": "Change request planned",
+    "change_request.rebase": "Change request rebased",
+    "change_request.apply": "Change request applied",
+    "change_request.blocked": "Change request needs a rebase",
 }
 
 

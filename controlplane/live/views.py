@@ -29,11 +29,14 @@ from controlplane.policies.models import Environment, Override, PolicyVersion
 from controlplane.policies.overrides import (
     OPERATOR_ACTIONS,
     RedisUnavailableError,
+    active_overrides,
     do_clear_override,
     do_purge_cache,
     do_reset_breaker,
     do_set_override,
 )
+from controlplane.policies.request_views import announce_opened, propose
+from controlplane.policies.requests import Proposal
 from controlplane.policies.views import confirm_saved
 from controlplane.protocol.schema import PolicyError
 from controlplane.redis_connection import get_redis
@@ -56,7 +59,11 @@ def _environment(name: str) -> Environment:
 @role_required(Role.VIEWER)
 @require_GET
 def live_overview(request: HttpRequest, environment: str) -> HttpResponse:
-    context = overview(_environment(environment))
+    env = _environment(environment)
+    overrides = active_overrides(env)
+    context = overview(env, overrides=overrides)
+    # The banner: emergency actions in force, which no approval held back (read once).
+    context["overrides_in_force"] = sorted(overrides.values(), key=lambda o: o.created_at)
     operate = abilities(request.user)["operate"]
     context["row_html"] = {
         kind: table_rows(rows, operate=operate) for kind, rows in context["rows"].items()
@@ -121,14 +128,18 @@ def adopt(request: HttpRequest, environment: str, discovered_id: int) -> HttpRes
     """Create a policy from the code defaults a client reported."""
     env = _environment(environment)
     found = get_object_or_404(DiscoveredName, pk=discovered_id, environment=env)
+    reason = request.POST.get("reason") or "Adopted from the code defaults"
     try:
+        if env.guarded:  # a new policy waits for approval like any other change
+            proposal = Proposal("create", found.kind, found.name, dict(found.defaults))
+            return announce_opened(request, propose(request, env, [proposal], reason))
         do_create_policy(
             env,
             found.kind,
             found.name,
             found.defaults,
             Actor.from_request(request),
-            request.POST.get("reason") or "Adopted from the code defaults",
+            reason,
             audit_action="policy.adopt",
         )
     except PolicyError as exc:

@@ -4,6 +4,7 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import redis
@@ -50,6 +51,8 @@ from controlplane.policies.models import (
     check_tags,
     check_team,
 )
+from controlplane.policies.request_views import announce_opened, guarded_notice, propose
+from controlplane.policies.requests import Proposal, import_proposals
 from controlplane.protocol.documents import PolicyDocument, ProtocolError
 from controlplane.protocol.limits import MAX_IMPORT_BYTES
 from controlplane.protocol.schema import KIND_LABELS, KINDS, PolicyError, value_text
@@ -213,9 +216,41 @@ def _form_response(
 ) -> HttpResponse:
     """The whole page, or only the form for htmx requests (validation as you type)."""
     template = "policies/_policy_form.html" if request.htmx else "policies/edit.html"
+    guarded = guarded_notice(context["environment"])
+    save_label = "Propose change" if guarded else "Save"
+    context = {**context, "guarded_notice": guarded, "save_label": save_label}
     response = render(request, template, {"form": form, **context}, status=status)
     patch_vary_headers(response, ["HX-Request"])
     return response
+
+
+def _update_proposal(policy: Policy, form: PolicyForm, expected: int | None) -> Proposal:
+    """The edit as a proposal; tags and team only if the form changes them."""
+    tags, team = form.cleaned_data["tags"], form.cleaned_data["team"]
+    return Proposal(
+        "update",
+        policy.kind,
+        policy.name,
+        form.spec,
+        expected,
+        None if tags == policy.tags else tags,
+        None if team == policy.team else team,
+    )
+
+
+def _proposed(
+    request: HtmxHttpRequest, form: PolicyForm, context: dict[str, Any], proposal: Proposal
+) -> HttpResponse:
+    """Open a change request for the form's change (guarded environment); its errors
+    go to the form's fields (a stale base to ``expected_version``)."""
+    try:
+        opened = propose(request, context["environment"], [proposal], form.cleaned_data["reason"])
+    except PolicyError as exc:
+        for field, errors in exc.errors.items():
+            field = "expected_version" if field == "base_version" else field
+            form.add_error(field if field in form.fields else None, errors)
+        return _form_response(request, form, context, status=422)
+    return announce_opened(request, opened)
 
 
 @role_required(Role.EDITOR)
@@ -233,6 +268,10 @@ def policy_create(request: HtmxHttpRequest, environment: str, kind: str) -> Http
     if request.POST.get("action") != "save":
         context["diff"] = _with_metadata(spec_diff(kind, None, form.spec), None, form)
         return _form_response(request, form, context)
+    if env.guarded:  # a change request instead
+        tags, team = form.cleaned_data["tags"], form.cleaned_data["team"]
+        proposal = Proposal("create", kind, form.cleaned_data["name"], form.spec, None, tags, team)
+        return _proposed(request, form, context, proposal)
     try:
         policy = do_create_policy(
             env,
@@ -287,6 +326,8 @@ def policy_edit(request: HtmxHttpRequest, environment: str, kind: str, name: str
     if request.POST.get("action") != "save":
         context["diff"] = _with_metadata(spec_diff(kind, policy.spec, form.spec), policy, form)
         return _form_response(request, form, context)
+    if policy.environment.guarded:  # a change request instead
+        return _proposed(request, form, context, _update_proposal(policy, form, expected))
     try:
         saved = do_update_policy(
             policy,
@@ -434,6 +475,7 @@ def policy_delete(request: HttpRequest, environment: str, kind: str, name: str) 
         ),
         button=f"Delete {policy.name} in {policy.environment.name}",
         apply=lambda reason, base: do_delete_policy(policy, actor, reason, expected_version=base),
+        proposal=Proposal("delete", kind, policy.name),
         done=f"Deleted {KIND_LABELS[kind].lower()} {name}.",
     )
 
@@ -494,6 +536,7 @@ def policy_restore(
         apply=lambda reason, base: do_rollback_policy(
             policy, version, actor, reason, expected_version=base
         ),
+        proposal=Proposal("rollback", kind, policy.name, rollback_to=version),
         done=f"Restored version {version} of {name} as a new version.",
     )
 
@@ -507,6 +550,7 @@ def _confirmed(
     consequence: str,
     button: str,
     apply: Callable[[str, int], Policy],
+    proposal: Proposal,
     done: str,
 ) -> HttpResponse:
     """A change that needs a review: GET shows it, POST applies it with a reason.
@@ -515,7 +559,9 @@ def _confirmed(
     what the change leaves (``to``: a version, or None once deleted). POST applies
     it only with a reason, and only if the policy is still the version that
     difference was computed against (``base_version``); otherwise nothing
-    changes and the page shows the new difference to confirm again.
+    changes and the page shows the new difference to confirm again. In a guarded
+    environment POST opens a change request for ``proposal`` (based on the same
+    version) instead, and goes to it.
     """
     errors: dict[str, list[str]] = {}
     status = 200
@@ -532,6 +578,10 @@ def _confirmed(
             errors["base_version"] = ["The version this change was reviewed against is missing."]
         if not errors and base is not None:
             try:
+                if policy.environment.guarded:  # a change request instead
+                    based = replace(proposal, base_version=base)
+                    opened = propose(request, policy.environment, [based], reason)
+                    return announce_opened(request, opened)
                 saved = apply(reason, base)
             except StaleVersionError as exc:
                 policy.refresh_from_db()
@@ -542,6 +592,9 @@ def _confirmed(
                 status = 409
             except PolicyError as exc:
                 errors.update(exc.errors)
+                if "base_version" in exc.errors:  # a request's base moved: show it anew
+                    policy.refresh_from_db()
+                    status = 409
             else:
                 if saved.deleted:
                     confirm_saved(request, done)
@@ -562,7 +615,8 @@ def _confirmed(
             "diff": spec_diff(policy.kind, None if current.deleted else current.spec, after),
             "heading": heading,
             "consequence": consequence,
-            "button": button,
+            "button": "Propose change" if policy.environment.guarded else button,
+            "guarded_notice": guarded_notice(policy.environment),
             "errors": errors,
             "reason": reason,
         },
@@ -611,7 +665,12 @@ def _import_text(request: HttpRequest) -> str:
 def environment_import(request: HttpRequest, environment: str) -> HttpResponse:
     """Upload or paste a document; preview the changes; apply them all or none."""
     env = environment_for(role_of(request.user), Role.EDITOR, environment)
-    context: dict[str, Any] = {"environment": env, "text": "", "prune": False}
+    context: dict[str, Any] = {
+        "environment": env,
+        "text": "",
+        "prune": False,
+        "guarded_notice": guarded_notice(env),
+    }
     if request.method == "POST":
         prune = request.POST.get("prune") == "on"
         context["prune"] = prune
@@ -619,6 +678,12 @@ def environment_import(request: HttpRequest, environment: str) -> HttpResponse:
             text = _import_text(request)
             context["text"] = text
             document = parse(text)
+            if request.POST.get("action") == "apply" and env.guarded:  # one request for the file
+                planned = plan_import(env, document, prune=prune)
+                reason = str(request.POST.get("reason", ""))
+                return announce_opened(
+                    request, propose(request, env, import_proposals(env, planned), reason)
+                )
             if request.POST.get("action") == "apply":
                 changes, _ = apply_import(
                     env,

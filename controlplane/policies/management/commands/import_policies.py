@@ -4,10 +4,12 @@ from pathlib import Path
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.urls import reverse
 
 from controlplane.accounts.actors import Actor
 from controlplane.policies.config_as_code import apply_import, parse, plan_import
 from controlplane.policies.models import Environment
+from controlplane.policies.requests import import_proposals, open_request
 from controlplane.protocol.schema import PolicyError
 
 
@@ -39,6 +41,9 @@ class Command(BaseCommand):
         environment = Environment.objects.filter(name=name).first()
         if environment is None:
             raise CommandError(f"No such environment: {name}")
+        if environment.guarded and not options["dry_run"]:
+            self._propose(environment, document, options)
+            return
         try:
             if options["dry_run"]:
                 changes = plan_import(environment, document, prune=options["prune"])
@@ -58,3 +63,21 @@ class Command(BaseCommand):
         self.stdout.write(f"{verb} {len(changes)} change(s) to {environment.name}.")
         if changes and not options["dry_run"]:
             self.stdout.write(f"Audit correlation id: {correlation_id}")
+
+    def _propose(self, environment: Environment, document: Any, options: dict[str, Any]) -> None:
+        """A guarded environment: the whole file becomes one change request."""
+        actor = Actor.system(options["actor"])
+        try:
+            changes = plan_import(environment, document, prune=options["prune"])
+            proposals = import_proposals(environment, changes)
+            opened = open_request(environment, proposals, actor, options["reason"])
+        except PolicyError as exc:
+            raise CommandError(f"Nothing was proposed. {exc}") from exc
+        for change in changes:
+            self.stdout.write(change.describe())
+        count = environment.approvals_required
+        self.stdout.write(
+            f"Opened change request #{opened.pk} ({reverse('request-detail', args=[opened.pk])}): "
+            f"{len(changes)} change(s) to {environment.name} wait for {count} "
+            f"approval{'s' if count != 1 else ''}."
+        )
