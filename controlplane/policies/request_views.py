@@ -173,6 +173,9 @@ def _items(change_request: ChangeRequest) -> list[dict[str, Any]]:
                 "moved": state.moved and change_request.is_pending,
                 "state": state,
                 "three_way": state.three_way() if state.moved else [],
+                "base_heading": f"Base (v{item.base_version}, when proposed)",
+                "theirs_heading": f"Theirs (v{state.current_version}, live now"
+                + (f" by {state.current_author})" if state.current_author else ")"),
             }
         )
     return rows

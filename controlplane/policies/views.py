@@ -380,7 +380,16 @@ def _conflict_response(
     )
     rows = three_way(policy.kind, base, current.spec, form.spec)
     rows += _metadata_three_way(form, base_metadata, theirs, mine)
-    context["conflict"] = {"version": current, "loaded": expected, "rows": rows}
+    loaded_text = f"version {expected}" if expected else "the form"
+    why = f", “{current.reason[:80]}”" if current.reason else ""
+    context["conflict"] = {
+        "version": current,
+        "loaded": expected,
+        "rows": rows,
+        "caption": f"What changed since you loaded {loaded_text}, field by field",
+        "base_heading": f"Base ({f'v{expected}, ' if expected else ''}what you loaded)",
+        "theirs_heading": f"Theirs (v{current.version} by {current.author_name}{why})",
+    }
     context["loaded_metadata"] = {"tags": _metadata_text(theirs["tags"]), "team": policy.team}
     if rebased.is_valid() and rebased.spec is not None:
         context["diff"] = _with_metadata(

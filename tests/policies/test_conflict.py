@@ -85,7 +85,7 @@ def form_values(html: str) -> dict[str, str]:
 
 def row(html: str, field: str) -> str:
     """The three-way table's row of ``field``."""
-    table = html[html.index('<table class="three-way">') : html.index("</table>")]
+    table = html[html.index('<table class="three-way"') : html.index("</table>")]
     start = table.index(f'<tr data-field="{field}"')
     return table[start : table.index("</tr>", start)]
 
