@@ -13,6 +13,7 @@ from controlplane.audit import views as audit_views
 from controlplane.live import rollout
 from controlplane.live import views as live_views
 from controlplane.ops import health
+from controlplane.policies import environment_views
 from controlplane.policies import views as policy_views
 
 POLICY = "e/<str:environment>/<str:kind>/<str:name>/"
@@ -52,6 +53,11 @@ urlpatterns = [
         "e/<str:environment>/breaker/<str:name>/events/",
         live_views.breaker_events,
         name="live-breaker-events",
+    ),
+    path(
+        "e/<str:environment>/settings/",
+        environment_views.environment_settings,
+        name="environment-settings",
     ),
     path("e/<str:environment>/import/", policy_views.environment_import, name="environment-import"),
     path("e/<str:environment>/<str:kind>/new/", policy_views.policy_create, name="policy-create"),

@@ -72,6 +72,8 @@ PAGES: list[tuple[str, str, Role, int]] = [
     ("post", "/users/adam/", Role.ADMIN, 422),  # no role left to the last admin: refused
     ("post", "/users/adam/deactivate/", Role.ADMIN, 422),  # no reason, and oneself
     ("post", "/users/adam/reactivate/", Role.ADMIN, 422),  # active already
+    ("get", "/e/production/settings/", Role.ADMIN, 200),
+    ("post", "/e/production/settings/", Role.ADMIN, 422),  # no values: nothing saved
     ("get", "/admin/", Role.ADMIN, 200),
     ("get", "/admin/auth/user/", Role.ADMIN, 200),
 ]
