@@ -193,7 +193,9 @@ def _apply_roles(
                 environment_id=ids[name],
                 defaults={"role": role.value, "granted_by_name": actor.name},
             )
-    user._controlplane_grants = None  # type: ignore[attr-defined]  # read them again
+    # The object may be a request's user: make it read its roles again.
+    for cached in ("_controlplane_grants", "_perm_cache", "_group_perm_cache"):
+        user.__dict__.pop(cached, None)
 
 
 def _state_changes(

@@ -15,7 +15,7 @@ from django.test import Client
 
 from controlplane.accounts.actions import do_create_token
 from controlplane.accounts.actors import Actor
-from controlplane.accounts.roles import Role, grants_of
+from controlplane.accounts.roles import Role, grants_of, role_of
 from controlplane.accounts.signals import user_deactivated
 from controlplane.accounts.users import (
     do_create_user,
@@ -145,6 +145,12 @@ def test_changing_roles_is_audited_with_each_role_before_and_after(
     }
     page = client.get("/users/alice/").content.decode()
     assert 'value="admin" selected' in page
+
+
+def test_the_changed_user_object_reads_its_new_roles(admin: User, viewer: User) -> None:
+    assert (role_of(viewer), grants_of(viewer).everywhere) == (Role.VIEWER, Role.VIEWER)
+    do_set_roles(viewer, "editor", {}, Actor.of(admin))
+    assert (role_of(viewer), grants_of(viewer).everywhere) == (Role.EDITOR, Role.EDITOR)
 
 
 def test_saving_the_same_roles_records_nothing(
