@@ -79,6 +79,7 @@ urlpatterns = [
     path("users/new/", user_views.user_new, name="user-new"),
     path("users/invite/<uidb64>/<token>/", user_views.InviteView.as_view(), name="user-invite"),
     path("users/<str:username>/", user_views.user_detail, name="user-detail"),
+    path("users/<str:username>/invite/", user_views.user_invite_again, name="user-invite-again"),
     path("users/<str:username>/deactivate/", user_views.user_deactivate, name="user-deactivate"),
     path("users/<str:username>/reactivate/", user_views.user_reactivate, name="user-reactivate"),
     path("api/v1/", api.urls),

@@ -70,6 +70,7 @@ PAGES: list[tuple[str, str, Role, int]] = [
     ("post", "/users/new/", Role.ADMIN, 422),  # no username: nobody created
     ("get", "/users/adam/", Role.ADMIN, 200),
     ("post", "/users/adam/", Role.ADMIN, 422),  # no role left to the last admin: refused
+    ("post", "/users/adam/invite/", Role.ADMIN, 422),  # has a password: no new invite
     ("post", "/users/adam/deactivate/", Role.ADMIN, 422),  # no reason, and oneself
     ("post", "/users/adam/reactivate/", Role.ADMIN, 422),  # active already
     ("get", "/e/production/settings/", Role.ADMIN, 200),

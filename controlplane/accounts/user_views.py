@@ -28,6 +28,7 @@ from controlplane.accounts.users import (
     MAX_REASON,
     do_create_user,
     do_deactivate_user,
+    do_invite_again,
     do_reactivate_user,
     do_set_roles,
     email_invite,
@@ -134,12 +135,25 @@ def user_new(request: HttpRequest) -> HttpResponse:
         except PolicyError as exc:
             form.add_errors(exc)
         else:
-            link = request.build_absolute_uri(path)
-            sent, error = email_invite(user, link)
-            context = {"created": user, "link": link, "email_sent": sent, "email_error": error}
-            return render(request, "accounts/user_new.html", context, status=201)
+            return _invite_page(request, user, path, f"{user.get_username()} was created", 201)
     status = 422 if form.errors else 200
     return render(request, "accounts/user_new.html", {"form": form}, status=status)
+
+
+def _invite_page(
+    request: HttpRequest, user: User, path: str, heading: str, status: int
+) -> HttpResponse:
+    """The invite link, shown once (and emailed where email is set up)."""
+    link = request.build_absolute_uri(path)
+    sent, error = email_invite(user, link)
+    context = {
+        "created": user,
+        "heading": heading,
+        "link": link,
+        "email_sent": sent,
+        "email_error": error,
+    }
+    return render(request, "accounts/user_new.html", context, status=status)
 
 
 def _detail(
@@ -214,6 +228,17 @@ def user_reactivate(request: HttpRequest, username: str) -> HttpResponse:
         return _detail(request, person, errors=exc.errors, status=422)
     messages.success(request, f"Reactivated {person.get_username()}.")
     return redirect("user-detail", person.get_username())
+
+
+@role_required(Role.ADMIN)
+@require_POST
+def user_invite_again(request: HttpRequest, username: str) -> HttpResponse:
+    person = get_object_or_404(User, username=username)
+    try:
+        path = do_invite_again(person, Actor.from_request(request))
+    except PolicyError as exc:
+        return _detail(request, person, errors=exc.errors, status=422)
+    return _invite_page(request, person, path, f"A new invite for {person.get_username()}", 200)
 
 
 class InviteView(auth_views.PasswordResetConfirmView):

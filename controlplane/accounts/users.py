@@ -240,6 +240,18 @@ def do_create_user(
     return user, invite_path(user)
 
 
+def do_invite_again(user: User, actor: Actor) -> str:
+    """A new invite link for ``user``, who lost theirs; refused once they have chosen a
+    password (an admin must not be able to take over an account through it)."""
+    if user.has_usable_password():
+        raise PolicyError({"password": [f"{user.get_username()} has chosen a password already."]})
+    if not user.is_active:
+        raise PolicyError({"is_active": [f"{user.get_username()} is deactivated."]})
+    with transaction.atomic(durable=True):
+        record(actor, "user.invite", kind="user", name=user.get_username())
+    return invite_path(user)
+
+
 def email_invite(user: User, link: str) -> tuple[bool, str]:
     """Email ``link`` (a full URL) to ``user`` where email is set up (``EMAIL_HOST``);
     return whether it went, and what went wrong for the admin to read (they have the link)."""

@@ -95,6 +95,29 @@ def test_the_invite_link_sets_a_password_once(
     assert "This link does not work any more" in again.content.decode()
 
 
+def test_a_lost_invite_is_made_again_until_a_password_is_chosen(
+    client: Client, admin: User
+) -> None:
+    client.force_login(admin)
+    _create(client)
+    assert "New invite link" in client.get("/users/uma/").content.decode()
+
+    again = client.post("/users/uma/invite/")
+
+    assert again.status_code == 200
+    newcomer = Client()
+    form = newcomer.get(_invite_link(again), follow=True)
+    newcomer.post(
+        form.redirect_chain[-1][0], {"new_password1": PASSWORD, "new_password2": PASSWORD}
+    )
+    assert Client().login(username="uma", password=PASSWORD)
+    assert AuditEntry.objects.filter(action="user.invite", object_name="uma").exists()
+    refused = client.post("/users/uma/invite/")
+    assert refused.status_code == 422
+    assert 'data-error-for="password"' in refused.content.decode()
+    assert "New invite link" not in client.get("/users/uma/").content.decode()
+
+
 def test_an_invite_is_emailed_when_email_is_set_up(
     client: Client, admin: User, settings: Any
 ) -> None:
@@ -306,6 +329,7 @@ def test_a_user_page_shows_their_recent_actions_and_tokens(
         ("post", "/users/new/"),
         ("get", "/users/alice/"),
         ("post", "/users/alice/"),
+        ("post", "/users/alice/invite/"),
         ("post", "/users/alice/deactivate/"),
         ("post", "/users/alice/reactivate/"),
     ],
