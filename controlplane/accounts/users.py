@@ -25,7 +25,7 @@ from django.contrib.auth.validators import UnicodeUsernameValidator
 from django.core.exceptions import ValidationError
 from django.core.mail import send_mail
 from django.core.validators import validate_email
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.db.models import Q, QuerySet
 from django.urls import reverse
 from django.utils import timezone
@@ -224,7 +224,8 @@ def do_create_user(
 ) -> tuple[User, str]:
     """Create a user without a password; return them and the path of their invite link,
     where they choose one. ``grants`` maps environment names to roles (none: no grant)."""
-    username, email = username.strip(), email.strip()
+    # As create_user will store it (NFKC): "ﬁ" and "fi" are one name.
+    username, email = User.normalize_username(username.strip()), email.strip()
     errors: dict[str, list[str]] = {}
     _check_username(username, errors)
     _check_email(email, errors)
@@ -232,11 +233,14 @@ def do_create_user(
     parsed = _parse_grants(grants, errors)
     if errors:
         raise PolicyError(errors)
-    with transaction.atomic(durable=True):
-        user = User.objects.create_user(username, email=email)  # an unusable password
-        _apply_roles(user, everywhere, parsed, actor)
-        changes = {"email": [None, email], **_state_changes({}, role_state(user))}
-        record(actor, "user.create", kind="user", name=username, changes=changes)
+    try:
+        with transaction.atomic(durable=True):
+            user = User.objects.create_user(username, email=email)  # an unusable password
+            _apply_roles(user, everywhere, parsed, actor)
+            changes = {"email": [None, email], **_state_changes({}, role_state(user))}
+            record(actor, "user.create", kind="user", name=username, changes=changes)
+    except IntegrityError:  # created by someone else since the check
+        raise PolicyError({"username": [f"A user named {username!r} already exists."]}) from None
     return user, invite_path(user)
 
 

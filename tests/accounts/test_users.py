@@ -12,6 +12,8 @@ from django.contrib.auth.models import User
 from django.contrib.sessions.models import Session
 from django.core import mail
 from django.test import Client
+from hypothesis import given
+from hypothesis import strategies as st
 
 from controlplane.accounts.actions import do_create_token
 from controlplane.accounts.actors import Actor
@@ -28,6 +30,7 @@ from controlplane.policies.actions import do_create_environment
 from controlplane.policies.models import Environment
 from controlplane.protocol.schema import PolicyError
 from tests.conftest import make_user
+from tests.test_form_fuzz import FUZZ, assert_no_5xx, hostile
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -289,6 +292,10 @@ def test_every_bad_value_is_refused_naming_its_field(
     with pytest.raises(PolicyError) as taken:
         do_create_user("ALICE", "", None, {"production": "boss"}, system)
     assert set(taken.value.errors) == {"username", "role_in_production"}
+    make_user("fi", None)
+    with pytest.raises(PolicyError) as same_name:
+        do_create_user("\ufb01", "", None, {}, system)  # the ligature: "fi" once stored
+    assert list(same_name.value.errors) == ["username"]
     client.force_login(admin)
     response = _create(client, username="new")
     assert response.status_code == 422
@@ -342,3 +349,34 @@ def test_non_admins_are_refused_every_user_page(
     assert response.status_code == 403
     assert User.objects.get(pk=viewer.pk).is_active
     assert not AuditEntry.objects.exists()
+
+
+ROLE_VALUES = st.one_of(st.sampled_from(["", "none", "viewer", "admin"]), hostile)
+
+
+def test_no_user_form_answers_a_5xx_whatever_is_posted(
+    client: Client, admin: User, viewer: User, production: Environment
+) -> None:
+    client.raise_request_exception = False
+    client.force_login(admin)
+
+    @FUZZ
+    @given(
+        st.fixed_dictionaries(
+            {},
+            optional={
+                "username": st.one_of(st.from_regex(r"\A[a-z][a-z0-9@.+-]{0,12}\Z"), hostile),
+                "email": st.one_of(st.just("x@example.com"), hostile),
+                "role_everywhere": ROLE_VALUES,
+                "role_in_production": ROLE_VALUES,
+                "reason": hostile,
+            },
+        ),
+        st.sampled_from(["/users/new/", "/users/alice/", "/users/alice/deactivate/"]),
+    )
+    def post(data: dict[str, Any], path: str) -> None:
+        assert_no_5xx(client, "post", path, data)
+        if not User.objects.get(pk=viewer.pk).is_active:
+            do_reactivate_user(viewer, Actor.of(admin))
+
+    post()

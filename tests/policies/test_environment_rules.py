@@ -7,6 +7,8 @@ from typing import Any
 import pytest
 from django.contrib.auth.models import User
 from django.test import Client
+from hypothesis import given
+from hypothesis import strategies as st
 
 from controlplane.accounts.actors import Actor
 from controlplane.audit.models import AuditEntry
@@ -14,6 +16,7 @@ from controlplane.policies.actions import do_create_policy
 from controlplane.policies.environment_actions import do_update_environment
 from controlplane.policies.models import Environment, Policy
 from controlplane.protocol.schema import PolicyError
+from tests.test_form_fuzz import FUZZ, assert_no_5xx, hostile
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -127,3 +130,28 @@ def test_the_settings_link_is_offered_to_admins_only(
     assert "/e/production/settings/" not in client.get("/policies/").content.decode()
     client.force_login(admin)
     assert "/e/production/settings/" in client.get("/policies/").content.decode()
+
+
+def test_the_settings_form_answers_no_5xx_whatever_is_posted(
+    client: Client, admin: User, production: Environment
+) -> None:
+    client.raise_request_exception = False
+    client.force_login(admin)
+
+    @FUZZ
+    @given(
+        st.fixed_dictionaries(
+            {},
+            optional={
+                "description": hostile,
+                "require_reason": hostile,
+                "approvals_required": st.one_of(st.integers(-2, 12).map(str), hostile),
+                "approver_role": st.one_of(st.sampled_from(["editor", "admin"]), hostile),
+                "reason": hostile,
+            },
+        )
+    )
+    def post(data: dict[str, Any]) -> None:
+        assert_no_5xx(client, "post", "/e/production/settings/", data)
+
+    post()
