@@ -193,6 +193,15 @@ SESSION_COOKIE_HTTPONLY = True
 CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", not DEBUG)
 X_FRAME_OPTIONS = "DENY"
 
+# Invites to new users are emailed when EMAIL_HOST is set; otherwise the admin
+# copies the link shown once (controlplane/accounts/users.py).
+EMAIL_HOST = env_str("EMAIL_HOST")
+EMAIL_PORT = int(env_float("EMAIL_PORT", 587, minimum=1))
+EMAIL_HOST_USER = env_str("EMAIL_HOST_USER")
+EMAIL_HOST_PASSWORD = env_str("EMAIL_HOST_PASSWORD")
+EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", True)
+DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "controlplane@localhost")
+
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "home"  # what is wrong right now
 LOGOUT_REDIRECT_URL = "login"

@@ -5,6 +5,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import path
 from django.views.generic import RedirectView
 
+from controlplane.accounts import user_views
 from controlplane.accounts import views as account_views
 from controlplane.accounts.login import LoginView
 from controlplane.api.views import api
@@ -12,7 +13,7 @@ from controlplane.audit import views as audit_views
 from controlplane.live import rollout
 from controlplane.live import views as live_views
 from controlplane.ops import health
-from controlplane.policies import request_views
+from controlplane.policies import environment_views, request_views
 from controlplane.policies import views as policy_views
 
 POLICY = "e/<str:environment>/<str:kind>/<str:name>/"
@@ -53,6 +54,11 @@ urlpatterns = [
         live_views.breaker_events,
         name="live-breaker-events",
     ),
+    path(
+        "e/<str:environment>/settings/",
+        environment_views.environment_settings,
+        name="environment-settings",
+    ),
     path("e/<str:environment>/import/", policy_views.environment_import, name="environment-import"),
     path("e/<str:environment>/<str:kind>/new/", policy_views.policy_create, name="policy-create"),
     path(POLICY, policy_views.policy_detail, name="policy-detail"),
@@ -72,6 +78,13 @@ urlpatterns = [
     path("audit/export.<str:fmt>", audit_views.audit_export, name="audit-export"),
     path("tokens/", account_views.tokens, name="tokens"),
     path("tokens/<int:token_id>/revoke/", account_views.revoke_token, name="token-revoke"),
+    path("users/", user_views.users, name="users"),
+    path("users/new/", user_views.user_new, name="user-new"),
+    path("users/invite/<uidb64>/<token>/", user_views.InviteView.as_view(), name="user-invite"),
+    path("users/<str:username>/", user_views.user_detail, name="user-detail"),
+    path("users/<str:username>/invite/", user_views.user_invite_again, name="user-invite-again"),
+    path("users/<str:username>/deactivate/", user_views.user_deactivate, name="user-deactivate"),
+    path("users/<str:username>/reactivate/", user_views.user_reactivate, name="user-reactivate"),
     path("api/v1/", api.urls),
     path("login/", LoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),

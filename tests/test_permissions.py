@@ -66,6 +66,16 @@ PAGES: list[tuple[str, str, Role, int]] = [
     ("get", "/tokens/", Role.ADMIN, 200),
     ("post", "/tokens/", Role.ADMIN, 200),
     ("post", "/tokens/{token}/revoke/", Role.ADMIN, 302),
+    ("get", "/users/", Role.ADMIN, 200),
+    ("get", "/users/new/", Role.ADMIN, 200),
+    ("post", "/users/new/", Role.ADMIN, 422),  # no username: nobody created
+    ("get", "/users/adam/", Role.ADMIN, 200),
+    ("post", "/users/adam/", Role.ADMIN, 422),  # no role left to the last admin: refused
+    ("post", "/users/adam/invite/", Role.ADMIN, 422),  # has a password: no new invite
+    ("post", "/users/adam/deactivate/", Role.ADMIN, 422),  # no reason, and oneself
+    ("post", "/users/adam/reactivate/", Role.ADMIN, 422),  # active already
+    ("get", "/e/production/settings/", Role.ADMIN, 200),
+    ("post", "/e/production/settings/", Role.ADMIN, 422),  # no values: nothing saved
     ("get", "/admin/", Role.ADMIN, 200),
     ("get", "/admin/auth/user/", Role.ADMIN, 200),
     ("get", "/requests/", Role.VIEWER, 200),
@@ -85,6 +95,7 @@ UNRANKED: dict[str, str] = {
     "logout/": "ends whatever session there is",
     "api/v1/": "django-ninja's root: 404 for everyone",
     "api/v1/openapi.json": "the API's schema, open (tests/test_security.py)",
+    "users/invite/<uidb64>/<token>/": "an invite: its token is the key (accounts/test_users.py)",
 }
 # Every admin page sits behind one gate, the admin site's has_permission (the admin
 # role): tried above through /admin/ and /admin/auth/user/.

@@ -108,6 +108,13 @@ def _api_root(method: str, response: Any) -> None:
     assert response.status_code in (404, 405)
 
 
+def _invite(method: str, response: Any) -> None:
+    """Where an invited user chooses a password: the link's token is their key, so it
+    must be open; with a wrong token it only says the link does not work."""
+    assert response.status_code == 200
+    assert "This link does not work any more" in response.content.decode()
+
+
 # Patterns open to anonymous visitors, each with what it may answer them (the docstring
 # says why it may be open). Everything else must send them to the login page or refuse.
 PUBLIC: dict[str, Callable[[str, Any], None]] = {
@@ -118,6 +125,7 @@ PUBLIC: dict[str, Callable[[str, Any], None]] = {
     "admin/logout/": _admin_logout,
     "api/v1/openapi.json": _openapi,
     "api/v1/": _api_root,
+    "users/invite/<uidb64>/<token>/": _invite,
 }
 
 
@@ -215,6 +223,9 @@ def world(production: Environment, system: Actor, admin: User) -> World:
         "app_label": "auth",
         "url": "no-such-page/",
         "request_id": str(change_request.pk),
+        "username": admin.username,
+        "uidb64": "MQ",
+        "token": "no-such-token",
     }
     return World(production, root, values, secret)
 

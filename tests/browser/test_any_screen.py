@@ -48,6 +48,10 @@ PAGES: list[tuple[str, str]] = [
     ("import", reverse("environment-import", args=["production"])),
     ("audit log", reverse("audit-log")),
     ("API tokens", reverse("tokens")),
+    ("users", reverse("users")),
+    ("new user", reverse("user-new")),
+    ("user", reverse("user-detail", args=["adam"])),
+    ("environment settings", reverse("environment-settings", args=["production"])),
     ("not found", "/e/production/breaker/no-such-breaker/"),
 ]
 # (name, template, context): pages Django renders with no request, served here
