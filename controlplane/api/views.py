@@ -42,8 +42,8 @@ from controlplane.api.schemas import (
     Text,
     VersionOut,
 )
-from controlplane.audit.models import AuditEntry
-from controlplane.policies.access import environment_for, policy_for
+from controlplane.audit.views import entries_visible_to
+from controlplane.policies.access import environment_for, environments_for, policy_for
 from controlplane.policies.actions import (
     StaleVersionError,
     do_create_policy,
@@ -53,7 +53,6 @@ from controlplane.policies.actions import (
 )
 from controlplane.policies.models import (
     MAX_TAG_LENGTH,
-    Environment,
     Override,
     Policy,
     PolicyVersion,
@@ -173,8 +172,7 @@ WRITE = {**READ, 409: ConflictOut}
 
 @api.get("/environments", response={200: list[EnvironmentOut], **AUTH_ERRORS})
 def list_environments(request: HttpRequest) -> Any:
-    require(request, Role.VIEWER)
-    return list(Environment.objects.all())
+    return environments_for(require(request, Role.VIEWER).grants())
 
 
 @api.get("/environments/{environment}/policies", response={200: list[PolicyOut], **READ})
@@ -188,7 +186,7 @@ def list_policies(
     """The environment's policies; ``tag`` keeps those with the tag, ``team`` those of
     the team (exactly, ignoring case)."""
     token = require(request, Role.VIEWER)
-    env = environment_for(token.acting_role(), Role.VIEWER, environment)
+    env = environment_for(token.grants(), Role.VIEWER, environment)
     policies = env.policies.filter(deleted=False).select_related("environment")
     if kind is not None:
         policies = policies.filter(kind=kind)
@@ -201,7 +199,7 @@ def list_policies(
 @api.post("/environments/{environment}/policies", response={201: PolicyOut, **WRITE})
 def create_policy(request: HttpRequest, environment: Name, payload: PolicyIn) -> Any:
     token = require(request, Role.EDITOR)
-    env = environment_for(token.acting_role(), Role.EDITOR, environment)
+    env = environment_for(token.grants(), Role.EDITOR, environment)
     policy = do_create_policy(
         env,
         payload.kind,
@@ -218,7 +216,7 @@ def create_policy(request: HttpRequest, environment: Name, payload: PolicyIn) ->
 @api.get("/environments/{environment}/policies/{kind}/{name}", response={200: PolicyOut, **READ})
 def read_policy(request: HttpRequest, environment: Name, kind: Kind, name: Name) -> Any:
     token = require(request, Role.VIEWER)
-    return _policy_out(policy_for(token.acting_role(), Role.VIEWER, environment, kind, name))
+    return _policy_out(policy_for(token.grants(), Role.VIEWER, environment, kind, name))
 
 
 @api.patch("/environments/{environment}/policies/{kind}/{name}", response={200: PolicyOut, **WRITE})
@@ -227,7 +225,7 @@ def update_policy(
 ) -> Any:
     token = require(request, Role.EDITOR)
     policy = do_update_policy(
-        policy_for(token.acting_role(), Role.EDITOR, environment, kind, name),
+        policy_for(token.grants(), Role.EDITOR, environment, kind, name),
         payload.spec,
         actor_for(request, token),
         payload.reason,
@@ -257,7 +255,7 @@ def delete_policy(
 ) -> Any:
     token = require(request, Role.EDITOR)
     do_delete_policy(
-        policy_for(token.acting_role(), Role.EDITOR, environment, kind, name),
+        policy_for(token.grants(), Role.EDITOR, environment, kind, name),
         actor_for(request, token),
         query.reason,
         expected_version=query.expected_version,
@@ -271,7 +269,7 @@ def delete_policy(
 )
 def policy_history(request: HttpRequest, environment: Name, kind: Kind, name: Name) -> Any:
     token = require(request, Role.VIEWER)
-    policy = policy_for(token.acting_role(), Role.VIEWER, environment, kind, name)
+    policy = policy_for(token.grants(), Role.VIEWER, environment, kind, name)
     return [_version_out(v) for v in policy.versions.select_related("policy").order_by("-version")]
 
 
@@ -284,7 +282,7 @@ def rollback_policy(
 ) -> Any:
     token = require(request, Role.EDITOR)
     policy = do_rollback_policy(
-        policy_for(token.acting_role(), Role.EDITOR, environment, kind, name),
+        policy_for(token.grants(), Role.EDITOR, environment, kind, name),
         payload.version,
         actor_for(request, token),
         payload.reason,
@@ -305,8 +303,8 @@ class AuditQuery(Schema):
 
 @api.get("/audit", response={200: list[AuditOut], **AUTH_ERRORS})
 def audit_log(request: HttpRequest, filters: Query[AuditQuery]) -> Any:
-    require(request, Role.VIEWER)
-    entries = AuditEntry.objects.matching(
+    token = require(request, Role.VIEWER)
+    entries = entries_visible_to(token.grants()).matching(
         actor=filters.actor,
         environment=filters.environment,
         kind=filters.kind,
@@ -348,14 +346,14 @@ def _override_out(override: Override) -> dict[str, Any]:
 @api.get("/environments/{environment}/overrides", response={200: list[OverrideOut], **READ})
 def list_overrides(request: HttpRequest, environment: Name) -> Any:
     """The overrides in force (lifted and expired ones are in the audit log)."""
-    env = environment_for(require(request, Role.VIEWER).acting_role(), Role.VIEWER, environment)
+    env = environment_for(require(request, Role.VIEWER).grants(), Role.VIEWER, environment)
     return [_override_out(o) for o in active_overrides(env).values()]
 
 
 @api.post("/environments/{environment}/overrides", response={201: OverrideOut, **WRITE})
 def set_override(request: HttpRequest, environment: Name, payload: OverrideIn) -> Any:
     token = require(request, Role.OPERATOR)
-    env = environment_for(token.acting_role(), Role.OPERATOR, environment)
+    env = environment_for(token.grants(), Role.OPERATOR, environment)
     expires_at = (
         timezone.now() + timedelta(seconds=payload.expires_in_seconds)
         if payload.expires_in_seconds
@@ -378,7 +376,7 @@ def lift_override(
     request: HttpRequest, environment: Name, kind: OverrideKind, name: Name, query: Query[LiftQuery]
 ) -> Any:
     token = require(request, Role.OPERATOR)
-    env = environment_for(token.acting_role(), Role.OPERATOR, environment)
+    env = environment_for(token.grants(), Role.OPERATOR, environment)
     if do_clear_override(env, kind, name, actor_for(request, token), query.reason) is None:
         return Status(404, {"detail": f"No override in force for {kind}:{name}."})
     return Status(204, None)
@@ -412,7 +410,7 @@ def reset_breaker(request: HttpRequest, environment: Name, name: Name, payload: 
     while Redis does not answer it is refused with 503, and nothing is lifted or audited.
     """
     token = require(request, Role.OPERATOR)
-    policy = policy_for(token.acting_role(), Role.OPERATOR, environment, "breaker", name)
+    policy = policy_for(token.grants(), Role.OPERATOR, environment, "breaker", name)
     lifted = do_reset_breaker(
         policy.environment, policy.name, actor_for(request, token), payload.reason
     )
@@ -466,7 +464,7 @@ def purge_cache(request: HttpRequest, environment: Name, name: Name, payload: Re
     purge is saved and audited, and reaches the instances when Redis answers again.
     """
     token = require(request, Role.OPERATOR)
-    policy = policy_for(token.acting_role(), Role.OPERATOR, environment, "cache", name)
+    policy = policy_for(token.grants(), Role.OPERATOR, environment, "cache", name)
     purged = do_purge_cache(
         policy.environment, policy.name, actor_for(request, token), payload.reason
     )

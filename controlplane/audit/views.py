@@ -7,20 +7,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from django import forms
-from django.contrib.auth.decorators import login_required, permission_required
 from django.core.paginator import Paginator
 from django.db.models import Q, QuerySet
 from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
+from controlplane.accounts.roles import Grants, Role, grants_of, includes, role_required
 from controlplane.audit.models import AuditEntry, AuditEntryQuerySet
 from controlplane.audit.templatetags.humane import absolute, as_datetime
+from controlplane.policies.access import environments_for
 from controlplane.protocol.schema import KIND_LABELS, field_label, shown_value
 
-# The log checks its own permission, which every role holds from viewer up
-# (``controlplane.accounts.roles``): it imports nothing of ``accounts``, which records here.
-can_read_log = permission_required("audit.view_auditentry", raise_exception=True)
 PAGE_SIZE = 50
 EXPORT_COLUMNS = (
     "at",
@@ -132,14 +130,29 @@ class AuditFilterForm(forms.Form):
         return entries
 
 
+def entries_visible_to(grants: Grants) -> AuditEntryQuerySet:
+    """The entries ``grants`` may read: those of the environments it may view.
+
+    Entries of no environment (tokens, users, log-ins) are about everyone's
+    access: only admins of every environment read them. A viewer everywhere
+    also reads the entries of environments that no longer exist.
+    """
+    entries = AuditEntry.objects.all()
+    everywhere = grants.held_everywhere()
+    if includes(everywhere, Role.ADMIN):
+        return entries
+    if includes(everywhere, Role.VIEWER):
+        return entries.exclude(environment="")
+    return entries.filter(environment__in=[e.name for e in environments_for(grants)])
+
+
 def _filtered(request: HttpRequest) -> tuple[AuditFilterForm, QuerySet[AuditEntry]]:
     form = AuditFilterForm(request.GET)
-    entries = AuditEntry.objects.all()
+    entries = entries_visible_to(grants_of(request.user))
     return form, form.filter(entries) if form.is_valid() else entries.none()
 
 
-@login_required
-@can_read_log
+@role_required(Role.VIEWER)
 @require_GET
 def audit_log(request: HttpRequest) -> HttpResponse:
     form, entries = _filtered(request)
@@ -203,8 +216,7 @@ def _json_lines(entries: QuerySet[AuditEntry]) -> Iterator[str]:
     yield "]"
 
 
-@login_required
-@can_read_log
+@role_required(Role.VIEWER)
 @require_GET
 def audit_export(request: HttpRequest, fmt: str) -> StreamingHttpResponse:
     """Export what the filter shows, streamed so a large log does not fill memory."""

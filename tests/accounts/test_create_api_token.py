@@ -65,7 +65,11 @@ def test_the_audit_says_the_token_was_created_from_the_command_line() -> None:
         None,
     )
     assert (entry.object_kind, entry.object_name) == ("token", "deploy-bot")
-    assert entry.changes == {"role": [None, "operator"], "expires_at": [None, None]}
+    assert entry.changes == {
+        "role": [None, "operator"],
+        "expires_at": [None, None],
+        "environments": [None, []],
+    }
     assert ApiToken.objects.get().created_by_name == "manage.py create_api_token"
 
 
