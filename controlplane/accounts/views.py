@@ -13,6 +13,7 @@ from controlplane.accounts.actions import do_create_token, do_revoke_token
 from controlplane.accounts.actors import Actor
 from controlplane.accounts.models import ApiToken
 from controlplane.accounts.roles import ORDER, Role, role_required
+from controlplane.policies.models import Environment
 from controlplane.protocol.schema import PolicyError
 
 
@@ -26,9 +27,16 @@ class TokenForm(forms.Form):
         required=False,
         help_text="Leave empty for a token that never expires.",
     )
+    environments = forms.ModelMultipleChoiceField(
+        queryset=Environment.objects.all(),
+        to_field_name="name",
+        widget=forms.CheckboxSelectMultiple,
+        required=False,
+        help_text="Where the token may act. None ticked: every environment.",
+    )
 
 
-@role_required(Role.ADMIN)
+@role_required(Role.ADMIN, everywhere=True)
 @require_http_methods(["GET", "POST"])
 def tokens(request: HttpRequest) -> HttpResponse:
     form = TokenForm(request.POST or None)
@@ -41,6 +49,7 @@ def tokens(request: HttpRequest) -> HttpResponse:
                 form.cleaned_data["role"],
                 Actor.from_request(request),
                 timezone.now() + timedelta(days=days) if days else None,
+                [environment.name for environment in form.cleaned_data["environments"]],
             )
         except PolicyError as exc:
             for field, errors in exc.errors.items():
@@ -51,12 +60,16 @@ def tokens(request: HttpRequest) -> HttpResponse:
     return render(
         request,
         "accounts/tokens.html",
-        {"form": form, "tokens": ApiToken.objects.all(), "created_secret": created_secret},
+        {
+            "form": form,
+            "tokens": ApiToken.objects.prefetch_related("environments"),
+            "created_secret": created_secret,
+        },
         status=status,
     )
 
 
-@role_required(Role.ADMIN)
+@role_required(Role.ADMIN, everywhere=True)
 @require_POST
 def revoke_token(request: HttpRequest, token_id: int) -> HttpResponse:
     token = get_object_or_404(ApiToken, pk=token_id)
