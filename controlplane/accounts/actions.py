@@ -11,10 +11,9 @@ from django.db import transaction
 from django.utils import timezone
 
 from controlplane.accounts.actors import Actor
-from controlplane.accounts.models import TOKEN_PREFIX, ApiToken, hash_token
+from controlplane.accounts.models import TOKEN_PREFIX, ApiToken, environment_ids, hash_token
 from controlplane.accounts.roles import Role
 from controlplane.audit.record import record
-from controlplane.policies.models import Environment
 from controlplane.protocol.schema import InvalidValue, PolicyError, check_text
 
 
@@ -31,8 +30,8 @@ def do_create_token(
     """
     errors: dict[str, list[str]] = {}
     names = sorted(set(environments))
-    scope = list(Environment.objects.filter(name__in=names))
-    missing = sorted(set(names) - {environment.name for environment in scope})
+    scope = environment_ids(names)
+    missing = sorted(set(names) - set(scope))
     if missing:
         errors["environments"] = [f"No environment named {', '.join(missing)}."]
     label = label.strip()
@@ -60,7 +59,7 @@ def do_create_token(
             created_by_name=actor.name,
             expires_at=expires_at,
         )
-        token.environments.set(scope)
+        token.environments.set(scope.values())
         record(
             actor,
             "token.create",

@@ -135,6 +135,16 @@ class Grants:
             return None
         return self.everywhere if self.cap is None else lower(self.everywhere, self.cap)
 
+    def reads_audit_of(self, environment: str | None) -> bool:
+        """Whether the holder reads the audit entries of ``environment`` (None: opens the
+        log at all). Entries of no environment (``""``: tokens, users, log-ins) are
+        about everyone's access: only admins of every environment read them."""
+        if environment is None:
+            return self.highest() is not None
+        if not environment:
+            return includes(self.held_everywhere(), Role.ADMIN)
+        return self.role_in(environment) is not None
+
     def summary(self) -> str:
         """What the header and the 403 page say the holder is: "viewer, editor in staging"."""
         parts = [self.everywhere.value] if self.everywhere else []

@@ -11,9 +11,8 @@ from django.views.decorators.http import require_http_methods, require_POST
 
 from controlplane.accounts.actions import do_create_token, do_revoke_token
 from controlplane.accounts.actors import Actor
-from controlplane.accounts.models import ApiToken
+from controlplane.accounts.models import ApiToken, environment_ids
 from controlplane.accounts.roles import ORDER, Role, role_required
-from controlplane.policies.models import Environment
 from controlplane.protocol.schema import PolicyError
 
 
@@ -27,9 +26,8 @@ class TokenForm(forms.Form):
         required=False,
         help_text="Leave empty for a token that never expires.",
     )
-    environments = forms.ModelMultipleChoiceField(
-        queryset=Environment.objects.all(),
-        to_field_name="name",
+    environments = forms.MultipleChoiceField(
+        choices=lambda: [(name, name) for name in environment_ids()],
         widget=forms.CheckboxSelectMultiple,
         required=False,
         help_text="Where the token may act. None ticked: every environment.",
@@ -49,7 +47,7 @@ def tokens(request: HttpRequest) -> HttpResponse:
                 form.cleaned_data["role"],
                 Actor.from_request(request),
                 timezone.now() + timedelta(days=days) if days else None,
-                [environment.name for environment in form.cleaned_data["environments"]],
+                form.cleaned_data["environments"],
             )
         except PolicyError as exc:
             for field, errors in exc.errors.items():

@@ -42,7 +42,7 @@ from controlplane.api.schemas import (
     Text,
     VersionOut,
 )
-from controlplane.audit.views import entries_visible_to
+from controlplane.audit.views import entries_readable
 from controlplane.policies.access import environment_for, environments_for, policy_for
 from controlplane.policies.actions import (
     StaleVersionError,
@@ -304,7 +304,7 @@ class AuditQuery(Schema):
 @api.get("/audit", response={200: list[AuditOut], **AUTH_ERRORS})
 def audit_log(request: HttpRequest, filters: Query[AuditQuery]) -> Any:
     token = require(request, Role.VIEWER)
-    entries = entries_visible_to(token.grants()).matching(
+    entries = entries_readable(token.grants().reads_audit_of).matching(
         actor=filters.actor,
         environment=filters.environment,
         kind=filters.kind,
