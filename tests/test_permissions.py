@@ -1,4 +1,5 @@
-"""Every page tried as anonymous, outsider, viewer, operator, editor and admin.
+"""Every page tried as anonymous, outsider, viewer, operator, editor and admin, and
+again by users whose role differs by environment (``tests/scoping.py``).
 
 The matrix is checked against the URL patterns themselves: a pattern added later
 that is in no matrix (this one, or the API's in ``tests/api/test_permissions.py``)
@@ -27,6 +28,7 @@ from controlplane.policies.models import Environment
 from controlplane.policies.overrides import do_set_override
 from controlplane.policies.requests import Proposal, open_request
 from tests.api.test_permissions import ENDPOINTS as API_ENDPOINTS
+from tests.scoping import HELD, scoped_cast
 from tests.test_security import all_patterns
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -268,4 +270,105 @@ async def test_websocket_permission_matrix(
         assert connected
     else:
         assert not connected and code == (4401 if expected == "login" else 4403)
+    await communicator.disconnect()
+
+
+# Roles per environment: each page of an environment tried in production and in
+# staging by users whose role there differs; the other pages once each.
+SCOPED: list[tuple[str, str, str, str, Role, int]] = [
+    (who, environment, method, path.replace("/e/production/", f"/e/{environment}/"), least, ok)
+    for who in HELD
+    for method, path, least, ok in PAGES
+    for environment in (("production", "staging") if "/e/production/" in path else ("",))
+]
+
+
+@pytest.fixture
+def scoped_world(
+    world: dict[str, str], production: Environment, system: Actor
+) -> dict[str, dict[str, str]]:
+    """The ``world`` again in staging, and the scoped cast; its fillings per environment."""
+    cast = scoped_cast(system)
+    policy = do_create_policy(cast.staging, "rate_limit", "api", {"limit": 10}, system)
+    do_update_policy(policy, {"limit": 20}, system)
+    discovered = DiscoveredName.objects.create(
+        environment=cast.staging, kind="cache", name="found", last_seen=timezone.now()
+    )
+    do_set_override(cast.staging, "rate_limit", "api", "bypass", system, "load test")
+    return {
+        "production": world,
+        "staging": {**world, "discovered": str(discovered.pk)},
+        "": world,
+    }
+
+
+@pytest.mark.parametrize(("who", "environment", "method", "path", "least", "allowed"), SCOPED)
+def test_permission_matrix_honours_roles_per_environment(
+    request: pytest.FixtureRequest,
+    client: Client,
+    scoped_world: dict[str, dict[str, str]],
+    redis_client: redis.Redis,
+    key_prefix: str,
+    who: str,
+    environment: str,
+    method: str,
+    path: str,
+    least: Role,
+    allowed: int,
+) -> None:
+    client.force_login(User.objects.get(username=who))
+    held = HELD[who][environment]
+    before = None if includes(held, least) else stored(redis_client, key_prefix)
+    response: Any = getattr(client, method)(path.format(**scoped_world[environment]))
+    if before is None:
+        assert response.status_code == allowed, response.status_code
+        return
+    assert response.status_code == 403
+    if environment and includes(HELD[who][""], least):  # refused there, not everywhere
+        assert f"needs the {least.value} role in {environment}" in response.content.decode()
+    assert stored(redis_client, key_prefix) == before, "a refused request changed something"
+
+
+def test_pages_of_an_environment_offer_the_buttons_of_the_role_held_there(
+    client: Client, scoped_world: dict[str, dict[str, str]]
+) -> None:
+    client.force_login(User.objects.get(username="stella"))
+    production = client.get(POLICY).content.decode()
+    staging = client.get(POLICY.replace("production", "staging")).content.decode()
+    assert "/edit/" not in production and "Restore" not in production
+    assert "/edit/" in staging and "Restore" in staging
+    assert 'id="act-panel"' not in client.get("/e/production/live/").content.decode()
+    assert 'id="act-panel"' in client.get("/e/staging/live/").content.decode()
+    listing = client.get("/policies/").content.decode()
+    production_card, staging_card = listing.split('id="env-staging"')
+    assert "/e/production/rate_limit/new/" not in production_card
+    assert "/e/staging/rate_limit/new/" in staging_card
+    # Navigation: editing somewhere, but administering needs the admin role everywhere.
+    assert "API tokens" not in listing and "viewer, editor in staging" in listing
+
+
+def test_lists_show_only_the_environments_the_user_may_view(
+    client: Client, scoped_world: dict[str, dict[str, str]]
+) -> None:
+    client.force_login(User.objects.get(username="sam"))
+    listing = client.get("/policies/").content.decode()
+    home = client.get("/").content.decode()
+    assert 'id="env-staging"' in listing and 'id="env-production"' not in listing
+    assert 'id="home-staging"' in home and 'id="home-production"' not in home
+
+
+@pytest.mark.parametrize(
+    ("environment", "code"), [("production", 4403), ("staging", None)], ids=str
+)
+async def test_websocket_of_an_environment_needs_a_role_there(
+    scoped_world: dict[str, dict[str, str]], environment: str, code: int | None
+) -> None:
+    from channels.db import database_sync_to_async
+
+    from tests.live.conftest import session_communicator
+
+    sam = await database_sync_to_async(User.objects.get)(username="sam")
+    communicator = await session_communicator(sam, f"/ws/live/{environment}/")
+    connected, refused = await communicator.connect()
+    assert (connected, refused) == ((False, code) if code else (True, None))
     await communicator.disconnect()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
@@ -10,17 +11,29 @@ from django.db import transaction
 from django.utils import timezone
 
 from controlplane.accounts.actors import Actor
-from controlplane.accounts.models import TOKEN_PREFIX, ApiToken, hash_token
+from controlplane.accounts.models import TOKEN_PREFIX, ApiToken, environment_ids, hash_token
 from controlplane.accounts.roles import Role
 from controlplane.audit.record import record
 from controlplane.protocol.schema import InvalidValue, PolicyError, check_text
 
 
 def do_create_token(
-    label: str, role: Role | str, actor: Actor, expires_at: datetime | None = None
+    label: str,
+    role: Role | str,
+    actor: Actor,
+    expires_at: datetime | None = None,
+    environments: Iterable[str] = (),
 ) -> tuple[ApiToken, str]:
-    """Create a token; return it and its secret, which is never stored nor shown again."""
+    """Create a token; return it and its secret, which is never stored nor shown again.
+
+    ``environments`` names those the token may act in; none: every environment.
+    """
     errors: dict[str, list[str]] = {}
+    names = sorted(set(environments))
+    scope = environment_ids(names)
+    missing = sorted(set(names) - set(scope))
+    if missing:
+        errors["environments"] = [f"No environment named {', '.join(missing)}."]
     label = label.strip()
     if not label or len(label) > 100:
         errors["label"] = ["Give the token a name of 1 to 100 characters."]
@@ -46,6 +59,7 @@ def do_create_token(
             created_by_name=actor.name,
             expires_at=expires_at,
         )
+        token.environments.set(scope.values())
         record(
             actor,
             "token.create",
@@ -54,6 +68,7 @@ def do_create_token(
             changes={
                 "role": [None, str(role)],
                 "expires_at": [None, expires_at.isoformat() if expires_at else None],
+                "environments": [None, names],  # []: every environment
             },
         )
     return token, secret

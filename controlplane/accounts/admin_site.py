@@ -38,6 +38,6 @@ class RoleAdminSite(admin.AdminSite):
                 return checked(request, *args, **kwargs)
             if not request.user.is_authenticated:
                 return redirect_to_login(request.get_full_path())
-            raise PermissionDenied("User management needs the admin role.")
+            raise PermissionDenied("User management needs the admin role in every environment.")
 
         return gate  # type: ignore[return-value]

@@ -2,10 +2,14 @@ from __future__ import annotations
 
 from django.http import HttpRequest
 
-from controlplane.accounts.roles import abilities, role_of
+from controlplane.accounts.roles import abilities, grants_of
 
 
 def roles(request: HttpRequest) -> dict[str, object]:
-    """``role`` and ``can.<ability>`` for templates, so navigation offers only what is allowed."""
+    """``role`` (what the header says the user is) and ``can.<ability>`` for navigation:
+    the highest role held anywhere, so it offers only what is allowed somewhere. Pages
+    of one environment pass their own ``can`` (``roles.abilities_in``)."""
     user = getattr(request, "user", None)
-    return {"role": role_of(user) if user else None, "can": abilities(user) if user else {}}
+    if user is None:
+        return {"role": None, "can": {}}
+    return {"role": grants_of(user).summary() or None, "can": abilities(user)}

@@ -2,8 +2,10 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from collections.abc import Collection
 from datetime import datetime
 
+from django.apps import apps
 from django.conf import settings
 from django.db import models
 from django.utils import timezone
@@ -15,6 +17,17 @@ TOKEN_PREFIX = "rcp_"
 
 def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
+
+
+def environment_ids(names: Collection[str] | None = None) -> dict[str, int]:
+    """Every environment's id by its name (or only those of ``names``).
+
+    ``policies`` imports this app, so its model is reached through the app registry.
+    """
+    environments = apps.get_model("policies", "Environment")._default_manager.all()
+    if names is not None:
+        environments = environments.filter(name__in=names)
+    return {name: pk for pk, name in environments.order_by("name").values_list("pk", "name")}
 
 
 class ApiToken(models.Model):

@@ -88,7 +88,8 @@ def ensure_role_groups(**kwargs: Any) -> None:
 
 
 def role_of(user: AbstractBaseUser | AnonymousUser) -> Role | None:
-    """The highest role ``user`` holds, or None."""
+    """The role ``user`` holds everywhere (their role group), or None; grants in single
+    environments come on top of it (``grants_of``)."""
     if not user.is_authenticated or not user.is_active:
         return None
     for role in reversed(ORDER):
@@ -126,6 +127,33 @@ class Grants:
             if self.scope is None or environment in self.scope:
                 held = max(held, granted, key=rank)
         return held if held is None or self.cap is None else lower(held, self.cap)
+
+    def held_everywhere(self) -> Role | None:
+        """The role held in every environment, present and future: what pages that are
+        not about one environment need (tokens, users, creating environments)."""
+        if self.scope is not None or self.everywhere is None:
+            return None
+        return self.everywhere if self.cap is None else lower(self.everywhere, self.cap)
+
+    def reads_audit_of(self, environment: str | None) -> bool:
+        """Whether the holder reads the audit entries of ``environment`` (None: opens the
+        log at all). Entries of no environment (``""``: tokens, users, log-ins) are
+        about everyone's access: only admins of every environment read them."""
+        if environment is None:
+            return self.highest() is not None
+        if not environment:
+            return includes(self.held_everywhere(), Role.ADMIN)
+        return self.role_in(environment) is not None
+
+    def summary(self) -> str:
+        """What the header and the 403 page say the holder is: "viewer, editor in staging"."""
+        parts = [self.everywhere.value] if self.everywhere else []
+        parts += [
+            f"{granted.value} in {environment}"
+            for environment, granted in sorted(self.environments.items())
+            if rank(granted) > rank(self.everywhere)
+        ]
+        return ", ".join(parts)
 
     def environments_with(self, role: Role, names: list[str]) -> list[str]:
         """Those of ``names`` in which the holder has at least ``role``."""
@@ -190,25 +218,50 @@ def abilities_of(role: Role | None) -> dict[str, bool]:
     return {ability: includes(role, needed) for ability, needed in ABILITIES.items()}
 
 
-def abilities(user: AbstractBaseUser | AnonymousUser) -> dict[str, bool]:
-    """What ``user``'s role allows (all False for an anonymous or inactive user)."""
-    return abilities_of(role_of(user))
+def _grants(holder: AbstractBaseUser | AnonymousUser | Grants) -> Grants:
+    return holder if isinstance(holder, Grants) else grants_of(holder)
+
+
+def abilities(holder: AbstractBaseUser | AnonymousUser | Grants) -> dict[str, bool]:
+    """What the holder may do somewhere, for navigation: the highest role in any
+    environment, but ``administer`` only with the admin role everywhere (what admins
+    manage - tokens, users, environments - belongs to no one environment)."""
+    grants = _grants(holder)
+    can = abilities_of(grants.highest())
+    can["administer"] = includes(grants.held_everywhere(), Role.ADMIN)
+    return can
+
+
+def abilities_in(
+    holder: AbstractBaseUser | AnonymousUser | Grants, environment: str
+) -> dict[str, bool]:
+    """What the holder may do in ``environment``: the buttons a page of it offers."""
+    return abilities_of(_grants(holder).role_in(environment))
 
 
 def has_role(user: AbstractBaseUser | AnonymousUser, role: Role) -> bool:
-    return includes(role_of(user), role)
+    """Whether ``user`` holds ``role`` in every environment (the admin site's gate)."""
+    return includes(grants_of(user).held_everywhere(), role)
 
 
-def role_required(role: Role) -> Callable[[V], V]:
-    """View decorator: anonymous users go to the login page, others without ``role`` get 403."""
+def role_required(role: Role, *, everywhere: bool = False) -> Callable[[V], V]:
+    """View decorator: anonymous users go to the login page, others without ``role`` get 403.
+
+    ``role`` in at least one environment lets the view run: it checks the environment
+    it is about itself (``policies.access``). With ``everywhere``, the role must be
+    held in every environment: pages that belong to none (tokens, users).
+    """
 
     def decorator(view: V) -> V:
         @functools.wraps(view)
         def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
             if not request.user.is_authenticated:
                 return redirect_to_login(request.get_full_path())
-            if not has_role(request.user, role):
-                raise PermissionDenied(f"This needs the {role.value} role.")
+            grants = grants_of(request.user)
+            held = grants.held_everywhere() if everywhere else grants.highest()
+            if not includes(held, role):
+                where = " in every environment" if everywhere else ""
+                raise PermissionDenied(f"This needs the {role.value} role{where}.")
             return view(request, *args, **kwargs)
 
         return wrapper  # type: ignore[return-value]

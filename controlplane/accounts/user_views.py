@@ -100,7 +100,7 @@ def _roles_from_prefetch(user: User) -> tuple[Role | None, dict[str, Role]]:
     return everywhere, grants
 
 
-@role_required(Role.ADMIN)
+@role_required(Role.ADMIN, everywhere=True)
 @require_GET
 def users(request: HttpRequest) -> HttpResponse:
     now = timezone.now()
@@ -119,7 +119,7 @@ def users(request: HttpRequest) -> HttpResponse:
     return render(request, "accounts/users.html", {"rows": rows})
 
 
-@role_required(Role.ADMIN)
+@role_required(Role.ADMIN, everywhere=True)
 @require_http_methods(["GET", "POST"])
 def user_new(request: HttpRequest) -> HttpResponse:
     form = NewUserForm(request.POST if request.method == "POST" else None)
@@ -180,7 +180,7 @@ def _detail(
     return render(request, "accounts/user_detail.html", context, status=status)
 
 
-@role_required(Role.ADMIN)
+@role_required(Role.ADMIN, everywhere=True)
 @require_http_methods(["GET", "POST"])
 def user_detail(request: HttpRequest, username: str) -> HttpResponse:
     person = get_object_or_404(User, username=username)
@@ -204,7 +204,7 @@ def user_detail(request: HttpRequest, username: str) -> HttpResponse:
     return _detail(request, person, form=form, status=422)
 
 
-@role_required(Role.ADMIN)
+@role_required(Role.ADMIN, everywhere=True)
 @require_POST
 def user_deactivate(request: HttpRequest, username: str) -> HttpResponse:
     person = get_object_or_404(User, username=username)
@@ -218,7 +218,7 @@ def user_deactivate(request: HttpRequest, username: str) -> HttpResponse:
     return redirect("user-detail", person.get_username())
 
 
-@role_required(Role.ADMIN)
+@role_required(Role.ADMIN, everywhere=True)
 @require_POST
 def user_reactivate(request: HttpRequest, username: str) -> HttpResponse:
     person = get_object_or_404(User, username=username)
@@ -230,7 +230,7 @@ def user_reactivate(request: HttpRequest, username: str) -> HttpResponse:
     return redirect("user-detail", person.get_username())
 
 
-@role_required(Role.ADMIN)
+@role_required(Role.ADMIN, everywhere=True)
 @require_POST
 def user_invite_again(request: HttpRequest, username: str) -> HttpResponse:
     person = get_object_or_404(User, username=username)

@@ -11,7 +11,7 @@ from django.views.decorators.http import require_http_methods, require_POST
 
 from controlplane.accounts.actions import do_create_token, do_revoke_token
 from controlplane.accounts.actors import Actor
-from controlplane.accounts.models import ApiToken
+from controlplane.accounts.models import ApiToken, environment_ids
 from controlplane.accounts.roles import ORDER, Role, role_required
 from controlplane.protocol.schema import PolicyError
 
@@ -26,9 +26,15 @@ class TokenForm(forms.Form):
         required=False,
         help_text="Leave empty for a token that never expires.",
     )
+    environments = forms.MultipleChoiceField(
+        choices=lambda: [(name, name) for name in environment_ids()],
+        widget=forms.CheckboxSelectMultiple,
+        required=False,
+        help_text="Where the token may act. None ticked: every environment.",
+    )
 
 
-@role_required(Role.ADMIN)
+@role_required(Role.ADMIN, everywhere=True)
 @require_http_methods(["GET", "POST"])
 def tokens(request: HttpRequest) -> HttpResponse:
     form = TokenForm(request.POST or None)
@@ -41,6 +47,7 @@ def tokens(request: HttpRequest) -> HttpResponse:
                 form.cleaned_data["role"],
                 Actor.from_request(request),
                 timezone.now() + timedelta(days=days) if days else None,
+                form.cleaned_data["environments"],
             )
         except PolicyError as exc:
             for field, errors in exc.errors.items():
@@ -51,12 +58,16 @@ def tokens(request: HttpRequest) -> HttpResponse:
     return render(
         request,
         "accounts/tokens.html",
-        {"form": form, "tokens": ApiToken.objects.all(), "created_secret": created_secret},
+        {
+            "form": form,
+            "tokens": ApiToken.objects.prefetch_related("environments"),
+            "created_secret": created_secret,
+        },
         status=status,
     )
 
 
-@role_required(Role.ADMIN)
+@role_required(Role.ADMIN, everywhere=True)
 @require_POST
 def revoke_token(request: HttpRequest, token_id: int) -> HttpResponse:
     token = get_object_or_404(ApiToken, pk=token_id)

@@ -1,4 +1,10 @@
-"""API authentication by bearer token, and the role check every endpoint makes."""
+"""API authentication by bearer token, and the role check every endpoint makes first.
+
+``require`` asks for the role in at least one environment the token may act in;
+the endpoint then checks the role in its environment with ``token.grants()``
+(``policies.access``): a token is scoped to its environments and, in each, capped
+by the role its creator holds there now.
+"""
 
 from __future__ import annotations
 

@@ -53,8 +53,8 @@ from controlplane.api.schemas import (
     VersionOut,
     WithdrawIn,
 )
-from controlplane.audit.models import AuditEntry
-from controlplane.policies.access import check_role, environment_for, policy_for
+from controlplane.audit.views import entries_readable
+from controlplane.policies.access import check_role, environment_for, environments_for, policy_for
 from controlplane.policies.actions import (
     StaleVersionError,
     do_create_policy,
@@ -300,8 +300,7 @@ PROPOSED = {202: ChangeRequestOut}
 
 @api.get("/environments", response={200: list[EnvironmentOut], **AUTH_ERRORS})
 def list_environments(request: HttpRequest) -> Any:
-    require(request, Role.VIEWER)
-    return list(Environment.objects.all())
+    return environments_for(require(request, Role.VIEWER).grants())
 
 
 @api.get("/environments/{environment}/policies", response={200: list[PolicyOut], **READ})
@@ -315,7 +314,7 @@ def list_policies(
     """The environment's policies; ``tag`` keeps those with the tag, ``team`` those of
     the team (exactly, ignoring case)."""
     token = require(request, Role.VIEWER)
-    env = environment_for(token.acting_role(), Role.VIEWER, environment)
+    env = environment_for(token.grants(), Role.VIEWER, environment)
     policies = env.policies.filter(deleted=False).select_related("environment")
     if kind is not None:
         policies = policies.filter(kind=kind)
@@ -331,7 +330,7 @@ def create_policy(
 ) -> Any:
     """Create a policy; in a guarded environment, open a change request for it (202)."""
     token = require(request, Role.EDITOR)
-    env = environment_for(token.acting_role(), Role.EDITOR, environment)
+    env = environment_for(token.grants(), Role.EDITOR, environment)
     if env.guarded:
         proposal = Proposal(
             "create", payload.kind, payload.name, payload.spec, None, payload.tags, payload.team
@@ -353,7 +352,7 @@ def create_policy(
 @api.get("/environments/{environment}/policies/{kind}/{name}", response={200: PolicyOut, **READ})
 def read_policy(request: HttpRequest, environment: Name, kind: Kind, name: Name) -> Any:
     token = require(request, Role.VIEWER)
-    return _policy_out(policy_for(token.acting_role(), Role.VIEWER, environment, kind, name))
+    return _policy_out(policy_for(token.grants(), Role.VIEWER, environment, kind, name))
 
 
 @api.patch(
@@ -370,7 +369,7 @@ def update_policy(
 ) -> Any:
     """Change a policy; in a guarded environment, open a change request for it (202)."""
     token = require(request, Role.EDITOR)
-    policy = policy_for(token.acting_role(), Role.EDITOR, environment, kind, name)
+    policy = policy_for(token.grants(), Role.EDITOR, environment, kind, name)
     if policy.environment.guarded:
         _check_expected(policy, payload.expected_version)
         proposal = Proposal(
@@ -412,7 +411,7 @@ def delete_policy(
 ) -> Any:
     """Delete a policy; in a guarded environment, open a change request for it (202)."""
     token = require(request, Role.EDITOR)
-    policy = policy_for(token.acting_role(), Role.EDITOR, environment, kind, name)
+    policy = policy_for(token.grants(), Role.EDITOR, environment, kind, name)
     if policy.environment.guarded:
         _check_expected(policy, query.expected_version)
         proposal = Proposal("delete", kind, name, base_version=policy.version)
@@ -432,7 +431,7 @@ def delete_policy(
 )
 def policy_history(request: HttpRequest, environment: Name, kind: Kind, name: Name) -> Any:
     token = require(request, Role.VIEWER)
-    policy = policy_for(token.acting_role(), Role.VIEWER, environment, kind, name)
+    policy = policy_for(token.grants(), Role.VIEWER, environment, kind, name)
     return [_version_out(v) for v in policy.versions.select_related("policy").order_by("-version")]
 
 
@@ -451,7 +450,7 @@ def rollback_policy(
     """Restore an earlier version; in a guarded environment, open a change request for
     it (202)."""
     token = require(request, Role.EDITOR)
-    policy = policy_for(token.acting_role(), Role.EDITOR, environment, kind, name)
+    policy = policy_for(token.grants(), Role.EDITOR, environment, kind, name)
     if policy.environment.guarded:
         _check_expected(policy, payload.expected_version)
         proposal = Proposal(
@@ -622,8 +621,8 @@ class AuditQuery(Schema):
 
 @api.get("/audit", response={200: list[AuditOut], **AUTH_ERRORS})
 def audit_log(request: HttpRequest, filters: Query[AuditQuery]) -> Any:
-    require(request, Role.VIEWER)
-    entries = AuditEntry.objects.matching(
+    token = require(request, Role.VIEWER)
+    entries = entries_readable(token.grants().reads_audit_of).matching(
         actor=filters.actor,
         environment=filters.environment,
         kind=filters.kind,
@@ -665,14 +664,14 @@ def _override_out(override: Override) -> dict[str, Any]:
 @api.get("/environments/{environment}/overrides", response={200: list[OverrideOut], **READ})
 def list_overrides(request: HttpRequest, environment: Name) -> Any:
     """The overrides in force (lifted and expired ones are in the audit log)."""
-    env = environment_for(require(request, Role.VIEWER).acting_role(), Role.VIEWER, environment)
+    env = environment_for(require(request, Role.VIEWER).grants(), Role.VIEWER, environment)
     return [_override_out(o) for o in active_overrides(env).values()]
 
 
 @api.post("/environments/{environment}/overrides", response={201: OverrideOut, **WRITE})
 def set_override(request: HttpRequest, environment: Name, payload: OverrideIn) -> Any:
     token = require(request, Role.OPERATOR)
-    env = environment_for(token.acting_role(), Role.OPERATOR, environment)
+    env = environment_for(token.grants(), Role.OPERATOR, environment)
     expires_at = (
         timezone.now() + timedelta(seconds=payload.expires_in_seconds)
         if payload.expires_in_seconds
@@ -695,7 +694,7 @@ def lift_override(
     request: HttpRequest, environment: Name, kind: OverrideKind, name: Name, query: Query[LiftQuery]
 ) -> Any:
     token = require(request, Role.OPERATOR)
-    env = environment_for(token.acting_role(), Role.OPERATOR, environment)
+    env = environment_for(token.grants(), Role.OPERATOR, environment)
     if do_clear_override(env, kind, name, actor_for(request, token), query.reason) is None:
         return Status(404, {"detail": f"No override in force for {kind}:{name}."})
     return Status(204, None)
@@ -729,7 +728,7 @@ def reset_breaker(request: HttpRequest, environment: Name, name: Name, payload: 
     while Redis does not answer it is refused with 503, and nothing is lifted or audited.
     """
     token = require(request, Role.OPERATOR)
-    policy = policy_for(token.acting_role(), Role.OPERATOR, environment, "breaker", name)
+    policy = policy_for(token.grants(), Role.OPERATOR, environment, "breaker", name)
     lifted = do_reset_breaker(
         policy.environment, policy.name, actor_for(request, token), payload.reason
     )
@@ -783,7 +782,7 @@ def purge_cache(request: HttpRequest, environment: Name, name: Name, payload: Re
     purge is saved and audited, and reaches the instances when Redis answers again.
     """
     token = require(request, Role.OPERATOR)
-    policy = policy_for(token.acting_role(), Role.OPERATOR, environment, "cache", name)
+    policy = policy_for(token.grants(), Role.OPERATOR, environment, "cache", name)
     purged = do_purge_cache(
         policy.environment, policy.name, actor_for(request, token), payload.reason
     )

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,9 +18,11 @@ from controlplane.audit.models import AuditEntry, AuditEntryQuerySet
 from controlplane.audit.templatetags.humane import absolute, as_datetime
 from controlplane.protocol.schema import KIND_LABELS, field_label, shown_value
 
-# The log checks its own permission, which every role holds from viewer up
-# (``controlplane.accounts.roles``): it imports nothing of ``accounts``, which records here.
-can_read_log = permission_required("audit.view_auditentry", raise_exception=True)
+# The log checks its own permission, which every role holds from viewer up, and asks
+# it again per environment (``accounts.backends``): it imports nothing of ``accounts``,
+# which records here.
+READ_PERMISSION = "audit.view_auditentry"
+can_read_log = permission_required(READ_PERMISSION, raise_exception=True)
 PAGE_SIZE = 50
 EXPORT_COLUMNS = (
     "at",
@@ -145,9 +147,21 @@ class AuditFilterForm(forms.Form):
         return entries
 
 
+def entries_readable(may_read: Callable[[str], bool]) -> AuditEntryQuerySet:
+    """The entries of the environments ``may_read`` answers True for ("": no environment).
+
+    Asked per environment name the log holds, so entries of an environment that
+    no longer exists follow the role held everywhere.
+    """
+    entries = AuditEntry.objects.all()
+    names = entries.order_by().values_list("environment", flat=True).distinct()
+    return entries.filter(environment__in=[name for name in names if may_read(name)])
+
+
 def _filtered(request: HttpRequest) -> tuple[AuditFilterForm, QuerySet[AuditEntry]]:
     form = AuditFilterForm(request.GET)
-    entries = AuditEntry.objects.all()
+    user: Any = request.user  # has_perm's object here is an environment's name, not a model
+    entries = entries_readable(lambda name: user.has_perm(READ_PERMISSION, name))
     return form, form.filter(entries) if form.is_valid() else entries.none()
 
 

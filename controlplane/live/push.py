@@ -184,7 +184,9 @@ def _push_home_card(layer: Any, environment: Environment, *, due: bool) -> None:
         if _sent.html.get(key) == html:
             return
         _sent.html[key] = html
-    _sender.send(layer, [(HOME_GROUP, {"type": "live.html", "html": html})])
+    # Each home page shows the card only if its viewer may view the environment.
+    message = {"type": "live.html", "html": html, "environment": name}
+    _sender.send(layer, [(HOME_GROUP, message)])
 
 
 class LivePusher(threading.Thread):

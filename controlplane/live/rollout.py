@@ -14,11 +14,12 @@ import time
 from typing import Any
 
 from django.http import HttpRequest, HttpResponse
-from django.shortcuts import get_object_or_404, render
+from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
-from controlplane.accounts.roles import Role, role_required
+from controlplane.accounts.roles import Role, grants_of, role_required
 from controlplane.live.widgets import live_snapshot
+from controlplane.policies.access import environment_for
 from controlplane.policies.models import Environment
 
 ROLLOUT_TIMEOUT = 30.0  # seconds after the save: six default heartbeats
@@ -56,7 +57,7 @@ def rollout(environment: Environment, revision: int, since: float) -> dict[str, 
 @require_GET
 def rollout_status(request: HttpRequest, environment: str, revision: int) -> HttpResponse:
     """The "published as revision N; applied by X of Y instances" fragment, polled."""
-    env = get_object_or_404(Environment, name=environment)
+    env = environment_for(grants_of(request.user), Role.VIEWER, environment)
     try:
         since = float(request.GET.get("since", ""))
     except ValueError:

@@ -13,7 +13,7 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_POST
 
 from controlplane.accounts.actors import Actor
-from controlplane.accounts.roles import Role, abilities, role_required
+from controlplane.accounts.roles import Role, abilities_in, grants_of, role_required
 from controlplane.live.history import (
     RATE_WINDOW,
     SERIES,
@@ -24,6 +24,7 @@ from controlplane.live.history import (
 from controlplane.live.home import home_context
 from controlplane.live.models import BreakerEvent, DiscoveredName
 from controlplane.live.widgets import live_snapshot, overview, table_rows
+from controlplane.policies.access import environment_for, environments_for
 from controlplane.policies.actions import do_create_policy
 from controlplane.policies.models import Environment, Override, PolicyVersion
 from controlplane.policies.overrides import (
@@ -48,25 +49,29 @@ ACTIONS = {(kind, a.action): a.does for kind, actions in OPERATOR_ACTIONS.items(
 @role_required(Role.VIEWER)
 @require_GET
 def home(request: HttpRequest) -> HttpResponse:
-    """What is wrong right now, per environment (``live/home.py``)."""
-    return render(request, "live/home.html", {**home_context(), "rate_window": RATE_WINDOW})
+    """What is wrong right now, in each environment the user may view (``live/home.py``)."""
+    environments = environments_for(grants_of(request.user))
+    return render(
+        request, "live/home.html", {**home_context(environments), "rate_window": RATE_WINDOW}
+    )
 
 
-def _environment(name: str) -> Environment:
-    return get_object_or_404(Environment, name=name)
+def _environment(request: HttpRequest, name: str, needed: Role = Role.VIEWER) -> Environment:
+    """The environment ``name``, if the user holds ``needed`` in it (else 403)."""
+    return environment_for(grants_of(request.user), needed, name)
 
 
 @role_required(Role.VIEWER)
 @require_GET
 def live_overview(request: HttpRequest, environment: str) -> HttpResponse:
-    env = _environment(environment)
+    env = _environment(request, environment)
     overrides = active_overrides(env)
     context = overview(env, overrides=overrides)
     # The banner: emergency actions in force, which no approval held back (read once).
     context["overrides_in_force"] = sorted(overrides.values(), key=lambda o: o.created_at)
-    operate = abilities(request.user)["operate"]
+    context["can"] = can = abilities_in(request.user, environment)
     context["row_html"] = {
-        kind: table_rows(rows, operate=operate) for kind, rows in context["rows"].items()
+        kind: table_rows(rows, operate=can["operate"]) for kind, rows in context["rows"].items()
     }
     return render(request, "live/overview.html", context)
 
@@ -75,7 +80,7 @@ def live_overview(request: HttpRequest, environment: str) -> HttpResponse:
 @require_GET
 def sparklines(request: HttpRequest, environment: str) -> JsonResponse:
     """The overview rows' last 15 minutes, per minute (``history.read_minutes``)."""
-    env = _environment(environment)
+    env = _environment(request, environment)
     fields = {
         f"{kind}:{name}"
         for kind, name in env.policies.filter(deleted=False, kind__in=SPARKLINES).values_list(
@@ -92,7 +97,7 @@ def sparklines(request: HttpRequest, environment: str) -> JsonResponse:
 @role_required(Role.VIEWER)
 @require_GET
 def instances(request: HttpRequest, environment: str) -> HttpResponse:
-    env = _environment(environment)
+    env = _environment(request, environment)
     snapshot = live_snapshot(env)
     implementations = Counter(i.implementation_label for i in snapshot.instances)
     sync = snapshot.sync(env.revision)
@@ -114,19 +119,20 @@ def instances(request: HttpRequest, environment: str) -> HttpResponse:
 @role_required(Role.VIEWER)
 @require_GET
 def discovered(request: HttpRequest, environment: str) -> HttpResponse:
-    env = _environment(environment)
+    env = _environment(request, environment)
     managed = set(env.policies.filter(deleted=False).values_list("kind", "name"))
     names = [
         d for d in DiscoveredName.objects.filter(environment=env) if (d.kind, d.name) not in managed
     ]
-    return render(request, "live/discovered.html", {"environment": env, "names": names})
+    can = abilities_in(request.user, env.name)
+    return render(request, "live/discovered.html", {"environment": env, "names": names, "can": can})
 
 
 @role_required(Role.EDITOR)
 @require_POST
 def adopt(request: HttpRequest, environment: str, discovered_id: int) -> HttpResponse:
     """Create a policy from the code defaults a client reported."""
-    env = _environment(environment)
+    env = _environment(request, environment, Role.EDITOR)
     found = get_object_or_404(DiscoveredName, pk=discovered_id, environment=env)
     reason = request.POST.get("reason") or "Adopted from the code defaults"
     try:
@@ -197,7 +203,7 @@ def override(request: HttpRequest, environment: str) -> HttpResponse:
     lift and a purge are saved and audited, and reach the instances when Redis
     answers again; a reset is refused.
     """
-    env = _environment(environment)
+    env = _environment(request, environment, Role.OPERATOR)
     kind, _, name = request.POST.get("policy", "").partition(":")
     if not name:
         kind, name = request.POST.get("kind", ""), request.POST.get("name", "")
@@ -244,7 +250,7 @@ def _shown(moment: datetime) -> str:
 @role_required(Role.VIEWER)
 @require_GET
 def breaker_events(request: HttpRequest, environment: str, name: str) -> HttpResponse:
-    env = _environment(environment)
+    env = _environment(request, environment)
     events = BreakerEvent.objects.filter(environment=env, name=name)[:200]
     return render(
         request, "live/breaker_events.html", {"environment": env, "name": name, "events": events}
@@ -255,7 +261,7 @@ def breaker_events(request: HttpRequest, environment: str, name: str) -> HttpRes
 @require_GET
 def series(request: HttpRequest, environment: str, kind: str, name: str) -> JsonResponse:
     """Per-second figures of one policy for its charts (the last 15 minutes by default)."""
-    env = _environment(environment)
+    env = _environment(request, environment)
     if kind not in SERIES:
         raise Http404("No live figures for this kind.")
     try:

@@ -9,7 +9,7 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_http_methods
 
 from controlplane.accounts.actors import Actor
-from controlplane.accounts.roles import Role, role_of, role_required
+from controlplane.accounts.roles import Role, grants_of, role_required
 from controlplane.policies.access import environment_for
 from controlplane.policies.environment_actions import (
     APPROVER_ROLES,
@@ -43,7 +43,7 @@ class EnvironmentRulesForm(forms.Form):
 @role_required(Role.ADMIN)
 @require_http_methods(["GET", "POST"])
 def environment_settings(request: HttpRequest, environment: str) -> HttpResponse:
-    env = environment_for(role_of(request.user), Role.ADMIN, environment)
+    env = environment_for(grants_of(request.user), Role.ADMIN, environment)
     initial = {field: getattr(env, field) for field in EDITABLE}
     data = request.POST if request.method == "POST" else None
     form = EnvironmentRulesForm(data, initial=initial)

@@ -16,8 +16,8 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from django_htmx.middleware import HtmxDetails
 
 from controlplane.accounts.actors import Actor
-from controlplane.accounts.roles import Role, role_of, role_required
-from controlplane.policies.access import environment_for, policy_for
+from controlplane.accounts.roles import Role, abilities_in, grants_of, role_required
+from controlplane.policies.access import environment_for, environments_for, policy_for
 from controlplane.policies.actions import (
     StaleVersionError,
     do_create_environment,
@@ -122,8 +122,13 @@ def confirm_saved(request: HttpRequest, text: str, saved: Policy | None = None) 
 def dashboard(request: HttpRequest) -> HttpResponse:
     """Every policy by environment, with its published version; searched and filtered
     by the query string (``q``, ``kind``, ``tag``, ``team``), on the server."""
-    environments = list(Environment.objects.all())
-    policies = list(Policy.objects.filter(deleted=False).select_related("environment"))
+    grants = grants_of(request.user)
+    environments = environments_for(grants)
+    policies = list(
+        Policy.objects.filter(deleted=False, environment__in=environments).select_related(
+            "environment"
+        )
+    )
     filters = PolicyFilterForm(
         request.GET,
         tags=sorted({tag for policy in policies for tag in policy.tags}),
@@ -138,6 +143,7 @@ def dashboard(request: HttpRequest) -> HttpResponse:
     rows = [
         {
             "environment": environment,
+            "can": abilities_in(grants, environment.name),
             "policies": [
                 {
                     "policy": policy,
@@ -167,7 +173,7 @@ def dashboard(request: HttpRequest) -> HttpResponse:
 @role_required(Role.VIEWER)
 @require_GET
 def policy_detail(request: HttpRequest, environment: str, kind: str, name: str) -> HttpResponse:
-    policy = policy_for(role_of(request.user), Role.VIEWER, environment, kind, name)
+    policy = policy_for(grants_of(request.user), Role.VIEWER, environment, kind, name)
     rollout = request.session.pop(ROLLOUT_SESSION_KEY, None)
     if not isinstance(rollout, dict) or rollout.get("policy") != policy.pk:
         rollout = None
@@ -194,6 +200,7 @@ def policy_detail(request: HttpRequest, environment: str, kind: str, name: str) 
             "history": history,
             "kind_label": KIND_LABELS[kind],
             "rollout": rollout,
+            "can": abilities_in(request.user, environment),
         },
     )
 
@@ -256,7 +263,7 @@ def _proposed(
 @role_required(Role.EDITOR)
 @require_http_methods(["GET", "POST"])
 def policy_create(request: HtmxHttpRequest, environment: str, kind: str) -> HttpResponse:
-    env = environment_for(role_of(request.user), Role.EDITOR, environment)
+    env = environment_for(grants_of(request.user), Role.EDITOR, environment)
     if kind not in KINDS:
         raise Http404("No such kind of policy.")
     context: dict[str, Any] = {"environment": env, "kind": kind, "creating": True}
@@ -299,7 +306,7 @@ def policy_edit(request: HtmxHttpRequest, environment: str, kind: str, name: str
     A save refused because someone else saved first keeps this editor's work
     (``_conflict_response``).
     """
-    policy = policy_for(role_of(request.user), Role.EDITOR, environment, kind, name)
+    policy = policy_for(grants_of(request.user), Role.EDITOR, environment, kind, name)
     context: dict[str, Any] = {
         "environment": policy.environment,
         "kind": kind,
@@ -471,7 +478,7 @@ def _rebased_form(
 @require_http_methods(["GET", "POST"])
 def policy_delete(request: HttpRequest, environment: str, kind: str, name: str) -> HttpResponse:
     """Delete a policy (its history is kept): first what it changes, a reason, a confirm."""
-    policy = policy_for(role_of(request.user), Role.EDITOR, environment, kind, name)
+    policy = policy_for(grants_of(request.user), Role.EDITOR, environment, kind, name)
     actor = Actor.from_request(request)
     return _confirmed(
         request,
@@ -492,7 +499,7 @@ def policy_delete(request: HttpRequest, environment: str, kind: str, name: str) 
 @role_required(Role.VIEWER)
 @require_GET
 def policy_compare(request: HttpRequest, environment: str, kind: str, name: str) -> HttpResponse:
-    policy = policy_for(role_of(request.user), Role.VIEWER, environment, kind, name)
+    policy = policy_for(grants_of(request.user), Role.VIEWER, environment, kind, name)
     try:
         first, second = int(request.GET["a"]), int(request.GET["b"])
     except (KeyError, ValueError):
@@ -516,6 +523,7 @@ def policy_compare(request: HttpRequest, environment: str, kind: str, name: str)
             "versions": range(1, policy.version + 1),
             # Either side, if it is not what is live now: each goes through the restore page.
             "restorable": sorted({first, second} - {policy.version}),
+            "can": abilities_in(request.user, environment),
         },
     )
 
@@ -526,7 +534,7 @@ def policy_restore(
     request: HttpRequest, environment: str, kind: str, name: str, version: int
 ) -> HttpResponse:
     """Restore an earlier version as a new one: first what it changes, a reason, a confirm."""
-    policy = policy_for(role_of(request.user), Role.EDITOR, environment, kind, name)
+    policy = policy_for(grants_of(request.user), Role.EDITOR, environment, kind, name)
     # Compared first: a number past any database integer never reaches a query.
     target = policy.versions.filter(version=version).first() if version < policy.version else None
     if target is None:
@@ -645,7 +653,7 @@ def _int_or_none(value: object) -> int | None:
 def environment_export(request: HttpRequest, environment: str, fmt: str) -> HttpResponse:
     if fmt not in FORMATS:
         raise Http404("Export as yaml or json.")
-    env = environment_for(role_of(request.user), Role.VIEWER, environment)
+    env = environment_for(grants_of(request.user), Role.VIEWER, environment)
     try:
         document = export_environment(env)
     except PolicyError as exc:
@@ -673,7 +681,7 @@ def _import_text(request: HttpRequest) -> str:
 @require_http_methods(["GET", "POST"])
 def environment_import(request: HttpRequest, environment: str) -> HttpResponse:
     """Upload or paste a document; preview the changes; apply them all or none."""
-    env = environment_for(role_of(request.user), Role.EDITOR, environment)
+    env = environment_for(grants_of(request.user), Role.EDITOR, environment)
     context: dict[str, Any] = {
         "environment": env,
         "text": "",
@@ -710,7 +718,7 @@ def environment_import(request: HttpRequest, environment: str) -> HttpResponse:
     return render(request, "policies/import.html", context)
 
 
-@role_required(Role.ADMIN)
+@role_required(Role.ADMIN, everywhere=True)
 @require_POST
 def environment_create(request: HttpRequest) -> HttpResponse:
     try:

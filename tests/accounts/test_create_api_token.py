@@ -65,7 +65,11 @@ def test_the_audit_says_the_token_was_created_from_the_command_line() -> None:
         None,
     )
     assert (entry.object_kind, entry.object_name) == ("token", "deploy-bot")
-    assert entry.changes == {"role": [None, "operator"], "expires_at": [None, None]}
+    assert entry.changes == {
+        "role": [None, "operator"],
+        "expires_at": [None, None],
+        "environments": [None, []],
+    }
     assert ApiToken.objects.get().created_by_name == "manage.py create_api_token"
 
 
@@ -109,6 +113,7 @@ def test_expires_takes_a_date_a_date_and_time_or_a_duration(
         (["--label", "bot", "--expires", "99999999999d"], "--expires: That is beyond any date."),
         (["--label", "bot", "--role", "root"], "argument --role: invalid choice: 'root'"),
         (["--role", "viewer"], "the following arguments are required: --label"),
+        (["--label", "bot", "--environment", "nowhere"], "--environment: No environment named"),
     ],
 )
 def test_a_bad_value_creates_nothing_and_names_its_option(args: list[str], message: str) -> None:
@@ -157,3 +162,26 @@ def test_the_printed_secret_authenticates_against_the_api(
         headers=headers,
     )
     assert edit.status_code == 403  # an operator's token, not an editor's
+
+
+def test_environment_limits_the_token_to_the_environments_named(
+    client: Client, production: Environment, system: Actor
+) -> None:
+    from controlplane.policies.actions import do_create_environment
+
+    do_create_environment("staging", system)
+    do_create_environment("qa", system)
+    lines = create(
+        "--label", "deployer", "--role", "viewer", "--environment", "staging", "--environment", "qa"
+    )
+
+    token = ApiToken.objects.get(label="deployer")
+    assert sorted(e.name for e in token.environments.all()) == ["qa", "staging"]
+    assert "(role viewer in qa, staging, expires never)" in lines[0]
+    entry = AuditEntry.objects.get(action="token.create")
+    assert entry.changes["environments"] == [None, ["qa", "staging"]]
+    headers = {"Authorization": f"Bearer {lines[-1]}"}
+    assert client.get("/api/v1/environments/staging/policies", headers=headers).status_code == 200
+    refused = client.get("/api/v1/environments/production/policies", headers=headers)
+    assert refused.status_code == 403
+    assert "in production" in refused.json()["detail"]

@@ -4,10 +4,14 @@ import pytest
 from django.contrib.auth.models import Group, User
 from django.test import Client
 
+from controlplane.accounts.actors import Actor
 from controlplane.accounts.models import ApiToken, hash_token
 from controlplane.accounts.roles import Role, group_name
 from controlplane.audit.models import AuditEntry
+from controlplane.policies.actions import do_create_environment
 from controlplane.policies.models import Environment
+from tests.conftest import make_user
+from tests.scoping import grant
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -104,3 +108,60 @@ def test_deleting_a_user_revokes_their_tokens(client: Client, admin: User) -> No
     assert token.status == "revoked"
     entry = AuditEntry.objects.get(action="token.revoke", object_name="viewer-bot")
     assert entry.reason == "Its creator adam was deleted."
+
+
+def test_a_token_is_limited_to_the_environments_ticked(
+    client: Client, admin: User, production: Environment, system: Actor
+) -> None:
+    do_create_environment("staging", system)
+    client.force_login(admin)
+    html = client.post(
+        "/tokens/", {"label": "stager", "role": "editor", "environments": ["staging"]}
+    ).content.decode()
+    secret = html.split('<code id="new-token">')[1].split("</code>")[0]
+
+    token = ApiToken.objects.get(label="stager")
+    assert [e.name for e in token.environments.all()] == ["staging"]
+    entry = AuditEntry.objects.get(action="token.create")
+    assert entry.changes["environments"] == [None, ["staging"]]
+    listing = client.get("/tokens/").content.decode()
+    assert "<td data-environments>staging</td>" in listing
+    headers = {"Authorization": f"Bearer {secret}"}
+    assert client.get("/api/v1/environments/staging/policies", headers=headers).status_code == 200
+    assert (
+        client.get("/api/v1/environments/production/policies", headers=headers).status_code == 403
+    )
+
+
+def test_a_token_with_no_environment_ticked_acts_in_every_one(
+    client: Client, admin: User, production: Environment
+) -> None:
+    client.force_login(admin)
+    client.post("/tokens/", {"label": "everywhere", "role": "viewer"})
+    assert not ApiToken.objects.get(label="everywhere").environments.exists()
+    assert "every environment" in client.get("/tokens/").content.decode()
+
+
+def test_an_unknown_environment_is_refused_naming_the_field(
+    client: Client, admin: User, production: Environment
+) -> None:
+    client.force_login(admin)
+    response = client.post(
+        "/tokens/", {"label": "x", "role": "viewer", "environments": ["nowhere"]}
+    )
+    assert response.status_code == 422
+    assert 'data-error-for="environments"' in response.content.decode()
+    assert not ApiToken.objects.exists()
+
+
+def test_an_admin_of_one_environment_cannot_manage_tokens(
+    client: Client, production: Environment, system: Actor
+) -> None:
+    staging = do_create_environment("staging", system)
+    user = make_user("stan", Role.VIEWER)
+    grant(user, staging, Role.ADMIN)
+    client.force_login(user)
+    assert client.get("/tokens/").status_code == 403
+    assert client.post("/tokens/", {"label": "x", "role": "viewer"}).status_code == 403
+    assert "API tokens" not in client.get("/").content.decode()
+    assert not ApiToken.objects.exists()

@@ -1,4 +1,6 @@
-"""Every API endpoint tried without a token, with each role, and with expired or revoked tokens."""
+"""Every API endpoint tried without a token, with each role, and with expired or revoked
+tokens; and again with tokens scoped to an environment or capped by their creator's role
+in it (roles per environment, ``tests/scoping.py``)."""
 
 from __future__ import annotations
 
@@ -7,12 +9,14 @@ from typing import Any
 
 import pytest
 
+from controlplane.accounts.actions import do_create_token
 from controlplane.accounts.actors import Actor
-from controlplane.accounts.roles import ORDER, Role
+from controlplane.accounts.roles import ORDER, Role, includes
 from controlplane.policies.actions import do_create_policy, do_update_policy
 from controlplane.policies.models import ChangeRequest, Environment
 from controlplane.policies.requests import Proposal, open_request
 from tests.api.conftest import ApiClient
+from tests.scoping import HELD, scoped_cast
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -96,3 +100,81 @@ def test_api_permission_matrix(
     else:
         assert response.status_code == 403
         assert "needs the" in response.json()["detail"]
+
+
+# Who holds what, per environment: a system token scoped to staging, and an admin
+# token with no scope made by stella, who is an editor in staging only.
+TOKENS: dict[str, dict[str, Role | None]] = {
+    "scoped-editor": {"production": None, "staging": Role.EDITOR, "": Role.EDITOR},
+    "stella-admin": HELD["stella"],
+}
+SCOPED: list[tuple[str, str, str, str, Any, Role, int]] = [
+    (token, environment, method, path.replace("/production", f"/{environment}"), body, least, ok)
+    for token in TOKENS
+    for method, path, body, least, ok in ENDPOINTS
+    for environment in (("production", "staging") if "/production" in path else ("",))
+]
+
+
+@pytest.fixture
+def scoped_tokens(api_policy: None, production: Environment, system: Actor) -> dict[str, str]:
+    """The API's policies in staging too, and a secret per token of ``TOKENS``."""
+    cast = scoped_cast(system)
+    policy = do_create_policy(cast.staging, "rate_limit", "api", {"limit": 10}, system)
+    do_update_policy(policy, {"limit": 20}, system)
+    do_create_policy(cast.staging, "breaker", "payments", {}, system)
+    do_create_policy(cast.staging, "cache", "prices", {}, system)
+    _, scoped = do_create_token("scoped", Role.EDITOR, system, environments=["staging"])
+    _, capped = do_create_token("capped", Role.ADMIN, Actor.of(cast.stella))
+    return {"scoped-editor": scoped, "stella-admin": capped}
+
+
+@pytest.mark.parametrize(
+    ("token", "environment", "method", "path", "body", "least", "success"), SCOPED
+)
+def test_api_permission_matrix_honours_token_scope_and_creator_role_per_environment(
+    client: Any,
+    scoped_tokens: dict[str, str],
+    redis_client: Any,
+    key_prefix: str,
+    token: str,
+    environment: str,
+    method: str,
+    path: str,
+    body: Any,
+    least: Role,
+    success: int,
+) -> None:
+    from tests.test_permissions import stored  # that module imports this one's ENDPOINTS
+
+    api = ApiClient(client, scoped_tokens[token])
+    held = TOKENS[token][environment]
+    before = None if includes(held, least) else stored(redis_client, key_prefix)
+    response = api.call(method, path, body)
+    if before is None:
+        assert response.status_code == success, response.content
+        return
+    assert response.status_code == 403
+    assert f"needs the {least.value} role in {environment}" in response.json()["detail"]
+    after = stored(redis_client, key_prefix)
+    after["accounts.ApiToken"] = before["accounts.ApiToken"] = None  # its "last used" time
+    assert after == before, "a refused request changed something"
+
+
+def test_lists_show_only_the_environments_a_token_may_act_in(
+    client: Any, scoped_tokens: dict[str, str], system: Actor
+) -> None:
+    from controlplane.audit.record import record
+
+    record(system, "policy.update", environment="production", kind="cache", name="prices")
+    record(system, "policy.update", environment="staging", kind="cache", name="prices")
+    scoped = ApiClient(client, scoped_tokens["scoped-editor"])
+    assert [e["name"] for e in scoped.call("get", "/environments").json()] == ["staging"]
+    entries = scoped.call("get", "/audit?action=policy.update").json()
+    assert {e["environment"] for e in entries} == {"staging"}
+    # stella's token views production (stella is a viewer everywhere): both environments.
+    capped = ApiClient(client, scoped_tokens["stella-admin"])
+    assert [e["name"] for e in capped.call("get", "/environments").json()] == [
+        "production",
+        "staging",
+    ]

@@ -117,7 +117,7 @@ def test_unknown_export_format_is_404(client: Client, viewer: User) -> None:
 
 def test_pagination(client: Client, viewer: User, db: None) -> None:
     for number in range(60):
-        record(Actor.system("bot"), "policy.update", name=f"p{number}")
+        record(Actor.system("bot"), "policy.update", environment="production", name=f"p{number}")
     client.force_login(viewer)
     first = client.get("/audit/").content.decode()
     second = client.get("/audit/?page=2").content.decode()

@@ -305,10 +305,11 @@ def test_a_stale_request_shows_three_ways_and_rebase_lets_it_apply(
     assert _messages(response)[0].startswith("Approved, but it cannot apply yet. Needs a rebase")
     html = response.content.decode()
     assert "data-three-way" in html
-    assert (
-        '<tr data-field="period"><th>Period</th><td class="base">60 s</td>'
-        '<td class="theirs">30 s</td><td class="mine">60 s</td></tr>'
-    ) in html
+    period = html[html.index('<tr data-field="period">') :]
+    period = " ".join(period[: period.index("</tr>")].split())
+    assert '<td class="base">60 s</td>' in period
+    assert '<td class="theirs changed">30 s</td>' in period
+    assert '<td class="mine">60 s <span class="muted">(unchanged)</span></td>' in period
     assert "needs rebase" in client.get("/requests/").content.decode()
     client.post(f"/requests/{opened.pk}/act/", {"action": "rebase"})
     opened.refresh_from_db()

@@ -17,7 +17,12 @@ from controlplane.protocol.schema import InvalidValue, PolicyError, parse_durati
 # The audit log's and the tokens page's "created by": no user, the command line.
 ACTOR = "manage.py create_api_token"
 # do_create_token's fields, by the option that gives them.
-OPTIONS = {"label": "--label", "role": "--role", "expires_at": "--expires"}
+OPTIONS = {
+    "label": "--label",
+    "role": "--role",
+    "expires_at": "--expires",
+    "environments": "--environment",
+}
 BAD_EXPIRY = (
     "Enter a date (2027-01-31), a date and time (2027-01-31T18:00:00+00:00) "
     "or a duration with its unit (30d, 12h, 1d12h)."
@@ -75,6 +80,14 @@ class Command(BaseCommand):
             "Default: never.",
         )
         parser.add_argument(
+            "--environment",
+            action="append",
+            default=[],
+            metavar="NAME",
+            help="An environment the token may act in; repeat for several. "
+            "Default: every environment.",
+        )
+        parser.add_argument(
             "--quiet", action="store_true", help="Print the secret only, nothing else."
         )
 
@@ -87,7 +100,11 @@ class Command(BaseCommand):
                 raise CommandError(f"--expires: {exc}") from None
         try:
             token, secret = do_create_token(
-                options["label"], options["role"], Actor.system(ACTOR), expires_at
+                options["label"],
+                options["role"],
+                Actor.system(ACTOR),
+                expires_at,
+                options["environment"],
             )
         except PolicyError as exc:
             raise CommandError(
@@ -96,8 +113,10 @@ class Command(BaseCommand):
             ) from None
         if not options["quiet"]:
             expiry = token.expires_at.isoformat() if token.expires_at else "never"
+            scope = ", ".join(sorted(set(options["environment"])))
+            where = f" in {scope}" if scope else ""
             self.stdout.write(
-                f"Created API token {token.label!r} (role {token.role}, expires {expiry}). "
-                "Its secret, shown only this once:"
+                f"Created API token {token.label!r} (role {token.role}{where}, "
+                f"expires {expiry}). Its secret, shown only this once:"
             )
         self.stdout.write(secret)
