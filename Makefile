@@ -76,7 +76,8 @@ test-min-deps: $(MIN_STAMP)
 screenshots: $(STAMP)
 	SCREENSHOTS=docs/tour $(BIN)/pytest -p no:cacheprovider \
 		tests/browser/test_first_minute.py tests/browser/test_live_incident.py \
-		tests/browser/test_conflict.py tests/browser/test_change_requests.py
+		tests/browser/test_conflict.py tests/browser/test_change_requests.py \
+		tests/browser/test_users.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
