@@ -126,6 +126,14 @@ def production(system: Actor) -> Environment:
     return do_create_environment("production", system)
 
 
+@pytest.fixture
+def guarded(production: Environment) -> Environment:
+    """Production whose changes wait for one other person's approval (change requests)."""
+    production.approvals_required = 1
+    production.save()
+    return production
+
+
 def make_user(username: str, role: Role | None) -> User:
     """A user holding ``role`` through its group (the way admins grant roles)."""
     user = User.objects.create_user(username, password=f"password-{username}")

@@ -5,6 +5,8 @@ from collections.abc import Iterator
 import pytest
 from django.db import transaction
 
+from controlplane.policies.forms import PolicyForm
+from controlplane.policies.models import Policy
 from controlplane.policies.signals import row_changed
 
 
@@ -21,3 +23,22 @@ def announced() -> Iterator[list[tuple[str, str, bool]]]:
         yield heard
     finally:
         row_changed.disconnect(listener)
+
+
+def form_data(form: PolicyForm, **changes: str) -> dict[str, str]:
+    """What a browser sends for ``form`` as it is first shown, with ``changes``."""
+    data = {
+        name: "on" if value is True else str(value)
+        for name, value in form.initial.items()
+        if value is not False and value is not None
+    }
+    data.update(changes)
+    return data
+
+
+def edit_form_data(policy: Policy, **changes: str) -> dict[str, str]:
+    """What the edit page of ``policy`` sends as loaded now, with ``changes``."""
+    form = PolicyForm(
+        policy.kind, current=policy.spec, creating=False, tags=policy.tags, team=policy.team
+    )
+    return form_data(form, expected_version=str(policy.version), **changes)

@@ -22,20 +22,14 @@ from controlplane.policies.models import ChangeRequest, Environment, Policy
 from controlplane.policies.request_views import parse_apply_at
 from controlplane.policies.requests import Proposal, open_request
 from controlplane.protocol.documents import PolicyDocument
-from controlplane.protocol.schema import PolicyError
+from controlplane.protocol.schema import PolicyError, validate_spec
 from tests.conftest import make_user
+from tests.policies.conftest import edit_form_data
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 EDIT = "/e/production/rate_limit/api/edit/"
 Status = ChangeRequest.Status
-
-
-@pytest.fixture
-def guarded(production: Environment) -> Environment:
-    production.approvals_required = 1
-    production.save()
-    return production
 
 
 @pytest.fixture
@@ -50,22 +44,6 @@ def bob(db: None) -> User:
     return make_user("bob", Role.EDITOR)
 
 
-def _form(policy: Policy, **changes: str) -> dict[str, str]:
-    data = {
-        "algorithm": "token_bucket",
-        "limit": "100",
-        "period": "60",
-        "burst": "100",
-        "key": "user",
-        "custom_key": "",
-        "on_redis_error": "local",
-        "mode": "enforce",
-        "expected_version": str(policy.version),
-    }
-    data.update(changes)
-    return data
-
-
 def _published_limit(client: redis.Redis, policy: Policy) -> int:
     raw = client.hget(policy.environment.keys().policies, policy.field)
     assert raw is not None
@@ -74,7 +52,7 @@ def _published_limit(client: redis.Redis, policy: Policy) -> int:
 
 def _propose(client: Client, policy: Policy, limit: str = "250") -> ChangeRequest:
     response = client.post(
-        EDIT, _form(policy, limit=limit, action="save", reason="sale traffic"), follow=True
+        EDIT, edit_form_data(policy, limit=limit, action="save", reason="sale traffic"), follow=True
     )
     assert response.status_code == 200
     return ChangeRequest.objects.get()
@@ -88,7 +66,7 @@ def test_a_guarded_form_says_saving_proposes_a_request(
     client: Client, editor: User, api: Policy
 ) -> None:
     client.force_login(editor)
-    response = client.post(EDIT, _form(api, limit="250"))  # the preview
+    response = client.post(EDIT, edit_form_data(api, limit="250"))  # the preview
     html = response.content.decode()
     assert (
         "Changes in production need 1 approval by an editor: saving proposes a change request"
@@ -102,7 +80,7 @@ def test_an_unguarded_form_saves_as_before(
 ) -> None:
     api = do_create_policy(production, "rate_limit", "api", {"limit": 100}, system)
     client.force_login(editor)
-    html = client.post(EDIT, _form(api, limit="250")).content.decode()
+    html = client.post(EDIT, edit_form_data(api, limit="250")).content.decode()
     assert "data-guarded-notice" not in html
     assert ">Save</button>" in html
 
@@ -111,7 +89,9 @@ def test_a_guarded_edit_opens_a_request_and_changes_nothing(
     client: Client, editor: User, api: Policy, redis_client: redis.Redis
 ) -> None:
     client.force_login(editor)
-    response = client.post(EDIT, _form(api, limit="250", action="save", reason="sale traffic"))
+    response = client.post(
+        EDIT, edit_form_data(api, limit="250", action="save", reason="sale traffic")
+    )
     opened = ChangeRequest.objects.get()
     assert response.status_code == 302
     assert response["Location"] == f"/requests/{opened.pk}/"
@@ -125,7 +105,7 @@ def test_a_guarded_edit_opens_a_request_and_changes_nothing(
 
 def test_a_guarded_edit_needs_a_reason(client: Client, editor: User, api: Policy) -> None:
     client.force_login(editor)
-    response = client.post(EDIT, _form(api, limit="250", action="save", reason=""))
+    response = client.post(EDIT, edit_form_data(api, limit="250", action="save", reason=""))
     assert response.status_code == 422
     assert 'data-error-for="reason"' in response.content.decode()
     assert not ChangeRequest.objects.exists()
@@ -135,7 +115,14 @@ def test_a_guarded_create_opens_a_request(
     client: Client, editor: User, guarded: Environment
 ) -> None:
     client.force_login(editor)
-    data = {**_form(Policy(version=0), action="save", reason="new endpoint"), "name": "search"}
+    data = {
+        **edit_form_data(
+            Policy(kind="rate_limit", spec=validate_spec("rate_limit", {"limit": 100})),
+            action="save",
+            reason="new endpoint",
+        ),
+        "name": "search",
+    }
     data.pop("expected_version")
     response = client.post("/e/production/rate_limit/new/", data)
     opened = ChangeRequest.objects.get()

@@ -23,6 +23,7 @@ from controlplane.policies.models import (
 )
 from controlplane.protocol.documents import PolicyDocument
 from controlplane.protocol.schema import PolicyError
+from tests.policies.conftest import edit_form_data, form_data
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -117,24 +118,6 @@ def test_bad_tags_change_nothing_even_with_a_good_spec_change(
     assert not AuditEntry.objects.filter(action="policy.update").exists()
 
 
-def _form_data(form: PolicyForm, **changes: str) -> dict[str, str]:
-    """What a browser sends for ``form`` as it is first shown, with ``changes``."""
-    data = {
-        name: "on" if value is True else str(value)
-        for name, value in form.initial.items()
-        if value is not False and value is not None
-    }
-    data.update(changes)
-    return data
-
-
-def _form(policy: Policy, **changes: str) -> dict[str, str]:
-    form = PolicyForm(
-        policy.kind, current=policy.spec, creating=False, tags=policy.tags, team=policy.team
-    )
-    return _form_data(form, expected_version=str(policy.version), **changes)
-
-
 def test_the_edit_form_shows_saves_and_previews_tags_and_team(
     client: Client, editor: User, payments: Policy
 ) -> None:
@@ -142,7 +125,7 @@ def test_the_edit_form_shows_saves_and_previews_tags_and_team(
     page = client.get(EDIT).content.decode()
     assert 'name="tags" value="payments"' in page and 'name="team" value="Checkout"' in page
 
-    preview = client.post(EDIT, _form(payments, tags="payments, EU", team="Payments team"))
+    preview = client.post(EDIT, edit_form_data(payments, tags="payments, EU", team="Payments team"))
     assert preview.status_code == 200
     html = preview.content.decode()
     assert 'data-field="tags"' in html and "eu, payments" in html
@@ -150,7 +133,7 @@ def test_the_edit_form_shows_saves_and_previews_tags_and_team(
     payments.refresh_from_db()
     assert payments.tags == ["payments"]  # a preview saves nothing
 
-    saved = client.post(EDIT, _form(payments, tags="payments, EU", action="save"))
+    saved = client.post(EDIT, edit_form_data(payments, tags="payments, EU", action="save"))
     assert saved.status_code == 302
     payments.refresh_from_db()
     assert payments.tags == ["eu", "payments"]
@@ -160,18 +143,18 @@ def test_the_form_refuses_bad_tags_naming_the_field(
     client: Client, editor: User, payments: Policy
 ) -> None:
     client.force_login(editor)
-    response = client.post(EDIT, _form(payments, tags="ok, not ok!", action="save"))
+    response = client.post(EDIT, edit_form_data(payments, tags="ok, not ok!", action="save"))
     assert response.status_code == 422
     assert 'data-error-for="tags"' in response.content.decode()
     payments.refresh_from_db()
     assert payments.tags == ["payments"]
 
 
-def test_a_new_policy_takes_tags_and_team_from_the_form(
+def test_a_new_policy_takes_tags_and_team_from_theedit_form_data(
     client: Client, editor: User, production: Environment
 ) -> None:
     client.force_login(editor)
-    data = _form_data(
+    data = form_data(
         PolicyForm("cache"), name="prices", tags="catalogue", team="Shop", action="save"
     )
     response = client.post("/e/production/cache/new/", data)
