@@ -161,6 +161,10 @@ CONTROLPLANE_SELF_ENVIRONMENT = env_str("CONTROLPLANE_SELF_ENVIRONMENT", "contro
 METRICS_TOKEN = env_str("METRICS_TOKEN")
 METRICS_ALLOWED_IPS = env_list("METRICS_ALLOWED_IPS", ["127.0.0.1", "::1"])
 
+# Webhooks may not reach loopback, private, link-local (cloud metadata) or other
+# non-public addresses unless this is on (tests, or a receiver on the private network).
+WEBHOOKS_ALLOW_PRIVATE_TARGETS = env_bool("WEBHOOKS_ALLOW_PRIVATE_TARGETS", False)
+
 CHANNEL_LAYERS: dict[str, Any] = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
