@@ -208,6 +208,20 @@ def test_a_redirect_is_not_followed(receiver: Receiver) -> None:
     assert receiver.requests_to("/elsewhere") == []
 
 
+def test_each_post_is_a_new_exchange_so_retries_see_the_receiver_as_it_is_now(
+    receiver: Receiver,
+) -> None:
+    receiver.queue(500, 503)
+    url = f"{receiver.url}/hook"
+    assert [_deliver(url).status for _ in range(3)] == [500, 503, 200]
+    receiver.down()
+    with pytest.raises(DeliveryError, match="refused"):
+        _deliver(url)
+    receiver.up()
+    assert _deliver(url).status == 200
+    assert len(receiver.requests) == 4
+
+
 # --- failing -----------------------------------------------------------------------------
 
 
