@@ -31,6 +31,7 @@ USER_AGENT = "controlplane-webhooks/1"
 DEFAULT_PORTS = {"http": 80, "https": 443}
 # Shared address space (RFC 6598): carrier-grade NAT, inside some clouds' networks.
 CGNAT = ipaddress.ip_network("100.64.0.0/10")
+NAT64 = ipaddress.ip_network("64:ff9b::/96")  # RFC 6052's well-known prefix
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -163,8 +164,7 @@ def _resolve_checked(target: _Target) -> list[tuple[str, int]]:
 
 def refusal_reason(ip: IPAddress) -> str | None:
     """Why webhooks may not go to ``ip`` (None if they may): not a public address."""
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped  # ::ffff:127.0.0.1 reaches 127.0.0.1
+    ip = _embedded_ipv4(ip) or ip
     checks = [
         (ip.is_loopback, "a loopback address"),
         (ip.is_unspecified, "the unspecified address"),
@@ -176,6 +176,19 @@ def refusal_reason(ip: IPAddress) -> str | None:
         (not ip.is_global, "not a public address"),
     ]
     return next((reason for refused, reason in checks if refused), None)
+
+
+def _embedded_ipv4(ip: IPAddress) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 address reaches, if it is a way to an IPv4 one.
+
+    ::ffff:127.0.0.1 reaches 127.0.0.1 directly; NAT64 (64:ff9b::/96, what DNS64 answers on
+    IPv6-only networks) and 6to4 (2002::/16) lead to the IPv4 address inside them too.
+    """
+    if not isinstance(ip, ipaddress.IPv6Address):
+        return None
+    if ip in NAT64:
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return ip.ipv4_mapped or ip.sixtofour
 
 
 def _ip(address: str) -> IPAddress:

@@ -81,6 +81,27 @@ def test_public_addresses_are_allowed(settings: Any, address: str) -> None:
     check_target(f"https://{host}/hooks/controlplane")  # an address literal: no DNS needed
 
 
+@pytest.mark.parametrize(
+    ("address", "reason"),
+    [
+        ("::ffff:10.1.2.3", "a private address"),
+        ("64:ff9b::a01:203", "a private address"),  # NAT64 to 10.1.2.3
+        ("64:ff9b::a9fe:a9fe", "a link-local address (such as the cloud metadata service)"),
+        ("2002:7f00:1::", "a loopback address"),  # 6to4 of 127.0.0.1
+        ("2001:0:4136:e378:8000:63bf:80ff:fffe", "a private address"),  # Teredo
+        ("ff02::1", "a multicast address"),
+        ("2001:db8::1", "a private address"),  # documentation
+        ("::", "the unspecified address"),
+    ],
+)
+def test_ipv6_ways_to_non_public_addresses_are_refused(address: str, reason: str) -> None:
+    assert refusal_reason(ipaddress.ip_address(address)) == reason
+
+
+def test_nat64_to_a_public_address_is_allowed_for_ipv6_only_networks() -> None:
+    assert refusal_reason(ipaddress.ip_address("64:ff9b::808:808")) is None  # 8.8.8.8
+
+
 def test_a_name_is_refused_if_any_of_its_addresses_is_not_public(
     settings: Any, fake_dns: dict[str, list[str]]
 ) -> None:
