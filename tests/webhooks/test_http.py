@@ -45,7 +45,7 @@ def _deliver(url: str, **kwargs: Any) -> Response:
     ("url", "reason"),
     [
         ("http://127.0.0.1:{port}/hook", "127.0.0.1 is a loopback address"),
-        ("http://localhost:{port}/hook", "localhost resolves to 127.0.0.1, a loopback address"),
+        ("http://localhost:{port}/hook", "localhost resolves to .*, a loopback address"),
         ("http://[::ffff:127.0.0.1]:{port}/hook", "a loopback address"),
         ("http://2130706433:{port}/hook", "resolves to 127.0.0.1, a loopback address"),
         ("http://[::1]:{port}/hook", "::1 is a loopback address"),
