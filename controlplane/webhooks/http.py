@@ -22,11 +22,13 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 from django.conf import settings
 
 EXCERPT_BYTES = 1024
+LOOKUP_TIMEOUT = 5.0  # seconds check_target waits for DNS when a webhook is saved
 USER_AGENT = "controlplane-webhooks/1"
 DEFAULT_PORTS = {"http": 80, "https": 443}
 # Shared address space (RFC 6598): carrier-grade NAT, inside some clouds' networks.
@@ -81,7 +83,7 @@ def check_target(url: str) -> None:
     """
     target = _parse(url)
     try:
-        _resolve_checked(target)
+        _resolve_checked(target, timeout=LOOKUP_TIMEOUT)
     except DeliveryError as exc:
         raise TargetRefused(str(exc)) from None
 
@@ -101,7 +103,7 @@ def post(
     """
     deadline = time.monotonic() + timeout
     target = _parse(url)
-    addresses = _resolve_checked(target)
+    addresses = _resolve_checked(target, timeout=timeout)
     if target.scheme == "https" and ssl_context is None:
         ssl_context = ssl.create_default_context()
     last_error: DeliveryError | None = None
@@ -141,12 +143,9 @@ def _parse(url: str) -> _Target:
     return _Target(scheme, parts.hostname, port or DEFAULT_PORTS[scheme], path)
 
 
-def _resolve_checked(target: _Target) -> list[tuple[str, int]]:
+def _resolve_checked(target: _Target, *, timeout: float) -> list[tuple[str, int]]:
     """Every address of the host, each allowed, as socket addresses to connect to."""
-    try:
-        found = socket.getaddrinfo(target.host, target.port, type=socket.SOCK_STREAM)
-    except (socket.gaierror, UnicodeError) as exc:
-        raise DeliveryError(f"url: host {target.host!r} does not resolve ({exc})") from None
+    found = _lookup(target, timeout)
     addresses = list(dict.fromkeys(str(sockaddr[0]) for *_, sockaddr in found))
     if not addresses:
         raise DeliveryError(f"url: host {target.host!r} has no address")
@@ -160,6 +159,31 @@ def _resolve_checked(target: _Target) -> list[tuple[str, int]]:
                     f"url: {where} {reason}; webhooks are only sent to public addresses"
                 )
     return [(address, target.port) for address in addresses]
+
+
+def _lookup(target: _Target, timeout: float) -> list[Any]:
+    """getaddrinfo within ``timeout``: the resolver's own retries can take far longer.
+
+    The look-up runs in a daemon thread; one that outlives the timeout is left to end on
+    its own (getaddrinfo cannot be interrupted) and its answer is ignored.
+    """
+    answer: list[Any] = []
+    failure: list[BaseException] = []
+
+    def resolve() -> None:
+        try:
+            answer.extend(socket.getaddrinfo(target.host, target.port, type=socket.SOCK_STREAM))
+        except (OSError, UnicodeError) as exc:
+            failure.append(exc)
+
+    thread = threading.Thread(target=resolve, name="webhook-dns", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        raise DeliveryError(f"url: looking up host {target.host!r} took over {timeout:g} s")
+    if failure:
+        raise DeliveryError(f"url: host {target.host!r} does not resolve ({failure[0]})")
+    return answer
 
 
 def refusal_reason(ip: IPAddress) -> str | None:

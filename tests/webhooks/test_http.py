@@ -45,7 +45,7 @@ def _deliver(url: str, **kwargs: Any) -> Response:
     ("url", "reason"),
     [
         ("http://127.0.0.1:{port}/hook", "127.0.0.1 is a loopback address"),
-        ("http://localhost:{port}/hook", "localhost resolves to 127.0.0.1, a loopback address"),
+        ("http://localhost:{port}/hook", "localhost resolves to .*, a loopback address"),
         ("http://[::ffff:127.0.0.1]:{port}/hook", "a loopback address"),
         ("http://2130706433:{port}/hook", "resolves to 127.0.0.1, a loopback address"),
         ("http://[::1]:{port}/hook", "::1 is a loopback address"),
@@ -154,6 +154,27 @@ def test_a_name_that_does_not_resolve_is_refused_on_save_and_fails_a_delivery(
         check_target("https://gone.example/hook")
     with pytest.raises(DeliveryError, match=r"^url: host 'gone\.example' does not resolve"):
         _deliver("https://gone.example/hook")
+
+
+def test_a_slow_dns_lookup_counts_against_the_timeout(
+    allow_private_targets: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    answered = threading.Event()
+    real: RealGetaddrinfo = socket.getaddrinfo
+
+    def slow_getaddrinfo(host: Any, port: Any, *args: Any, **kwargs: Any) -> list[Any]:
+        if host == "slow.example":
+            answered.wait(10)  # a resolver retrying an unreachable server
+        return real(host, port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", slow_getaddrinfo)
+    started = time.monotonic()
+    try:
+        with pytest.raises(DeliveryError, match=r"^url: looking up host 'slow\.example' took"):
+            _deliver("http://slow.example/hook", timeout=0.5)
+    finally:
+        answered.set()
+    assert time.monotonic() - started < 0.5 + MARGIN
 
 
 # --- delivering --------------------------------------------------------------------------
