@@ -163,7 +163,7 @@ def send(delivery: Delivery) -> Outcome:
             timeout=settings.WEBHOOKS_TIMEOUT,
         )
     except http.TargetRefused as exc:
-        return Outcome(False, error=f"url: {exc}", final=True)
+        return Outcome(False, error=str(exc), final=True)  # it names the url
     except http.DeliveryError as exc:
         return Outcome(False, error=str(exc))
     if response.error is None:
