@@ -55,11 +55,14 @@ def emit(environment: str, type: str, payload: dict[str, Any]) -> Event | None:
         raise OutsideTransactionError(
             f"emit({type!r}) must run inside the transaction of the change it reports"
         )
-    webhooks = list(Webhook.objects.filter(environment=environment, enabled=True))
-    wanting = [webhook for webhook in webhooks if webhook.wants(type)]
-    if not wanting:
-        return None
-    return emit_to(wanting, environment, type, payload)
+    wanting = webhooks_wanting(environment, type)
+    return emit_to(wanting, environment, type, payload) if wanting else None
+
+
+def webhooks_wanting(environment: str, type: str) -> list[Webhook]:
+    """The enabled webhooks of ``environment`` that want events of ``type``."""
+    webhooks = Webhook.objects.filter(environment=environment, enabled=True)
+    return [webhook for webhook in webhooks if webhook.wants(type)]
 
 
 def emit_to(to: list[Webhook], environment: str, type: str, payload: dict[str, Any]) -> Event:
@@ -71,16 +74,21 @@ def emit_to(to: list[Webhook], environment: str, type: str, payload: dict[str, A
     return event
 
 
-def event_for_entry(entry: AuditEntry) -> tuple[str, dict[str, Any]] | None:
-    """The event type and payload an audit entry makes, or None if it makes none.
-
-    The diff is the entry's changes, where secret values already are fingerprints.
-    """
+def event_type(entry: AuditEntry) -> str | None:
+    """The type of event an audit entry makes, or None if it makes none."""
     type = AUDITED_EVENTS.get(entry.action)
     if type is None or not entry.environment:
         return None
     if entry.action == "override.reset" and "state" not in entry.changes:
         return None  # a reset of a breaker that had no override lifts nothing
+    return type
+
+
+def event_payload(entry: AuditEntry, type: str) -> dict[str, Any]:
+    """The data of the event an audit entry makes.
+
+    The diff is the entry's changes, where secret values already are fingerprints.
+    """
     payload: dict[str, Any] = {
         "kind": entry.object_kind,
         "name": entry.object_name,
@@ -97,16 +105,23 @@ def event_for_entry(entry: AuditEntry) -> tuple[str, dict[str, Any]] | None:
     elif type.startswith("change_request."):
         request = entry.changes.get("request")
         payload["request"] = request[1] if isinstance(request, list) else None
-    return type, payload
+    return payload
 
 
 def emit_for_entry(sender: object, entry: AuditEntry, **kwargs: Any) -> Event | None:
-    """The ``recorded`` signal's receiver: the audited change's event, in its transaction."""
-    made = event_for_entry(entry)
-    if made is None:
+    """The ``recorded`` signal's receiver: the audited change's event, in its transaction.
+
+    Costs one query when no webhook of the environment wants the event. An entry
+    recorded outside a transaction (autocommit) already stands alone, so its event
+    is written right after it, without ``emit``'s refusal.
+    """
+    type = event_type(entry)
+    if type is None:
         return None
-    type, payload = made
-    return emit(entry.environment, type, payload)
+    wanting = webhooks_wanting(entry.environment, type)
+    if not wanting:
+        return None
+    return emit_to(wanting, entry.environment, type, event_payload(entry, type))
 
 
 def _policy_version(entry: AuditEntry) -> int | None:

@@ -7,11 +7,13 @@ from datetime import timedelta
 
 import pytest
 from django.contrib.auth.models import User
-from django.db import transaction
+from django.db import connection, transaction
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from controlplane.accounts.actors import Actor
 from controlplane.accounts.roles import Role
+from controlplane.audit.models import AuditEntry
 from controlplane.policies.actions import (
     do_create_policy,
     do_delete_policy,
@@ -22,7 +24,7 @@ from controlplane.policies.actions import (
 from controlplane.policies.models import Environment
 from controlplane.policies.overrides import do_clear_override, do_set_override, expire_overrides
 from controlplane.policies.requests import Proposal, open_request, review
-from controlplane.webhooks.events import OutsideTransactionError, emit
+from controlplane.webhooks.events import OutsideTransactionError, emit, emit_for_entry
 from controlplane.webhooks.models import Delivery, Event, Webhook
 from controlplane.webhooks.payloads import json_body, render, slack_body
 from tests.conftest import make_user
@@ -218,3 +220,16 @@ def test_our_json_body_names_the_event_and_the_slack_body_reads_as_a_sentence(
     assert str(event.id) in shown
     hook.payload_format = Webhook.Format.SLACK
     assert json.loads(render(hook, event)) == body
+
+
+def test_an_audited_change_no_webhook_wants_costs_one_query(
+    production: Environment, system: Actor
+) -> None:
+    _webhook(events=["override.*"])
+    entry = AuditEntry.objects.create(
+        actor_name="alice", action="policy.update", environment="production", object_name="api"
+    )
+    with CaptureQueriesContext(connection) as queries, transaction.atomic():
+        assert emit_for_entry(AuditEntry, entry) is None
+    assert len([q for q in queries if "webhooks_" in q["sql"]]) == 1
+    assert len([q for q in queries if "policies_" in q["sql"]]) == 0
