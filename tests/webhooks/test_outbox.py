@@ -22,7 +22,13 @@ from controlplane.policies.actions import (
     update_policy,
 )
 from controlplane.policies.models import Environment
-from controlplane.policies.overrides import do_clear_override, do_set_override, expire_overrides
+from controlplane.policies.overrides import (
+    do_clear_override,
+    do_purge_cache,
+    do_reset_breaker,
+    do_set_override,
+    expire_overrides,
+)
 from controlplane.policies.requests import Proposal, open_request, review
 from controlplane.webhooks.events import OutsideTransactionError, emit, emit_for_entry
 from controlplane.webhooks.models import Delivery, Event, Webhook
@@ -233,3 +239,30 @@ def test_an_audited_change_no_webhook_wants_costs_one_query(
         assert emit_for_entry(AuditEntry, entry) is None
     assert len([q for q in queries if "webhooks_" in q["sql"]]) == 1
     assert len([q for q in queries if "policies_" in q["sql"]]) == 0
+
+
+def test_a_breaker_reset_lifts_its_override_and_a_cache_purge_changes_its_policy(
+    hook: Webhook, production: Environment, system: Actor
+) -> None:
+    do_create_policy(production, "breaker", "payments", {}, system, audit_action="policy.adopt")
+    do_create_policy(production, "cache", "prices", {}, system)
+    do_reset_breaker(production, "payments", system, "nothing to lift")
+    do_set_override(production, "breaker", "payments", "forced_open", system, "incident")
+    do_reset_breaker(production, "payments", system, "recovered")
+    do_purge_cache(production, "prices", system, "bad prices cached")
+    events = _events()
+    assert [e.type for e in events] == [
+        "policy.created",
+        "policy.created",
+        "override.placed",
+        "override.lifted",
+        "policy.changed",
+    ]
+    lifted, purged = events[3].payload, events[4].payload
+    assert (lifted["state"], lifted["reset"], lifted["reason"]) == (
+        "forced_open",
+        True,
+        "recovered",
+    )
+    assert (purged["name"], purged["version"]) == ("prices", 2)
+    assert "bad prices cached" in purged["reason"]
