@@ -102,7 +102,6 @@ def _deliver_in_thread(webhook_id: int, now: datetime | None) -> int:
     try:
         return deliver_to(webhook_id, now)
     finally:
-        close_old_connections()
         connection.close()
 
 
