@@ -48,6 +48,7 @@ INSTALLED_APPS = [
     "controlplane.audit",
     "controlplane.policies",
     "controlplane.live",
+    "controlplane.webhooks",
     "controlplane.workers",  # manage.py run_workers
 ]
 
@@ -148,6 +149,17 @@ RECONCILER_ENABLED = env_bool("RECONCILER_ENABLED", True)
 # Read client reports (heartbeats, transitions, counters) inside each Daphne
 # process; replicas share the work through a Redis consumer group.
 INGEST_ENABLED = env_bool("INGEST_ENABLED", True)
+# Send outgoing webhooks from each Daphne process (replicas share the work: a
+# delivery is claimed before it is sent). A send waits at most WEBHOOKS_TIMEOUT
+# seconds; a failed one is retried after an exponential backoff (from
+# WEBHOOKS_BACKOFF up to WEBHOOKS_BACKOFF_MAX seconds, full jitter) for
+# WEBHOOKS_RETRY_FOR seconds after its event, then marked failed.
+WEBHOOKS_ENABLED = env_bool("WEBHOOKS_ENABLED", True)
+WEBHOOKS_INTERVAL = env_float("WEBHOOKS_INTERVAL", 1.0, minimum=0.05)
+WEBHOOKS_TIMEOUT = env_float("WEBHOOKS_TIMEOUT", 5.0, minimum=0.1)
+WEBHOOKS_RETRY_FOR = env_float("WEBHOOKS_RETRY_FOR", 24 * 3600.0, minimum=1.0)
+WEBHOOKS_BACKOFF = env_float("WEBHOOKS_BACKOFF", 1.0, minimum=0.01)
+WEBHOOKS_BACKOFF_MAX = env_float("WEBHOOKS_BACKOFF_MAX", 300.0, minimum=0.01)
 
 # What controlplane.ops asks of the product (it imports none of the apps): the
 # checks /readyz runs once the database and Redis answer, and /metrics' collectors.

@@ -8,12 +8,17 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 
 from django.contrib.auth.models import AbstractBaseUser
+from django.dispatch import Signal
 from django.utils.crypto import salted_hmac
 
 from controlplane.audit.models import AuditEntry
 from controlplane.protocol.schema import changed_fields, is_secret
 
 FINGERPRINT_SALT = "controlplane.audit.record.fingerprint"
+
+# Sent by ``record`` with ``entry=`` right after writing it, inside the change's
+# transaction: a receiver's writes (the webhooks' outbox) commit or roll back with it.
+recorded = Signal()
 
 
 class Actor(Protocol):
@@ -85,7 +90,7 @@ def record(
     changes: Mapping[str, list[Any]] | None = None,
     correlation_id: uuid.UUID | None = None,
 ) -> AuditEntry:
-    return AuditEntry.objects.create(
+    entry = AuditEntry.objects.create(
         actor_name=actor.name,
         actor_user=actor.user,  # type: ignore[misc]
         actor_token=actor.token,
@@ -98,3 +103,5 @@ def record(
         changes=dict(changes or {}),
         correlation_id=correlation_id or actor.correlation_id,
     )
+    recorded.send(sender=AuditEntry, entry=entry)
+    return entry

@@ -1,11 +1,13 @@
-"""The background workers: the reconciler (Redis follows the database) and the ingest
-(client reports into the live state and the dashboards' pushes).
+"""The background workers: the reconciler (Redis follows the database), the ingest
+(client reports into the live state and the dashboards' pushes) and the webhook
+sender (the outbox's events to their receivers).
 
 They start on purpose, from one of two places: the ASGI app's start-up
-(``asgi.py`` calls ``runner.start_enabled_workers()`` once, as ``RECONCILER_ENABLED`` and
-``INGEST_ENABLED`` say), or ``manage.py run_workers``, which runs them in the
-foreground of a process of their own until SIGTERM or SIGINT
+(``asgi.py`` calls ``runner.start_enabled_workers()`` once, as ``RECONCILER_ENABLED``,
+``INGEST_ENABLED`` and ``WEBHOOKS_ENABLED`` say), or ``manage.py run_workers``, which runs
+them in the foreground of a process of their own until SIGTERM or SIGINT
 (``docs/deployment.md`` says which to choose when). Both are safe to run in
 several processes at once: the reconciler's writes are idempotent, the ingest's
-readers share the reports through a consumer group.
+readers share the reports through a consumer group, the webhook sender claims each
+delivery before it sends it.
 """

@@ -13,6 +13,7 @@ from django.conf import settings
 
 from controlplane.live.ingest import start_ingestor
 from controlplane.policies.reconcile import start_reconciler
+from controlplane.webhooks.delivery import start_webhook_sender
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +31,7 @@ class Worker(Protocol):
 WORKERS: dict[str, Callable[[], Worker]] = {
     "reconciler": start_reconciler,
     "ingest": start_ingestor,
+    "webhooks": start_webhook_sender,
 }
 
 
@@ -40,7 +42,11 @@ def start_workers(names: list[str]) -> dict[str, Worker]:
 
 def start_enabled_workers() -> dict[str, Worker]:
     """The web processes' start: the workers the settings enable in them."""
-    enabled = {"reconciler": settings.RECONCILER_ENABLED, "ingest": settings.INGEST_ENABLED}
+    enabled = {
+        "reconciler": settings.RECONCILER_ENABLED,
+        "ingest": settings.INGEST_ENABLED,
+        "webhooks": settings.WEBHOOKS_ENABLED,
+    }
     return start_workers([name for name, on in enabled.items() if on])
 
 

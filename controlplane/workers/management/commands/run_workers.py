@@ -1,4 +1,4 @@
-"""``manage.py run_workers``: the reconciler and the ingest in a process of their own."""
+"""``manage.py run_workers``: the background workers in a process of their own."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ from controlplane.workers.runner import WORKERS, run_workers
 
 class Command(BaseCommand):
     help = (
-        "Run the reconciler and the ingest in the foreground until SIGTERM or SIGINT "
-        "(set RECONCILER_ENABLED=false and INGEST_ENABLED=false in the web processes)."
+        "Run the reconciler, the ingest and the webhook sender in the foreground until "
+        "SIGTERM or SIGINT (set RECONCILER_ENABLED=false, INGEST_ENABLED=false and "
+        "WEBHOOKS_ENABLED=false in the web processes)."
     )
 
     def add_arguments(self, parser: ArgumentParser) -> None:
