@@ -54,6 +54,8 @@ ACTION_LABELS = {
     "environment.update": "Environment rules changed",
     "token.create": "API token created",
     "token.revoke": "API token revoked",
+    "webhook.create": "Webhook added",
+    "webhook.delete": "Webhook removed",
     "user.create": "User created",
     "user.update": "User changed",
     "user.delete": "User deleted",
