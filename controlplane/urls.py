@@ -15,8 +15,10 @@ from controlplane.live import views as live_views
 from controlplane.ops import health
 from controlplane.policies import environment_views, request_views
 from controlplane.policies import views as policy_views
+from controlplane.webhooks import views as webhook_views
 
 POLICY = "e/<str:environment>/<str:kind>/<str:name>/"
+WEBHOOK = "e/<str:environment>/webhooks/<str:webhook>/"
 
 urlpatterns = [
     path("healthz", health.healthz, name="healthz"),
@@ -58,6 +60,16 @@ urlpatterns = [
         "e/<str:environment>/settings/",
         environment_views.environment_settings,
         name="environment-settings",
+    ),
+    path("e/<str:environment>/webhooks/", webhook_views.webhook_list, name="webhook-list"),
+    path(WEBHOOK, webhook_views.webhook_deliveries, name="webhook-deliveries"),
+    path(WEBHOOK + "remove/", webhook_views.webhook_remove, name="webhook-remove"),
+    path(WEBHOOK + "enabled/", webhook_views.webhook_enabled, name="webhook-enabled"),
+    path(WEBHOOK + "test/", webhook_views.webhook_test, name="webhook-test"),
+    path(
+        WEBHOOK + "deliveries/<int:delivery_id>/redeliver/",
+        webhook_views.webhook_redeliver,
+        name="webhook-redeliver",
     ),
     path("e/<str:environment>/import/", policy_views.environment_import, name="environment-import"),
     path("e/<str:environment>/<str:kind>/new/", policy_views.policy_create, name="policy-create"),

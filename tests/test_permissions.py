@@ -27,6 +27,8 @@ from controlplane.policies.actions import do_create_policy, do_update_policy
 from controlplane.policies.models import Environment
 from controlplane.policies.overrides import do_set_override
 from controlplane.policies.requests import Proposal, open_request
+from controlplane.webhooks.delivery import send_test
+from controlplane.webhooks.models import Delivery, Webhook
 from tests.api.test_permissions import ENDPOINTS as API_ENDPOINTS
 from tests.scoping import HELD, scoped_cast
 from tests.test_security import all_patterns
@@ -83,6 +85,14 @@ PAGES: list[tuple[str, str, Role, int]] = [
     ("get", "/requests/", Role.VIEWER, 200),
     ("get", "/requests/{request}/", Role.VIEWER, 200),
     ("post", "/requests/{request}/act/", Role.EDITOR, 302),  # no action: refused, back to it
+    ("get", "/e/production/webhooks/", Role.ADMIN, 200),
+    ("post", "/e/production/webhooks/", Role.ADMIN, 422),  # no values: nothing added
+    ("get", "/e/production/webhooks/hook/", Role.ADMIN, 200),
+    ("get", "/e/production/webhooks/hook/remove/", Role.ADMIN, 200),
+    ("post", "/e/production/webhooks/hook/remove/", Role.ADMIN, 302),
+    ("post", "/e/production/webhooks/hook/enabled/", Role.ADMIN, 302),  # no value: refused
+    ("post", "/e/production/webhooks/hook/test/", Role.ADMIN, 302),
+    ("post", "/e/production/webhooks/hook/deliveries/{delivery}/redeliver/", Role.ADMIN, 302),
 ]
 # API endpoints the API's matrix does not try (same columns, under /api/v1).
 API: list[tuple[str, str, Role, int]] = [
@@ -116,7 +126,21 @@ def world(production: Environment, system: Actor) -> dict[str, str]:
     do_set_override(production, "rate_limit", "api", "bypass", system, "load test")
     change = Proposal("update", "rate_limit", "api", {"limit": 30})
     request = open_request(production, [change], system, "change request")
-    return {"discovered": str(discovered.pk), "token": str(token.pk), "request": str(request.pk)}
+    return {
+        "discovered": str(discovered.pk),
+        "token": str(token.pk),
+        "request": str(request.pk),
+        "delivery": _webhook_delivery(production.name),
+    }
+
+
+def _webhook_delivery(environment: str) -> str:
+    """A webhook ``hook`` in ``environment`` with one delivery (a test event): its id."""
+    webhook = Webhook.objects.create(
+        environment=environment, name="hook", url="https://hooks.example.com/services/T0/B0/x"
+    )
+    send_test(webhook)
+    return str(Delivery.objects.get(webhook=webhook).pk)
 
 
 def _expected(who: str, least: Role) -> int | str:
@@ -132,7 +156,7 @@ def stored(redis_client: redis.Redis, prefix: str) -> dict[str, Any]:
     rows: dict[str, Any] = {
         model._meta.label: sorted(map(repr, model.objects.values_list()))
         for model in apps.get_models()
-        if model._meta.app_label in ("accounts", "audit", "policies", "live", "auth")
+        if model._meta.app_label in ("accounts", "audit", "policies", "live", "auth", "webhooks")
     }
     keys = sorted(redis_client.scan_iter(match=f"*{prefix}:*", count=1000))
     return {**rows, "redis": [(key, redis_client.dump(key)) for key in keys]}
@@ -297,7 +321,11 @@ def scoped_world(
     do_set_override(cast.staging, "rate_limit", "api", "bypass", system, "load test")
     return {
         "production": world,
-        "staging": {**world, "discovered": str(discovered.pk)},
+        "staging": {
+            **world,
+            "discovered": str(discovered.pk),
+            "delivery": _webhook_delivery(cast.staging.name),
+        },
         "": world,
     }
 

@@ -32,6 +32,8 @@ from controlplane.policies.actions import do_create_policy, do_rollback_policy
 from controlplane.policies.models import Environment, Policy
 from controlplane.policies.requests import Proposal, open_request
 from controlplane.protocol.schema import KINDS
+from controlplane.webhooks.delivery import send_test
+from controlplane.webhooks.models import Delivery, Webhook
 from tests.conftest import make_user
 from tests.properties import stored_state
 
@@ -208,8 +210,14 @@ def world(production: Environment, system: Actor, admin: User) -> World:
     root.save()
     change = Proposal("delete", "breaker", "payments")
     change_request = open_request(production, [change], system, "a change request to reach")
+    webhook = Webhook.objects.create(
+        environment=production.name, name="hook", url="https://hooks.example.com/services/x"
+    )
+    send_test(webhook)
     values = {
         "environment": production.name,
+        "webhook": webhook.name,
+        "delivery_id": str(Delivery.objects.get(webhook=webhook).pk),
         "kind": "breaker",
         "name": "payments",
         "fmt": "json",

@@ -56,6 +56,8 @@ ACTION_LABELS = {
     "token.revoke": "API token revoked",
     "webhook.create": "Webhook added",
     "webhook.delete": "Webhook removed",
+    "webhook.enable": "Webhook switched on",
+    "webhook.disable": "Webhook switched off",
     "user.create": "User created",
     "user.update": "User changed",
     "user.delete": "User deleted",

@@ -1,10 +1,11 @@
 """Creating and removing webhooks: validated, audited, each in one durable transaction.
 
-The management command uses these today; the pages and the API will too.
+The management command, the pages and the API all go through these.
 """
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Sequence
 from urllib.parse import urlsplit
 
@@ -41,14 +42,24 @@ def shown_url(url: str) -> str:
     return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}/…"
 
 
+# Families of event types a webhook may ask for as a whole: "policy.*", "override.*".
+EVENT_FAMILIES = tuple(
+    dict.fromkeys(type.partition(".")[0] + ".*" for type in EVENT_TYPES if "." in type)
+)
+
+
+def new_secret() -> str:
+    """A random secret to sign deliveries with, shown once to whoever asked for it."""
+    return secrets.token_urlsafe(32)
+
+
 def event_errors(events: Sequence[str]) -> list[str]:
     """Why ``events`` are not event types or families (``override.*``) we send."""
-    families = {type.partition(".")[0] + ".*" for type in EVENT_TYPES if "." in type}
     return [
         f"{event!r} is not an event type; choose from {', '.join(EVENT_TYPES)}, "
         f"or a family such as override.*."
         for event in events
-        if event not in EVENT_TYPES and event not in families
+        if event not in EVENT_TYPES and event not in EVENT_FAMILIES
     ]
 
 
@@ -133,3 +144,25 @@ def do_delete_webhook(webhook: Webhook, actor: Actor) -> None:
             changes={"url": [shown_url(webhook.url), None]},
         )
         webhook.delete()
+
+
+def do_set_webhook_enabled(webhook: Webhook, enabled: bool, actor: Actor) -> bool:
+    """Switch a webhook on or off; False (nothing written) if it already was.
+
+    A disabled webhook gets no new deliveries and its pending ones wait: switching it
+    back on sends them, in order.
+    """
+    with transaction.atomic(durable=True):
+        changed = Webhook.objects.filter(pk=webhook.pk, enabled=not enabled).update(enabled=enabled)
+        if not changed:
+            return False
+        record(
+            actor,
+            "webhook.enable" if enabled else "webhook.disable",
+            environment=webhook.environment,
+            kind="webhook",
+            name=webhook.name,
+            changes={"enabled": [not enabled, enabled]},
+        )
+    webhook.enabled = enabled
+    return True

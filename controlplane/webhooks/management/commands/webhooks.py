@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import secrets
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
@@ -14,6 +13,7 @@ from controlplane.webhooks.actions import (
     WebhookError,
     do_create_webhook,
     do_delete_webhook,
+    new_secret,
     shown_url,
 )
 from controlplane.webhooks.delivery import send_test
@@ -66,7 +66,7 @@ class Command(BaseCommand):
     def _add(self, actor: Actor, options: dict[str, Any]) -> None:
         secret = ""
         if options["generate_secret"]:
-            secret = secrets.token_urlsafe(32)
+            secret = new_secret()
         elif options["secret_env"]:
             secret = os.environ.get(options["secret_env"], "")
             if not secret:
