@@ -20,6 +20,9 @@ from controlplane.policies.models import (
 )
 from controlplane.protocol.keys import NAME_PATTERN
 from controlplane.protocol.schema import InvalidValue, PolicyError, check_text, validate_name
+from controlplane.webhooks.actions import EVENT_FAMILIES
+from controlplane.webhooks.events import EVENT_TYPES
+from controlplane.webhooks.models import Webhook
 
 
 def _storable(value: str) -> str:
@@ -367,3 +370,82 @@ class ChangeRequestOut(ChangeRequestSummaryOut):
     closed_by: str
     items: list[ChangeItemOut]
     reviews: list[ReviewOut]
+
+
+# Webhooks ----------------------------------------------------------------------
+
+WebhookName = Annotated[Text, Field(min_length=1, max_length=max_length(Webhook, "name"))]
+DeliveryId = Annotated[int, Field(ge=1, le=MAX_ID)]
+EventChoice = Literal[EVENT_TYPES + EVENT_FAMILIES]  # type: ignore[valid-type]
+
+
+class WebhookIn(Schema):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "chat",
+                    "url": "https://hooks.slack.com/services/T000/B000/XXXX",
+                    "events": ["policy.*", "override.*"],
+                    "payload_format": "slack",
+                }
+            ]
+        }
+    )
+
+    name: WebhookName
+    url: Annotated[Text, Field(min_length=1, max_length=max_length(Webhook, "url"))] = Field(
+        description="Where each event is POSTed: a public http(s) address."
+    )
+    events: list[EventChoice] = Field(  # type: ignore[valid-type]
+        default_factory=list,
+        max_length=len(EVENT_TYPES + EVENT_FAMILIES),
+        description="Event types or families (`override.*`) to send; empty: every event.",
+    )
+    payload_format: Literal["json", "slack"] = "json"
+    secret: Annotated[Text, Field(max_length=max_length(Webhook, "secret"))] = Field(
+        default="",
+        description="Signs each delivery (X-Signature). Write-only: never returned.",
+    )
+    generate_secret: bool = Field(
+        default=False,
+        description="Make a random secret instead: returned once, in this answer only.",
+    )
+
+
+class WebhookOut(Schema):
+    environment: str
+    name: str
+    target: str = Field(description="The URL's scheme and host: its path may be a password.")
+    events: list[str]
+    payload_format: Literal["json", "slack"]
+    enabled: bool
+    signed: bool = Field(description="Whether deliveries carry an X-Signature.")
+    created_at: datetime
+    created_by: str
+    last_status: Literal["pending", "delivered", "failed"] | None = Field(
+        description="The status of its newest delivery (null: none yet)."
+    )
+
+
+class WebhookCreatedOut(WebhookOut):
+    secret: str | None = Field(
+        description="The generated secret, shown this once (null unless generate_secret)."
+    )
+
+
+class TestEventOut(Schema):
+    event_id: str = Field(description="The test event's id (X-Webhook-Delivery).")
+
+
+class DeliveryOut(Schema):
+    id: int
+    event_id: str
+    event_type: str
+    status: Literal["pending", "delivered", "failed"]
+    attempts: int
+    last_status_code: int | None
+    last_latency_ms: float | None
+    last_error: str
+    created_at: datetime
+    delivered_at: datetime | None

@@ -1,5 +1,5 @@
 """The JSON API for automation: policies, their history and rollback, change requests,
-overrides, breaker resets, cache purges and the audit log.
+overrides, breaker resets, cache purges, the audit log and webhooks.
 
 Same validation and the same audit as the forms: every write goes through the
 action functions. Errors are JSON naming the field. In a guarded environment a
@@ -30,6 +30,8 @@ from controlplane.api.schemas import (
     ChangeRequestOut,
     ChangeRequestSummaryOut,
     ConflictOut,
+    DeliveryId,
+    DeliveryOut,
     DetailOut,
     EnvironmentOut,
     ErrorOut,
@@ -49,8 +51,13 @@ from controlplane.api.schemas import (
     ReviewIn,
     RollbackIn,
     ScheduleIn,
+    TestEventOut,
     Text,
     VersionOut,
+    WebhookCreatedOut,
+    WebhookIn,
+    WebhookName,
+    WebhookOut,
     WithdrawIn,
 )
 from controlplane.audit.views import entries_readable
@@ -95,6 +102,16 @@ from controlplane.policies.requests import (
 )
 from controlplane.protocol.limits import MAX_JSON_DEPTH, LimitExceeded, loads_json
 from controlplane.protocol.schema import PolicyError, masked
+from controlplane.webhooks.actions import (
+    WebhookError,
+    do_create_webhook,
+    do_delete_webhook,
+    new_secret,
+    shown_url,
+)
+from controlplane.webhooks.delivery import redeliver, send_test
+from controlplane.webhooks.models import Delivery, Webhook
+from controlplane.webhooks.views import RECENT, webhooks_with_last_status
 
 
 class BoundedJsonParser(Parser):
@@ -787,3 +804,125 @@ def purge_cache(request: HttpRequest, environment: Name, name: Name, payload: Re
         policy.environment, policy.name, actor_for(request, token), payload.reason
     )
     return _policy_out(purged)
+
+
+# Webhooks ----------------------------------------------------------------------
+# An environment's admins configure where its events go; the secret is write-only.
+
+
+def _webhook_out(webhook: Webhook) -> dict[str, Any]:
+    return {
+        "environment": webhook.environment,
+        "name": webhook.name,
+        "target": shown_url(webhook.url),
+        "events": webhook.events,
+        "payload_format": webhook.payload_format,
+        "enabled": webhook.enabled,
+        "signed": bool(webhook.secret),
+        "created_at": webhook.created_at,
+        "created_by": webhook.created_by_name,
+        "last_status": getattr(webhook, "last_status", None),
+    }
+
+
+def _delivery_out(delivery: Delivery) -> dict[str, Any]:
+    return {
+        "id": delivery.pk,
+        "event_id": str(delivery.event_id),
+        "event_type": delivery.event.type,
+        "status": delivery.status,
+        "attempts": delivery.attempts,
+        "last_status_code": delivery.last_status_code,
+        "last_latency_ms": delivery.last_latency_ms,
+        "last_error": delivery.last_error,
+        "created_at": delivery.created_at,
+        "delivered_at": delivery.delivered_at,
+    }
+
+
+def _webhook_for(request: HttpRequest, environment: str, name: str) -> tuple[ApiToken, Webhook]:
+    """The token (an admin in ``environment``) and the webhook ``name`` there, or 403/404.
+
+    Any token passes ``require``: the role is checked in the environment, so the 403
+    says where it is missing.
+    """
+    token = require(request, Role.VIEWER)
+    env = environment_for(token.grants(), Role.ADMIN, environment)
+    webhook = Webhook.objects.filter(environment=env.name, name=name).first()
+    if webhook is None:
+        raise Http404(f"{env.name} has no webhook named {name!r}.")
+    return token, webhook
+
+
+@api.get("/environments/{environment}/webhooks", response={200: list[WebhookOut], **READ})
+def list_webhooks(request: HttpRequest, environment: Name) -> Any:
+    """The environment's webhooks, with the status of each one's newest delivery."""
+    env = environment_for(require(request, Role.VIEWER).grants(), Role.ADMIN, environment)
+    return [_webhook_out(webhook) for webhook in webhooks_with_last_status(env.name)]
+
+
+@api.post("/environments/{environment}/webhooks", response={201: WebhookCreatedOut, **READ})
+def create_webhook(request: HttpRequest, environment: Name, payload: WebhookIn) -> Any:
+    """Add a webhook. A URL whose host is not a public address is refused (422, `url`),
+    unless the server allows private targets. Audited as `webhook.create`."""
+    token = require(request, Role.VIEWER)
+    env = environment_for(token.grants(), Role.ADMIN, environment)
+    if payload.secret and payload.generate_secret:
+        return Status(422, {"errors": {"secret": ["Give a secret or generate_secret, not both."]}})
+    secret = new_secret() if payload.generate_secret else payload.secret
+    try:
+        webhook = do_create_webhook(
+            env.name,
+            payload.name,
+            payload.url,
+            actor_for(request, token),
+            events=payload.events,
+            secret=secret,
+            payload_format=payload.payload_format,
+        )
+    except WebhookError as exc:
+        return Status(422, {"errors": exc.errors})
+    shown = _webhook_out(webhook)
+    return Status(201, {**shown, "secret": secret if payload.generate_secret else None})
+
+
+@api.delete("/environments/{environment}/webhooks/{webhook}", response={204: None, **READ})
+def delete_webhook(request: HttpRequest, environment: Name, webhook: WebhookName) -> Any:
+    """Remove a webhook and its deliveries. Audited as `webhook.delete`."""
+    token, hook = _webhook_for(request, environment, webhook)
+    do_delete_webhook(hook, actor_for(request, token))
+    return Status(204, None)
+
+
+@api.post(
+    "/environments/{environment}/webhooks/{webhook}/test", response={202: TestEventOut, **READ}
+)
+def send_webhook_test(request: HttpRequest, environment: Name, webhook: WebhookName) -> Any:
+    """Queue a `test` event for this webhook only; the sender delivers it within seconds."""
+    _, hook = _webhook_for(request, environment, webhook)
+    return Status(202, {"event_id": str(send_test(hook).id)})
+
+
+@api.get(
+    "/environments/{environment}/webhooks/{webhook}/deliveries",
+    response={200: list[DeliveryOut], **READ},
+)
+def webhook_deliveries(request: HttpRequest, environment: Name, webhook: WebhookName) -> Any:
+    """The webhook's recent deliveries, newest first (at most 50)."""
+    _, hook = _webhook_for(request, environment, webhook)
+    deliveries = hook.deliveries.select_related("event").order_by("-id")[:RECENT]
+    return [_delivery_out(delivery) for delivery in deliveries]
+
+
+@api.post("/webhook-deliveries/{delivery_id}/redeliver", response={200: DeliveryOut, **READ})
+def redeliver_delivery(request: HttpRequest, delivery_id: DeliveryId) -> Any:
+    """Send a delivery again, now. A token that cannot view its environment gets 404."""
+    token = require(request, Role.VIEWER)
+    delivery = Delivery.objects.select_related("webhook", "event").filter(pk=delivery_id).first()
+    environment = delivery.webhook.environment if delivery else ""
+    if delivery is None or token.grants().role_in(environment) is None:
+        raise Http404(f"No webhook delivery {delivery_id}.")
+    check_role(token.grants(), Role.ADMIN, environment)
+    redeliver(delivery)
+    delivery.refresh_from_db()
+    return _delivery_out(delivery)

@@ -15,12 +15,15 @@ from controlplane.accounts.roles import ORDER, Role, includes
 from controlplane.policies.actions import do_create_policy, do_update_policy
 from controlplane.policies.models import ChangeRequest, Environment
 from controlplane.policies.requests import Proposal, open_request
+from controlplane.webhooks.delivery import send_test
+from controlplane.webhooks.models import Delivery, Webhook
 from tests.api.conftest import ApiClient
 from tests.scoping import HELD, scoped_cast
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 P = "/environments/production/policies"
+LOOPBACK = "http://127.0.0.1/hook"
 ENDPOINTS: list[tuple[str, str, Any, Role, int]] = [
     ("get", "/environments", None, Role.VIEWER, 200),
     ("get", P, None, Role.VIEWER, 200),
@@ -57,6 +60,13 @@ ENDPOINTS: list[tuple[str, str, Any, Role, int]] = [
     # role check and is refused naming the field.
     ("post", "/change-requests/{request}/withdraw", {}, Role.EDITOR, 422),
     ("post", "/change-requests/{request}/schedule", {"apply_at": None}, Role.EDITOR, 422),
+    ("get", "/environments/production/webhooks", None, Role.ADMIN, 200),
+    # A loopback target is refused, naming the url: the role check passed.
+    ("post", "/environments/production/webhooks", {"name": "n", "url": LOOPBACK}, Role.ADMIN, 422),
+    ("delete", "/environments/production/webhooks/hook", None, Role.ADMIN, 204),
+    ("post", "/environments/production/webhooks/hook/test", None, Role.ADMIN, 202),
+    ("get", "/environments/production/webhooks/hook/deliveries", None, Role.ADMIN, 200),
+    ("post", "/webhook-deliveries/{delivery}/redeliver", None, Role.ADMIN, 200),
 ]
 CALLERS = ["none", "viewer", "operator", "editor", "admin", "expired", "revoked"]
 
@@ -70,6 +80,10 @@ def api_policy(production: Environment, system: Actor) -> None:
     do_update_policy(policy, {"limit": 25}, system)
     do_create_policy(production, "breaker", "payments", {}, system)
     do_create_policy(production, "cache", "prices", {}, system)
+    webhook = Webhook.objects.create(
+        environment="production", name="hook", url="https://hooks.example.com/services/x"
+    )
+    send_test(webhook)  # one delivery, to redeliver
 
 
 @pytest.mark.parametrize("caller", CALLERS)
@@ -92,6 +106,8 @@ def test_api_permission_matrix(
         api = api_as(Role(caller))
     if "{request}" in path:
         path = path.format(request=ChangeRequest.objects.get().pk)
+    if "{delivery}" in path:
+        path = path.format(delivery=Delivery.objects.get().pk)
     response = api.call(method, path, body)
     if caller in ("none", "expired", "revoked"):
         assert response.status_code == 401
@@ -115,6 +131,8 @@ SCOPED: list[tuple[str, str, str, str, Any, Role, int]] = [
     # A change request's own endpoints name no environment: its scoping is tested in
     # tests/api/test_change_requests.py (a token that cannot view it gets 404).
     if "{request}" not in path
+    # Nor does a webhook delivery's: tests/api/test_webhooks_api.py tries its scoping.
+    and "{delivery}" not in path
     for environment in (("production", "staging") if "/production" in path else ("",))
 ]
 
