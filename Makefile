@@ -77,7 +77,7 @@ screenshots: $(STAMP)
 	SCREENSHOTS=docs/tour $(BIN)/pytest -p no:cacheprovider \
 		tests/browser/test_first_minute.py tests/browser/test_live_incident.py \
 		tests/browser/test_conflict.py tests/browser/test_change_requests.py \
-		tests/browser/test_users.py
+		tests/browser/test_users.py tests/browser/test_webhooks.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -1,4 +1,5 @@
-"""``manage.py webhooks add|list|test|remove``: webhooks for admins until their pages exist."""
+"""``manage.py webhooks add|list|test|remove``: webhooks from the shell, through the
+same actions as the pages and the API."""
 
 from __future__ import annotations
 
