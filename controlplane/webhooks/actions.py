@@ -73,6 +73,8 @@ def webhook_errors(
         errors["environment"] = [f"There is no environment named {environment!r}."]
     if not name.strip() or len(name) > NAME_MAX:
         errors["name"] = [f"Enter a name of 1 to {NAME_MAX} characters."]
+    elif "/" in name:  # it is a segment of the pages' and the API's URLs
+        errors["name"] = ["A name cannot contain /."]
     try:
         URLValidator(schemes=["http", "https"])(url)
         check_target(url)

@@ -151,3 +151,13 @@ def test_the_policy_list_links_webhooks_for_admins_only(
     assert f'href="{PAGE}"' in client.get("/policies/").content.decode()
     client.force_login(editor)
     assert f'href="{PAGE}"' not in client.get("/policies/").content.decode()
+
+
+def test_a_name_with_a_slash_is_refused_naming_the_name(
+    client: Client, admin: User, receiver: Receiver, production: Environment
+) -> None:
+    client.force_login(admin)
+    response = _add(client, f"{receiver.url}/hook", name="a/b")
+    assert response.status_code == 422
+    assert 'data-error-for="name"' in response.content.decode()
+    assert not Webhook.objects.exists()
