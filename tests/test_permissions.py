@@ -303,7 +303,10 @@ SCOPED: list[tuple[str, str, str, str, Role, int]] = [
     (who, environment, method, path.replace("/e/production/", f"/e/{environment}/"), least, ok)
     for who in HELD
     for method, path, least, ok in PAGES
-    for environment in (("production", "staging") if "/e/production/" in path else ("",))
+    # A change request's pages name no environment: one in each is tried.
+    for environment in (
+        ("production", "staging") if "/e/production/" in path or "{request}" in path else ("",)
+    )
 ]
 
 
@@ -319,10 +322,13 @@ def scoped_world(
         environment=cast.staging, kind="cache", name="found", last_seen=timezone.now()
     )
     do_set_override(cast.staging, "rate_limit", "api", "bypass", system, "load test")
+    change = Proposal("update", "rate_limit", "api", {"limit": 30})
+    request = open_request(cast.staging, [change], system, "change request")
     return {
         "production": world,
         "staging": {
             **world,
+            "request": str(request.pk),
             "discovered": str(discovered.pk),
             "delivery": _webhook_delivery(cast.staging.name),
         },

@@ -150,9 +150,8 @@ def _request_for(request: HttpRequest, pk: int, needed: Role) -> tuple[ChangeReq
     if change_request is None:
         check_role(grants.highest(), needed)
         raise Http404("No such change request.")
-    held = grants.role_in(change_request.environment.name)
-    check_role(held, needed)
-    return change_request, held
+    check_role(grants, needed, change_request.environment.name)
+    return change_request, grants.role_in(change_request.environment.name)
 
 
 def _is_author(change_request: ChangeRequest, user: AbstractBaseUser | AnonymousUser) -> bool:
