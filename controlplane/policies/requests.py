@@ -21,7 +21,7 @@ import logging
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from django.db import transaction
@@ -184,9 +184,18 @@ def _audit_changes(items: Sequence[ChangeItem]) -> dict[str, list[Any]]:
     }
 
 
-def _check_apply_at(apply_at: datetime | None) -> None:
-    if apply_at is not None and apply_at <= timezone.now():
+def _check_apply_at(apply_at: datetime | None) -> datetime | None:
+    """``apply_at`` in UTC, if it is in the future. A time whose offset moves it past
+    the calendar's end is refused here: stored, it would fail every later read."""
+    if apply_at is None:
+        return None
+    try:
+        apply_at = apply_at.astimezone(UTC)
+    except OverflowError:
+        raise PolicyError({"apply_at": ["The time is out of range."]}) from None
+    if apply_at <= timezone.now():
         raise PolicyError({"apply_at": ["Choose a time in the future (or none: at once)."]})
+    return apply_at
 
 
 def open_request(
@@ -222,7 +231,7 @@ def open_request(
             errors["changes"] = [f"Change {proposal.kind} {proposal.name} once, in one item."]
         seen.add((proposal.kind, proposal.name))
     try:
-        _check_apply_at(apply_at)
+        apply_at = _check_apply_at(apply_at)
     except PolicyError as exc:
         errors.update(exc.errors)
     items: list[ChangeItem] = []
@@ -382,7 +391,7 @@ def withdraw(request: ChangeRequest, actor: Actor, reason: str = "") -> ChangeRe
 
 def schedule(request: ChangeRequest, actor: Actor, apply_at: datetime | None) -> ChangeRequest:
     """Plan the request for ``apply_at`` (None: at once once approved); author only."""
-    _check_apply_at(apply_at)
+    apply_at = _check_apply_at(apply_at)
     with transaction.atomic(durable=True):
         locked = _lock(request)
         if not _is_author(locked, actor):

@@ -1,0 +1,61 @@
+"""Issue 15 tried across its parts: pages, API, roles and rules together, with the
+cases where one part's answer meets another's assumption."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from django.contrib.auth.models import User
+from django.test import Client
+
+from controlplane.accounts.actors import Actor
+from controlplane.accounts.roles import Role
+from controlplane.policies.actions import do_create_policy
+from controlplane.policies.models import ChangeRequest, Environment, Policy
+from controlplane.policies.requests import Proposal, open_request
+from tests.conftest import make_user
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+Status = ChangeRequest.Status
+
+
+@pytest.fixture
+def api(guarded: Environment, system: Actor) -> Policy:
+    return do_create_policy(
+        guarded, "rate_limit", "api", {"limit": 100, "period": 60}, system, "initial"
+    )
+
+
+@pytest.fixture
+def bob(db: None) -> User:
+    return make_user("bob", Role.EDITOR)
+
+
+def _open(policy: Policy, author: User, **extra: Any) -> ChangeRequest:
+    """A request of ``author`` raising the policy's limit to 250."""
+    change = Proposal("update", policy.kind, policy.name, {"limit": 250}, policy.version)
+    return open_request(policy.environment, [change], Actor.of(author), "sale traffic", **extra)
+
+
+def _messages(response: Any) -> list[str]:
+    return [str(m) for m in response.context["messages"]]
+
+
+def test_a_time_its_offset_moves_past_the_calendar_is_refused_and_the_request_still_opens(
+    client: Client, editor: User, api: Policy
+) -> None:
+    # Stored, 9999-12-31 23:59 an hour west of UTC is the year 10000: every read failed.
+    opened = _open(api, editor)
+    client.force_login(editor)
+    planned = client.post(
+        f"/requests/{opened.pk}/act/",
+        {"action": "schedule", "apply_at": "9999-12-31T23:59", "apply_at_offset": "-60"},
+        follow=True,
+    )
+    assert _messages(planned) == ["Apply at: The time is out of range. Nothing was changed."]
+    opened.refresh_from_db()
+    assert opened.apply_at is None
+    assert client.get(f"/requests/{opened.pk}/").status_code == 200
+    assert client.get("/requests/").status_code == 200
