@@ -59,3 +59,19 @@ def test_a_time_its_offset_moves_past_the_calendar_is_refused_and_the_request_st
     assert opened.apply_at is None
     assert client.get(f"/requests/{opened.pk}/").status_code == 200
     assert client.get("/requests/").status_code == 200
+
+
+def test_the_nav_does_not_count_a_request_one_approved_already(
+    client: Client, editor: User, bob: User, api: Policy
+) -> None:
+    api.environment.approvals_required = 2
+    api.environment.save()
+    opened = _open(api, editor)
+    client.force_login(bob)
+    assert "Requests (1)</a>" in client.get("/requests/").content.decode()
+    client.post(f"/requests/{opened.pk}/act/", {"action": "approve"})
+    # Still open (1 of 2), but bob can do nothing more with it: it waits for others.
+    assert "Requests</a>" in client.get("/requests/").content.decode()
+    carol = make_user("carol", Role.EDITOR)
+    client.force_login(carol)
+    assert "Requests (1)</a>" in client.get("/requests/").content.decode()
