@@ -202,6 +202,8 @@ def request_detail(request: HttpRequest, request_id: int) -> HttpResponse:
             "approval_count": len(approvals(change_request)),
             "is_author": author,
             "may_review": is_open and approver and not author,
+            # Approved but not applied yet (planned, or to rebase): it may still be stopped.
+            "may_reject": change_request.status == Status.APPROVED and approver and not author,
             "own_request": is_open and author,
             "may_withdraw": change_request.is_pending and author,
             "may_schedule": change_request.is_pending and author,

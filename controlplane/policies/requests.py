@@ -329,9 +329,12 @@ def review(
 
     Refused (``PolicyError`` naming ``decision``) to its author, to someone below the
     environment's approver role, to someone who approved it already, and once it is
-    closed. A rejection needs a comment. The approval that reaches the number the
-    environment requires applies the request, unless it is planned for later; if its
-    base moved meanwhile it stays approved and says it needs a rebase.
+    closed. A rejection needs a comment; an approved request that has not applied yet
+    (planned, or waiting for a rebase) may still be rejected: a reviewer who finds a
+    problem before 09:00 must be able to stop it, not only its author. The approval
+    that reaches the number the environment requires applies the request, unless it is
+    planned for later; if its base moved meanwhile it stays approved and says it needs
+    a rebase.
     """
     comment = comment.strip()
     check_length(comment, ChangeReview, "comment", name="comment")
@@ -341,7 +344,10 @@ def review(
         locked = _lock(request)
         environment = locked.environment
         needed = Role(environment.approver_role)
-        if locked.status != Status.OPEN:
+        rejecting_approved = (
+            decision == ChangeReview.Decision.REJECT and locked.status == Status.APPROVED
+        )
+        if locked.status != Status.OPEN and not rejecting_approved:
             raise PolicyError(
                 {"decision": [f"Change request #{locked.pk} is {locked.status}: no more reviews."]}
             )
@@ -353,7 +359,9 @@ def review(
             )
         if decision == ChangeReview.Decision.REJECT and not comment:
             raise PolicyError({"comment": ["Say why it is rejected: its author reads it."]})
-        if any(_same_person(r.reviewer_id, r.reviewer_name, actor) for r in approvals(locked)):
+        if decision == ChangeReview.Decision.APPROVE and any(
+            _same_person(r.reviewer_id, r.reviewer_name, actor) for r in approvals(locked)
+        ):
             raise PolicyError({"decision": ["You approved this request already."]})
         ChangeReview.objects.create(
             request=locked,

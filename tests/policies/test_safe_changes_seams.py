@@ -3,17 +3,19 @@ cases where one part's answer meets another's assumption."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import pytest
 from django.contrib.auth.models import User
 from django.test import Client
+from django.utils import timezone
 
 from controlplane.accounts.actors import Actor
 from controlplane.accounts.roles import Role
 from controlplane.policies.actions import do_create_policy
 from controlplane.policies.models import ChangeRequest, Environment, Policy
-from controlplane.policies.requests import Proposal, open_request
+from controlplane.policies.requests import Proposal, apply_due_requests, open_request, review
 from tests.conftest import make_user
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -75,3 +77,30 @@ def test_the_nav_does_not_count_a_request_one_approved_already(
     carol = make_user("carol", Role.EDITOR)
     client.force_login(carol)
     assert "Requests (1)</a>" in client.get("/requests/").content.decode()
+
+
+def test_a_reviewer_stops_an_approved_planned_request_before_its_time(
+    client: Client, editor: User, bob: User, api: Policy
+) -> None:
+    opened = _open(api, editor, apply_at=timezone.now() + timedelta(hours=1))
+    opened = review(opened, Actor.of(bob), Role.EDITOR, "approve")
+    assert opened.status == Status.APPROVED
+    carol = make_user("carol", Role.EDITOR)
+    client.force_login(carol)
+    page = client.get(f"/requests/{opened.pk}/").content.decode()
+    assert 'value="reject"' in page and 'value="approve"' not in page
+    unexplained = client.post(f"/requests/{opened.pk}/act/", {"action": "reject"}, follow=True)
+    assert _messages(unexplained) == [
+        "Comment: Say why it is rejected: its author reads it. Nothing was changed."
+    ]
+    again = client.post(f"/requests/{opened.pk}/act/", {"action": "approve"}, follow=True)
+    assert "no more reviews" in _messages(again)[0]
+    stopped = client.post(
+        f"/requests/{opened.pk}/act/", {"action": "reject", "comment": "not during the freeze"}
+    )
+    assert stopped.status_code == 302
+    opened.refresh_from_db()
+    assert (opened.status, opened.closed_by_name) == (Status.REJECTED, "carol")
+    assert apply_due_requests(timezone.now() + timedelta(hours=2)) == []
+    api.refresh_from_db()
+    assert (api.version, api.spec["limit"]) == (1, 100)
