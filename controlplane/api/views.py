@@ -217,10 +217,9 @@ def _request_summary(change_request: ChangeRequest) -> dict[str, Any]:
         "created_at": change_request.created_at,
         "apply_at": change_request.apply_at,
         "applied_at": change_request.applied_at,
-        # An unguarded environment's request still waits for one approval.
         "approvals": {
             "given": len(approvals(change_request)),
-            "required": max(environment.approvals_required, 1),
+            "required": environment.approvals_to_apply,
         },
         "blocked_reason": change_request.blocked_reason,
         "links": links,

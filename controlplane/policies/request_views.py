@@ -270,7 +270,7 @@ def _approved_message(change_request: ChangeRequest) -> str:
     if change_request.status == Status.APPROVED:
         return f"Approved: change request #{change_request.pk} applies at its planned time."
     count = len(approvals(change_request))
-    needed = change_request.environment.approvals_required
+    needed = change_request.environment.approvals_to_apply
     return f"Approved: {count} of {needed} approvals."
 
 

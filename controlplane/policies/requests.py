@@ -328,13 +328,14 @@ def review(
     """Approve or reject ``request`` as ``actor``, who holds ``held`` in its environment.
 
     Refused (``PolicyError`` naming ``decision``) to its author, to someone below the
-    environment's approver role, to someone who approved it already, and once it is
-    closed. A rejection needs a comment; an approved request that has not applied yet
-    (planned, or waiting for a rebase) may still be rejected: a reviewer who finds a
-    problem before 09:00 must be able to stop it, not only its author. The approval
-    that reaches the number the environment requires applies the request, unless it is
-    planned for later; if its base moved meanwhile it stays approved and says it needs
-    a rebase.
+    environment's approver role, to someone who approved it already (unless its
+    approvals reach a number the environment lowered since: then it completes), and
+    once it is closed. A rejection needs a comment; an approved request that has not
+    applied yet (planned, or waiting for a rebase) may still be rejected: a reviewer
+    who finds a problem before 09:00 must be able to stop it, not only its author.
+    The approval that reaches the number the environment requires applies the
+    request, unless it is planned for later; if its base moved meanwhile it stays
+    approved and says it needs a rebase.
     """
     comment = comment.strip()
     check_length(comment, ChangeReview, "comment", name="comment")
@@ -362,18 +363,23 @@ def review(
         if decision == ChangeReview.Decision.APPROVE and any(
             _same_person(r.reviewer_id, r.reviewer_name, actor) for r in approvals(locked)
         ):
-            raise PolicyError({"decision": ["You approved this request already."]})
-        ChangeReview.objects.create(
-            request=locked,
-            reviewer=actor.user,  # type: ignore[misc]
-            reviewer_name=actor.name,
-            decision=decision,
-            comment=comment,
-        )
-        if decision == ChangeReview.Decision.REJECT:
-            _set_status(locked, actor, Status.REJECTED, "reject", comment)
-            return locked
-        _audit(locked, actor, "approve", comment, {"approvals": [None, len(approvals(locked))]})
+            # Approving again only completes a request whose approvals reach a number
+            # the environment lowered since; else it would wait for someone else forever.
+            if len(approvals(locked)) < environment.approvals_required:
+                raise PolicyError({"decision": ["You approved this request already."]})
+        else:
+            ChangeReview.objects.create(
+                request=locked,
+                reviewer=actor.user,  # type: ignore[misc]
+                reviewer_name=actor.name,
+                decision=decision,
+                comment=comment,
+            )
+            if decision == ChangeReview.Decision.REJECT:
+                _set_status(locked, actor, Status.REJECTED, "reject", comment)
+                return locked
+            given = len(approvals(locked))
+            _audit(locked, actor, "approve", comment, {"approvals": [None, given]})
         if len(approvals(locked)) >= environment.approvals_required:
             _set_status(locked, actor, Status.APPROVED, "approved")
     if locked.status == Status.APPROVED and locked.apply_at is None:

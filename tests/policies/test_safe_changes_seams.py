@@ -13,7 +13,9 @@ from django.utils import timezone
 
 from controlplane.accounts.actors import Actor
 from controlplane.accounts.roles import Role
+from controlplane.audit.models import AuditEntry
 from controlplane.policies.actions import do_create_policy
+from controlplane.policies.environment_actions import do_update_environment
 from controlplane.policies.models import ChangeRequest, Environment, Policy
 from controlplane.policies.requests import Proposal, apply_due_requests, open_request, review
 from tests.conftest import make_user
@@ -104,3 +106,39 @@ def test_a_reviewer_stops_an_approved_planned_request_before_its_time(
     assert apply_due_requests(timezone.now() + timedelta(hours=2)) == []
     api.refresh_from_db()
     assert (api.version, api.spec["limit"]) == (1, 100)
+
+
+def test_when_the_rule_is_lowered_an_approver_applies_a_request_with_enough_approvals(
+    client: Client, editor: User, bob: User, admin: User, api: Policy
+) -> None:
+    environment = api.environment
+    do_update_environment(environment, Actor.of(admin), approvals_required=2)
+    opened = _open(api, editor)
+    client.force_login(bob)
+    client.post(f"/requests/{opened.pk}/act/", {"action": "approve"}, follow=True)
+    twice = client.post(f"/requests/{opened.pk}/act/", {"action": "approve"}, follow=True)
+    assert _messages(twice) == ["Review: You approved this request already. Nothing was changed."]
+    # The rule is read at each approval: with one needed now, bob's approval is enough,
+    # and in a team of two nobody else could ever approve it.
+    do_update_environment(environment, Actor.of(admin), approvals_required=1)
+    assert "data-approvals>1 of 1<" in client.get(f"/requests/{opened.pk}/").content.decode()
+    applied = client.post(f"/requests/{opened.pk}/act/", {"action": "approve"}, follow=True)
+    assert _messages(applied) == [f"Approved: change request #{opened.pk} is applied."]
+    api.refresh_from_db()
+    assert (api.version, api.spec["limit"]) == (2, 250)
+    assert opened.reviews.count() == 1  # approving again added no second approval
+    assert AuditEntry.objects.filter(action="change_request.approve").count() == 1
+
+
+def test_a_request_in_an_environment_no_longer_guarded_still_needs_one_approval(
+    client: Client, editor: User, bob: User, admin: User, api: Policy
+) -> None:
+    opened = _open(api, editor)
+    do_update_environment(api.environment, Actor.of(admin), approvals_required=0)
+    client.force_login(bob)
+    page = client.get(f"/requests/{opened.pk}/").content.decode()
+    assert "needs 1 approval by editors" in page and "data-approvals>0 of 1<" in page
+    assert "data-approvals>0/1<" in client.get("/requests/").content.decode()
+    client.post(f"/requests/{opened.pk}/act/", {"action": "approve"})
+    opened.refresh_from_db()
+    assert opened.status == Status.APPLIED
