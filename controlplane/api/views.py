@@ -490,7 +490,7 @@ def _request_for(
     )
     if change_request is None or not includes(held, Role.VIEWER):
         raise Http404(f"No change request #{request_id}.")
-    check_role(held, needed)
+    check_role(held, needed, change_request.environment.name)
     return change_request, held
 
 
@@ -556,7 +556,8 @@ def _review(request: HttpRequest, request_id: int, decision: str, comment: str) 
     """Approve or reject: the environment's approver role is needed (403 below it)."""
     token = require(request, Role.EDITOR)
     change_request, held = _request_for(token, Role.EDITOR, request_id)
-    check_role(held, Role(change_request.environment.approver_role))
+    environment = change_request.environment
+    check_role(held, Role(environment.approver_role), environment.name)
     reviewed = review(change_request, actor_for(request, token), held, decision, comment)
     return _request_out(reviewed)
 
