@@ -455,7 +455,13 @@ def rollback_policy(
         proposal = Proposal(
             "rollback", kind, name, base_version=policy.version, rollback_to=payload.version
         )
-        return _propose(request, response, token, policy.environment, proposal, payload.reason)
+        try:
+            return _propose(request, response, token, policy.environment, proposal, payload.reason)
+        except PolicyError as exc:  # named as this call's body names it
+            errors = exc.errors
+            raise PolicyError(
+                {("version" if f == "rollback_to" else f): m for f, m in errors.items()}
+            ) from None
     policy = do_rollback_policy(
         policy,
         payload.version,

@@ -132,7 +132,14 @@ def _item_for(environment: Environment, proposal: Proposal) -> ChangeItem:
             else None
         )
         if target is None:
-            raise PolicyError({"version": [f"The {label} has no earlier version to restore."]})
+            raise PolicyError(
+                {
+                    "rollback_to": [
+                        f"The {label} is at v{version}: it has no earlier version "
+                        f"{proposal.rollback_to} to restore."
+                    ]
+                }
+            )
         spec = None if target.deleted else validate_policy_spec(proposal.kind, target.spec)
     elif proposal.op == Op.DELETE:
         spec = None

@@ -291,7 +291,7 @@ def test_one_request_changes_several_policies_and_bad_items_are_named(
         },
     )
     assert several.status_code == 422  # api has no earlier version than 1
-    assert list(several.json()["errors"]) == ["rate_limit.api.version"]
+    assert list(several.json()["errors"]) == ["rate_limit.api.rollback_to"]
 
 
 def test_a_proposed_secret_is_masked(

@@ -11,6 +11,7 @@ from django.contrib.auth.models import User
 from django.test import Client
 from django.utils import timezone
 
+from controlplane.accounts.actions import do_create_token
 from controlplane.accounts.actors import Actor
 from controlplane.accounts.roles import Role
 from controlplane.audit.models import AuditEntry
@@ -142,3 +143,28 @@ def test_a_request_in_an_environment_no_longer_guarded_still_needs_one_approval(
     client.post(f"/requests/{opened.pk}/act/", {"action": "approve"})
     opened.refresh_from_db()
     assert opened.status == Status.APPLIED
+
+
+def test_a_proposed_restore_of_a_version_that_does_not_exist_names_the_field_the_call_sent(
+    client: Client, editor: User, api: Policy
+) -> None:
+    _, secret = do_create_token("erin-ci", Role.EDITOR, Actor.of(editor))
+    headers = {"Authorization": f"Bearer {secret}"}
+    change = {"op": "rollback", "kind": "rate_limit", "name": "api", "rollback_to": 99}
+    proposed = client.post(
+        "/api/v1/environments/production/change-requests",
+        {"changes": [change], "reason": "undo"},
+        content_type="application/json",
+        headers=headers,
+    )
+    assert proposed.status_code == 422
+    assert list(proposed.json()["errors"]) == ["rollback_to"]
+    restored = client.post(
+        "/api/v1/environments/production/policies/rate_limit/api/rollback",
+        {"version": 99, "reason": "undo"},
+        content_type="application/json",
+        headers=headers,
+    )
+    assert restored.status_code == 422
+    assert list(restored.json()["errors"]) == ["version"]
+    assert not ChangeRequest.objects.exists()
