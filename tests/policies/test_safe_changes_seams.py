@@ -14,6 +14,7 @@ from django.utils import timezone
 from controlplane.accounts.actions import do_create_token
 from controlplane.accounts.actors import Actor
 from controlplane.accounts.roles import Role
+from controlplane.accounts.users import do_deactivate_user
 from controlplane.audit.models import AuditEntry
 from controlplane.policies.actions import do_create_policy
 from controlplane.policies.environment_actions import do_update_environment
@@ -168,3 +169,25 @@ def test_a_proposed_restore_of_a_version_that_does_not_exist_names_the_field_the
     assert restored.status_code == 422
     assert list(restored.json()["errors"]) == ["version"]
     assert not ChangeRequest.objects.exists()
+
+
+def test_a_deactivated_authors_request_stays_and_a_reviewer_decides_it(
+    client: Client, editor: User, bob: User, admin: User, api: Policy
+) -> None:
+    _, secret = do_create_token("erin-ci", Role.EDITOR, Actor.of(editor))
+    opened = _open(api, editor)
+    do_deactivate_user(editor, Actor.of(admin), "left the team")
+    withdrawn = client.post(
+        f"/api/v1/change-requests/{opened.pk}/withdraw",
+        {},
+        content_type="application/json",
+        headers={"Authorization": f"Bearer {secret}"},
+    )
+    assert withdrawn.status_code == 401  # their tokens went with them
+    client.force_login(bob)
+    assert f"#{opened.pk}" in client.get("/requests/?status=pending").content.decode()
+    client.post(f"/requests/{opened.pk}/act/", {"action": "approve"})
+    opened.refresh_from_db()
+    api.refresh_from_db()
+    assert (opened.status, api.spec["limit"]) == (Status.APPLIED, 250)
+    assert api.versions.get(version=2).author_name == "erin"
