@@ -273,13 +273,16 @@ async def test_websocket_permission_matrix(
     await communicator.disconnect()
 
 
-# Roles per environment: each page of an environment tried in production and in
-# staging by users whose role there differs; the other pages once each.
+# Roles per environment: each page of an environment (a change request's pages are
+# about its environment) tried in production and in staging by users whose role there
+# differs; the other pages once each.
 SCOPED: list[tuple[str, str, str, str, Role, int]] = [
     (who, environment, method, path.replace("/e/production/", f"/e/{environment}/"), least, ok)
     for who in HELD
     for method, path, least, ok in PAGES
-    for environment in (("production", "staging") if "/e/production/" in path else ("",))
+    for environment in (
+        ("production", "staging") if "/e/production/" in path or "{request}" in path else ("",)
+    )
 ]
 
 
@@ -295,9 +298,11 @@ def scoped_world(
         environment=cast.staging, kind="cache", name="found", last_seen=timezone.now()
     )
     do_set_override(cast.staging, "rate_limit", "api", "bypass", system, "load test")
+    change = Proposal("update", "rate_limit", "api", {"limit": 30})
+    request = open_request(cast.staging, [change], system, "change request")
     return {
         "production": world,
-        "staging": {**world, "discovered": str(discovered.pk)},
+        "staging": {**world, "discovered": str(discovered.pk), "request": str(request.pk)},
         "": world,
     }
 

@@ -151,7 +151,7 @@ def _request_for(request: HttpRequest, pk: int, needed: Role) -> tuple[ChangeReq
         check_role(grants.highest(), needed)
         raise Http404("No such change request.")
     held = grants.role_in(change_request.environment.name)
-    check_role(held, needed)
+    check_role(held, needed, change_request.environment.name)
     return change_request, held
 
 
