@@ -297,8 +297,9 @@ async def test_websocket_permission_matrix(
     await communicator.disconnect()
 
 
-# Roles per environment: each page of an environment tried in production and in
-# staging by users whose role there differs; the other pages once each.
+# Roles per environment: each page of an environment (a change request's pages are
+# about its environment) tried in production and in staging by users whose role there
+# differs; the other pages once each.
 SCOPED: list[tuple[str, str, str, str, Role, int]] = [
     (who, environment, method, path.replace("/e/production/", f"/e/{environment}/"), least, ok)
     for who in HELD

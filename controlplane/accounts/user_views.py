@@ -22,7 +22,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from controlplane.accounts.actors import Actor
 from controlplane.accounts.models import ApiToken, RoleGrant
-from controlplane.accounts.roles import ORDER, Role, role_required
+from controlplane.accounts.roles import ORDER, Role, has_role, role_required
 from controlplane.accounts.users import (
     EVERYWHERE,
     MAX_REASON,
@@ -199,6 +199,10 @@ def user_detail(request: HttpRequest, username: str) -> HttpResponse:
         except PolicyError as exc:
             form.add_errors(exc)
         else:
+            if person.pk == request.user.pk and not has_role(person, Role.ADMIN):
+                # Their own page now needs a role they gave up: go where they still may.
+                messages.success(request, "Saved your roles: you no longer manage users.")
+                return redirect("dashboard")
             messages.success(request, f"Saved the roles of {person.get_username()}.")
             return redirect("user-detail", person.get_username())
     return _detail(request, person, form=form, status=422)

@@ -234,10 +234,9 @@ def _request_summary(change_request: ChangeRequest) -> dict[str, Any]:
         "created_at": change_request.created_at,
         "apply_at": change_request.apply_at,
         "applied_at": change_request.applied_at,
-        # An unguarded environment's request still waits for one approval.
         "approvals": {
             "given": len(approvals(change_request)),
-            "required": max(environment.approvals_required, 1),
+            "required": environment.approvals_to_apply,
         },
         "blocked_reason": change_request.blocked_reason,
         "links": links,
@@ -473,7 +472,13 @@ def rollback_policy(
         proposal = Proposal(
             "rollback", kind, name, base_version=policy.version, rollback_to=payload.version
         )
-        return _propose(request, response, token, policy.environment, proposal, payload.reason)
+        try:
+            return _propose(request, response, token, policy.environment, proposal, payload.reason)
+        except PolicyError as exc:  # named as this call's body names it
+            errors = exc.errors
+            raise PolicyError(
+                {("version" if f == "rollback_to" else f): m for f, m in errors.items()}
+            ) from None
     policy = do_rollback_policy(
         policy,
         payload.version,
@@ -508,7 +513,7 @@ def _request_for(
     )
     if change_request is None or not includes(held, Role.VIEWER):
         raise Http404(f"No change request #{request_id}.")
-    check_role(held, needed)
+    check_role(held, needed, change_request.environment.name)
     return change_request, held
 
 
@@ -574,7 +579,8 @@ def _review(request: HttpRequest, request_id: int, decision: str, comment: str) 
     """Approve or reject: the environment's approver role is needed (403 below it)."""
     token = require(request, Role.EDITOR)
     change_request, held = _request_for(token, Role.EDITOR, request_id)
-    check_role(held, Role(change_request.environment.approver_role))
+    environment = change_request.environment
+    check_role(held, Role(environment.approver_role), environment.name)
     reviewed = review(change_request, actor_for(request, token), held, decision, comment)
     return _request_out(reviewed)
 

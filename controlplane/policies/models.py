@@ -56,6 +56,13 @@ class Environment(models.Model):
         """Whether changes to its policies wait for approval (a change request)."""
         return self.approvals_required > 0
 
+    @property
+    def approvals_to_apply(self) -> int:
+        """How many approvals a request here needs now: the rule, but at least one (a
+        request opened while the environment was guarded, or through the API, still
+        waits for someone else)."""
+        return max(self.approvals_required, 1)
+
     def keys(self) -> KeyLayout:
         return KeyLayout(self.name, settings.REDIS_KEY_PREFIX)
 

@@ -201,6 +201,8 @@ def request_detail(request: HttpRequest, request_id: int) -> HttpResponse:
             "approval_count": len(approvals(change_request)),
             "is_author": author,
             "may_review": is_open and approver and not author,
+            # Approved but not applied yet (planned, or to rebase): it may still be stopped.
+            "may_reject": change_request.status == Status.APPROVED and approver and not author,
             "own_request": is_open and author,
             "may_withdraw": change_request.is_pending and author,
             "may_schedule": change_request.is_pending and author,
@@ -267,7 +269,7 @@ def _approved_message(change_request: ChangeRequest) -> str:
     if change_request.status == Status.APPROVED:
         return f"Approved: change request #{change_request.pk} applies at its planned time."
     count = len(approvals(change_request))
-    needed = change_request.environment.approvals_required
+    needed = change_request.environment.approvals_to_apply
     return f"Approved: {count} of {needed} approvals."
 
 

@@ -21,7 +21,7 @@ import logging
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from django.db import transaction
@@ -132,7 +132,14 @@ def _item_for(environment: Environment, proposal: Proposal) -> ChangeItem:
             else None
         )
         if target is None:
-            raise PolicyError({"version": [f"The {label} has no earlier version to restore."]})
+            raise PolicyError(
+                {
+                    "rollback_to": [
+                        f"The {label} is at v{version}: it has no earlier version "
+                        f"{proposal.rollback_to} to restore."
+                    ]
+                }
+            )
         spec = None if target.deleted else validate_policy_spec(proposal.kind, target.spec)
     elif proposal.op == Op.DELETE:
         spec = None
@@ -184,9 +191,18 @@ def _audit_changes(items: Sequence[ChangeItem]) -> dict[str, list[Any]]:
     }
 
 
-def _check_apply_at(apply_at: datetime | None) -> None:
-    if apply_at is not None and apply_at <= timezone.now():
+def _check_apply_at(apply_at: datetime | None) -> datetime | None:
+    """``apply_at`` in UTC, if it is in the future. A time whose offset moves it past
+    the calendar's end is refused here: stored, it would fail every later read."""
+    if apply_at is None:
+        return None
+    try:
+        apply_at = apply_at.astimezone(UTC)
+    except OverflowError:
+        raise PolicyError({"apply_at": ["The time is out of range."]}) from None
+    if apply_at <= timezone.now():
         raise PolicyError({"apply_at": ["Choose a time in the future (or none: at once)."]})
+    return apply_at
 
 
 def open_request(
@@ -222,7 +238,7 @@ def open_request(
             errors["changes"] = [f"Change {proposal.kind} {proposal.name} once, in one item."]
         seen.add((proposal.kind, proposal.name))
     try:
-        _check_apply_at(apply_at)
+        apply_at = _check_apply_at(apply_at)
     except PolicyError as exc:
         errors.update(exc.errors)
     items: list[ChangeItem] = []
@@ -319,10 +335,14 @@ def review(
     """Approve or reject ``request`` as ``actor``, who holds ``held`` in its environment.
 
     Refused (``PolicyError`` naming ``decision``) to its author, to someone below the
-    environment's approver role, to someone who approved it already, and once it is
-    closed. A rejection needs a comment. The approval that reaches the number the
-    environment requires applies the request, unless it is planned for later; if its
-    base moved meanwhile it stays approved and says it needs a rebase.
+    environment's approver role, to someone who approved it already (unless its
+    approvals reach a number the environment lowered since: then it completes), and
+    once it is closed. A rejection needs a comment; an approved request that has not
+    applied yet (planned, or waiting for a rebase) may still be rejected: a reviewer
+    who finds a problem before 09:00 must be able to stop it, not only its author.
+    The approval that reaches the number the environment requires applies the
+    request, unless it is planned for later; if its base moved meanwhile it stays
+    approved and says it needs a rebase.
     """
     comment = comment.strip()
     check_length(comment, ChangeReview, "comment", name="comment")
@@ -332,7 +352,10 @@ def review(
         locked = _lock(request)
         environment = locked.environment
         needed = Role(environment.approver_role)
-        if locked.status != Status.OPEN:
+        rejecting_approved = (
+            decision == ChangeReview.Decision.REJECT and locked.status == Status.APPROVED
+        )
+        if locked.status != Status.OPEN and not rejecting_approved:
             raise PolicyError(
                 {"decision": [f"Change request #{locked.pk} is {locked.status}: no more reviews."]}
             )
@@ -344,19 +367,26 @@ def review(
             )
         if decision == ChangeReview.Decision.REJECT and not comment:
             raise PolicyError({"comment": ["Say why it is rejected: its author reads it."]})
-        if any(_same_person(r.reviewer_id, r.reviewer_name, actor) for r in approvals(locked)):
-            raise PolicyError({"decision": ["You approved this request already."]})
-        ChangeReview.objects.create(
-            request=locked,
-            reviewer=actor.user,  # type: ignore[misc]
-            reviewer_name=actor.name,
-            decision=decision,
-            comment=comment,
-        )
-        if decision == ChangeReview.Decision.REJECT:
-            _set_status(locked, actor, Status.REJECTED, "reject", comment)
-            return locked
-        _audit(locked, actor, "approve", comment, {"approvals": [None, len(approvals(locked))]})
+        if decision == ChangeReview.Decision.APPROVE and any(
+            _same_person(r.reviewer_id, r.reviewer_name, actor) for r in approvals(locked)
+        ):
+            # Approving again only completes a request whose approvals reach a number
+            # the environment lowered since; else it would wait for someone else forever.
+            if len(approvals(locked)) < environment.approvals_required:
+                raise PolicyError({"decision": ["You approved this request already."]})
+        else:
+            ChangeReview.objects.create(
+                request=locked,
+                reviewer=actor.user,  # type: ignore[misc]
+                reviewer_name=actor.name,
+                decision=decision,
+                comment=comment,
+            )
+            if decision == ChangeReview.Decision.REJECT:
+                _set_status(locked, actor, Status.REJECTED, "reject", comment)
+                return locked
+            given = len(approvals(locked))
+            _audit(locked, actor, "approve", comment, {"approvals": [None, given]})
         if len(approvals(locked)) >= environment.approvals_required:
             _set_status(locked, actor, Status.APPROVED, "approved")
     if locked.status == Status.APPROVED and locked.apply_at is None:
@@ -382,7 +412,7 @@ def withdraw(request: ChangeRequest, actor: Actor, reason: str = "") -> ChangeRe
 
 def schedule(request: ChangeRequest, actor: Actor, apply_at: datetime | None) -> ChangeRequest:
     """Plan the request for ``apply_at`` (None: at once once approved); author only."""
-    _check_apply_at(apply_at)
+    apply_at = _check_apply_at(apply_at)
     with transaction.atomic(durable=True):
         locked = _lock(request)
         if not _is_author(locked, actor):

@@ -272,6 +272,20 @@ def test_the_last_admin_cannot_be_deactivated_or_demoted(
     assert grants_of(User.objects.get(pk=admin.pk)).everywhere == Role.EDITOR
 
 
+def test_an_admin_who_demotes_themselves_lands_on_a_page_they_may_see(
+    client: Client, admin: User
+) -> None:
+    make_user("another-admin", Role.ADMIN)
+    client.force_login(admin)
+    response = client.post("/users/adam/", {"role_everywhere": "editor"}, follow=True)
+    assert response.status_code == 200
+    assert response.redirect_chain == [("/policies/", 302)]
+    assert [str(m) for m in response.context["messages"]] == [
+        "Saved your roles: you no longer manage users."
+    ]
+    assert grants_of(User.objects.get(pk=admin.pk)).everywhere == Role.EDITOR
+
+
 def test_only_a_superuser_changes_a_superuser(admin: User) -> None:
     root = User.objects.create_superuser("root", password="pw-root-123")
     with pytest.raises(PolicyError) as demoting:

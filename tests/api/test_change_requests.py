@@ -169,6 +169,23 @@ def test_a_rejection_needs_a_comment_and_closes_the_request(
     assert _limit(api_limit) == 100
 
 
+def test_an_approved_request_not_applied_yet_may_still_be_rejected(
+    api_limit: Policy, alice: User, bob: User, token_of: TokenOf
+) -> None:
+    later = (timezone.now() + timedelta(hours=1)).isoformat()
+    created = _propose(token_of(alice), apply_at=later)
+    approved = token_of(bob).call("post", f"{REQUESTS}/{created['id']}/approve", {})
+    assert approved.json()["status"] == "approved"
+    carol = make_user("carol", Role.EDITOR)
+    rejected = token_of(carol).call(
+        "post", f"{REQUESTS}/{created['id']}/reject", {"comment": "not during the freeze"}
+    )
+    assert rejected.status_code == 200, rejected.content
+    assert rejected.json()["status"] == "rejected"
+    assert apply_due_requests(timezone.now() + timedelta(hours=2)) == []
+    assert _limit(api_limit) == 100
+
+
 def test_only_the_author_withdraws(
     api_limit: Policy, alice: User, bob: User, token_of: TokenOf
 ) -> None:
@@ -274,7 +291,7 @@ def test_one_request_changes_several_policies_and_bad_items_are_named(
         },
     )
     assert several.status_code == 422  # api has no earlier version than 1
-    assert list(several.json()["errors"]) == ["rate_limit.api.version"]
+    assert list(several.json()["errors"]) == ["rate_limit.api.rollback_to"]
 
 
 def test_a_proposed_secret_is_masked(

@@ -124,16 +124,17 @@ TOKENS: dict[str, dict[str, Role | None]] = {
     "scoped-editor": {"production": None, "staging": Role.EDITOR, "": Role.EDITOR},
     "stella-admin": HELD["stella"],
 }
+# A change request's calls are about its environment: each is tried on a request in
+# production and on one in staging.
 SCOPED: list[tuple[str, str, str, str, Any, Role, int]] = [
     (token, environment, method, path.replace("/production", f"/{environment}"), body, least, ok)
     for token in TOKENS
     for method, path, body, least, ok in ENDPOINTS
-    # A change request's own endpoints name no environment: its scoping is tested in
-    # tests/api/test_change_requests.py (a token that cannot view it gets 404).
-    if "{request}" not in path
-    # Nor does a webhook delivery's: tests/api/test_webhooks_api.py tries its scoping.
-    and "{delivery}" not in path
-    for environment in (("production", "staging") if "/production" in path else ("",))
+    # A webhook delivery names no environment: tests/api/test_webhooks_api.py tries its scoping.
+    if "{delivery}" not in path
+    for environment in (
+        ("production", "staging") if "/production" in path or "{request}" in path else ("",)
+    )
 ]
 
 
@@ -143,6 +144,10 @@ def scoped_tokens(api_policy: None, production: Environment, system: Actor) -> d
     cast = scoped_cast(system)
     policy = do_create_policy(cast.staging, "rate_limit", "api", {"limit": 10}, system)
     do_update_policy(policy, {"limit": 20}, system)
+    # As in production: a pending request by someone else, whose base then moved.
+    change = Proposal("update", "rate_limit", "api", {"limit": 30})
+    open_request(cast.staging, [change], system, "x")
+    do_update_policy(policy, {"limit": 25}, system)
     do_create_policy(cast.staging, "breaker", "payments", {}, system)
     do_create_policy(cast.staging, "cache", "prices", {}, system)
     _, scoped = do_create_token("scoped", Role.EDITOR, system, environments=["staging"])
@@ -170,10 +175,16 @@ def test_api_permission_matrix_honours_token_scope_and_creator_role_per_environm
 
     api = ApiClient(client, scoped_tokens[token])
     held = TOKENS[token][environment]
+    about_request = "{request}" in path
+    if about_request:
+        path = path.format(request=ChangeRequest.objects.get(environment__name=environment).pk)
     before = None if includes(held, least) else stored(redis_client, key_prefix)
     response = api.call(method, path, body)
     if before is None:
         assert response.status_code == success, response.content
+        return
+    if about_request and held is None:  # a scoped token learns nothing of it
+        assert response.status_code == 404
         return
     assert response.status_code == 403
     assert f"needs the {least.value} role in {environment}" in response.json()["detail"]
