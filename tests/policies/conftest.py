@@ -3,11 +3,16 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from django.contrib.auth.models import User
 from django.db import transaction
 
+from controlplane.accounts.actors import Actor
+from controlplane.accounts.roles import Role
+from controlplane.policies.actions import do_create_policy
 from controlplane.policies.forms import PolicyForm
-from controlplane.policies.models import Policy
+from controlplane.policies.models import Environment, Policy
 from controlplane.policies.signals import row_changed
+from tests.conftest import make_user
 
 
 @pytest.fixture
@@ -42,3 +47,17 @@ def edit_form_data(policy: Policy, **changes: str) -> dict[str, str]:
         policy.kind, current=policy.spec, creating=False, tags=policy.tags, team=policy.team
     )
     return form_data(form, expected_version=str(policy.version), **changes)
+
+
+@pytest.fixture
+def api(guarded: Environment, system: Actor) -> Policy:
+    """A rate limiter in guarded production (tests of other files define their own)."""
+    return do_create_policy(
+        guarded, "rate_limit", "api", {"limit": 100, "period": 60}, system, "initial"
+    )
+
+
+@pytest.fixture
+def bob(db: None) -> User:
+    """A second editor, to review what another proposed."""
+    return make_user("bob", Role.EDITOR)

@@ -36,13 +36,6 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture
-def api(guarded: Environment, system: Actor) -> Policy:
-    return do_create_policy(
-        guarded, "rate_limit", "api", {"limit": 100, "period": 60}, system, "initial"
-    )
-
-
-@pytest.fixture
 def alice(editor: User) -> Actor:
     return Actor.of(editor)
 

@@ -32,18 +32,6 @@ EDIT = "/e/production/rate_limit/api/edit/"
 Status = ChangeRequest.Status
 
 
-@pytest.fixture
-def api(guarded: Environment, system: Actor) -> Policy:
-    return do_create_policy(
-        guarded, "rate_limit", "api", {"limit": 100, "period": 60}, system, "initial"
-    )
-
-
-@pytest.fixture
-def bob(db: None) -> User:
-    return make_user("bob", Role.EDITOR)
-
-
 def _published_limit(client: redis.Redis, policy: Policy) -> int:
     raw = client.hget(policy.environment.keys().policies, policy.field)
     assert raw is not None

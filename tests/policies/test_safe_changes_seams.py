@@ -16,27 +16,14 @@ from controlplane.accounts.actors import Actor
 from controlplane.accounts.roles import Role
 from controlplane.accounts.users import do_deactivate_user
 from controlplane.audit.models import AuditEntry
-from controlplane.policies.actions import do_create_policy
 from controlplane.policies.environment_actions import do_update_environment
-from controlplane.policies.models import ChangeRequest, Environment, Policy
+from controlplane.policies.models import ChangeRequest, Policy
 from controlplane.policies.requests import Proposal, apply_due_requests, open_request, review
 from tests.conftest import make_user
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 Status = ChangeRequest.Status
-
-
-@pytest.fixture
-def api(guarded: Environment, system: Actor) -> Policy:
-    return do_create_policy(
-        guarded, "rate_limit", "api", {"limit": 100, "period": 60}, system, "initial"
-    )
-
-
-@pytest.fixture
-def bob(db: None) -> User:
-    return make_user("bob", Role.EDITOR)
 
 
 def _open(policy: Policy, author: User, **extra: Any) -> ChangeRequest:
