@@ -36,7 +36,17 @@ AUDITED_EVENTS = {
     "change_request.reject": "change_request.rejected",
     "change_request.apply": "change_request.applied",
 }
-EVENT_TYPES = (*dict.fromkeys(AUDITED_EVENTS.values()), TEST)
+# Events no person makes, found by the workers: the fleet's breaker state changing
+# (controlplane.alerts), an alert rule firing or resolving (controlplane.alerts), and
+# drift the reconciler repaired (controlplane.policies.reconcile). Their payloads are
+# documented in docs/webhooks.md.
+BREAKER_OPENED = "breaker.opened"
+BREAKER_CLOSED = "breaker.closed"
+ALERT_FIRING = "alert.firing"
+ALERT_RESOLVED = "alert.resolved"
+DRIFT_FOUND = "drift.found"
+SYSTEM_EVENTS = (BREAKER_OPENED, BREAKER_CLOSED, ALERT_FIRING, ALERT_RESOLVED, DRIFT_FOUND)
+EVENT_TYPES = (*dict.fromkeys(AUDITED_EVENTS.values()), *SYSTEM_EVENTS, TEST)
 
 
 class OutsideTransactionError(RuntimeError):

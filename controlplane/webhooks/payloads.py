@@ -64,6 +64,12 @@ def summary(event: Event) -> str:
         "change_request.approved": f"The {request} {where} is approved",
         "change_request.rejected": f"{actor} rejected {request} {where}",
         "change_request.applied": f"The {request} {where} was applied",
+        "breaker.opened": f"Breaker {data.get('name')} opened {where} on "
+        f"{_instances(data)}{_failure_rate(data)}",
+        "breaker.closed": f"Breaker {data.get('name')} closed again {where}",
+        "alert.firing": f"Alert firing {where}: {data.get('summary', data.get('rule'))}",
+        "alert.resolved": f"Alert resolved {where}: {data.get('summary', data.get('rule'))}",
+        "drift.found": f"The reconciler repaired drift {where}: {data.get('summary', '')}",
         "test": f"Test message for webhook {data.get('webhook')} {where}: it works",
     }
     sentence = sentences.get(event.type, f"{event.type} {where}")
@@ -71,6 +77,19 @@ def summary(event: Event) -> str:
         sentence += f" (version {data['version']})"
     reason = data.get("reason")
     return f"{sentence}: {reason}" if reason and event.type != "override.expired" else sentence
+
+
+def _instances(data: dict[str, Any]) -> str:
+    count = data.get("instances_open")
+    total = data.get("instances_reporting")
+    if isinstance(count, int) and isinstance(total, int):
+        return f"{count} of {total} instances"
+    return "some instances"
+
+
+def _failure_rate(data: dict[str, Any]) -> str:
+    rate = data.get("failure_rate")
+    return f" (failure rate {rate:g} %)" if isinstance(rate, int | float) else ""
 
 
 def diff_lines(diff: Any) -> list[str]:
