@@ -6,6 +6,7 @@ from typing import Any
 
 import redis
 from django.contrib import messages
+from django.core.paginator import Paginator
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse, QueryDict
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
@@ -18,6 +19,7 @@ from controlplane.live.history import (
     RATE_WINDOW,
     SERIES,
     SPARKLINES,
+    Instance,
     read_history,
     read_minutes,
 )
@@ -41,6 +43,8 @@ from controlplane.policies.requests import Proposal
 from controlplane.policies.views import confirm_saved
 from controlplane.protocol.schema import PolicyError
 from controlplane.redis_connection import get_redis
+
+INSTANCES_PER_PAGE = 100  # a fleet of 10,000 is searched and paged, never one table
 
 # What each override button does: (kind, action) -> state to set, or a verb.
 ACTIONS = {(kind, a.action): a.does for kind, actions in OPERATOR_ACTIONS.items() for a in actions}
@@ -97,11 +101,30 @@ def sparklines(request: HttpRequest, environment: str) -> JsonResponse:
 @role_required(Role.VIEWER)
 @require_GET
 def instances(request: HttpRequest, environment: str) -> HttpResponse:
+    """The instances, problems first, ``INSTANCES_PER_PAGE`` at a time: searched by ``q``
+    (service, instance, host or implementation) and filtered by ``status``."""
     env = _environment(request, environment)
     snapshot = live_snapshot(env)
     implementations = Counter(i.implementation_label for i in snapshot.instances)
     sync = snapshot.sync(env.revision)
-    status = {id(i): "applying" for i in sync.applying} | {id(i): "behind" for i in sync.behind}
+    by_status = {
+        "behind": sync.behind,
+        "applying": sync.applying,
+        "in_sync": sync.in_sync,
+        "gone": sync.gone,
+    }
+    query = request.GET.get("q", "").strip()[:200]
+    wanted = request.GET.get("status", "")
+    if wanted not in by_status:
+        wanted = ""
+    rows = [
+        (instance, status)
+        for status, listed in by_status.items()
+        if wanted in ("", status)
+        for instance in sorted(listed, key=lambda i: (i.service, i.instance))
+        if _instance_matches(instance, query.casefold())
+    ]
+    page = Paginator(rows, INSTANCES_PER_PAGE).get_page(request.GET.get("page"))
     return render(
         request,
         "live/instances.html",
@@ -109,11 +132,32 @@ def instances(request: HttpRequest, environment: str) -> HttpResponse:
             "environment": env,
             "snapshot": snapshot,
             "sync": sync,
-            "rows": [(i, status.get(id(i), "in_sync")) for i in snapshot.instances]
-            + [(i, "gone") for i in sync.gone],
+            "rows": page.object_list,
+            "page": page,
+            "matching": len(rows),
+            "query": query,
+            "status": wanted,
+            "kept": _kept(request, "page"),
+            "counts": {status: len(listed) for status, listed in by_status.items()},
             "implementations": implementations.most_common(),
         },
     )
+
+
+def _kept(request: HttpRequest, *dropped: str) -> str:
+    """The page's query string without ``dropped``: what a pager's links keep."""
+    kept = request.GET.copy()
+    for name in dropped:
+        kept.pop(name, None)
+    return kept.urlencode()
+
+
+def _instance_matches(instance: Instance, query: str) -> bool:
+    """Whether ``query`` (case-folded) is part of what the instances page shows of it."""
+    if not query:
+        return True
+    shown = (instance.service, instance.instance, instance.host, instance.implementation_label)
+    return any(query in text.casefold() for text in shown)
 
 
 @role_required(Role.VIEWER)

@@ -741,3 +741,90 @@ def test_overview_offers_a_filter_bar_set_from_the_query_string(
     assert 'name="q" value="pay"' in html
     assert 'data-kind-section="cache"' in html and "js/filter.js" in html
     assert "{#" not in html and "#}" not in html  # no template comment shown as text
+
+
+def _heartbeats(redis_client: redis.Redis, environment: Environment, **instances: dict) -> None:
+    """Heartbeats of ``instances`` (name -> members over a fresh, in-sync default)."""
+    for name, members in instances.items():
+        document = {
+            "service": "shop",
+            "host": "h",
+            "pid": 1,
+            "library_version": "0.1.0",
+            "revision": environment.revision,
+            "connected": True,
+            "at": time.time(),
+            **members,
+        }
+        redis_client.hset(environment.keys().instances, name, json.dumps(document))
+
+
+def _listed(html: str) -> list[str]:
+    return [part.split('"', 1)[0] for part in html.split('data-instance="')[1:]]
+
+
+def test_instances_page_pages_a_large_fleet_problems_first(
+    client: Client,
+    viewer: User,
+    production: Environment,
+    policies: None,
+    redis_client: redis.Redis,
+) -> None:
+    production.refresh_from_db()  # at the policies' revision
+    fleet = {f"web-{n:03}": {"service": "web"} for n in range(230)}
+    _heartbeats(redis_client, production, **fleet, lagging={"revision": 0, "service": "zz"})
+    published = datetime.now(UTC) - timedelta(minutes=1)  # past every heartbeat timeout
+    redis_client.set(
+        production.keys().meta,
+        MetaDocument("production", production.revision, published.isoformat()).encode(),
+    )
+    client.force_login(viewer)
+
+    first = client.get("/e/production/instances/").content.decode()
+    third = client.get("/e/production/instances/?page=3").content.decode()
+
+    assert len(_listed(first)) == 100 and len(_listed(third)) == 31
+    assert _listed(first)[:2] == ["lagging", "web-000"]  # behind comes first
+    assert "Page 1 of 3 (231 instances)" in first and 'rel="next"' in first
+    assert _listed(third)[-1] == "web-229" and 'rel="next"' not in third
+    every = set()
+    for page in (1, 2, 3):
+        every |= set(_listed(client.get(f"/e/production/instances/?page={page}").content.decode()))
+    assert len(every) == 231  # each instance on exactly one page
+
+
+def test_instances_page_searches_and_filters_by_status(
+    client: Client,
+    viewer: User,
+    production: Environment,
+    policies: None,
+    redis_client: redis.Redis,
+) -> None:
+    production.refresh_from_db()
+    _heartbeats(
+        redis_client,
+        production,
+        **{f"checkout-{n}": {"service": "checkout", "host": "rack-7"} for n in range(3)},
+        **{f"search-{n}": {"service": "search"} for n in range(150)},
+        **{"search-old": {"service": "search", "revision": 0}},
+    )
+    published = datetime.now(UTC) - timedelta(minutes=1)
+    redis_client.set(
+        production.keys().meta,
+        MetaDocument("production", production.revision, published.isoformat()).encode(),
+    )
+    client.force_login(viewer)
+
+    by_host = client.get("/e/production/instances/?q=RACK-7").content.decode()
+    behind = client.get("/e/production/instances/?q=search&status=behind").content.decode()
+    searched = client.get("/e/production/instances/?q=search&page=2").content.decode()
+    nothing = client.get("/e/production/instances/?q=%3Cb%3Enope").content.decode()
+    unknown_status = client.get("/e/production/instances/?status=bogus&page=x").content.decode()
+
+    assert sorted(_listed(by_host)) == ["checkout-0", "checkout-1", "checkout-2"]
+    assert "3 instances matching." in by_host
+    assert _listed(behind) == ["search-old"]
+    assert len(_listed(searched)) == 51  # 151 match "search": the second page's rest
+    assert 'href="?q=search&amp;page=1"' in searched  # the pager keeps the search
+    assert _listed(nothing) == [] and "No instance matches “&lt;b&gt;nope”" in nothing
+    assert len(_listed(unknown_status)) == 100  # an unknown filter shows all, page 1
