@@ -4,6 +4,7 @@ import json
 import time
 from datetime import UTC, datetime, timedelta
 from html.parser import HTMLParser
+from typing import Any
 
 import pytest
 import redis
@@ -743,7 +744,9 @@ def test_overview_offers_a_filter_bar_set_from_the_query_string(
     assert "{#" not in html and "#}" not in html  # no template comment shown as text
 
 
-def _heartbeats(redis_client: redis.Redis, environment: Environment, **instances: dict) -> None:
+def _heartbeats(
+    redis_client: redis.Redis, environment: Environment, **instances: dict[str, Any]
+) -> None:
     """Heartbeats of ``instances`` (name -> members over a fresh, in-sync default)."""
     for name, members in instances.items():
         document = {
