@@ -149,6 +149,11 @@ RECONCILER_ENABLED = env_bool("RECONCILER_ENABLED", True)
 # Read client reports (heartbeats, transitions, counters) inside each Daphne
 # process; replicas share the work through a Redis consumer group.
 INGEST_ENABLED = env_bool("INGEST_ENABLED", True)
+# An instance that stopped reporting without a goodbye (a killed process) is listed
+# as gone this many seconds after its last heartbeat; then the ingest removes it, and
+# its breakers' states, from Redis, so the live state does not grow with every
+# process that ever started.
+INSTANCES_FORGET_AFTER = env_float("INSTANCES_FORGET_AFTER", 900.0, minimum=60.0)
 # Send outgoing webhooks from each Daphne process (replicas share the work: a
 # delivery is claimed before it is sent). A send waits at most WEBHOOKS_TIMEOUT
 # seconds; a failed one is retried after an exponential backoff (from

@@ -24,6 +24,7 @@ from datetime import datetime
 from typing import Any
 
 import redis
+from django.conf import settings
 from redis.client import NEVER_DECODE
 
 from controlplane.live.models import BreakerEvent
@@ -43,9 +44,8 @@ RATE_WINDOW = 5  # seconds averaged for the overview's rates
 REPORT_GRACE = 0.5
 INSTANCE_TIMEOUT = 30.0  # gone after this long without a heartbeat, if it gives no interval
 INSTANCE_MARGIN = 2.0  # gone after its heartbeat interval + max(this, interval / 2)
-# A gone instance is listed as gone this long after its last heartbeat, then no more:
-# a killed process says no goodbye, and its field stays in the instances hash for good.
-GONE_LISTED_FOR = 900.0
+# A gone instance is listed as gone for ``settings.INSTANCES_FORGET_AFTER`` seconds
+# after its last heartbeat; then ``forget_gone`` removes it from Redis.
 MAX_HEARTBEAT_INTERVAL = 86_400.0
 HEARTBEAT_BYTES = 16 * 1024  # a heartbeat document takes about 200 bytes
 # An instance id, and each text a heartbeat shows, is as long as the database keeps one.
@@ -433,8 +433,9 @@ def _shown(raw: Any) -> str:
 
 
 def _instances(key: str, raw: dict[Any, Any], now: float) -> tuple[list[Instance], list[Instance]]:
-    """The live instances and those gone in the last ``GONE_LISTED_FOR`` seconds."""
+    """The live instances and those gone in the last ``INSTANCES_FORGET_AFTER`` seconds."""
     instances, gone = [], []
+    listed_for = settings.INSTANCES_FORGET_AFTER
     for raw_id, document in raw.items():
         instance_id = _text(raw_id)
         try:
@@ -449,7 +450,7 @@ def _instances(key: str, raw: dict[Any, Any], now: float) -> tuple[list[Instance
             continue
         if now - instance.last_seen <= instance.timeout:
             instances.append(instance)
-        elif now - instance.last_seen <= GONE_LISTED_FOR:
+        elif now - instance.last_seen <= listed_for:
             gone.append(instance)
     return sorted(instances, key=_by_service), sorted(gone, key=_by_service)
 
@@ -491,6 +492,77 @@ def _breaker_states(key: str, raw: dict[Any, Any]) -> list[tuple[str, str, str, 
             continue
         found.append((name, instance, state, since))
     return found
+
+
+# Deletes each field of KEYS[1] named in ARGV (field, value, field, value...) whose
+# value is still the one read: an instance that reported again meanwhile is kept.
+_DELETE_UNCHANGED = """
+local removed = 0
+for i = 1, #ARGV, 2 do
+  if redis.call('HGET', KEYS[1], ARGV[i]) == ARGV[i + 1] then
+    removed = removed + redis.call('HDEL', KEYS[1], ARGV[i])
+  end
+end
+return removed
+"""
+FORGET_BATCH = 500  # fields compared and deleted in one script call
+
+
+@dataclass
+class Forgotten:
+    instances: int = 0
+    breaker_states: int = 0
+
+
+def forget_gone(client: redis.Redis, keys: KeyLayout, now: float | None = None) -> Forgotten:
+    """Remove from Redis the instances silent for ``INSTANCES_FORGET_AFTER`` seconds (and
+    longer than their own timeout), and the breaker states of instances no longer there.
+
+    Each field is deleted only if it still holds what was read, so an instance that
+    comes back between the read and the delete keeps its heartbeat. Malformed fields
+    are left for the readers to skip (and report).
+    """
+    now = time.time() if now is None else now
+    forget_after = settings.INSTANCES_FORGET_AFTER
+    delete = client.register_script(_DELETE_UNCHANGED)
+    instances_raw: dict[Any, Any] = undecoded(client, "HGETALL", keys.instances) or {}
+    stale: list[Any] = []
+    kept: set[str] = set()
+    for raw_id, document in instances_raw.items():
+        instance_id = _text(raw_id)
+        try:
+            instance = read_heartbeat(instance_id or "", document)
+        except ValueError:
+            continue
+        if instance_id and now - instance.last_seen > max(forget_after, instance.timeout):
+            stale += [raw_id, document]
+        elif instance_id:
+            kept.add(instance_id)
+    forgotten = Forgotten(instances=_delete_unchanged(delete, keys.instances, stale))
+    states_raw: dict[Any, Any] = undecoded(client, "HGETALL", keys.live_breaker_states) or {}
+    orphans: list[Any] = []
+    for raw_field, raw_value in states_raw.items():
+        field_text, value = _text(raw_field, 2 * INSTANCE_LENGTH), _text(raw_value)
+        instance_id = (field_text or "").partition("|")[2]
+        at = finite_number((value or "").partition("|")[2] or 0)
+        # A grace of one default timeout: a new instance may report a state before its
+        # first heartbeat is in the hash.
+        if (
+            instance_id
+            and at is not None
+            and instance_id not in kept
+            and now - at > INSTANCE_TIMEOUT
+        ):
+            orphans += [raw_field, raw_value]
+    forgotten.breaker_states = _delete_unchanged(delete, keys.live_breaker_states, orphans)
+    return forgotten
+
+
+def _delete_unchanged(script: Any, key: str, pairs: list[Any]) -> int:
+    removed = 0
+    for start in range(0, len(pairs), 2 * FORGET_BATCH):
+        removed += int(script(keys=[key], args=pairs[start : start + 2 * FORGET_BATCH]))
+    return removed
 
 
 COUNTERS_BY_KIND: dict[str, tuple[str, ...]] = {

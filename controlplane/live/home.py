@@ -18,12 +18,12 @@ from datetime import datetime
 from urllib.parse import quote
 
 import redis
+from django.conf import settings
 from django.template.loader import render_to_string
 from django.utils import timezone
 
 from controlplane.live.history import (
     COUNTERS_BY_KIND,
-    GONE_LISTED_FOR,
     RATE_WINDOW,
     REPORT_GRACE,
     PolicyRates,
@@ -283,7 +283,7 @@ def environment_health(
                 "gone",
                 f"{len(sync.gone)} instance{'s' if len(sync.gone) > 1 else ''} gone silent",
                 f"stopped reporting without a goodbye in the last "
-                f"{GONE_LISTED_FOR / 60:.0f} min ({', '.join(services)})",
+                f"{settings.INSTANCES_FORGET_AFTER / 60:.0f} min ({', '.join(services)})",
                 f"/e/{quote(environment.name)}/instances/",
             )
         )

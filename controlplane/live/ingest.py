@@ -22,12 +22,13 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import redis
+from django.conf import settings
 from django.db import DatabaseError, close_old_connections, transaction
 
 from controlplane.live import history
@@ -55,6 +56,7 @@ GROUP = "controlplane"
 BATCH = 500
 CLAIM_IDLE_MS = 60_000
 CLUSTER_POLL_INTERVAL = 0.05  # seconds between reads of idle streams on a Redis Cluster
+FORGET_INTERVAL = 60.0  # seconds between two removals of long-gone instances
 
 
 def ensure_group(client: redis.Redis, stream: str) -> None:
@@ -249,6 +251,24 @@ def _entries(raw: Any) -> Entries:
     return [(_id(entry_id), fields) for entry_id, fields in raw or [] if fields is not None]
 
 
+def forget_gone(environments: Iterable[Environment]) -> history.Forgotten:
+    """Remove long-gone instances and their breaker states from each environment's live
+    state (``history.forget_gone``); every replica may do it: each removal is checked."""
+    total = history.Forgotten()
+    for environment in environments:
+        forgotten = history.forget_gone(get_redis(), environment.keys())
+        total.instances += forgotten.instances
+        total.breaker_states += forgotten.breaker_states
+    if total.instances or total.breaker_states:
+        logger.info(
+            "Forgot %d instances gone for over %.0f s and %d breaker states of instances gone",
+            total.instances,
+            settings.INSTANCES_FORGET_AFTER,
+            total.breaker_states,
+        )
+    return total
+
+
 class Ingestor(threading.Thread):
     """Background thread of each control-plane process: read, apply, acknowledge, announce."""
 
@@ -268,6 +288,7 @@ class Ingestor(threading.Thread):
         environments: dict[str, Environment] = {}
         next_refresh = 0.0
         next_claim = 0.0
+        next_forget = time.monotonic() + FORGET_INTERVAL
         database = Outage(
             logger,
             DATABASE_ERRORS.labels("ingest"),
@@ -288,6 +309,9 @@ class Ingestor(threading.Thread):
                 if time.monotonic() >= next_claim:
                     self._claim_abandoned(environments)
                     next_claim = time.monotonic() + 30
+                if time.monotonic() >= next_forget:
+                    forget_gone(environments.values())
+                    next_forget = time.monotonic() + FORGET_INTERVAL
                 self.read_once(environments)
                 database.answered()
             except redis.ResponseError as exc:

@@ -5,14 +5,17 @@ from __future__ import annotations
 import json
 import time
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 import redis
+from django.conf import settings
 from django.contrib.auth.models import User
 from django.test import Client
 
 from controlplane.accounts.actors import Actor
-from controlplane.live.history import GONE_LISTED_FOR, read_snapshot
+from controlplane.live.history import _DELETE_UNCHANGED, Forgotten, _delete_unchanged, read_snapshot
+from controlplane.live.ingest import forget_gone
 from controlplane.policies.actions import do_create_policy
 from controlplane.policies.models import Environment
 from controlplane.policies.overrides import do_set_override
@@ -55,7 +58,7 @@ def test_each_instance_is_in_sync_applying_behind_or_gone(
     heartbeat(redis_client, production, "synced", current, now - 1)
     heartbeat(redis_client, production, "not-yet", old, now - 4)  # last heard before it
     heartbeat(redis_client, production, "stopped", old, now - 20)  # no heartbeat for 20 s
-    heartbeat(redis_client, production, "ancient", old, now - GONE_LISTED_FOR - 1)
+    heartbeat(redis_client, production, "ancient", old, now - settings.INSTANCES_FORGET_AFTER - 1)
 
     snapshot = read_snapshot(redis_client, production.keys(), now=now)
     sync = snapshot.sync(current, now=now)
@@ -131,3 +134,60 @@ def test_an_instance_that_stopped_is_gone_on_the_overview_and_instances_page(
     assert 'data-instance="killed" data-status="gone"' in instances
     assert 'data-instance="alive" data-status="in_sync"' in instances
     assert "data-behind" not in instances
+
+
+def test_instances_gone_long_ago_leave_redis_with_their_breaker_states(
+    production: Environment, redis_client: redis.Redis, settings: Any
+) -> None:
+    settings.INSTANCES_FORGET_AFTER = 600.0
+    now = time.time()
+    keys = production.keys()
+    heartbeat(redis_client, production, "live", 1, now - 1)
+    heartbeat(redis_client, production, "gone-lately", 1, now - 300)  # still listed as gone
+    heartbeat(redis_client, production, "gone-long-ago", 1, now - 601)
+    slow = {"service": "batch", "revision": 1, "at": now - 3000, "heartbeat_interval": 3600}
+    redis_client.hset(keys.instances, "hourly", json.dumps(slow))  # not yet due: still live
+    redis_client.hset(keys.instances, "garbled", b"\xff not json")  # left for readers to skip
+    states = {
+        "payments|live": f"closed|{now - 5000}",  # an old state of a live instance stays
+        "payments|gone-lately": f"open|{now - 300}",
+        "payments|gone-long-ago": f"open|{now - 601}",
+        "payments|said-goodbye": f"closed|{now - 120}",  # its heartbeat field is gone
+        "payments|just-started": f"open|{now - 2}",  # its first heartbeat is on its way
+        "payments|hourly": f"closed|{now - 3000}",
+    }
+    redis_client.hset(keys.live_breaker_states, mapping=states)
+
+    forgotten = forget_gone([production])
+
+    assert (forgotten.instances, forgotten.breaker_states) == (1, 2)
+    assert sorted(redis_client.hkeys(keys.instances)) == [
+        "garbled",
+        "gone-lately",
+        "hourly",
+        "live",
+    ]
+    assert sorted(redis_client.hkeys(keys.live_breaker_states)) == [
+        "payments|gone-lately",
+        "payments|hourly",
+        "payments|just-started",
+        "payments|live",
+    ]
+    assert forget_gone([production]) == Forgotten(0, 0)  # nothing more to do
+
+
+def test_an_instance_that_reports_again_is_not_forgotten(
+    production: Environment, redis_client: redis.Redis, settings: Any
+) -> None:
+    settings.INSTANCES_FORGET_AFTER = 60.0
+    keys = production.keys()
+    now = time.time()
+    heartbeat(redis_client, production, "back", 1, now - 100)
+    read = redis_client.hget(keys.instances, "back")
+    heartbeat(redis_client, production, "back", 1, now)  # it reports between read and delete
+
+    removed = _delete_unchanged(
+        redis_client.register_script(_DELETE_UNCHANGED), keys.instances, [b"back", read]
+    )
+
+    assert removed == 0 and redis_client.hexists(keys.instances, "back")
