@@ -154,6 +154,9 @@ INGEST_ENABLED = env_bool("INGEST_ENABLED", True)
 # its breakers' states, from Redis, so the live state does not grow with every
 # process that ever started.
 INSTANCES_FORGET_AFTER = env_float("INSTANCES_FORGET_AFTER", 900.0, minimum=60.0)
+# Breaker events and discovered names older than this many days are deleted (once an
+# hour, by the ingest; or `manage.py prune_history`), and so are expired sessions.
+HISTORY_KEEP_DAYS = env_float("HISTORY_KEEP_DAYS", 30.0, minimum=1.0)
 # Send outgoing webhooks from each Daphne process (replicas share the work: a
 # delivery is claimed before it is sent). A send waits at most WEBHOOKS_TIMEOUT
 # seconds; a failed one is retried after an exponential backoff (from

@@ -34,6 +34,7 @@ from django.db import DatabaseError, close_old_connections, transaction
 from controlplane.live import history
 from controlplane.live.models import BreakerEvent, DiscoveredName
 from controlplane.live.push import notify
+from controlplane.live.retention import prune_history
 from controlplane.ops.metrics import DATABASE_ERRORS, REPORTS_INGESTED
 from controlplane.ops.outage import DATABASE_UNAVAILABLE, Outage
 from controlplane.policies.models import Environment, Policy
@@ -57,6 +58,7 @@ BATCH = 500
 CLAIM_IDLE_MS = 60_000
 CLUSTER_POLL_INTERVAL = 0.05  # seconds between reads of idle streams on a Redis Cluster
 FORGET_INTERVAL = 60.0  # seconds between two removals of long-gone instances
+PRUNE_INTERVAL = 3600.0  # seconds between two prunings of the database's history
 
 
 def ensure_group(client: redis.Redis, stream: str) -> None:
@@ -289,6 +291,7 @@ class Ingestor(threading.Thread):
         next_refresh = 0.0
         next_claim = 0.0
         next_forget = time.monotonic() + FORGET_INTERVAL
+        next_prune = time.monotonic() + 60  # not in the rush of a start
         database = Outage(
             logger,
             DATABASE_ERRORS.labels("ingest"),
@@ -312,6 +315,11 @@ class Ingestor(threading.Thread):
                 if time.monotonic() >= next_forget:
                     forget_gone(environments.values())
                     next_forget = time.monotonic() + FORGET_INTERVAL
+                if time.monotonic() >= next_prune:
+                    next_prune = time.monotonic() + PRUNE_INTERVAL
+                    pruned = prune_history()
+                    if pruned.any:
+                        logger.info("Pruned the history: %s", pruned)
                 self.read_once(environments)
                 database.answered()
             except redis.ResponseError as exc:
