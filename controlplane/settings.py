@@ -103,6 +103,25 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     DATABASES["default"].setdefault("OPTIONS", {}).setdefault(
         "connect_timeout", int(env_float("DATABASE_CONNECT_TIMEOUT", 5, minimum=1))
     )
+    # Under ASGI each request may run on another thread, so Django's persistent
+    # connections (CONN_MAX_AGE) do not carry over: without a pool every request would
+    # open a connection. Each process keeps a psycopg pool instead (Django's `pool`
+    # option); a request waits at most DATABASE_POOL_TIMEOUT seconds for a connection.
+    if env_bool("DATABASE_POOL", True):
+        DATABASES["default"]["CONN_MAX_AGE"] = 0  # the pool keeps them; Django must not
+        pool_size = (
+            int(env_float("DATABASE_POOL_MIN_SIZE", 2, minimum=0)),
+            int(env_float("DATABASE_POOL_MAX_SIZE", 20, minimum=1)),
+        )
+        DATABASES["default"]["OPTIONS"]["pool"] = {
+            "min_size": pool_size[0],
+            "max_size": pool_size[1],
+            "timeout": env_float("DATABASE_POOL_TIMEOUT", 10.0, minimum=0.1),
+        }
+        if pool_size[0] > pool_size[1]:
+            raise ImproperlyConfigured(
+                "DATABASE_POOL_MIN_SIZE must not be above DATABASE_POOL_MAX_SIZE"
+            )
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # WAL lets the dashboard read while a change commits; IMMEDIATE takes the
     # write lock at BEGIN, so concurrent writers queue instead of failing.

@@ -75,10 +75,12 @@ def test_a_cluster_for_policies_and_a_server_for_the_channel_layer() -> None:
         ("DATABASE_URL", "nonsense://x", "DATABASE_URL is not a database URL"),
         ("REDIS_URL", "redis://r:6379/0?cluster=maybe", "REDIS_URL: cluster='maybe'"),
         ("REDIS_URL", "redis://r:6379/0?cluster=true", "CHANNEL_LAYER_URL: channels-redis cannot"),
+        ("DATABASE_POOL_MAX_SIZE", "0", "DATABASE_POOL_MAX_SIZE='0' must be at least 1"),
     ],
 )
 def test_bad_setting_stops_start_up_naming_it(name: str, value: str, message: str) -> None:
-    result = _load_settings(SECRET_KEY="x", **{name: value})
+    database = {"DATABASE_URL": "postgres://u@db.internal:5432/cp"} if "POOL" in name else {}
+    result = _load_settings(SECRET_KEY="x", **database, **{name: value})
     assert result.returncode != 0
     assert message in result.stderr
 
@@ -180,3 +182,34 @@ def test_daphne_refuses_to_serve_with_a_weak_secret_key_outside_debug(tmp_path: 
     assert "ImproperlyConfigured: SECRET_KEY is too short" in weak.stderr
     assert _load_asgi(tmp_path, SECRET_KEY=STRONG).returncode == 0
     assert _load_asgi(tmp_path, SECRET_KEY="x", DEBUG="true").returncode == 0
+
+
+def _database_settings(**env: str) -> str:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import controlplane.settings as s; d = s.DATABASES['default']; "
+            "print(d['CONN_MAX_AGE'], d['OPTIONS'].get('pool'))",
+        ],
+        cwd=ROOT,
+        env={**os.environ, "SECRET_KEY": "x", **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+def test_postgresql_connections_come_from_a_pool_per_process() -> None:
+    url = "postgres://u@db.internal:5432/cp"
+
+    assert _database_settings(DATABASE_URL=url) == (
+        "0 {'min_size': 2, 'max_size': 20, 'timeout': 10.0}"
+    )
+    assert _database_settings(
+        DATABASE_URL=url, DATABASE_POOL_MAX_SIZE="5", DATABASE_POOL_MIN_SIZE="1"
+    ) == ("0 {'min_size': 1, 'max_size': 5, 'timeout': 10.0}")
+    assert _database_settings(DATABASE_URL=url, DATABASE_POOL="false") == "0 None"
+    assert _database_settings(DATABASE_URL="sqlite:////tmp/x.sqlite3") == "0 None"
