@@ -30,6 +30,7 @@ from controlplane.webhooks import http
 from controlplane.webhooks.events import TEST, emit_to
 from controlplane.webhooks.models import Delivery, Event, Webhook
 from controlplane.webhooks.payloads import render
+from controlplane.webhooks.retention import PRUNE_EVERY, prune
 from controlplane.webhooks.signing import signature_header
 
 logger = logging.getLogger(__name__)
@@ -218,7 +219,8 @@ def send_test(webhook: Webhook) -> Event:
 
 
 class WebhookSender(threading.Thread):
-    """Background thread: a round of ``deliver_due`` every ``WEBHOOKS_INTERVAL`` seconds."""
+    """Background thread: a round of ``deliver_due`` every ``WEBHOOKS_INTERVAL`` seconds,
+    and a ``prune`` of old deliveries and events once an hour (the first an hour in)."""
 
     def __init__(self, interval: float | None = None) -> None:
         super().__init__(name="controlplane-webhooks", daemon=True)
@@ -236,10 +238,14 @@ class WebhookSender(threading.Thread):
             "The webhook sender cannot reach the database",
             "The database answers again; the webhook sender is running",
         )
+        next_prune = time.monotonic() + PRUNE_EVERY
         while not self._stop_event.is_set():
             close_old_connections()
             try:
                 deliver_due()
+                if time.monotonic() >= next_prune:
+                    next_prune = time.monotonic() + PRUNE_EVERY
+                    logger.info("Webhook retention: deleted %s", prune())
                 database_outage.answered()
             except DATABASE_UNAVAILABLE as exc:
                 database_outage.failed(exc)
