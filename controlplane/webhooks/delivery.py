@@ -204,13 +204,6 @@ def finish(delivery: Delivery, outcome: Outcome, now: datetime) -> bool:
     return outcome.delivered
 
 
-def redeliver(delivery: Delivery) -> None:
-    """Send a delivery again, now (its attempts are kept, to show how it went)."""
-    Delivery.objects.filter(pk=delivery.pk).update(
-        status=Delivery.Status.PENDING, next_attempt_at=timezone.now(), delivered_at=None
-    )
-
-
 def send_test(webhook: Webhook) -> Event:
     """A ``test`` event for ``webhook`` only (its "Send test" button), sent by the worker."""
     with transaction.atomic():

@@ -16,7 +16,8 @@ from django.db import connection
 from controlplane.accounts.actors import Actor
 from controlplane.policies.actions import do_create_policy, do_update_policy
 from controlplane.policies.models import Environment
-from controlplane.webhooks.delivery import deliver_due, redeliver, retry_delay, send_test
+from controlplane.webhooks.actions import do_redeliver
+from controlplane.webhooks.delivery import deliver_due, retry_delay, send_test
 from controlplane.webhooks.models import Delivery, Event, Webhook
 from controlplane.webhooks.signing import verify
 from controlplane.workers.runner import start_enabled_workers
@@ -235,7 +236,7 @@ def test_a_test_event_and_a_redelivery_reach_the_webhook_with_one_id(
     _rounds_until(lambda: receiver.received(1))
     delivery = Delivery.objects.get()
     assert (delivery.webhook, delivery.status) == (hook, "delivered")
-    redeliver(delivery)
+    do_redeliver(delivery, Actor.system("tests"))
     _rounds_until(lambda: receiver.received(2))
     delivery.refresh_from_db()
     assert (delivery.status, delivery.attempts) == ("delivered", 2)

@@ -10,9 +10,10 @@ import pytest
 from django.core.management import call_command
 from django.utils import timezone
 
+from controlplane.accounts.actors import Actor
 from controlplane.policies.models import Environment
 from controlplane.webhooks import delivery
-from controlplane.webhooks.delivery import redeliver
+from controlplane.webhooks.actions import do_redeliver
 from controlplane.webhooks.models import Delivery, Event, Webhook
 from controlplane.webhooks.retention import prune
 from tests.conftest import wait_for
@@ -83,7 +84,7 @@ def test_prune_deletes_what_is_old_and_done_and_keeps_the_rest(hooks: list[Webho
 
 def test_an_old_event_whose_delivery_was_just_redelivered_is_kept(hooks: list[Webhook]) -> None:
     event = _event(60, FAILED, webhooks=hooks)
-    redeliver(Delivery.objects.get(event=event))
+    do_redeliver(Delivery.objects.get(event=event), Actor.system("tests"))
 
     assert prune() == {"deliveries": 0, "events": 0}
     Delivery.objects.filter(event=event).update(
