@@ -167,7 +167,10 @@ WEBHOOKS_KEEP_DAYS = env_float("WEBHOOKS_KEEP_DAYS", 30.0, minimum=1.0)
 # What controlplane.ops asks of the product (it imports none of the apps): the
 # checks /readyz runs once the database and Redis answer, and /metrics' collectors.
 READINESS_CHECKS = {"reconciler": "controlplane.policies.reconcile.reconciler_health"}
-METRICS_COLLECTORS = ["controlplane.live.fleet_metrics.FleetCollector"]
+METRICS_COLLECTORS = [
+    "controlplane.live.fleet_metrics.FleetCollector",
+    "controlplane.policies.metrics.PolicyCollector",
+]
 
 # The environment whose policies govern the control plane itself (login throttling).
 CONTROLPLANE_SELF_ENVIRONMENT = env_str("CONTROLPLANE_SELF_ENVIRONMENT", "controlplane")
