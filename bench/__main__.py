@@ -26,6 +26,7 @@ BENCHES = {
     "cluster": ("bench.cluster_load", "one server"),  # see its BASELINES
     "hostile": ("bench.hostile", "RE2 (ours)"),  # see its BASELINES
     "stall": ("bench.stall", "limits FixedWindow: 3 limiters"),  # a 2 s Redis pause
+    "webhooks": ("bench.webhooks", "0 webhooks"),  # policy saves, receivers that hang
 }
 
 
