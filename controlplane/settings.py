@@ -187,11 +187,17 @@ WEBHOOKS_TIMEOUT = env_float("WEBHOOKS_TIMEOUT", 5.0, minimum=0.1)
 WEBHOOKS_RETRY_FOR = env_float("WEBHOOKS_RETRY_FOR", 24 * 3600.0, minimum=1.0)
 WEBHOOKS_BACKOFF = env_float("WEBHOOKS_BACKOFF", 1.0, minimum=0.01)
 WEBHOOKS_BACKOFF_MAX = env_float("WEBHOOKS_BACKOFF_MAX", 300.0, minimum=0.01)
+# Delivered and failed deliveries, and events with none pending, are deleted after
+# this many days (the sender prunes once an hour); pending ones are always kept.
+WEBHOOKS_KEEP_DAYS = env_float("WEBHOOKS_KEEP_DAYS", 30.0, minimum=1.0)
 
 # What controlplane.ops asks of the product (it imports none of the apps): the
 # checks /readyz runs once the database and Redis answer, and /metrics' collectors.
 READINESS_CHECKS = {"reconciler": "controlplane.policies.reconcile.reconciler_health"}
-METRICS_COLLECTORS = ["controlplane.live.fleet_metrics.FleetCollector"]
+METRICS_COLLECTORS = [
+    "controlplane.live.fleet_metrics.FleetCollector",
+    "controlplane.policies.metrics.PolicyCollector",
+]
 
 # The environment whose policies govern the control plane itself (login throttling).
 CONTROLPLANE_SELF_ENVIRONMENT = env_str("CONTROLPLANE_SELF_ENVIRONMENT", "controlplane")

@@ -15,10 +15,13 @@ import pytest
 from django.test import Client as HttpClient
 from prometheus_client.parser import text_string_to_metric_families
 
+from controlplane.accounts.actors import Actor
 from controlplane.client import CircuitOpenError, Client
 from controlplane.embedded_redis import RedisServer
 from controlplane.live.ingest import Ingestor
+from controlplane.policies.actions import do_create_policy, do_update_policy
 from controlplane.policies.models import Environment, Policy
+from controlplane.policies.overrides import do_set_override
 from controlplane.policies.reconcile import quick_check, reconcile_all
 from controlplane.redis_connection import get_redis
 from tests.client.conftest import client_factory, set_policy
@@ -83,6 +86,8 @@ def queries(dashboard: dict[str, Any]) -> list[tuple[str, str, str | None]]:
     for panel in all_panels(dashboard["panels"]):
         for target in panel.get("targets", []):
             found.append((f"panel {panel['title']!r} ({target['refId']})", target["expr"], None))
+    for annotation in prometheus_annotations(dashboard):
+        found.append((f"annotation {annotation['name']!r}", annotation["expr"], None))
     for variable in dashboard["templating"]["list"]:
         if variable["type"] != "query":
             continue
@@ -92,6 +97,12 @@ def queries(dashboard: dict[str, Any]) -> list[tuple[str, str, str | None]]:
         assert match and match["selector"], f"variable {variable['name']}: {text!r}"
         found.append((f"variable ${variable['name']}", match["selector"], match["label"]))
     return found
+
+
+def prometheus_annotations(dashboard: dict[str, Any]) -> list[dict[str, Any]]:
+    """The dashboard's annotation queries that read Prometheus (not Grafana's built-in one)."""
+    annotations = dashboard.get("annotations", {}).get("list", [])
+    return [a for a in annotations if a.get("datasource", {}).get("type") == "prometheus"]
 
 
 def substitute(expr: str) -> str:
@@ -309,6 +320,8 @@ def test_the_dashboard_queries_only_what_the_control_plane_exports(
     finally:
         ingestor.stop()
         service.close()
+    # An override in force: the dashboard's override marks read its series.
+    do_set_override(production, "rate_limit", "api", "bypass", Actor.system("tests"), "drill")
     # Redis goes away: a change saved now fails to publish, and so does reading the fleet,
     # which the next scrape counts (the error counter is written before the fleet is read).
     disposable_redis.stop()
@@ -375,6 +388,45 @@ def test_the_dashboard_is_importable() -> None:
         assert grid["x"] + grid["w"] <= 24, panel["title"]
         for target in panel.get("targets", []):
             assert target["datasource"]["uid"] == "${DS_PROMETHEUS}", panel["title"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_dashboard_marks_policy_changes_and_overrides_from_exported_series(
+    production: Environment, client: HttpClient
+) -> None:
+    annotations = {a["name"]: a for a in prometheus_annotations(load_dashboard())}
+    assert set(annotations) == {"Policy changes", "Overrides"}
+    changes, overrides = annotations["Policy changes"], annotations["Overrides"]
+    # The fields Grafana's Prometheus data source reads from an annotation query.
+    for annotation in annotations.values():
+        assert annotation["datasource"] == {"type": "prometheus", "uid": "${DS_PROMETHEUS}"}
+        assert annotation["enable"] is True and annotation["useValueForTime"] is False
+        assert annotation["step"] and annotation["tagKeys"]
+        grouped = parse(substitute(annotation["expr"])).grouping_labels
+        shown = set(re.findall(r"\{\{(\w+)\}\}", annotation["titleFormat"]))
+        shown |= set(annotation["tagKeys"].split(","))
+        assert shown <= grouped, annotation["name"]  # every label it shows survives the max
+    assert changes["titleFormat"] == "{{kind}}:{{name}} changed"
+    assert "changes(controlplane_policy_version" in changes["expr"]
+    assert changes["expr"].endswith("> 0")
+    assert "controlplane_override_active" in overrides["expr"]
+    # After a save and an override, /metrics has every series the marks read.
+    actor = Actor.system("tests")
+    policy = do_create_policy(production, "breaker", "payments", {}, actor)
+    do_update_policy(policy, {"failure_rate_threshold": 60}, actor, "fewer trips")
+    do_set_override(production, "breaker", "payments", "forced_open", actor, "incident")
+    exposition = Exposition()
+    exposition.add(client.get("/metrics").content.decode())
+    only_annotations = {"annotations": {"list": list(annotations.values())}, "panels": []}
+    only_annotations["templating"] = {"list": []}
+    assert [where for where, _, _ in queries(only_annotations)] == [
+        "annotation 'Policy changes'",
+        "annotation 'Overrides'",
+    ]
+    found = problems(only_annotations, exposition)
+    assert not found, "\n".join(found)
+    assert exposition.types["controlplane_policy_version"] == "gauge"
+    assert exposition.types["controlplane_override_active"] == "gauge"
 
 
 # -- Links ----------------------------------------------------------------------------------

@@ -106,10 +106,11 @@ from controlplane.webhooks.actions import (
     WebhookError,
     do_create_webhook,
     do_delete_webhook,
+    do_redeliver,
     new_secret,
     shown_url,
 )
-from controlplane.webhooks.delivery import redeliver, send_test
+from controlplane.webhooks.delivery import send_test
 from controlplane.webhooks.models import Delivery, Webhook
 from controlplane.webhooks.views import RECENT, webhooks_with_last_status
 
@@ -922,13 +923,14 @@ def webhook_deliveries(request: HttpRequest, environment: Name, webhook: Webhook
 
 @api.post("/webhook-deliveries/{delivery_id}/redeliver", response={200: DeliveryOut, **READ})
 def redeliver_delivery(request: HttpRequest, delivery_id: DeliveryId) -> Any:
-    """Send a delivery again, now. A token that cannot view its environment gets 404."""
+    """Send a delivery again, now. A token that cannot view its environment gets 404.
+    Audited as `webhook.redeliver`."""
     token = require(request, Role.VIEWER)
     delivery = Delivery.objects.select_related("webhook", "event").filter(pk=delivery_id).first()
     environment = delivery.webhook.environment if delivery else ""
     if delivery is None or token.grants().role_in(environment) is None:
         raise Http404(f"No webhook delivery {delivery_id}.")
     check_role(token.grants(), Role.ADMIN, environment)
-    redeliver(delivery)
+    do_redeliver(delivery, actor_for(request, token))
     delivery.refresh_from_db()
     return _delivery_out(delivery)

@@ -58,6 +58,7 @@ ACTION_LABELS = {
     "webhook.delete": "Webhook removed",
     "webhook.enable": "Webhook switched on",
     "webhook.disable": "Webhook switched off",
+    "webhook.redeliver": "Webhook delivery sent again",
     "user.create": "User created",
     "user.update": "User changed",
     "user.delete": "User deleted",

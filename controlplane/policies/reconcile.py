@@ -10,6 +10,9 @@ write never replaces a newer revision, and a repair is a compare-and-set.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import logging
 import threading
 import time
@@ -19,7 +22,7 @@ from typing import Any
 
 import redis
 from django.conf import settings
-from django.db import close_old_connections
+from django.db import close_old_connections, transaction
 
 from controlplane.ops.metrics import DATABASE_ERRORS, DRIFT_FOUND, RECONCILE_RUNS, REDIS_ERRORS
 from controlplane.ops.outage import DATABASE_UNAVAILABLE, Outage
@@ -35,8 +38,14 @@ from controlplane.protocol.store import (
     read_policy_store,
 )
 from controlplane.redis_connection import get_redis
+from controlplane.webhooks.events import DRIFT_FOUND as DRIFT_FOUND_EVENT
+from controlplane.webhooks.events import emit
 
 logger = logging.getLogger(__name__)
+
+PROBLEMS = ("missing", "stale", "corrupt", "extra")
+DRIFT_EVENT_NAMES = 50  # names listed per problem in a drift.found event
+DRIFT_EVENT_QUIET = 600  # seconds during which the same drift is not reported again
 
 
 @dataclass
@@ -78,6 +87,24 @@ class Drift:
             if names:
                 parts.append(f"  {label}: {', '.join(names)}")
         return "\n".join(parts)
+
+    def fingerprint(self) -> str:
+        """A digest of what was found: replicas that find the same drift find the same one."""
+        found = [self.environment, self.database_revision, self.redis_revision]
+        found += [sorted(getattr(self, problem)) for problem in PROBLEMS]
+        return hashlib.sha256(json.dumps(found).encode()).hexdigest()[:32]
+
+    def event_payload(self) -> dict[str, Any]:
+        """The data of the ``drift.found`` event; each list of names cut to 50."""
+        payload: dict[str, Any] = {
+            "summary": self.describe(),
+            "database_revision": self.database_revision,
+            "redis_revision": self.redis_revision,
+        }
+        for problem in PROBLEMS:
+            payload[problem] = getattr(self, problem)[:DRIFT_EVENT_NAMES]
+        payload["error"] = self.error
+        return payload
 
 
 def published_revision(environment: Environment) -> int | None:
@@ -175,7 +202,40 @@ def reconcile_environment(environment: Environment, *, repair: bool = True) -> D
     RECONCILE_RUNS.labels("full").inc()
     if not drift.clean:
         logger.warning("Reconciled drift. %s", drift.describe())
+        if repair:
+            report_drift(drift)
     return drift
+
+
+def report_drift(drift: Drift) -> None:
+    """Emit ``drift.found`` for a repaired drift, once across replicas.
+
+    Replicas that run the reconciler at the same time may each find (and repair)
+    the same drift. The first to set a Redis key named after the environment and
+    the drift's fingerprint (``SET NX``, for ``DRIFT_EVENT_QUIET`` seconds) emits
+    the event; the others do not. The key is removed again if the event cannot be
+    written, so a later pass may report it. If Redis fails to answer right after
+    the repair, the event is emitted anyway: a receiver de-duplicates by meaning
+    more easily than it learns of a drift it was never told of.
+    """
+    marker = (
+        f"{{{settings.REDIS_KEY_PREFIX}:{drift.environment}}}:drift-reported:{drift.fingerprint()}"
+    )
+    client = get_redis()
+    try:
+        first = bool(client.set(marker, "1", nx=True, px=DRIFT_EVENT_QUIET * 1000))
+    except redis.RedisError as exc:
+        logger.warning("Cannot tell whether another replica reported this drift (%s)", exc)
+        first = True
+    if not first:
+        return
+    try:
+        with transaction.atomic():
+            emit(drift.environment, DRIFT_FOUND_EVENT, drift.event_payload())
+    except Exception:
+        with contextlib.suppress(redis.RedisError):
+            client.delete(marker)
+        raise
 
 
 def reconcile_all(*, repair: bool = True) -> list[Drift]:

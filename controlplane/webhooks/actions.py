@@ -1,4 +1,5 @@
-"""Creating and removing webhooks: validated, audited, each in one durable transaction.
+"""Creating, switching and removing webhooks, and redelivering: validated, audited, each in
+one durable transaction.
 
 The management command, the pages and the API all go through these.
 """
@@ -13,12 +14,13 @@ from django.apps import apps
 from django.core.exceptions import ValidationError
 from django.core.validators import URLValidator
 from django.db import IntegrityError, transaction
+from django.utils import timezone
 
 from controlplane.accounts.actors import Actor
 from controlplane.audit.record import fingerprint, record
 from controlplane.webhooks.events import EVENT_TYPES
 from controlplane.webhooks.http import TargetRefused, check_target
-from controlplane.webhooks.models import Webhook
+from controlplane.webhooks.models import Delivery, Webhook
 
 NAME_MAX = Webhook._meta.get_field("name").max_length or 100
 
@@ -168,3 +170,25 @@ def do_set_webhook_enabled(webhook: Webhook, enabled: bool, actor: Actor) -> boo
         )
     webhook.enabled = enabled
     return True
+
+
+def do_redeliver(delivery: Delivery, actor: Actor) -> None:
+    """Send a delivery again, now, with the same event id (its attempts are kept, to show
+    how it went). Audited: a redelivery repeats a message to a third party."""
+    webhook, event = delivery.webhook, delivery.event
+    with transaction.atomic(durable=True):
+        before = Delivery.objects.filter(pk=delivery.pk).values_list("status", flat=True).first()
+        Delivery.objects.filter(pk=delivery.pk).update(
+            status=Delivery.Status.PENDING, next_attempt_at=timezone.now(), delivered_at=None
+        )
+        record(
+            actor,
+            "webhook.redeliver",
+            environment=webhook.environment,
+            kind="webhook",
+            name=webhook.name,
+            changes={
+                "event": [None, f"{event.type} {event.id}"],
+                "status": [before, Delivery.Status.PENDING.value],
+            },
+        )

@@ -11,11 +11,12 @@ the delivery is sent again: receivers de-duplicate by the event's id.
 
 from __future__ import annotations
 
+import bisect
 import logging
 import random
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
@@ -30,6 +31,7 @@ from controlplane.webhooks import http
 from controlplane.webhooks.events import TEST, emit_to
 from controlplane.webhooks.models import Delivery, Event, Webhook
 from controlplane.webhooks.payloads import render
+from controlplane.webhooks.retention import PRUNE_EVERY, prune
 from controlplane.webhooks.signing import signature_header
 
 logger = logging.getLogger(__name__)
@@ -71,17 +73,22 @@ def deliver_due(now: datetime | None = None) -> int:
     receiver that hangs until the timeout delays only its own deliveries.
     ``now`` fixes the clock for the whole round (tests); by default it is read at each step.
     """
-    due = list(
+    due = due_webhooks(now)
+    if len(due) <= 1:
+        return sum(deliver_to(webhook_id, now) for webhook_id in due)
+    with ThreadPoolExecutor(min(len(due), PARALLEL_WEBHOOKS)) as pool:
+        return sum(pool.map(partial(_deliver_in_thread, now=now), due))
+
+
+def due_webhooks(now: datetime | None = None) -> list[int]:
+    """The webhooks with a pending delivery whose time has come, by id."""
+    return list(
         Delivery.objects.pending()
         .filter(next_attempt_at__lte=_at(now), webhook__enabled=True)
         .order_by("webhook_id")
         .values_list("webhook_id", flat=True)
         .distinct()
     )
-    if len(due) <= 1:
-        return sum(deliver_to(webhook_id, now) for webhook_id in due)
-    with ThreadPoolExecutor(min(len(due), PARALLEL_WEBHOOKS)) as pool:
-        return sum(pool.map(partial(_deliver_in_thread, now=now), due))
 
 
 def deliver_to(webhook_id: int, now: datetime | None = None) -> int:
@@ -203,13 +210,6 @@ def finish(delivery: Delivery, outcome: Outcome, now: datetime) -> bool:
     return outcome.delivered
 
 
-def redeliver(delivery: Delivery) -> None:
-    """Send a delivery again, now (its attempts are kept, to show how it went)."""
-    Delivery.objects.filter(pk=delivery.pk).update(
-        status=Delivery.Status.PENDING, next_attempt_at=timezone.now(), delivered_at=None
-    )
-
-
 def send_test(webhook: Webhook) -> Event:
     """A ``test`` event for ``webhook`` only (its "Send test" button), sent by the worker."""
     with transaction.atomic():
@@ -218,16 +218,54 @@ def send_test(webhook: Webhook) -> Event:
 
 
 class WebhookSender(threading.Thread):
-    """Background thread: a round of ``deliver_due`` every ``WEBHOOKS_INTERVAL`` seconds."""
+    """Background thread: every ``WEBHOOKS_INTERVAL`` seconds, hands each webhook with
+    deliveries due to a pool of ``PARALLEL_WEBHOOKS`` threads (``deliver_to``), and
+    prunes old deliveries and events once an hour (the first an hour in).
+
+    Unlike ``deliver_due``, it never waits for a round to end: a webhook whose
+    receiver hangs holds one thread until the timeout, and the others are served
+    meanwhile by the rest (a webhook is never in two threads at once).
+    """
 
     def __init__(self, interval: float | None = None) -> None:
         super().__init__(name="controlplane-webhooks", daemon=True)
         self.interval = interval if interval is not None else settings.WEBHOOKS_INTERVAL
         self._stop_event = threading.Event()
+        self._pool = ThreadPoolExecutor(
+            PARALLEL_WEBHOOKS, thread_name_prefix="controlplane-webhook"
+        )
+        self._in_flight: set[int] = set()
+        self._last_handed = 0
+        self._in_flight_lock = threading.Lock()
 
     def stop(self) -> None:
         self._stop_event.set()
         self.join(timeout=settings.WEBHOOKS_TIMEOUT + 10)
+
+    def dispatch(self) -> int:
+        """Hand the due webhooks that no thread is serving to free threads; how many."""
+        handed = 0
+        due = due_webhooks()
+        # Round robin: start after the webhook handed out last, so that webhooks with a
+        # long backlog never keep the ones with higher ids waiting for a thread.
+        start = bisect.bisect_right(due, self._last_handed)
+        for webhook_id in due[start:] + due[:start]:
+            with self._in_flight_lock:
+                if webhook_id in self._in_flight or len(self._in_flight) >= PARALLEL_WEBHOOKS:
+                    continue
+                self._in_flight.add(webhook_id)
+            future = self._pool.submit(_deliver_in_thread, webhook_id, None)
+            future.add_done_callback(partial(self._served, webhook_id))
+            self._last_handed = webhook_id
+            handed += 1
+        return handed
+
+    def _served(self, webhook_id: int, future: Future[int]) -> None:
+        with self._in_flight_lock:
+            self._in_flight.discard(webhook_id)
+        error = future.exception()
+        if error is not None:
+            logger.warning("Webhook %s: sending failed (%s); will retry", webhook_id, error)
 
     def run(self) -> None:
         database_outage = Outage(
@@ -236,16 +274,21 @@ class WebhookSender(threading.Thread):
             "The webhook sender cannot reach the database",
             "The database answers again; the webhook sender is running",
         )
+        next_prune = time.monotonic() + PRUNE_EVERY
         while not self._stop_event.is_set():
             close_old_connections()
             try:
-                deliver_due()
+                self.dispatch()
+                if time.monotonic() >= next_prune:
+                    next_prune = time.monotonic() + PRUNE_EVERY
+                    logger.info("Webhook retention: deleted %s", prune())
                 database_outage.answered()
             except DATABASE_UNAVAILABLE as exc:
                 database_outage.failed(exc)
             except Exception:
                 logger.exception("Webhook round failed; will retry")
             self._stop_event.wait(self.interval)
+        self._pool.shutdown(wait=True)  # sends under way end within WEBHOOKS_TIMEOUT
         close_old_connections()
 
 

@@ -23,11 +23,12 @@ from controlplane.webhooks.actions import (
     WebhookError,
     do_create_webhook,
     do_delete_webhook,
+    do_redeliver,
     do_set_webhook_enabled,
     new_secret,
     shown_url,
 )
-from controlplane.webhooks.delivery import redeliver, send_test
+from controlplane.webhooks.delivery import send_test
 from controlplane.webhooks.events import EVENT_TYPES
 from controlplane.webhooks.models import Delivery, Webhook
 
@@ -173,6 +174,6 @@ def webhook_redeliver(
 ) -> HttpResponse:
     hook = _webhook(request, environment, webhook)
     delivery = get_object_or_404(Delivery, pk=delivery_id, webhook=hook)
-    redeliver(delivery)
+    do_redeliver(delivery, Actor.from_request(request))
     messages.success(request, f"Event {delivery.event_id} will be sent again.")
     return redirect("webhook-deliveries", hook.environment, hook.name)

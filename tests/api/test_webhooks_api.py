@@ -16,6 +16,7 @@ from controlplane.policies.models import Environment
 from controlplane.webhooks.delivery import deliver_due, send_test
 from controlplane.webhooks.models import Delivery, Webhook
 from tests.api.conftest import ApiClient
+from tests.conftest import make_user
 from tests.scoping import scoped_cast
 from tests.webhooks import conftest as webhook_fixtures
 from tests.webhooks.receiver import Receiver
@@ -65,7 +66,11 @@ def test_an_admin_token_adds_tests_and_removes_a_webhook(
     assert api.call("delete", f"{HOOKS}/ops").status_code == 204
     assert not Webhook.objects.exists()
     actions = AuditEntry.objects.filter(action__startswith="webhook.").values_list("action")
-    assert sorted(a for (a,) in actions) == ["webhook.create", "webhook.delete"]
+    assert sorted(a for (a,) in actions) == [
+        "webhook.create",
+        "webhook.delete",
+        "webhook.redeliver",
+    ]
 
 
 def test_a_given_secret_is_write_only(
@@ -147,3 +152,32 @@ def test_redelivering_needs_a_view_of_its_environment_then_the_admin_role_there(
     assert Delivery.objects.get().status == Delivery.Status.FAILED
     missing = ApiClient(client, scoped).call("post", "/webhook-deliveries/999999/redeliver")
     assert missing.status_code == 404
+
+
+def test_a_redelivery_through_the_api_is_audited_for_the_tokens_creator(
+    client: Client, production: Environment, system: Actor
+) -> None:
+    ada = make_user("ada", Role.ADMIN)
+    webhook = Webhook.objects.create(
+        environment="production", name="hook", url="https://hooks.example.com/x"
+    )
+    event = send_test(webhook)
+    Delivery.objects.filter(event=event).update(status=Delivery.Status.FAILED)
+    delivery = Delivery.objects.get()
+    _, secret = do_create_token("deploys", Role.ADMIN, Actor.of(ada))
+
+    answer = ApiClient(client, secret).call("post", f"/webhook-deliveries/{delivery.pk}/redeliver")
+
+    assert answer.status_code == 200
+    entry = AuditEntry.objects.get(action="webhook.redeliver")
+    assert (entry.actor_name, entry.actor_user, entry.actor_token) == (
+        "token:deploys",
+        ada,
+        "deploys",
+    )
+    assert (entry.environment, entry.object_kind, entry.object_name) == (
+        "production",
+        "webhook",
+        "hook",
+    )
+    assert entry.changes == {"event": [None, f"test {event.id}"], "status": ["failed", "pending"]}

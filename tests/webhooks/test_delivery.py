@@ -16,7 +16,8 @@ from django.db import connection
 from controlplane.accounts.actors import Actor
 from controlplane.policies.actions import do_create_policy, do_update_policy
 from controlplane.policies.models import Environment
-from controlplane.webhooks.delivery import deliver_due, redeliver, retry_delay, send_test
+from controlplane.webhooks.actions import do_redeliver
+from controlplane.webhooks.delivery import WebhookSender, deliver_due, retry_delay, send_test
 from controlplane.webhooks.models import Delivery, Event, Webhook
 from controlplane.webhooks.signing import verify
 from controlplane.workers.runner import start_enabled_workers
@@ -235,7 +236,7 @@ def test_a_test_event_and_a_redelivery_reach_the_webhook_with_one_id(
     _rounds_until(lambda: receiver.received(1))
     delivery = Delivery.objects.get()
     assert (delivery.webhook, delivery.status) == (hook, "delivered")
-    redeliver(delivery)
+    do_redeliver(delivery, Actor.system("tests"))
     _rounds_until(lambda: receiver.received(2))
     delivery.refresh_from_db()
     assert (delivery.status, delivery.attempts) == ("delivered", 2)
@@ -262,3 +263,53 @@ def test_the_workers_runner_starts_the_sender_that_delivers(
     do_create_policy(production, "rate_limit", "api", LIMIT, system)
     wait_for(lambda: receiver.received(1))
     wait_for(lambda: Delivery.objects.get().status == "delivered")
+
+
+def test_the_sender_serves_other_webhooks_while_one_receiver_hangs(
+    receiver: Receiver, production: Environment, settings: Any
+) -> None:
+    settings.WEBHOOKS_TIMEOUT = 4.0
+    settings.WEBHOOKS_RETRY_FOR = 60.0
+    stuck = Receiver()
+    stuck.start()
+    stuck.hang()
+    try:
+        hanging = _hook(stuck, name="hangs")
+        answering = _hook(receiver, name="answers")
+        sender = WebhookSender(interval=0.05)
+        sender.start()
+        try:
+            send_test(hanging)
+            wait_for(lambda: stuck.received(1))  # a thread of the sender waits on it now
+            started = time.monotonic()
+            send_test(answering)
+            wait_for(lambda: receiver.received(1), timeout=3.0)
+            took = time.monotonic() - started
+            send_test(answering)
+            wait_for(lambda: receiver.received(2), timeout=3.0)
+        finally:
+            stuck.stop()  # the hanging send ends now, so the sender stops soon
+            sender.stop()
+        assert took < 2.0  # the timeout is 4 s: the answering webhook did not wait for it
+        assert len(stuck.requests) == 1  # a webhook is never in two threads at once
+    finally:
+        stuck.stop()
+
+
+def test_the_sender_hands_out_webhooks_in_turn(production: Environment, settings: Any) -> None:
+    hooks = [
+        Webhook.objects.create(environment="production", name=f"h{n}", url="http://127.0.0.1:9/")
+        for n in range(12)
+    ]
+    for hook in hooks:
+        send_test(hook)
+    sender = WebhookSender()  # not started: its dispatch is called here
+    ids = [hook.pk for hook in hooks]
+    sender._last_handed = ids[5]
+    sender._in_flight = set(ids[8:10])  # two still being served
+
+    assert sender.dispatch() == 6  # the 8 threads: 2 busy, 6 handed out
+
+    sender._pool.shutdown(wait=True)
+    served = Delivery.objects.filter(attempts__gt=0).values_list("webhook_id", flat=True)
+    assert sorted(served) == sorted([*ids[6:8], *ids[10:12], *ids[0:2]])

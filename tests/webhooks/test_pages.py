@@ -72,6 +72,11 @@ def test_send_test_then_the_delivery_shows_on_its_page_and_can_be_redelivered(
     response = client.post(PAGE + f"ops/deliveries/{delivery.pk}/redeliver/")
     assert response.status_code == 302
     assert Delivery.objects.get().status == Delivery.Status.PENDING
+    entry = AuditEntry.objects.get(action="webhook.redeliver")
+    assert (entry.actor_user, entry.environment, entry.object_name) == (admin, "production", "ops")
+    assert entry.changes["event"] == [None, f"test {delivery.event_id}"]
+    log = client.get("/audit/").content.decode()
+    assert "Webhook delivery sent again" in log and str(delivery.event_id) in log
     assert deliver_due() == 1
     ids = [r.headers["x-webhook-delivery"] for r in receiver.requests]
     assert ids == [str(delivery.event_id)] * 2  # the same event, sent again

@@ -1,4 +1,4 @@
-"""``manage.py webhooks add|list|test|remove``: webhooks from the shell, through the
+"""``manage.py webhooks add|list|test|remove|prune``: webhooks from the shell, through the
 same actions as the pages and the API."""
 
 from __future__ import annotations
@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db.models import Count, Q
 
@@ -19,10 +20,14 @@ from controlplane.webhooks.actions import (
 )
 from controlplane.webhooks.delivery import send_test
 from controlplane.webhooks.models import Delivery, Webhook
+from controlplane.webhooks.retention import prune
 
 
 class Command(BaseCommand):
-    help = "Add, list, test and remove the webhooks of an environment (see docs/webhooks.md)."
+    help = (
+        "Add, list, test and remove the webhooks of an environment, or prune old deliveries "
+        "(see docs/webhooks.md)."
+    )
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--actor", default="manage.py", help="Name recorded in the audit log.")
@@ -49,6 +54,9 @@ class Command(BaseCommand):
             one = actions.add_parser(action, help=f"{action.capitalize()} a webhook.")
             one.add_argument("environment")
             one.add_argument("name")
+        actions.add_parser(
+            "prune", help="Delete deliveries and events older than WEBHOOKS_KEEP_DAYS now."
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         actor = Actor.system(options["actor"])
@@ -57,6 +65,12 @@ class Command(BaseCommand):
             self._add(actor, options)
         elif action == "list":
             self._list(options["environment"])
+        elif action == "prune":
+            counts = prune()
+            self.stdout.write(
+                f"Deleted {counts['deliveries']} deliveries and {counts['events']} events "
+                f"older than {settings.WEBHOOKS_KEEP_DAYS:g} days; pending ones are kept."
+            )
         elif action == "test":
             event = send_test(_webhook(options["environment"], options["name"]))
             self.stdout.write(f"Test event {event.id} queued; the sender delivers it.")
