@@ -18,6 +18,8 @@ FINGERPRINT_SALT = "controlplane.audit.record.fingerprint"
 
 # Sent by ``record`` with ``entry=`` right after writing it, inside the change's
 # transaction: a receiver's writes (the webhooks' outbox) commit or roll back with it.
+# ``facts=`` carries what the caller knows of the object after the change and the
+# entry does not say (a policy's new version), so that receivers need not query it.
 recorded = Signal()
 
 
@@ -89,6 +91,7 @@ def record(
     reason: str = "",
     changes: Mapping[str, list[Any]] | None = None,
     correlation_id: uuid.UUID | None = None,
+    facts: Mapping[str, Any] | None = None,
 ) -> AuditEntry:
     entry = AuditEntry.objects.create(
         actor_name=actor.name,
@@ -103,5 +106,5 @@ def record(
         changes=dict(changes or {}),
         correlation_id=correlation_id or actor.correlation_id,
     )
-    recorded.send(sender=AuditEntry, entry=entry)
+    recorded.send(sender=AuditEntry, entry=entry, facts=dict(facts or {}))
     return entry

@@ -111,6 +111,7 @@ def _record(
         name=policy.name,
         reason=reason,
         changes={**_policy_changes(before, policy), **_metadata_changes(before, policy)},
+        facts={"version": policy.version},
     )
     document = policy_document(policy)
     # Its rows follow with the fleet's next report, as the live pages read the policy.

@@ -94,11 +94,14 @@ def event_type(entry: AuditEntry) -> str | None:
     return type
 
 
-def event_payload(entry: AuditEntry, type: str) -> dict[str, Any]:
-    """The data of the event an audit entry makes.
+def event_payload(
+    entry: AuditEntry, type: str, facts: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The data of the event an audit entry makes (``facts``: what its caller added).
 
     The diff is the entry's changes, where secret values already are fingerprints.
     """
+    facts = facts or {}
     payload: dict[str, Any] = {
         "kind": entry.object_kind,
         "name": entry.object_name,
@@ -107,7 +110,8 @@ def event_payload(entry: AuditEntry, type: str) -> dict[str, Any]:
         "diff": entry.changes,
     }
     if type.startswith("policy."):
-        payload["version"] = _policy_version(entry)
+        version = facts.get("version")
+        payload["version"] = version if isinstance(version, int) else _policy_version(entry)
     elif type.startswith("override."):
         payload["state"] = _override_state(entry)
         if entry.action == "override.reset":
@@ -131,7 +135,8 @@ def emit_for_entry(sender: object, entry: AuditEntry, **kwargs: Any) -> Event | 
     wanting = webhooks_wanting(entry.environment, type)
     if not wanting:
         return None
-    return emit_to(wanting, entry.environment, type, event_payload(entry, type))
+    payload = event_payload(entry, type, kwargs.get("facts"))
+    return emit_to(wanting, entry.environment, type, payload)
 
 
 def _policy_version(entry: AuditEntry) -> int | None:

@@ -241,6 +241,25 @@ def test_an_audited_change_no_webhook_wants_costs_one_query(
     assert len([q for q in queries if "policies_" in q["sql"]]) == 0
 
 
+def test_a_policy_save_writes_its_outbox_in_two_more_queries_whatever_the_webhooks(
+    production: Environment, system: Actor
+) -> None:
+    policy = do_create_policy(production, "rate_limit", "api", LIMIT, system)
+    with CaptureQueriesContext(connection) as alone:
+        policy = do_update_policy(policy, {"limit": 5}, system)
+    for number in range(10):
+        _webhook(name=f"hook-{number}")
+
+    with CaptureQueriesContext(connection) as with_webhooks:
+        do_update_policy(policy, {"limit": 6}, system)
+
+    # Alone, it asks which webhooks want the event; then the event and its 10 deliveries
+    # at once. The policy's new version comes with the audit entry, not read again.
+    assert len(with_webhooks) - len(alone) == 2
+    assert Delivery.objects.filter(event__type="policy.changed").count() == 10
+    assert Event.objects.get(type="policy.changed").payload["version"] == 3
+
+
 def test_a_breaker_reset_lifts_its_override_and_a_cache_purge_changes_its_policy(
     hook: Webhook, production: Environment, system: Actor
 ) -> None:
