@@ -267,6 +267,11 @@ def test_a_failover_under_client_load_loses_no_policy_change(
         wait_for(lambda: client.config.get("banner") == str(value), timeout=30)
         followed = time.monotonic() - started
         wait_for(lambda: seen["decided"] > decided_at_switch + 50)  # still deciding
+        # Scripts run on the new primary (which answers NOSCRIPT first: its script
+        # cache did not come with the data).
+        wait_for(lambda: limiter.hit("user:probe").source == "redis", timeout=15)
+        stats: Any = redis.Redis(port=new).info("commandstats")
+        assert stats["cmdstat_eval"]["calls"] > 0  # sent whole after a NOSCRIPT
         print(
             f"\n{how}: sentinels switched after {switched:.2f} s, client followed after "
             f"{followed:.2f} s, {seen['decided']} calls decided"
