@@ -365,3 +365,32 @@ async def test_asyncio_clients_and_the_channel_layer_follow_a_killed_primary(
     finally:
         await client.aclose()
         await layer.flush()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_asyncio_calls_leave_a_primary_demoted_while_up(
+    sentinel: SentinelServers, production: Environment, system: Actor
+) -> None:
+    # Sentinel reconfigures the old primary (and closes its connections) about 11 s
+    # after SENTINEL FAILOVER; until then only the client's own check moves the calls.
+    limit = {"algorithm": "token_bucket", "limit": 100_000, "period": 1, "burst": 100_000}
+    do_create_policy(production, "rate_limit", "api", limit, system)
+    client = _client(sentinel).start()
+    loop = asyncio.new_event_loop()
+    try:
+        limiter = client.limiter("api")
+        wait_for(lambda: loop.run_until_complete(limiter.ahit("before")).source == "redis")
+        new = redis.Redis(port=sentinel.replica.port)
+        started = time.monotonic()
+        sentinel.failover()
+        wait_for(lambda: sentinel.primary_port() == sentinel.replica.port, timeout=30)
+
+        def on_the_new_primary() -> bool:
+            decision = loop.run_until_complete(limiter.ahit("after"))
+            return decision.source == "redis" and bool(new.keys("*:rl:api:after*"))
+
+        wait_for(on_the_new_primary, timeout=15)
+        assert time.monotonic() - started < 8  # before Sentinel demotes the old primary
+    finally:
+        client.close()
+        loop.close()

@@ -43,6 +43,7 @@ from controlplane.protocol.connection import (
     check_primary,
     connect,
     connect_async,
+    forget_primary,
     take_over_after_fork,
 )
 from controlplane.protocol.keys import DEFAULT_PREFIX, KeyLayout
@@ -489,6 +490,9 @@ class Client:
                     # A Sentinel failover: subscribe on the new primary and read the
                     # snapshot there (the old one may have had writes it never got).
                     logger.info("The Redis primary moved (Sentinel failover); following it")
+                    with contextlib.suppress(RuntimeError):  # another loop added one
+                        for async_client in list(self._async_redis.values()):
+                            forget_primary(async_client)
                     return
             if self._resync_requested.is_set():
                 missing = set(self._channel_handlers) - subscribed

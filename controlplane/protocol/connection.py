@@ -388,6 +388,18 @@ def check_primary(client: redis.Redis) -> bool:
     return before is not None and before != after
 
 
+def forget_primary(client: redis.asyncio.Redis) -> None:
+    """After :func:`check_primary` found the primary moved: tell an asyncio client too.
+
+    Safe from any thread. Its script calls then reconnect their connections
+    through the sentinels (controlplane.protocol.scripts); nothing for a client
+    that does not use Sentinel.
+    """
+    pool = getattr(client, "connection_pool", None)
+    if isinstance(pool, redis.asyncio.sentinel.SentinelConnectionPool):
+        pool.master_address = None  # no connection matches: each asks the sentinels again
+
+
 def _tolerate_undecodable(options: dict[str, Any]) -> None:
     # Whoever can write to Redis can store any bytes. With decode_responses, redis-py
     # raises UnicodeDecodeError (no RedisError) for a reply that is not UTF-8, into

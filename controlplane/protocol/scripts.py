@@ -63,6 +63,7 @@ from typing import Any, Final
 
 import redis
 import redis.asyncio
+import redis.asyncio.sentinel
 import redis.sentinel
 from redis.asyncio import Redis as AsyncRedis
 from redis.asyncio.cluster import ClusterNode as AsyncClusterNode
@@ -480,6 +481,14 @@ class AsyncBatcher:
         get_connection: Any = pool.get_connection  # untyped in redis-py
         connection = await get_connection(*_ASYNC_GET_CONNECTION_ARGS)
         try:
+            if isinstance(pool, redis.asyncio.sentinel.SentinelConnectionPool) and (
+                pool.master_address != (connection.host, connection.port)
+            ):
+                # To the primary before a failover (see connection.forget_primary):
+                # connect() asks the sentinels (a send would reconnect to the old one).
+                # (The asyncio pool's owns_connection() fails in redis-py 7.)
+                await connection.disconnect()
+                await connection.connect()
             return await self._round_trip(connection, batch)
         finally:
             await pool.release(connection)
