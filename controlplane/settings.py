@@ -13,7 +13,12 @@ import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
 from controlplane.env import env_bool, env_float, env_list, env_str
-from controlplane.protocol.connection import split_cluster_url
+from controlplane.protocol.connection import (
+    channel_layer_host,
+    check_url,
+    is_sentinel_url,
+    split_cluster_url,
+)
 from controlplane.protocol.keys import PREFIX_PATTERN
 
 # Where templates/ and static/ are: the checkout, or CONTROLPLANE_HOME in an image
@@ -146,13 +151,19 @@ if not PREFIX_PATTERN.match(REDIS_KEY_PREFIX):
     )
 REDIS_SOCKET_TIMEOUT = env_float("REDIS_SOCKET_TIMEOUT", 2.0, minimum=0.01)
 try:
-    REDIS_CLUSTER = split_cluster_url(REDIS_URL)[1]  # `?cluster=true`: a Redis Cluster
+    check_url(REDIS_URL)  # `redis+sentinel://`: a Sentinel-managed primary
+    REDIS_CLUSTER = not is_sentinel_url(REDIS_URL) and split_cluster_url(REDIS_URL)[1]
 except ValueError as exc:
     raise ImproperlyConfigured(f"REDIS_URL: {exc}") from None
 # The channel layer carries dashboard pushes between Daphne replicas. It needs
 # one Redis server (or a Sentinel-managed one): channels-redis cannot use a cluster.
 CHANNEL_LAYER_URL = env_str("CHANNEL_LAYER_URL") or REDIS_URL
-if split_cluster_url(CHANNEL_LAYER_URL)[1]:
+try:
+    check_url(CHANNEL_LAYER_URL)
+    CHANNEL_LAYER_HOST = channel_layer_host(CHANNEL_LAYER_URL)  # a dict for Sentinel
+except ValueError as exc:
+    raise ImproperlyConfigured(f"CHANNEL_LAYER_URL: {exc}") from None
+if not is_sentinel_url(CHANNEL_LAYER_URL) and split_cluster_url(CHANNEL_LAYER_URL)[1]:
     raise ImproperlyConfigured(
         "CHANNEL_LAYER_URL: channels-redis cannot use a Redis Cluster; with REDIS_URL on a "
         "cluster, set CHANNEL_LAYER_URL to a single Redis server for the dashboard pushes"
@@ -213,7 +224,7 @@ WEBHOOKS_ALLOW_PRIVATE_TARGETS = env_bool("WEBHOOKS_ALLOW_PRIVATE_TARGETS", Fals
 CHANNEL_LAYERS: dict[str, Any] = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
-        "CONFIG": {"hosts": [CHANNEL_LAYER_URL], "prefix": f"{REDIS_KEY_PREFIX}:asgi"},
+        "CONFIG": {"hosts": [CHANNEL_LAYER_HOST], "prefix": f"{REDIS_KEY_PREFIX}:asgi"},
     }
 }
 

@@ -66,6 +66,31 @@ def test_a_cluster_for_policies_and_a_server_for_the_channel_layer() -> None:
     assert result.stdout.strip() == "True ['redis://layer:6379/1']"
 
 
+def test_a_sentinel_url_serves_policies_and_the_channel_layer() -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import controlplane.settings as s; "
+            "print(s.REDIS_CLUSTER, s.CHANNEL_LAYERS['default']['CONFIG']['hosts'])",
+        ],
+        cwd=ROOT,
+        env={
+            **os.environ,
+            "SECRET_KEY": "x",
+            "REDIS_URL": "redis+sentinel://:pw@s1:26379,s2:26380/cp/1?sentinel_password=w",
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == (
+        "False [{'sentinels': [('s1', 26379), ('s2', 26380)], 'master_name': 'cp', "
+        "'sentinel_kwargs': {'password': 'w'}, 'db': 1, 'password': 'pw'}]"
+    )
+
+
 @pytest.mark.parametrize(
     ("name", "value", "message"),
     [
@@ -76,6 +101,8 @@ def test_a_cluster_for_policies_and_a_server_for_the_channel_layer() -> None:
         ("REDIS_URL", "redis://r:6379/0?cluster=maybe", "REDIS_URL: cluster='maybe'"),
         ("REDIS_URL", "redis://r:6379/0?cluster=true", "CHANNEL_LAYER_URL: channels-redis cannot"),
         ("DATABASE_POOL_MAX_SIZE", "0", "DATABASE_POOL_MAX_SIZE='0' must be at least 1"),
+        ("REDIS_URL", "redis+sentinel://s1:26379,s2:26379", "REDIS_URL: no service name"),
+        ("CHANNEL_LAYER_URL", "redis+sentinel://s1:x/cp", "CHANNEL_LAYER_URL: sentinel address"),
     ],
 )
 def test_bad_setting_stops_start_up_naming_it(name: str, value: str, message: str) -> None:

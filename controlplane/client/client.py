@@ -39,7 +39,13 @@ from controlplane.client.limiter import RateLimiter
 from controlplane.client.metrics import ClientMetrics
 from controlplane.client.reporting import Reporter
 from controlplane.client.snapshot import Listener, PolicyState, Snapshot
-from controlplane.protocol.connection import connect, connect_async, take_over_after_fork
+from controlplane.protocol.connection import (
+    check_primary,
+    connect,
+    connect_async,
+    forget_primary,
+    take_over_after_fork,
+)
 from controlplane.protocol.keys import DEFAULT_PREFIX, KeyLayout
 from controlplane.protocol.store import decode_policy_store, read_policy_store
 
@@ -109,6 +115,8 @@ LIBRARY_VERSION = "0.1.0"
 # Resyncs while Redis is behind the revisions this client knows (docs/protocol.md, 6.3).
 CATCH_UP_FIRST = 1.0
 CATCH_UP_MAX = 8.0
+# With a Sentinel URL: how often the follower asks the sentinels where the primary is.
+PRIMARY_CHECK_INTERVAL = 1.0
 _clients: weakref.WeakSet[Client] = weakref.WeakSet()
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
@@ -473,8 +481,19 @@ class Client:
             logger.info("Following %s policies through Redis", self.environment)
         self.connected = True
         next_resync = self._next_resync()
+        next_primary_check = time.monotonic() + PRIMARY_CHECK_INTERVAL
         subscribed = set(channels)
         while not self._stop.is_set():
+            if time.monotonic() >= next_primary_check:
+                next_primary_check = time.monotonic() + PRIMARY_CHECK_INTERVAL
+                if check_primary(self._redis):
+                    # A Sentinel failover: subscribe on the new primary and read the
+                    # snapshot there (the old one may have had writes it never got).
+                    logger.info("The Redis primary moved (Sentinel failover); following it")
+                    with contextlib.suppress(RuntimeError):  # another loop added one
+                        for async_client in list(self._async_redis.values()):
+                            forget_primary(async_client)
+                    return
             if self._resync_requested.is_set():
                 missing = set(self._channel_handlers) - subscribed
                 if missing:

@@ -29,7 +29,7 @@ import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis
 
@@ -53,16 +53,23 @@ URL: Final = "url"
 
 
 def shown_url(url: str) -> str:
-    """``url`` without its password, for a log line."""
+    """``url`` without its passwords (a Sentinel URL's ``sentinel_password`` too), for logs."""
     try:
         parts = urlsplit(url)
-        if parts.password is None:
-            return url
-        user = parts.username or ""
-        host = parts.netloc.rpartition("@")[2]
-        return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+        if parts.password is not None:
+            user = parts.username or ""
+            host = parts.netloc.rpartition("@")[2]
+            parts = parts._replace(netloc=f"{user}:***@{host}")
+        query = parse_qsl(parts.query, keep_blank_values=True)
+        if any(name in _PASSWORD_OPTIONS for name, _ in query):
+            shown = [(name, "***" if name in _PASSWORD_OPTIONS else value) for name, value in query]
+            parts = parts._replace(query=urlencode(shown, safe="*/"))
+        return urlunsplit(parts)
     except ValueError:
         return "<unparsable Redis URL>"
+
+
+_PASSWORD_OPTIONS: Final = {"password", "sentinel_password"}
 
 
 def _chain(exc: BaseException) -> list[BaseException]:

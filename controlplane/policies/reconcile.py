@@ -30,6 +30,7 @@ from controlplane.policies.models import Environment
 from controlplane.policies.overrides import expire_overrides, newest_overrides, override_document
 from controlplane.policies.publish import policy_document, raise_meta_revision, write_document
 from controlplane.policies.requests import apply_due_requests
+from controlplane.protocol.connection import check_primary
 from controlplane.protocol.documents import SECTION_OVERRIDES, SECTION_POLICIES
 from controlplane.protocol.store import (
     Stored,
@@ -316,6 +317,11 @@ class Reconciler(threading.Thread):
         while not self._stop_event.is_set():
             close_old_connections()
             try:
+                if check_primary(get_redis()):
+                    # A Sentinel failover: the new primary may lack the last writes
+                    # the old one took (replication is asynchronous); compare it all.
+                    logger.warning("The Redis primary moved (Sentinel failover); reconciling")
+                    next_full = 0.0
                 expire_overrides()
                 apply_due_requests()
                 if time.monotonic() >= next_full:

@@ -1,6 +1,15 @@
-"""Open Redis connections from a URL: one server or a cluster.
+"""Open Redis connections from a URL: one server, a Sentinel-managed primary or a cluster.
 
 One server: ``redis://``, ``rediss://`` (TLS) or ``unix://``, as redis-py reads them.
+
+A primary that Redis Sentinel watches (and replaces with a replica when it
+fails): ``redis+sentinel://[[user]:password@]host1:26379,host2:26379/<service>[/<db>]``
+(``rediss+sentinel://`` for TLS to the data nodes), read by
+:func:`parse_sentinel_url`. The client asks the sentinels for the primary's
+address whenever it opens a connection, and drops its connections when the
+primary changes (a ``READONLY`` reply from a demoted primary, or the connections
+Sentinel closes on failover). Like redis-py's own client it connects on first
+use: a process starts while no sentinel answers.
 
 A URL names a Redis Cluster with the query parameter ``cluster=true``, for example
 ``rediss://:secret@redis-0.internal:6379/0?cluster=true``: the host is one node
@@ -23,11 +32,17 @@ Reading an environment's policy store is :mod:`controlplane.protocol.store`.
 from __future__ import annotations
 
 import threading
-from typing import Any, cast
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final, cast
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 import redis
 import redis.asyncio
+import redis.asyncio.connection
+import redis.asyncio.sentinel
+import redis.connection
+import redis.sentinel
 from redis.asyncio.cluster import ClusterPipeline as AsyncClusterPipeline
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import ClusterPipeline, RedisCluster
@@ -134,7 +149,11 @@ def take_over_after_fork(client: redis.Redis) -> None:
             for node in list(getattr(nodes, "nodes_cache", {}).values()):
                 owners.append(getattr(node.redis_connection, "connection_pool", None))
     else:
-        owners.append(getattr(client, "connection_pool", None))
+        pool = getattr(client, "connection_pool", None)
+        owners.append(pool)
+        # A Sentinel-managed client: its pool's sentinel clients have pools too.
+        for sentinel in getattr(getattr(pool, "sentinel_manager", None), "sentinels", ()):
+            owners += [sentinel, sentinel.connection_pool]
     for owner in owners:
         for name, value in list(getattr(owner, "__dict__", {}).items()):
             new_lock = _NEW_LOCK.get(type(value))
@@ -165,6 +184,222 @@ class _AsyncPipeline(AsyncClusterPipeline):
             raise _unreachable(exc) from exc
 
 
+# Redis Sentinel
+
+SENTINEL_SCHEMES: Final = {"redis+sentinel": False, "rediss+sentinel": True}  # scheme: TLS
+SENTINEL_PORT: Final = 26379
+# Query options that are the sentinels', not the data nodes'.
+_SENTINEL_OPTIONS: Final = ("sentinel_username", "sentinel_password")
+# Connection options given to the sentinels too (the password is theirs: sentinel_password).
+_SHARED_WITH_SENTINELS: Final = (
+    "socket_timeout",
+    "socket_connect_timeout",
+    "socket_keepalive",
+    "retry",
+)
+
+
+@dataclass(frozen=True)
+class SentinelUrl:
+    """A ``redis+sentinel://`` URL, read (see :func:`parse_sentinel_url`)."""
+
+    sentinels: tuple[tuple[str, int], ...]
+    service: str
+    db: int = 0
+    username: str | None = None
+    password: str | None = None
+    tls: bool = False
+    sentinel_username: str | None = None
+    sentinel_password: str | None = None
+    # The other query options, as redis-py reads them in a redis:// URL.
+    options: tuple[tuple[str, str], ...] = ()
+
+    def connection_options(self, parse: Callable[[str], Any]) -> dict[str, Any]:
+        """The data nodes' connection options: auth, db, TLS and the query's options.
+
+        ``parse`` is redis-py's ``parse_url`` (synchronous or asyncio), which
+        reads and checks the options as it does in a ``redis://`` URL.
+        """
+        scheme = "rediss" if self.tls else "redis"
+        options = dict(parse(f"{scheme}://sentinel/{self.db}?{urlencode(self.options)}"))
+        for name in ("host", "port", "connection_class"):
+            options.pop(name, None)
+        if self.tls:
+            options["ssl"] = True  # SentinelConnectionPool's switch to TLS connections
+        if self.username is not None:
+            options["username"] = self.username
+        if self.password is not None:
+            options["password"] = self.password
+        return options
+
+    def sentinel_options(self, options: dict[str, Any]) -> dict[str, Any]:
+        """The sentinels' connection options: the timeouts and retry of ``options``, their auth."""
+        chosen = {name: options[name] for name in _SHARED_WITH_SENTINELS if name in options}
+        if self.sentinel_username is not None:
+            chosen["username"] = self.sentinel_username
+        if self.sentinel_password is not None:
+            chosen["password"] = self.sentinel_password
+        return chosen
+
+
+def is_sentinel_url(url: str) -> bool:
+    """Whether ``url`` names a Sentinel-managed Redis (``redis+sentinel://``, ``rediss+sentinel://``)."""
+    return url.partition("://")[0].lower() in SENTINEL_SCHEMES
+
+
+def _sentinel_address(text: str) -> tuple[str, int]:
+    if not text:
+        raise ValueError("an empty sentinel address in the Redis URL (two commas in a row?)")
+    if text.startswith("["):  # [IPv6]:port
+        host, bracket, rest = text[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            raise ValueError(f"sentinel address {text!r} in the Redis URL: use [IPv6]:port")
+        port_text = rest[1:] if rest else ""
+    else:
+        host, colon, port_text = text.partition(":")
+        if colon and not port_text:
+            raise ValueError(f"sentinel address {text!r} in the Redis URL: no port after ':'")
+    if not host:
+        raise ValueError(f"sentinel address {text!r} in the Redis URL: no host")
+    if not port_text:
+        return host, SENTINEL_PORT
+    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise ValueError(
+            f"sentinel address {text!r} in the Redis URL: the port must be a number from 1 to 65535"
+        )
+    return host, int(port_text)
+
+
+def parse_sentinel_url(url: str) -> SentinelUrl:
+    """Read a Sentinel URL; raise ``ValueError`` naming what is wrong.
+
+    ``redis+sentinel://[[user]:password@]host1:26379,host2:26379/<service>[/<db>][?options]``:
+    the sentinels (port 26379 if none), the name of the monitored primary (the
+    service), the database. The user and password are the data nodes'; the
+    sentinels' are the options ``sentinel_username`` and ``sentinel_password``
+    (none if not given). ``rediss+sentinel://`` speaks TLS to the data nodes. The
+    other options are those of a ``redis://`` URL.
+    """
+    scheme, separator, rest = url.partition("://")
+    if scheme.lower() not in SENTINEL_SCHEMES or not separator:
+        raise ValueError(
+            "not a Sentinel URL: it must start with redis+sentinel:// or rediss+sentinel://"
+        )
+    rest = rest.partition("#")[0]
+    rest, _, query_text = rest.partition("?")
+    netloc, slash, path = rest.partition("/")
+    userinfo, at, hosts = netloc.rpartition("@")
+    username = password = None
+    if at:
+        user_text, colon, password_text = userinfo.partition(":")
+        username = unquote(user_text) or None
+        password = unquote(password_text) if colon else None
+    if not hosts:
+        raise ValueError("no sentinel host in the Redis URL: list them as host1:26379,host2:26379")
+    sentinels = tuple(_sentinel_address(text) for text in hosts.split(","))
+    segments = path.split("/") if slash else []
+    if segments and segments[-1] == "" and len(segments) > 1:
+        segments.pop()  # a trailing slash
+    if not segments or not segments[0]:
+        raise ValueError(
+            "no service name in the Redis URL: put the name Sentinel monitors the primary "
+            "under after the hosts, as in redis+sentinel://host:26379/mymaster"
+        )
+    if len(segments) > 2:
+        raise ValueError(f"path {'/' + path!r} in the Redis URL: use /<service name>[/<db>]")
+    service = unquote(segments[0])
+    db = 0
+    if len(segments) == 2:
+        if not segments[1].isdigit():
+            raise ValueError(
+                f"database {segments[1]!r} in the Redis URL: use a number (0 if unsure)"
+            )
+        db = int(segments[1])
+    query = parse_qsl(query_text, keep_blank_values=True)
+    for name, value in query:
+        if name == "cluster" and value.lower() not in _FALSE:
+            raise ValueError(
+                "cluster=true with a Sentinel URL: Sentinel manages one primary and its "
+                "replicas, not a Redis Cluster; use one or the other"
+            )
+        if name == "db":
+            raise ValueError("db= in a Sentinel URL: put the database after the service name")
+    chosen = {name: value for name, value in query if name in _SENTINEL_OPTIONS}
+    address = SentinelUrl(
+        sentinels=sentinels,
+        service=service,
+        db=db,
+        username=username,
+        password=password,
+        tls=SENTINEL_SCHEMES[scheme.lower()],
+        sentinel_username=chosen.get("sentinel_username") or None,
+        sentinel_password=chosen.get("sentinel_password") or None,
+        options=tuple(
+            (name, value) for name, value in query if name not in _SENTINEL_OPTIONS + ("cluster",)
+        ),
+    )
+    address.connection_options(redis.connection.parse_url)  # the options' values, checked now
+    return address
+
+
+def check_url(url: str) -> None:
+    """Raise ``ValueError`` naming what is wrong with a Redis URL (for settings' checks)."""
+    if is_sentinel_url(url):
+        parse_sentinel_url(url)
+    else:
+        split_cluster_url(url)
+
+
+def channel_layer_host(url: str) -> str | dict[str, Any]:
+    """``url`` as channels-redis takes a host: itself, or for Sentinel a dict of its options."""
+    if not is_sentinel_url(url):
+        return url
+    address = parse_sentinel_url(url)
+    options = address.connection_options(redis.asyncio.connection.parse_url)
+    return {
+        "sentinels": list(address.sentinels),
+        "master_name": address.service,
+        "sentinel_kwargs": address.sentinel_options(options),
+        **options,
+    }
+
+
+def check_primary(client: redis.Redis) -> bool:
+    """Ask the sentinels where ``client``'s primary is now; whether it moved.
+
+    redis-py asks the sentinels only when it opens a connection, so after a
+    failover that left the old primary up (``SENTINEL FAILOVER``, a network
+    split) pooled connections would go on writing to it until Sentinel demotes
+    it, which can take ten seconds and more: writes that are then lost. Called
+    every second or so on a background thread (the client's follower, the
+    control plane's reconciler), this closes the pool's idle connections as soon
+    as the sentinels name another primary; the next ones go to the new one.
+    False for a client that does not use Sentinel, and when no sentinel answers
+    (the connections then stay where they are).
+    """
+    pool = getattr(client, "connection_pool", None)
+    if not isinstance(pool, redis.sentinel.SentinelConnectionPool):
+        return False
+    before = pool.master_address
+    try:
+        after = pool.get_master_address()  # type: ignore[no-untyped-call]
+    except (redis.ConnectionError, redis.TimeoutError):
+        return False
+    return before is not None and before != after
+
+
+def forget_primary(client: redis.asyncio.Redis) -> None:
+    """After :func:`check_primary` found the primary moved: tell an asyncio client too.
+
+    Safe from any thread. Its script calls then reconnect their connections
+    through the sentinels (controlplane.protocol.scripts); nothing for a client
+    that does not use Sentinel.
+    """
+    pool = getattr(client, "connection_pool", None)
+    if isinstance(pool, redis.asyncio.sentinel.SentinelConnectionPool):
+        pool.master_address = None  # no connection matches: each asks the sentinels again
+
+
 def _tolerate_undecodable(options: dict[str, Any]) -> None:
     # Whoever can write to Redis can store any bytes. With decode_responses, redis-py
     # raises UnicodeDecodeError (no RedisError) for a reply that is not UTF-8, into
@@ -181,6 +416,15 @@ def connect(url: str, **options: Any) -> redis.Redis:
     ``options`` are redis-py's (timeouts, ``retry``, ``decode_responses``...). A
     cluster client has the same commands as ``redis.Redis`` and is typed as one.
     """
+    if is_sentinel_url(url):
+        sentinel = parse_sentinel_url(url)
+        _tolerate_undecodable(options)
+        node_options = {**sentinel.connection_options(redis.connection.parse_url), **options}
+        sentinel_class: Any = redis.sentinel.Sentinel  # untyped in redis-py
+        manager = sentinel_class(
+            sentinel.sentinels, sentinel_kwargs=sentinel.sentinel_options(node_options)
+        )
+        return cast(redis.Redis, manager.master_for(sentinel.service, **node_options))
     address, cluster = split_cluster_url(url)
     _tolerate_undecodable(options)
     if not cluster:
@@ -193,6 +437,18 @@ def connect(url: str, **options: Any) -> redis.Redis:
 
 def connect_async(url: str, **options: Any) -> redis.asyncio.Redis:
     """Return an asyncio client of ``url`` (see :func:`connect`)."""
+    if is_sentinel_url(url):
+        sentinel = parse_sentinel_url(url)
+        _tolerate_undecodable(options)
+        node_options = {
+            **sentinel.connection_options(redis.asyncio.connection.parse_url),
+            **options,
+        }
+        sentinel_class: Any = redis.asyncio.sentinel.Sentinel  # untyped in redis-py
+        manager = sentinel_class(
+            sentinel.sentinels, sentinel_kwargs=sentinel.sentinel_options(node_options)
+        )
+        return cast(redis.asyncio.Redis, manager.master_for(sentinel.service, **node_options))
     address, cluster = split_cluster_url(url)
     _tolerate_undecodable(options)
     if not cluster:

@@ -63,6 +63,8 @@ from typing import Any, Final
 
 import redis
 import redis.asyncio
+import redis.asyncio.sentinel
+import redis.sentinel
 from redis.asyncio import Redis as AsyncRedis
 from redis.asyncio.cluster import ClusterNode as AsyncClusterNode
 from redis.client import NEVER_DECODE
@@ -245,6 +247,9 @@ class ScriptRunner:
     def __init__(self, pool: redis.ConnectionPool, max_idle: int = MAX_IDLE) -> None:
         self.pool = pool
         self._max_idle = max_idle
+        # A Sentinel-managed pool knows its primary's address: a kept connection to
+        # another server (the primary before a failover) connects again first.
+        self._sentinel = isinstance(pool, redis.sentinel.SentinelConnectionPool)
         self._idle: list[Any] = []
         _runners.add(self)
 
@@ -264,6 +269,13 @@ class ScriptRunner:
         except IndexError:
             connection = self.pool.get_connection(*_GET_CONNECTION_ARGS)  # checked by the pool
         else:
+            if self._sentinel and not self.pool.owns_connection(connection):
+                # To the primary before a failover. A send would connect it again to
+                # the same address: the pool drops it and connects a new one to the
+                # primary the sentinels name.
+                connection.disconnect()
+                self.pool.release(connection)
+                connection = self.pool.get_connection(*_GET_CONNECTION_ARGS)
             try:
                 if connection.can_read(0):  # unexpected data, or closed by the server
                     connection.disconnect()  # the send below connects again
@@ -278,7 +290,16 @@ class ScriptRunner:
                 reply = connection.read_response(disable_decoding=True)
             else:
                 reply = connection.read_response()
-        except redis.exceptions.ResponseError:
+        except redis.exceptions.ResponseError as exc:
+            if self._sentinel and "READONLY" in str(exc):
+                # A script's write refused inside the script: the primary before a
+                # failover, now a replica. Drop the connection; the next one asks
+                # the sentinels. An outage for the caller, as while Redis is down.
+                connection.disconnect()
+                self.pool.release(connection)
+                raise redis.exceptions.ConnectionError(
+                    f"the Redis primary became a replica (Sentinel failover): {exc}"
+                ) from exc
             self._keep(connection)  # an error reply, read whole: the connection is fine
             raise
         except BaseException:
@@ -460,6 +481,14 @@ class AsyncBatcher:
         get_connection: Any = pool.get_connection  # untyped in redis-py
         connection = await get_connection(*_ASYNC_GET_CONNECTION_ARGS)
         try:
+            if isinstance(pool, redis.asyncio.sentinel.SentinelConnectionPool) and (
+                pool.master_address != (connection.host, connection.port)
+            ):
+                # To the primary before a failover (see connection.forget_primary):
+                # connect() asks the sentinels (a send would reconnect to the old one).
+                # (The asyncio pool's owns_connection() fails in redis-py 7.)
+                await connection.disconnect()
+                await connection.connect()
             return await self._round_trip(connection, batch)
         finally:
             await pool.release(connection)
