@@ -49,6 +49,7 @@ INSTALLED_APPS = [
     "controlplane.policies",
     "controlplane.live",
     "controlplane.webhooks",
+    "controlplane.alerts",
     "controlplane.workers",  # manage.py run_workers
 ]
 
@@ -160,6 +161,12 @@ WEBHOOKS_TIMEOUT = env_float("WEBHOOKS_TIMEOUT", 5.0, minimum=0.1)
 WEBHOOKS_RETRY_FOR = env_float("WEBHOOKS_RETRY_FOR", 24 * 3600.0, minimum=1.0)
 WEBHOOKS_BACKOFF = env_float("WEBHOOKS_BACKOFF", 1.0, minimum=0.01)
 WEBHOOKS_BACKOFF_MAX = env_float("WEBHOOKS_BACKOFF_MAX", 300.0, minimum=0.01)
+# Evaluate the fleet's breaker states and the alert rules inside each Daphne
+# process every ALERTS_INTERVAL seconds (replicas may all run it: a change is
+# stored by a conditional update, and only the replica whose update won emits
+# its event). See docs/alerts.md.
+ALERTS_ENABLED = env_bool("ALERTS_ENABLED", True)
+ALERTS_INTERVAL = env_float("ALERTS_INTERVAL", 2.0, minimum=0.05)
 
 # What controlplane.ops asks of the product (it imports none of the apps): the
 # checks /readyz runs once the database and Redis answer, and /metrics' collectors.
