@@ -6,10 +6,10 @@ fleet's breaker states and the alert rules, ``controlplane.alerts``).
 They start on purpose, from one of two places: the ASGI app's start-up
 (``asgi.py`` calls ``runner.start_enabled_workers()`` once, as ``RECONCILER_ENABLED``,
 ``INGEST_ENABLED``, ``WEBHOOKS_ENABLED`` and ``ALERTS_ENABLED`` say), or
-``manage.py run_workers``, which runs them in the foreground of a process of their own until SIGTERM or SIGINT
-(``docs/deployment.md`` says which to choose when). Both are safe to run in
-several processes at once: the reconciler's writes are idempotent, the ingest's
-readers share the reports through a consumer group, the webhook sender claims each
-delivery before it sends it, the alert evaluator stores each change by a conditional
-update and only the winner emits its event.
+``manage.py run_workers``, which runs them in the foreground of a process of their
+own until SIGTERM or SIGINT (``docs/deployment.md`` says which to choose when).
+Both are safe to run in several processes at once: the reconciler's writes are
+idempotent, the ingest's readers share the reports through a consumer group, the
+webhook sender claims each delivery before it sends it, and the alert evaluator
+stores each change by a conditional update whose winner alone emits its event.
 """

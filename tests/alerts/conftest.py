@@ -11,6 +11,7 @@ from controlplane.live.ingest import process_entries
 from controlplane.policies.models import Environment
 from controlplane.protocol import reports
 from controlplane.webhooks.models import Webhook
+from tests.webhooks.conftest import allow_private_targets, receiver
 
 
 def heartbeat(
@@ -62,3 +63,6 @@ def outbox_webhook(environment: Environment) -> Webhook:
     return Webhook.objects.create(
         environment=environment.name, name="outbox", url="http://127.0.0.1:9/"
     )
+
+
+__all__ = ["allow_private_targets", "receiver"]
