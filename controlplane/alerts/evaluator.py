@@ -152,11 +152,15 @@ def apply_fleet(
         row = stored.get(name)
         if row is None:
             created = _create_fleet_breaker(environment, fleet, now, evaluation)
+            if created is None:  # another evaluator stored it first: take its row
+                created = FleetBreaker.objects.filter(environment=environment, name=name).first()
             if created is not None:
                 rows[name] = created
         elif row.state != fleet.state:
             if _change_fleet_breaker(row, fleet, now, evaluation):
                 row.state, row.since = fleet.state, now
+            else:  # another evaluator changed it first: the rules go by the row as it is
+                row.refresh_from_db()
         elif (row.instances_open, row.instances_reporting) != (
             fleet.instances_open,
             fleet.instances_reporting,
@@ -294,14 +298,14 @@ def apply_rules(
     fleet: dict[str, FleetBreaker],
     now: float,
     evaluation: Evaluation,
+    rules: list[AlertRule],
+    known: list[AlertState],
 ) -> None:
-    """Move each enabled rule's states on: pending, firing (once), resolved (once)."""
-    rules = list(AlertRule.objects.filter(environment=environment, enabled=True))
-    if not rules:
-        return
-    states: dict[tuple[int, str], AlertState] = {
-        (state.rule_id, state.target): state for state in AlertState.objects.filter(rule__in=rules)
-    }
+    """Move each enabled rule's states on: pending, firing (once), resolved (once).
+
+    ``rules`` and their ``known`` states were read before the live state.
+    """
+    states = {(state.rule_id, state.target): state for state in known}
     at = datetime.fromtimestamp(now, tz=UTC)
     for rule in rules:
         holding = conditions(rule, environment, snapshot, fleet, now)
@@ -386,12 +390,18 @@ def evaluate_environment(environment: Environment, now: float | None = None) -> 
     ``now`` (unix seconds) fixes the clock (tests). Raises when Redis or the
     database cannot be reached.
     """
+    # What is stored is read before the live state: a change stored by another
+    # evaluator since then makes this one's conditional update fail (nothing told
+    # twice); one stored before was decided on live state older than what is read
+    # next, so this evaluation never undoes it with staler news.
+    stored = {row.name: row for row in FleetBreaker.objects.filter(environment=environment)}
+    rules = list(AlertRule.objects.filter(environment=environment, enabled=True))
+    states = list(AlertState.objects.filter(rule__in=rules)) if rules else []
     timestamp, at = _at(now)
     snapshot = read_snapshot(get_redis(), environment.keys(), now=timestamp)
     evaluation = Evaluation(environment.name)
-    stored = {row.name: row for row in FleetBreaker.objects.filter(environment=environment)}
     fleet = apply_fleet(environment, fleet_states(snapshot), stored, at, evaluation)
-    apply_rules(environment, snapshot, fleet, timestamp, evaluation)
+    apply_rules(environment, snapshot, fleet, timestamp, evaluation, rules, states)
     return evaluation
 
 

@@ -3,10 +3,12 @@ change told once, however many evaluators run."""
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
 import redis
+from django.db import connection
 from django.utils import timezone
 
 from controlplane.accounts.actors import Actor
@@ -276,3 +278,41 @@ def test_a_switched_off_rule_is_not_evaluated(
 
 def test_durations_read_as_a_sentence_says_them() -> None:
     assert [duration(s) for s in (0.4, 40, 360, 9000)] == ["0 s", "40 s", "6 min", "2.5 h"]
+
+
+def test_evaluators_racing_in_threads_tell_each_transition_once(
+    production: Environment, redis_client: redis.Redis
+) -> None:
+    """Four evaluators started together, as four replicas would run: one event each way."""
+    outbox_webhook(production)
+    _rule(production, "breaker_open", minutes=0)
+    at = time.time() - 2
+    breaker_states(redis_client, production, {"a": "closed", "b": "closed"}, at)
+    evaluate_environment(production)
+
+    def race() -> list[str]:
+        barrier = threading.Barrier(4)
+        found: list[str] = []
+
+        def evaluate() -> None:
+            try:
+                barrier.wait(timeout=10)
+                evaluation = evaluate_environment(Environment.objects.get(name="production"))
+                found.extend(type for type, _ in evaluation.events)
+            finally:
+                connection.close()
+
+        threads = [threading.Thread(target=evaluate) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=30)
+        return sorted(found)
+
+    breaker_states(redis_client, production, {"a": "open"}, at)
+    assert race() == [ALERT_FIRING, BREAKER_OPENED]
+    breaker_states(redis_client, production, {"a": "closed"}, at)
+    assert race() == [ALERT_RESOLVED, BREAKER_CLOSED]
+    assert sorted(_types(production)) == sorted(
+        [BREAKER_OPENED, ALERT_FIRING, BREAKER_CLOSED, ALERT_RESOLVED]
+    )
