@@ -54,6 +54,7 @@ INSTALLED_APPS = [
     "controlplane.policies",
     "controlplane.live",
     "controlplane.webhooks",
+    "controlplane.alerts",
     "controlplane.workers",  # manage.py run_workers
 ]
 
@@ -201,6 +202,12 @@ WEBHOOKS_BACKOFF_MAX = env_float("WEBHOOKS_BACKOFF_MAX", 300.0, minimum=0.01)
 # Delivered and failed deliveries, and events with none pending, are deleted after
 # this many days (the sender prunes once an hour); pending ones are always kept.
 WEBHOOKS_KEEP_DAYS = env_float("WEBHOOKS_KEEP_DAYS", 30.0, minimum=1.0)
+# Evaluate the fleet's breaker states and the alert rules inside each Daphne
+# process every ALERTS_INTERVAL seconds (replicas may all run it: a change is
+# stored by a conditional update, and only the replica whose update won emits
+# its event). See docs/alerts.md.
+ALERTS_ENABLED = env_bool("ALERTS_ENABLED", True)
+ALERTS_INTERVAL = env_float("ALERTS_INTERVAL", 2.0, minimum=0.05)
 
 # What controlplane.ops asks of the product (it imports none of the apps): the
 # checks /readyz runs once the database and Redis answer, and /metrics' collectors.

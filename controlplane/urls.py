@@ -8,6 +8,7 @@ from django.views.generic import RedirectView
 from controlplane.accounts import user_views
 from controlplane.accounts import views as account_views
 from controlplane.accounts.login import LoginView
+from controlplane.alerts import views as alert_views
 from controlplane.api.views import api
 from controlplane.audit import views as audit_views
 from controlplane.live import rollout
@@ -70,6 +71,17 @@ urlpatterns = [
         WEBHOOK + "deliveries/<int:delivery_id>/redeliver/",
         webhook_views.webhook_redeliver,
         name="webhook-redeliver",
+    ),
+    path("e/<str:environment>/alerts/", alert_views.rule_list, name="alert-list"),
+    path(
+        "e/<str:environment>/alerts/<int:rule_id>/remove/",
+        alert_views.rule_remove,
+        name="alert-remove",
+    ),
+    path(
+        "e/<str:environment>/alerts/<int:rule_id>/enabled/",
+        alert_views.rule_enabled,
+        name="alert-enabled",
     ),
     path("e/<str:environment>/import/", policy_views.environment_import, name="environment-import"),
     path("e/<str:environment>/<str:kind>/new/", policy_views.policy_create, name="policy-create"),

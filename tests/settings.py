@@ -14,6 +14,7 @@ PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 RECONCILER_ENABLED = False
 INGEST_ENABLED = False
 WEBHOOKS_ENABLED = False
+ALERTS_ENABLED = False
 
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":  # noqa: F405
     # A file, not memory: browser tests serve the app from a Daphne process,

@@ -26,6 +26,7 @@ from django.utils import timezone
 from controlplane.accounts.actions import do_create_token
 from controlplane.accounts.actors import Actor
 from controlplane.accounts.roles import Role
+from controlplane.alerts.models import AlertRule
 from controlplane.live.models import DiscoveredName
 from controlplane.ops.health import PROBES
 from controlplane.policies.actions import do_create_policy, do_rollback_policy
@@ -214,10 +215,12 @@ def world(production: Environment, system: Actor, admin: User) -> World:
         environment=production.name, name="hook", url="https://hooks.example.com/services/x"
     )
     send_test(webhook)
+    rule = AlertRule.objects.create(environment=production, name="down", kind="breaker_open")
     values = {
         "environment": production.name,
         "webhook": webhook.name,
         "delivery_id": str(Delivery.objects.get(webhook=webhook).pk),
+        "rule_id": str(rule.pk),
         "kind": "breaker",
         "name": "payments",
         "fmt": "json",

@@ -23,7 +23,12 @@ var_dir = test_serve.var_dir  # a short path for the embedded Redis's socket
 
 def _env(var_dir: Path) -> dict[str, str]:
     # As test_serve's app, but the web processes' switches off: they do not apply here.
-    off = {"RECONCILER_ENABLED": "false", "INGEST_ENABLED": "false", "WEBHOOKS_ENABLED": "false"}
+    off = {
+        "RECONCILER_ENABLED": "false",
+        "INGEST_ENABLED": "false",
+        "WEBHOOKS_ENABLED": "false",
+        "ALERTS_ENABLED": "false",
+    }
     return {**test_serve._env(var_dir), **off}
 
 
@@ -57,14 +62,20 @@ def test_run_workers_reconciles_and_ingests_until_sigterm(var_dir: Path) -> None
             workers.kill()
             workers.communicate()
         client.close()
-    assert "Workers started: reconciler, ingest, webhooks" in log
+    assert "Workers started: reconciler, ingest, webhooks, alerts" in log
     assert "Got SIGTERM: stopping the workers" in log
-    assert "Workers stopped: reconciler, ingest, webhooks" in log
+    assert "Workers stopped: reconciler, ingest, webhooks, alerts" in log
 
 
 @pytest.mark.django_db(transaction=True)
 def test_the_web_processes_start_only_the_workers_the_settings_enable() -> None:
-    with override_settings(RECONCILER_ENABLED=True, INGEST_ENABLED=False, WEBHOOKS_ENABLED=False):
+    only_reconciler = {
+        "RECONCILER_ENABLED": True,
+        "INGEST_ENABLED": False,
+        "WEBHOOKS_ENABLED": False,
+        "ALERTS_ENABLED": False,
+    }
+    with override_settings(**only_reconciler):
         workers = start_enabled_workers()
     try:
         assert list(workers) == ["reconciler"]
@@ -72,5 +83,5 @@ def test_the_web_processes_start_only_the_workers_the_settings_enable() -> None:
     finally:
         for worker in workers.values():
             worker.stop()
-    with override_settings(RECONCILER_ENABLED=False, INGEST_ENABLED=False, WEBHOOKS_ENABLED=False):
+    with override_settings(**{**only_reconciler, "RECONCILER_ENABLED": False}):
         assert start_enabled_workers() == {}

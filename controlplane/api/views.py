@@ -1,5 +1,5 @@
 """The JSON API for automation: policies, their history and rollback, change requests,
-overrides, breaker resets, cache purges, the audit log and webhooks.
+overrides, breaker resets, cache purges, the audit log and webhooks (alert rules: alerts.py).
 
 Same validation and the same audit as the forms: every write goes through the
 action functions. Errors are JSON naming the field. In a guarded environment a
@@ -22,6 +22,7 @@ from pydantic import Field
 
 from controlplane.accounts.models import ApiToken
 from controlplane.accounts.roles import Role, includes
+from controlplane.api.alerts import router as alerts_router
 from controlplane.api.auth import TokenAuth, actor_for, require
 from controlplane.api.schemas import (
     MAX_VERSION,
@@ -132,6 +133,7 @@ api = NinjaAPI(
     parser=BoundedJsonParser(),
     docs_url=None,  # the interactive docs load scripts from a CDN; the schema is enough
 )
+api.add_router("", alerts_router)  # alert rules and the fleet's breakers (api/alerts.py)
 
 
 @api.exception_handler(PolicyError)

@@ -311,6 +311,9 @@ class LiveSnapshot:
     # The highest revision published to Redis and when (the meta document), if readable.
     published_revision: int | None = None
     published_at: float | None = None
+    # breaker -> the live instances reporting it open or half-open (fleet-wide alerts);
+    # forced states are overrides, which have events of their own
+    open_instances: dict[str, list[str]] = field(default_factory=dict)
 
     def rates_for(self, policy: str) -> PolicyRates:
         return self.rates.get(policy) or PolicyRates()
@@ -644,9 +647,12 @@ def read_snapshot(
     if policies is not None:
         breakers = {p.partition(":")[2] for p in policies if p.startswith("breaker:")}
     breaker_states: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    open_instances: dict[str, list[str]] = defaultdict(list)
     for name, instance, state, _since in _breaker_states(keys.live_breaker_states, states_raw):
         if instance in alive and (breakers is None or name in breakers):
             breaker_states[name][state] += 1
+            if state in ("open", "half_open"):
+                open_instances[name].append(instance)
     return LiveSnapshot(
         rates={policy: PolicyRates(dict(c)) for policy, c in totals.items()},
         breaker_states={name: dict(states) for name, states in breaker_states.items()},
@@ -654,6 +660,7 @@ def read_snapshot(
         gone=gone,
         published_revision=published_revision,
         published_at=published_at,
+        open_instances={name: sorted(ids) for name, ids in open_instances.items()},
     )
 
 

@@ -11,6 +11,7 @@ from typing import Protocol
 
 from django.conf import settings
 
+from controlplane.alerts.evaluator import start_alert_evaluator
 from controlplane.live.ingest import start_ingestor
 from controlplane.policies.reconcile import start_reconciler
 from controlplane.webhooks.delivery import start_webhook_sender
@@ -32,6 +33,7 @@ WORKERS: dict[str, Callable[[], Worker]] = {
     "reconciler": start_reconciler,
     "ingest": start_ingestor,
     "webhooks": start_webhook_sender,
+    "alerts": start_alert_evaluator,
 }
 
 
@@ -46,6 +48,7 @@ def start_enabled_workers() -> dict[str, Worker]:
         "reconciler": settings.RECONCILER_ENABLED,
         "ingest": settings.INGEST_ENABLED,
         "webhooks": settings.WEBHOOKS_ENABLED,
+        "alerts": settings.ALERTS_ENABLED,
     }
     return start_workers([name for name, on in enabled.items() if on])
 

@@ -12,9 +12,10 @@ from controlplane.workers.runner import WORKERS, run_workers
 
 class Command(BaseCommand):
     help = (
-        "Run the reconciler, the ingest and the webhook sender in the foreground until "
-        "SIGTERM or SIGINT (set RECONCILER_ENABLED=false, INGEST_ENABLED=false and "
-        "WEBHOOKS_ENABLED=false in the web processes)."
+        "Run the reconciler, the ingest, the webhook sender and the alert evaluator in the "
+        "foreground until SIGTERM or SIGINT (set RECONCILER_ENABLED=false, "
+        "INGEST_ENABLED=false, WEBHOOKS_ENABLED=false and ALERTS_ENABLED=false in the web "
+        "processes)."
     )
 
     def add_arguments(self, parser: ArgumentParser) -> None:
