@@ -32,6 +32,45 @@ def wait_for(condition: Callable[[], Any], timeout: float = 10.0, interval: floa
         time.sleep(interval)
 
 
+def _flush_postgresql_by_delete() -> None:
+    """Empty PostgreSQL's tables with DELETE, not TRUNCATE, after each transactional test.
+
+    TRUNCATE replaces every table's files (about 0.5 s for the ~40 tables on a busy
+    machine); DELETE of the few rows a test leaves takes milliseconds. Both empty every
+    table in one transaction (the foreign keys are deferred) and keep the sequences, as
+    Django's flush without ``reset_sequences`` does.
+    """
+    from django.conf import settings as django_settings
+
+    if django_settings.DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql":
+        return
+    from django.db.backends.postgresql.operations import DatabaseOperations
+
+    truncate = DatabaseOperations.sql_flush
+
+    def sql_flush(
+        self: DatabaseOperations,
+        style: Any,
+        tables: Any,
+        *,
+        reset_sequences: bool = False,
+        allow_cascade: bool = False,
+    ) -> list[str]:
+        if reset_sequences:
+            return truncate(
+                self, style, tables, reset_sequences=reset_sequences, allow_cascade=allow_cascade
+            )
+        return [
+            f"{style.SQL_KEYWORD('DELETE FROM')} {style.SQL_FIELD(self.quote_name(table))};"
+            for table in tables
+        ]
+
+    DatabaseOperations.sql_flush = sql_flush  # type: ignore[method-assign, assignment]
+
+
+_flush_postgresql_by_delete()
+
+
 @pytest.fixture(autouse=True)
 def key_prefix(settings: Any) -> Iterator[str]:
     """Give every test its own Redis key prefix, and remove its keys afterwards."""

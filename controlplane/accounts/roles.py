@@ -72,19 +72,31 @@ def group_name(role: Role) -> str:
     return role.value.capitalize()
 
 
-def ensure_role_groups(**kwargs: Any) -> None:
-    """Create or repair one group per role with exactly its permissions (after migrate)."""
+def ensure_role_groups(app_config: Any = None, **kwargs: Any) -> None:
+    """Create or repair one group per role with exactly its permissions (after migrate).
+
+    ``post_migrate`` is sent once per application, and each sending creates that
+    application's permissions: the groups are set on the last one, when every
+    permission exists, in a few queries (``migrate`` and every test database flush
+    send it).
+    """
+    from django.apps import apps
+
+    if app_config is not None:
+        with_models = [config for config in apps.get_app_configs() if config.models_module]
+        if with_models and app_config is not with_models[-1]:
+            return
+    dotted = {p for role in ORDER for p in role_permissions(role)}
+    found = {
+        f"{permission.content_type.app_label}.{permission.codename}": permission
+        for permission in Permission.objects.select_related("content_type").filter(
+            content_type__app_label__in={d.split(".")[0] for d in dotted},
+            codename__in={d.split(".")[1] for d in dotted},
+        )
+    }
     for role in ORDER:
         group, _ = Group.objects.get_or_create(name=group_name(role))
-        wanted = []
-        for dotted in role_permissions(role):
-            app_label, codename = dotted.split(".")
-            permission = Permission.objects.filter(
-                content_type__app_label=app_label, codename=codename
-            ).first()
-            if permission is not None:
-                wanted.append(permission)
-        group.permissions.set(wanted)
+        group.permissions.set([found[p] for p in role_permissions(role) if p in found])
 
 
 def role_of(user: AbstractBaseUser | AnonymousUser) -> Role | None:

@@ -55,3 +55,25 @@ def test_summary_names_the_grants_above_the_role_everywhere() -> None:
     assert STELLA.summary() == "viewer, editor in staging"
     assert Grants(Role.EDITOR, {"staging": Role.VIEWER}).summary() == "editor"
     assert Grants(None, {"qa": Role.OPERATOR}).summary() == "operator in qa"
+
+
+@pytest.mark.django_db
+def test_migrate_creates_or_repairs_the_role_groups_with_exactly_their_permissions() -> None:
+    from django.contrib.auth.models import Group, Permission
+    from django.core.management.sql import emit_post_migrate_signal
+
+    from controlplane.accounts.roles import group_name, role_permissions
+
+    def held(role: Role) -> set[str]:
+        group = Group.objects.get(name=group_name(role))
+        return {
+            f"{p.content_type.app_label}.{p.codename}"
+            for p in group.permissions.select_related("content_type")
+        }
+
+    Group.objects.filter(name=group_name(Role.VIEWER)).delete()
+    editor = Group.objects.get(name=group_name(Role.EDITOR))
+    editor.permissions.add(Permission.objects.get(codename="delete_group"))
+    emit_post_migrate_signal(verbosity=0, interactive=False, db="default")
+    for role in (Role.VIEWER, Role.OPERATOR, Role.EDITOR, Role.ADMIN):
+        assert held(role) == set(role_permissions(role)), role
