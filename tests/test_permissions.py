@@ -22,6 +22,7 @@ from django.utils import timezone
 from controlplane.accounts.actions import do_create_token
 from controlplane.accounts.actors import Actor
 from controlplane.accounts.roles import Role, includes
+from controlplane.alerts.actions import do_create_rule
 from controlplane.live.models import DiscoveredName
 from controlplane.policies.actions import do_create_policy, do_update_policy
 from controlplane.policies.models import Environment
@@ -93,6 +94,11 @@ PAGES: list[tuple[str, str, Role, int]] = [
     ("post", "/e/production/webhooks/hook/enabled/", Role.ADMIN, 302),  # no value: refused
     ("post", "/e/production/webhooks/hook/test/", Role.ADMIN, 302),
     ("post", "/e/production/webhooks/hook/deliveries/{delivery}/redeliver/", Role.ADMIN, 302),
+    ("get", "/e/production/alerts/", Role.ADMIN, 200),
+    ("post", "/e/production/alerts/", Role.ADMIN, 422),  # no values: nothing added
+    ("get", "/e/production/alerts/{rule}/remove/", Role.ADMIN, 200),
+    ("post", "/e/production/alerts/{rule}/remove/", Role.ADMIN, 302),
+    ("post", "/e/production/alerts/{rule}/enabled/", Role.ADMIN, 302),  # no value: refused
 ]
 # API endpoints the API's matrix does not try (same columns, under /api/v1).
 API: list[tuple[str, str, Role, int]] = [
@@ -131,7 +137,14 @@ def world(production: Environment, system: Actor) -> dict[str, str]:
         "token": str(token.pk),
         "request": str(request.pk),
         "delivery": _webhook_delivery(production.name),
+        "rule": _alert_rule(production),
     }
+
+
+def _alert_rule(environment: Environment) -> str:
+    """An alert rule of ``environment``: its id."""
+    rule = do_create_rule(environment, "slow", "breaker_open", Actor.system("tests"), minutes=5)
+    return str(rule.pk)
 
 
 def _webhook_delivery(environment: str) -> str:
@@ -156,7 +169,8 @@ def stored(redis_client: redis.Redis, prefix: str) -> dict[str, Any]:
     rows: dict[str, Any] = {
         model._meta.label: sorted(map(repr, model.objects.values_list()))
         for model in apps.get_models()
-        if model._meta.app_label in ("accounts", "audit", "policies", "live", "auth", "webhooks")
+        if model._meta.app_label
+        in ("accounts", "audit", "policies", "live", "auth", "webhooks", "alerts")
     }
     keys = sorted(redis_client.scan_iter(match=f"*{prefix}:*", count=1000))
     return {**rows, "redis": [(key, redis_client.dump(key)) for key in keys]}
@@ -332,6 +346,7 @@ def scoped_world(
             "request": str(request.pk),
             "discovered": str(discovered.pk),
             "delivery": _webhook_delivery(cast.staging.name),
+            "rule": _alert_rule(cast.staging),
         },
         "": world,
     }

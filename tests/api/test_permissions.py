@@ -12,6 +12,8 @@ import pytest
 from controlplane.accounts.actions import do_create_token
 from controlplane.accounts.actors import Actor
 from controlplane.accounts.roles import ORDER, Role, includes
+from controlplane.alerts.actions import do_create_rule
+from controlplane.alerts.models import AlertRule
 from controlplane.policies.actions import do_create_policy, do_update_policy
 from controlplane.policies.models import ChangeRequest, Environment
 from controlplane.policies.requests import Proposal, open_request
@@ -24,6 +26,8 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 P = "/environments/production/policies"
 LOOPBACK = "http://127.0.0.1/hook"
+RULE = {"name": "n", "kind": "limiter_rejecting"}
+OFF = {"enabled": False}
 ENDPOINTS: list[tuple[str, str, Any, Role, int]] = [
     ("get", "/environments", None, Role.VIEWER, 200),
     ("get", P, None, Role.VIEWER, 200),
@@ -67,6 +71,12 @@ ENDPOINTS: list[tuple[str, str, Any, Role, int]] = [
     ("post", "/environments/production/webhooks/hook/test", None, Role.ADMIN, 202),
     ("get", "/environments/production/webhooks/hook/deliveries", None, Role.ADMIN, 200),
     ("post", "/webhook-deliveries/{delivery}/redeliver", None, Role.ADMIN, 200),
+    ("get", "/environments/production/alert-rules", None, Role.ADMIN, 200),
+    # A limiter rule without its percent is refused, naming it: the role check passed.
+    ("post", "/environments/production/alert-rules", RULE, Role.ADMIN, 422),
+    ("put", "/environments/production/alert-rules/{rule}/enabled", OFF, Role.ADMIN, 200),
+    ("delete", "/environments/production/alert-rules/{rule}", None, Role.ADMIN, 204),
+    ("get", "/environments/production/fleet-breakers", None, Role.VIEWER, 200),
 ]
 CALLERS = ["none", "viewer", "operator", "editor", "admin", "expired", "revoked"]
 
@@ -84,6 +94,7 @@ def api_policy(production: Environment, system: Actor) -> None:
         environment="production", name="hook", url="https://hooks.example.com/services/x"
     )
     send_test(webhook)  # one delivery, to redeliver
+    do_create_rule(production, "slow", "breaker_open", system)
 
 
 @pytest.mark.parametrize("caller", CALLERS)
@@ -108,6 +119,8 @@ def test_api_permission_matrix(
         path = path.format(request=ChangeRequest.objects.get().pk)
     if "{delivery}" in path:
         path = path.format(delivery=Delivery.objects.get().pk)
+    if "{rule}" in path:
+        path = path.format(rule=AlertRule.objects.get().pk)
     response = api.call(method, path, body)
     if caller in ("none", "expired", "revoked"):
         assert response.status_code == 401
@@ -150,6 +163,7 @@ def scoped_tokens(api_policy: None, production: Environment, system: Actor) -> d
     do_update_policy(policy, {"limit": 25}, system)
     do_create_policy(cast.staging, "breaker", "payments", {}, system)
     do_create_policy(cast.staging, "cache", "prices", {}, system)
+    do_create_rule(cast.staging, "slow", "breaker_open", system)
     _, scoped = do_create_token("scoped", Role.EDITOR, system, environments=["staging"])
     _, capped = do_create_token("capped", Role.ADMIN, Actor.of(cast.stella))
     return {"scoped-editor": scoped, "stella-admin": capped}
@@ -178,6 +192,8 @@ def test_api_permission_matrix_honours_token_scope_and_creator_role_per_environm
     about_request = "{request}" in path
     if about_request:
         path = path.format(request=ChangeRequest.objects.get(environment__name=environment).pk)
+    if "{rule}" in path:
+        path = path.format(rule=AlertRule.objects.get(environment__name=environment or None).pk)
     before = None if includes(held, least) else stored(redis_client, key_prefix)
     response = api.call(method, path, body)
     if before is None:
