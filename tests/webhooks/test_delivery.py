@@ -11,13 +11,14 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from django.db import connection
+from django.db import connection, transaction
 
 from controlplane.accounts.actors import Actor
 from controlplane.policies.actions import do_create_policy, do_update_policy
 from controlplane.policies.models import Environment
 from controlplane.webhooks.actions import do_redeliver
 from controlplane.webhooks.delivery import WebhookSender, deliver_due, retry_delay, send_test
+from controlplane.webhooks.events import EVENT_TYPES, emit
 from controlplane.webhooks.models import Delivery, Event, Webhook
 from controlplane.webhooks.signing import verify
 from controlplane.workers.runner import start_enabled_workers
@@ -319,3 +320,26 @@ def test_the_sender_hands_out_webhooks_in_turn(production: Environment, settings
     sender._pool.shutdown(wait=True)
     served = Delivery.objects.filter(attempts__gt=0).values_list("webhook_id", flat=True)
     assert sorted(served) == sorted([*ids[6:8], *ids[10:12], *ids[0:2]])
+
+
+@pytest.mark.parametrize("payload_format", ["json", "slack"])
+def test_every_event_type_arrives_signed_verifiable_and_said_in_a_sentence(
+    receiver: Receiver, production: Environment, payload_format: str
+) -> None:
+    _hook(receiver, secret="s3cret", payload_format=payload_format)
+    data = {"name": "payments", "kind": "breaker", "actor": "alice", "summary": "it happened"}
+    with transaction.atomic():
+        for type in EVENT_TYPES:
+            emit("production", type, {**data, "type_sent": type})
+
+    _rounds_until(lambda: receiver.received(len(EVENT_TYPES)))
+
+    assert _delivery_ids(receiver) == _event_ids()  # in order, each once
+    for request, type in zip(receiver.requests, EVENT_TYPES, strict=True):
+        assert verify("s3cret", request.body, request.headers["x-signature"], now=int(time.time()))
+        body = json.loads(request.body)
+        if payload_format == "json":
+            assert (body["type"], body["data"]["type_sent"]) == (type, type)
+        else:
+            assert body["text"] != f"{type} in production"  # a sentence of its own
+            assert "production" in body["text"] and body["blocks"]
