@@ -228,11 +228,7 @@ def test_instances_page_flags_instances_behind(
         )
     # The change was published a minute ago: past every heartbeat timeout, so "stale"
     # is behind, not still applying it.
-    published = datetime.now(UTC) - timedelta(minutes=1)
-    redis_client.set(
-        production.keys().meta,
-        MetaDocument("production", production.revision, published.isoformat()).encode(),
-    )
+    _published_a_minute_ago(redis_client, production)
     client.force_login(viewer)
     html = client.get("/e/production/instances/").content.decode()
     assert 'data-instance="fresh"' in html and 'data-instance="stale"' in html
@@ -762,6 +758,14 @@ def _heartbeats(
         redis_client.hset(environment.keys().instances, name, json.dumps(document))
 
 
+def _published_a_minute_ago(redis_client: redis.Redis, environment: Environment) -> None:
+    """Say the environment's revision was published a minute ago: past every heartbeat
+    timeout, so an instance on an older one is behind, not still applying it."""
+    published = datetime.now(UTC) - timedelta(minutes=1)
+    document = MetaDocument(environment.name, environment.revision, published.isoformat())
+    redis_client.set(environment.keys().meta, document.encode())
+
+
 def _listed(html: str) -> list[str]:
     return [part.split('"', 1)[0] for part in html.split('data-instance="')[1:]]
 
@@ -776,11 +780,7 @@ def test_instances_page_pages_a_large_fleet_problems_first(
     production.refresh_from_db()  # at the policies' revision
     fleet = {f"web-{n:03}": {"service": "web"} for n in range(230)}
     _heartbeats(redis_client, production, **fleet, lagging={"revision": 0, "service": "zz"})
-    published = datetime.now(UTC) - timedelta(minutes=1)  # past every heartbeat timeout
-    redis_client.set(
-        production.keys().meta,
-        MetaDocument("production", production.revision, published.isoformat()).encode(),
-    )
+    _published_a_minute_ago(redis_client, production)
     client.force_login(viewer)
 
     first = client.get("/e/production/instances/").content.decode()
@@ -811,11 +811,7 @@ def test_instances_page_searches_and_filters_by_status(
         **{f"search-{n}": {"service": "search"} for n in range(150)},
         **{"search-old": {"service": "search", "revision": 0}},
     )
-    published = datetime.now(UTC) - timedelta(minutes=1)
-    redis_client.set(
-        production.keys().meta,
-        MetaDocument("production", production.revision, published.isoformat()).encode(),
-    )
+    _published_a_minute_ago(redis_client, production)
     client.force_login(viewer)
 
     by_host = client.get("/e/production/instances/?q=RACK-7").content.decode()
