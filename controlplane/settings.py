@@ -122,7 +122,7 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
         DATABASES["default"]["OPTIONS"]["pool"] = {
             "min_size": pool_size[0],
             "max_size": pool_size[1],
-            "timeout": env_float("DATABASE_POOL_TIMEOUT", 10.0, minimum=0.1),
+            "timeout": env_float("DATABASE_POOL_TIMEOUT", 5.0, minimum=0.1),
         }
         if pool_size[0] > pool_size[1]:
             raise ImproperlyConfigured(

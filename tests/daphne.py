@@ -2,7 +2,7 @@
 
 The child is forked after the test database exists, so it inherits the test's
 settings (database name, Redis URL and key prefix, channel layer): nothing to
-re-derive. No open database connection may cross the fork, and asgiref's
+re-derive. No open database connection or pool may cross the fork, and asgiref's
 executors are inherited without their threads, so the child gets fresh ones.
 """
 
@@ -25,6 +25,20 @@ from django.db import connections
 HOST = "127.0.0.1"
 
 
+def close_connections_and_pools() -> None:
+    """Close every database connection and connection pool of this process.
+
+    A pool (PostgreSQL's ``pool`` option) is made once per process from the
+    settings it first sees, and its connections are opened by its own threads:
+    after a change of the settings, or before a fork, it must go too.
+    """
+    connections.close_all()
+    for connection in connections.all(initialized_only=True):
+        close_pool = getattr(connection, "close_pool", None)
+        if close_pool is not None:
+            close_pool()
+
+
 def _child_setup(overrides: dict[str, Any]) -> None:
     from django.conf import settings
 
@@ -39,7 +53,7 @@ def _child_setup(overrides: dict[str, Any]) -> None:
 @contextmanager
 def daphne_servers(count: int = 1, **overrides: Any) -> Iterator[list[int]]:
     """Start ``count`` Daphne processes on loopback; yield their ports; always stop them."""
-    connections.close_all()
+    close_connections_and_pools()  # a pool's threads would not cross the fork
     processes = [
         DaphneProcess(
             HOST,

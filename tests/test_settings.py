@@ -233,10 +233,10 @@ def test_postgresql_connections_come_from_a_pool_per_process() -> None:
     url = "postgres://u@db.internal:5432/cp"
 
     assert _database_settings(DATABASE_URL=url) == (
-        "0 {'min_size': 2, 'max_size': 20, 'timeout': 10.0}"
+        "0 {'min_size': 2, 'max_size': 20, 'timeout': 5.0}"
     )
     assert _database_settings(
         DATABASE_URL=url, DATABASE_POOL_MAX_SIZE="5", DATABASE_POOL_MIN_SIZE="1"
-    ) == ("0 {'min_size': 1, 'max_size': 5, 'timeout': 10.0}")
+    ) == ("0 {'min_size': 1, 'max_size': 5, 'timeout': 5.0}")
     assert _database_settings(DATABASE_URL=url, DATABASE_POOL="false") == "0 None"
     assert _database_settings(DATABASE_URL="sqlite:////tmp/x.sqlite3") == "0 None"
