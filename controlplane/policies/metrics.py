@@ -7,6 +7,7 @@ Registered by ``controlplane.ops.health`` from the ``METRICS_COLLECTORS`` settin
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 
 from django.utils import timezone
@@ -15,6 +16,8 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from controlplane.ops.metrics import DATABASE_ERRORS
 from controlplane.ops.outage import DATABASE_UNAVAILABLE
 from controlplane.policies.models import Override, Policy
+
+logger = logging.getLogger(__name__)
 
 
 class PolicyCollector:
@@ -47,4 +50,7 @@ class PolicyCollector:
                 overrides.add_metric([environment, kind, name, state], 1)
         except DATABASE_UNAVAILABLE:  # a scrape must still return the process's own metrics
             DATABASE_ERRORS.labels("metrics").inc()
+        except Exception as exc:  # so must a scrape where the database may not be read
+            DATABASE_ERRORS.labels("metrics").inc()
+            logger.debug("Policy metrics skipped: %s: %s", type(exc).__name__, exc)
         yield from (versions, overrides)
