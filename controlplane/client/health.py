@@ -56,12 +56,15 @@ def shown_url(url: str) -> str:
     """``url`` without its passwords (a Sentinel URL's ``sentinel_password`` too), for logs."""
     try:
         parts = urlsplit(url)
+        query = parse_qsl(parts.query, keep_blank_values=True)
+        secret_option = any(name in _PASSWORD_OPTIONS for name, _ in query)
+        if parts.password is None and not secret_option:
+            return url  # as given: urlunsplit would write unix:///path as unix:/path
         if parts.password is not None:
             user = parts.username or ""
             host = parts.netloc.rpartition("@")[2]
             parts = parts._replace(netloc=f"{user}:***@{host}")
-        query = parse_qsl(parts.query, keep_blank_values=True)
-        if any(name in _PASSWORD_OPTIONS for name, _ in query):
+        if secret_option:
             shown = [(name, "***" if name in _PASSWORD_OPTIONS else value) for name, value in query]
             parts = parts._replace(query=urlencode(shown, safe="*/"))
         return urlunsplit(parts)

@@ -119,6 +119,14 @@ def test_the_probe_backs_off_and_tells_a_new_cause(
     ]
 
 
+@pytest.mark.parametrize(
+    "url",
+    ["unix:///var/run/redis.sock", "unix:///var/run/redis.sock?db=2", "redis://r:6379/0?x=1"],
+)
+def test_a_url_without_a_secret_is_shown_as_given(url: str) -> None:
+    assert shown_url(url) == url
+
+
 def test_describe_names_the_cause_and_hides_the_password() -> None:
     url = "redis://user:p%40ss@redis.internal:6379/0"
     assert shown_url(url) == "redis://user:***@redis.internal:6379/0"
