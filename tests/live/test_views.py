@@ -210,22 +210,12 @@ def test_instances_page_flags_instances_behind(
     policies: None,
     redis_client: redis.Redis,
 ) -> None:
-    for name, revision in (("fresh", production.revision), ("stale", 1)):
-        redis_client.hset(
-            production.keys().instances,
-            name,
-            json.dumps(
-                {
-                    "service": "shop",
-                    "host": "h",
-                    "pid": 2,
-                    "library_version": "0.1.0",
-                    "revision": revision,
-                    "connected": True,
-                    "at": time.time(),
-                }
-            ),
-        )
+    _heartbeats(
+        redis_client,
+        production,
+        fresh={"pid": 2, "revision": production.revision},
+        stale={"pid": 2, "revision": 1},
+    )
     # The change was published a minute ago: past every heartbeat timeout, so "stale"
     # is behind, not still applying it.
     _published_a_minute_ago(redis_client, production)
