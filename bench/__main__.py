@@ -28,7 +28,11 @@ BENCHES = {
     "stall": ("bench.stall", "limits FixedWindow: 3 limiters"),  # a 2 s Redis pause
     "http": ("bench.http_load", "no pool"),  # wrk on loopback; see its BASELINES
     "webhooks": ("bench.webhooks", "0 webhooks"),  # policy saves, receivers that hang
+    "fleet": ("bench.fleet", "1 replica"),  # 1,000-10,000 instances; see its BASELINES
+    "soak": ("bench.soak", ""),  # 30 minutes of a fleet coming and going (not in `make bench`)
 }
+
+ON_DEMAND = {"soak"}  # run only when named: it takes half an hour
 
 
 def main() -> None:
@@ -56,7 +60,7 @@ def main() -> None:
     rows: list[Row] = []
     baselines: dict[str, str] = {}
     try:
-        for name in args.only or list(BENCHES):
+        for name in args.only or [name for name in BENCHES if name not in ON_DEMAND]:
             module_name, baseline = BENCHES[name]
             print(f"running {name}...", file=sys.stderr, flush=True)
             module = importlib.import_module(module_name)

@@ -563,12 +563,14 @@ class Simulation:
 class Viewers:
     """The viewers' child process, and when each saw which breaker open."""
 
-    def __init__(self, port: int, cookies: list[str]) -> None:
+    def __init__(
+        self, port: int, cookies: list[str], path: str = f"/ws/live/{ENVIRONMENT}/"
+    ) -> None:
         self.lines: queue.Queue[str] = queue.Queue()
         self.arrivals: dict[tuple[int, str], float] = {}
         self.stats: dict[str, Any] = {}
         self.process = subprocess.Popen(
-            [sys.executable, "-c", VIEWERS_CHILD, str(port), f"/ws/live/{ENVIRONMENT}/"],
+            [sys.executable, "-c", VIEWERS_CHILD, str(port), path],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,

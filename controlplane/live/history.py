@@ -35,6 +35,7 @@ from controlplane.protocol.limits import MAX_SAFE_INTEGER, loads_json
 from controlplane.protocol.reports import NUMERIC_COUNTERS, SUBJECT_LENGTH
 
 logger = logging.getLogger(__name__)
+_NUMERIC = frozenset(NUMERIC_COUNTERS)
 
 HISTORY_SECONDS = 960  # 16 minutes: charts show the last 15
 TOP_TTL_SECONDS = 1200
@@ -127,79 +128,87 @@ def finite_number(raw: Any) -> float | None:
     return value if math.isfinite(value) else None
 
 
-class MinuteSums:
-    """One batch's sums per minute, written once per field (``live_minute``).
+class LiveWrites:
+    """One batch's writes to the live state, each key and field written once.
 
-    A batch holds many instances' reports of the same few minutes, so the sums
-    cost one ``HINCRBYFLOAT`` per field and minute, not one per report.
+    A batch holds many instances' reports of the same few seconds, and each
+    report many counters: summed here, the batch costs one ``HINCRBYFLOAT`` per
+    second (``live_second``) or minute (``live_minute``) and field, one
+    ``ZINCRBY`` per top-rejected subject, and one ``HSET`` for every breaker
+    state, not one command per counter of each report. Reports are added in
+    stream order, so a breaker's last reported state in the batch is the one kept.
     """
 
-    def __init__(self) -> None:
-        self.sums: dict[tuple[int, str], float] = defaultdict(float)
+    STATES_PER_HSET = 1000
 
-    def add(self, at: float, field: str, value: float) -> None:
-        self.sums[(int(at) // 60, field)] += value
+    def __init__(self) -> None:
+        self.seconds: dict[tuple[int, str, str], float] = defaultdict(float)  # policy, counter
+        self.state_counts: dict[tuple[int, str, str], int] = defaultdict(int)  # minute
+        self.top: dict[tuple[str, int, str], float] = defaultdict(float)
+        self.states: dict[str, str] = {}
 
     def state(self, at: float, breaker: str, state: str) -> None:
         """A report of ``breaker`` in ``state``: counted only for the states there are."""
         if state in BREAKER_STATES:
-            self.add(at, f"breaker:{breaker}|state:{state}", 1)
+            self.state_counts[(int(at) // 60, breaker, state)] += 1
+
+    def breaker_state(self, name: str, instance: str, state: str, at: float) -> None:
+        self.states[f"{name}|{instance}"] = f"{state}|{at}"
 
     def write(self, pipe: Any, keys: KeyLayout) -> None:
-        minutes = set()
-        for (minute, field_name), value in self.sums.items():
+        seconds, tops = set(), set()
+        minutes: dict[tuple[int, str], float] = defaultdict(float)
+        for (second, policy, counter), value in self.seconds.items():
+            if math.isfinite(value):
+                field_name = f"{policy}|{counter}"
+                pipe.hincrbyfloat(keys.live_second(second), field_name, value)
+                minutes[(second // 60, field_name)] += value
+                seconds.add(second)
+        for second in seconds:
+            pipe.expire(keys.live_second(second), HISTORY_SECONDS)
+        for (minute, breaker, state), count in self.state_counts.items():
+            minutes[(minute, f"breaker:{breaker}|state:{state}")] += count
+        for (minute, field_name), value in minutes.items():
             pipe.hincrbyfloat(keys.live_minute(minute), field_name, value)
-            minutes.add(minute)
-        for minute in minutes:
+        for minute in {minute for minute, _ in minutes}:
             pipe.expire(keys.live_minute(minute), HISTORY_SECONDS + 60)
+        for (name, minute, subject), count in self.top.items():
+            pipe.zincrby(keys.live_top_rejected(name, minute), count, subject)
+            tops.add((name, minute))
+        for name, minute in tops:
+            pipe.expire(keys.live_top_rejected(name, minute), TOP_TTL_SECONDS)
+        states = list(self.states.items())
+        for start in range(0, len(states), self.STATES_PER_HSET):
+            chunk = dict(states[start : start + self.STATES_PER_HSET])
+            pipe.hset(keys.live_breaker_states, mapping=chunk)
 
 
 def record_counters(
-    pipe: Any,
-    keys: KeyLayout,
-    instance: str,
-    at: float,
-    policies: dict[str, Any],
-    minutes: MinuteSums | None = None,
+    writes: LiveWrites, instance: str, at: float, policies: dict[str, Any]
 ) -> set[str]:
-    """Queue the writes for one counters report; return the policy fields it touched.
-
-    With ``minutes``, the report's counters and breaker states are added to it too.
-    """
+    """Add one counters report to ``writes``; return the policy fields it touched."""
     second = int(at)
-    hash_key = keys.live_second(second)
+    sums = writes.seconds
     touched: set[str] = set()
     for policy, counters in policies.items():
         if not isinstance(counters, dict):
             continue
         touched.add(policy)
-        for counter in NUMERIC_COUNTERS:
-            value = counters.get(counter)
-            if isinstance(value, int | float) and not isinstance(value, bool) and value:
-                pipe.hincrbyfloat(hash_key, f"{policy}|{counter}", value)
-                if minutes is not None and math.isfinite(value):
-                    minutes.add(at, f"{policy}|{counter}", value)
+        for counter, value in counters.items():
+            # A count: an int or a float, not a bool (whose type is neither).
+            if value and (type(value) is int or type(value) is float) and counter in _NUMERIC:
+                sums[(second, policy, counter)] += value
         kind, _, name = policy.partition(":")
         top = counters.get("top_rejected")
         if kind == "rate_limit" and isinstance(top, dict) and top:
-            top_key = keys.live_top_rejected(name, second // 60)
             for subject, count in list(top.items())[:20]:
                 if isinstance(count, int | float):
-                    pipe.zincrby(top_key, count, str(subject))
-            pipe.expire(top_key, TOP_TTL_SECONDS)
+                    writes.top[(name, second // 60, str(subject))] += count
         state = counters.get("state")
         if kind == "breaker" and isinstance(state, str):
-            pipe.hset(keys.live_breaker_states, f"{name}|{instance}", f"{state}|{at}")
-            if minutes is not None:
-                minutes.state(at, name, state)
-    pipe.expire(hash_key, HISTORY_SECONDS)
+            writes.breaker_state(name, instance, state, at)
+            writes.state(at, name, state)
     return touched
-
-
-def record_breaker_state(
-    pipe: Any, keys: KeyLayout, name: str, instance: str, state: str, at: float
-) -> None:
-    pipe.hset(keys.live_breaker_states, f"{name}|{instance}", f"{state}|{at}")
 
 
 @dataclass

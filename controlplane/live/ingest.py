@@ -54,7 +54,7 @@ from controlplane.redis_connection import get_redis
 logger = logging.getLogger(__name__)
 
 GROUP = "controlplane"
-BATCH = 500
+BATCH = 2000  # entries per read: a backlog is read in large batches, which cost less each
 CLAIM_IDLE_MS = 60_000
 CLUSTER_POLL_INTERVAL = 0.05  # seconds between reads of idle streams on a Redis Cluster
 FORGET_INTERVAL = 60.0  # seconds between two removals of long-gone instances
@@ -109,45 +109,43 @@ def process_entries(
     events: list[BreakerEvent] = []
     changes = Changes()
     discovered: dict[tuple[str, str], tuple[dict[str, Any], str]] = {}
-    minutes = history.MinuteSums()
+    writes = history.LiveWrites()
+    for entry_id, fields in entries:
+        try:
+            report = read_report(fields, now)
+        except MalformedReport as exc:
+            REPORTS_INGESTED.labels("malformed").inc()
+            skipped.skip(exc.field, f"{exc} (entry {_id(entry_id)} of {environment.name})")
+            continue
+        REPORTS_INGESTED.labels(_type_label(report)).inc()
+        if isinstance(report, Counters):
+            changes.figures |= history.record_counters(
+                writes, report.instance, report.at, report.policies
+            )
+        elif isinstance(report, Transition):
+            writes.breaker_state(report.name, report.instance, report.to_state, report.at)
+            writes.state(report.at, report.name, report.to_state)  # even 1 s in a state
+            events.append(
+                BreakerEvent(
+                    environment=environment,
+                    name=report.name,
+                    instance=report.instance,
+                    service=report.service,
+                    from_state=report.from_state,
+                    to_state=report.to_state,
+                    reason=report.reason,
+                    failure_rate=report.failure_rate,
+                    slow_call_rate=report.slow_call_rate,
+                    at=datetime.fromtimestamp(report.at, tz=UTC),
+                )
+            )
+            changes.state.add(f"breaker:{report.name}")
+        elif isinstance(report, Heartbeat):
+            changes.figures.add("@instances")
+        elif isinstance(report, Discovered):
+            discovered[(report.kind, report.name)] = (report.defaults, report.service)
     with get_redis().pipeline(transaction=False) as pipe:
-        for entry_id, fields in entries:
-            try:
-                report = read_report(fields, now)
-            except MalformedReport as exc:
-                REPORTS_INGESTED.labels("malformed").inc()
-                skipped.skip(exc.field, f"{exc} (entry {_id(entry_id)} of {environment.name})")
-                continue
-            REPORTS_INGESTED.labels(_type_label(report)).inc()
-            if isinstance(report, Counters):
-                changes.figures |= history.record_counters(
-                    pipe, keys, report.instance, report.at, report.policies, minutes
-                )
-            elif isinstance(report, Transition):
-                history.record_breaker_state(
-                    pipe, keys, report.name, report.instance, report.to_state, report.at
-                )
-                minutes.state(report.at, report.name, report.to_state)  # even 1 s in a state
-                events.append(
-                    BreakerEvent(
-                        environment=environment,
-                        name=report.name,
-                        instance=report.instance,
-                        service=report.service,
-                        from_state=report.from_state,
-                        to_state=report.to_state,
-                        reason=report.reason,
-                        failure_rate=report.failure_rate,
-                        slow_call_rate=report.slow_call_rate,
-                        at=datetime.fromtimestamp(report.at, tz=UTC),
-                    )
-                )
-                changes.state.add(f"breaker:{report.name}")
-            elif isinstance(report, Heartbeat):
-                changes.figures.add("@instances")
-            elif isinstance(report, Discovered):
-                discovered[(report.kind, report.name)] = (report.defaults, report.service)
-        minutes.write(pipe, keys)
+        writes.write(pipe, keys)
         # A command Redis refuses (a live key of the wrong type, say) costs that write;
         # an unreachable Redis still raises, and the batch is read again.
         for result in pipe.execute(raise_on_error=False):

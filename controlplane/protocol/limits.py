@@ -29,18 +29,38 @@ class LimitExceeded(ValueError):
 def check_shape(value: Any, *, what: str = "The value", max_depth: int = MAX_JSON_DEPTH) -> None:
     """Raise ``LimitExceeded`` if ``value`` nests deeper than ``max_depth`` or has
     more than ``MAX_JSON_NODES`` members (counting a shared member at each place)."""
+    if not isinstance(value, list | tuple | dict):
+        return
+    # Only containers are queued; their members are counted as they are listed.
     pending: list[tuple[Any, int]] = [(value, 0)]
-    visited = 0
+    visited = 1
     while pending:
         item, depth = pending.pop()
-        visited += 1
+        if depth >= max_depth:
+            raise LimitExceeded(f"{what} nests deeper than {max_depth} levels.")
+        members = item.values() if isinstance(item, dict) else item
+        visited += len(members)
         if visited > MAX_JSON_NODES:
             raise LimitExceeded(f"{what} has more than {MAX_JSON_NODES:,} members.")
-        if isinstance(item, list | tuple | dict):
-            if depth >= max_depth:
-                raise LimitExceeded(f"{what} nests deeper than {max_depth} levels.")
-            members = item.values() if isinstance(item, dict) else item
-            pending.extend((member, depth + 1) for member in members)
+        pending.extend(
+            (member, depth + 1) for member in members if isinstance(member, list | tuple | dict)
+        )
+
+
+def shape_within_limits(text: str | bytes, max_depth: int = MAX_JSON_DEPTH) -> bool:
+    """Whether JSON ``text`` alone proves its value within ``check_shape``'s limits.
+
+    Every value but the root follows a ``[``, ``,`` or ``:``, and every level of
+    nesting opens with ``[`` or ``{``: counted in the text (inside strings too,
+    so the counts are upper bounds), they spare walking a small document.
+    """
+    if isinstance(text, str):
+        opened = text.count("[") + text.count("{")
+        members = opened + text.count(",") + text.count(":")
+    else:
+        opened = text.count(b"[") + text.count(b"{")
+        members = opened + text.count(b",") + text.count(b":")
+    return opened < max_depth and members < MAX_JSON_NODES
 
 
 def is_safe_integer(value: Any) -> TypeGuard[int]:
@@ -75,7 +95,8 @@ def loads_json(
         value = json.loads(text)
     except RecursionError:
         raise LimitExceeded(f"{what} nests deeper than {max_depth} levels.") from None
-    check_shape(value, what=what, max_depth=max_depth)
+    if not shape_within_limits(text, max_depth):
+        check_shape(value, what=what, max_depth=max_depth)
     return value
 
 

@@ -28,7 +28,13 @@ from typing import Any, Final
 
 from controlplane.protocol.breaker_state import STATES as BREAKER_STATES
 from controlplane.protocol.keys import NAME_PATTERN
-from controlplane.protocol.limits import MAX_JSON_DEPTH, LimitExceeded, check_shape, check_size
+from controlplane.protocol.limits import (
+    MAX_JSON_DEPTH,
+    LimitExceeded,
+    check_shape,
+    check_size,
+    shape_within_limits,
+)
 from controlplane.protocol.schema import KINDS
 
 HEARTBEAT: Final = "heartbeat"
@@ -69,6 +75,7 @@ NUMERIC_COUNTERS: Final = (
     "local_hits",
     "errors",
 )
+_NUMERIC: Final = frozenset(NUMERIC_COUNTERS)
 
 Fields = Mapping[Any, Any]  # an entry's fields as read: bytes (from Redis) or str
 
@@ -211,7 +218,8 @@ def _data(by_name: dict[str, Any]) -> dict[str, Any]:
         text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
         _check_characters(text, "data")
         data = json.loads(text, parse_float=_finite, parse_constant=_not_finite)
-        check_shape(data, what="data")
+        if not shape_within_limits(text):
+            check_shape(data, what="data")
     except MalformedReport:
         raise
     except LimitExceeded as exc:
@@ -331,11 +339,14 @@ def _counters(instance: str, data: dict[str, Any], now: float) -> Counters:
         _check_name(name, where)
         if not isinstance(counters, dict):
             raise MalformedReport(where, "is not an object")
-        kept: dict[str, Any] = {
-            counter: _count(counters[counter], f"{where}.{counter}")
-            for counter in NUMERIC_COUNTERS
-            if counters.get(counter) is not None
-        }
+        kept: dict[str, Any] = {}
+        for counter, value in counters.items():
+            if counter in _NUMERIC and value is not None:
+                if (type(value) is not int and type(value) is not float) or not (
+                    0 <= value <= MAX_COUNT
+                ):
+                    _count(value, f"{where}.{counter}")  # raises, naming the counter
+                kept[counter] = value
         if kind == "breaker" and counters.get("state") is not None:
             kept["state"] = _state(counters["state"], f"{where}.state")
         top = counters.get("top_rejected")

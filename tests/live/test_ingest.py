@@ -10,7 +10,15 @@ import redis
 from django.db import DataError, OperationalError, models
 
 from controlplane.accounts.actors import Actor
-from controlplane.live.history import RATE_WINDOW, SkippedEntries, read_history, read_snapshot
+from controlplane.live.history import (
+    HISTORY_SECONDS,
+    RATE_WINDOW,
+    LiveWrites,
+    SkippedEntries,
+    read_history,
+    read_snapshot,
+    record_counters,
+)
 from controlplane.live.ingest import GROUP, Ingestor, ensure_group, process_entries, read_report
 from controlplane.live.models import BreakerEvent, DiscoveredName
 from controlplane.policies.actions import do_create_environment, do_create_policy
@@ -96,6 +104,46 @@ def test_counters_from_several_instances_are_summed_per_second(
     assert snapshot.breaker_states["payments"] == {"closed": 1, "open": 1}
     history = read_history(redis_client, production.keys(), "breaker:payments", ("calls",), 10)
     assert sum(history["calls"]) == 20
+
+
+def test_a_batch_costs_one_redis_command_per_key_and_field_not_per_report(
+    production: Environment, redis_client: redis.Redis
+) -> None:
+    """300 instances' counters of one second, summed in the batch: a few commands, not 3,000."""
+    at = float(int(time.time()) - 2)
+    writes = LiveWrites()
+    for i in range(300):
+        policies = {
+            "breaker:payments": {"calls": 10, "successes": 9, "failures": 1, "state": "closed"},
+            "rate_limit:api": {"allowed": 3, "rejected": 2, "top_rejected": {"u:1": 1, "u:2": 1}},
+            "cache:prices": {"hits": 8, "misses": 2},
+        }
+        assert record_counters(writes, f"i-{i}", at, policies) == set(policies)
+    # The same instance again, later in the stream: its last reported state is kept.
+    record_counters(writes, "i-7", at, {"breaker:payments": {"calls": 1, "state": "open"}})
+    keys = production.keys()
+    pipe = redis_client.pipeline(transaction=False)
+    writes.write(pipe, keys)
+
+    # 7 per-second fields + their EXPIRE, 7 per-minute fields and 2 state counts + EXPIRE,
+    # 2 subjects + EXPIRE, one HSET of the 300 breaker states.
+    assert len(pipe) == 7 + 1 + 9 + 1 + 2 + 1 + 1
+    pipe.execute()
+    second = redis_client.hgetall(keys.live_second(int(at)))
+    assert float(second["breaker:payments|calls"]) == 300 * 10 + 1
+    assert float(second["rate_limit:api|rejected"]) == 600
+    assert float(second["cache:prices|hits"]) == 2400
+    minute = redis_client.hgetall(keys.live_minute(int(at) // 60))
+    assert float(minute["breaker:payments|failures"]) == 300
+    assert float(minute["breaker:payments|state:closed"]) == 300
+    assert float(minute["breaker:payments|state:open"]) == 1
+    top = redis_client.zrange(keys.live_top_rejected("api", int(at) // 60), 0, -1, withscores=True)
+    assert top == [("u:1", 300.0), ("u:2", 300.0)]
+    states = redis_client.hgetall(keys.live_breaker_states)
+    assert len(states) == 300
+    assert states["payments|i-7"] == f"open|{at}"
+    assert states["payments|i-8"] == f"closed|{at}"
+    assert 0 < redis_client.ttl(keys.live_second(int(at))) <= HISTORY_SECONDS
 
 
 def test_transitions_are_stored_as_events(production: Environment) -> None:
