@@ -172,9 +172,9 @@ class LiveWrites:
             pipe.hincrbyfloat(keys.live_minute(minute), field_name, value)
         for minute in {minute for minute, _ in minutes}:
             pipe.expire(keys.live_minute(minute), HISTORY_SECONDS + 60)
-        for (name, minute, subject), count in self.top.items():
-            pipe.zincrby(keys.live_top_rejected(name, minute), count, subject)
-            tops.add((name, minute))
+        for (name, top_minute, subject), score in self.top.items():
+            pipe.zincrby(keys.live_top_rejected(name, top_minute), score, subject)
+            tops.add((name, top_minute))
         for name, minute in tops:
             pipe.expire(keys.live_top_rejected(name, minute), TOP_TTL_SECONDS)
         states = list(self.states.items())

@@ -40,6 +40,7 @@ from controlplane.ops.outage import DATABASE_UNAVAILABLE, Outage
 from controlplane.policies.models import Environment, Policy
 from controlplane.protocol import reports
 from controlplane.protocol.connection import is_cluster
+from controlplane.protocol.keys import KeyLayout
 from controlplane.protocol.reports import (
     Counters,
     Discovered,
@@ -56,6 +57,8 @@ logger = logging.getLogger(__name__)
 GROUP = "controlplane"
 BATCH = 2000  # entries per read: a backlog is read in large batches, which cost less each
 CLAIM_IDLE_MS = 60_000
+CONSUMER_FORGET_MS = 600_000  # a consumer idle this long, with nothing pending, is removed
+UNREAD_KEEP_MS = 3_600_000  # what the stream of an environment nobody ingests keeps
 CLUSTER_POLL_INTERVAL = 0.05  # seconds between reads of idle streams on a Redis Cluster
 FORGET_INTERVAL = 60.0  # seconds between two removals of long-gone instances
 PRUNE_INTERVAL = 3600.0  # seconds between two prunings of the database's history
@@ -239,24 +242,77 @@ def read_group(
 
 
 def claim_abandoned(client: redis.Redis, consumer: str, stream: str) -> Entries:
-    """Entries of ``stream`` left pending by a dead consumer for ``CLAIM_IDLE_MS``, undecoded."""
+    """Entries of ``stream`` left pending by a dead consumer for ``CLAIM_IDLE_MS``, undecoded.
+
+    Entries trimmed from the stream while pending are acknowledged here: Redis 7
+    drops them from the pending list itself, Redis 6.2 returns them without
+    fields, for ever, ahead of any entry that could still be processed.
+    """
     reply: Any = history.undecoded(
         client, "XAUTOCLAIM", stream, GROUP, consumer, CLAIM_IDLE_MS, "0-0", "COUNT", BATCH
     )
-    return _entries(reply[1])
+    entries = _entries(reply[1])
+    if len(entries) < len(reply[1] or []):
+        _acknowledge_trimmed(client, consumer, stream)
+    return entries
+
+
+def _acknowledge_trimmed(client: redis.Redis, consumer: str, stream: str) -> None:
+    """Acknowledge the entries ``consumer`` holds that the stream no longer has."""
+    held: Any = client.xpending_range(stream, GROUP, "-", "+", BATCH, consumername=consumer)
+    ids = [_id(entry["message_id"]) for entry in held]
+    with client.pipeline(transaction=False) as pipe:
+        for entry_id in ids:
+            pipe.xrange(stream, entry_id, entry_id)
+        found = pipe.execute()
+    trimmed = [entry_id for entry_id, entry in zip(ids, found, strict=True) if not entry]
+    if trimmed:
+        client.xack(stream, GROUP, *trimmed)
+
+
+def forget_consumers(client: redis.Redis, stream: str, keep: str) -> int:
+    """Remove the group's consumers idle for ``CONSUMER_FORGET_MS`` with nothing pending.
+
+    Each process reads as a consumer of its own (``<hostname>:<pid>``): without
+    this, every restart would leave one in the group for good. A live one is never
+    idle that long (it blocks a second at most); one removed by mistake comes back
+    with its next read. Returns how many were removed.
+    """
+    removed = 0
+    consumers: Any = client.xinfo_consumers(stream, GROUP)
+    for consumer in consumers:
+        name = _id(consumer["name"])
+        if name != keep and not consumer["pending"] and consumer["idle"] > CONSUMER_FORGET_MS:
+            client.xgroup_delconsumer(stream, GROUP, name)
+            removed += 1
+    return removed
 
 
 def _entries(raw: Any) -> Entries:
-    # An entry trimmed from the stream while pending comes back without fields.
-    return [(_id(entry_id), fields) for entry_id, fields in raw or [] if fields is not None]
+    # An entry trimmed from the stream while pending comes back without fields (Redis 7),
+    # or as nothing at all (Redis 6.2).
+    return [
+        (_id(entry[0]), entry[1])
+        for entry in raw or []
+        if entry is not None and entry[1] is not None
+    ]
 
 
 def forget_gone(environments: Iterable[Environment]) -> history.Forgotten:
     """Remove long-gone instances and their breaker states from each environment's live
     state (``history.forget_gone``); every replica may do it: each removal is checked."""
     total = history.Forgotten()
-    for environment in environments:
-        forgotten = history.forget_gone(get_redis(), environment.keys())
+    layouts = [environment.keys() for environment in environments]
+    own = KeyLayout(settings.CONTROLPLANE_SELF_ENVIRONMENT, settings.REDIS_KEY_PREFIX)
+    if own.reports not in {keys.reports for keys in layouts}:
+        # The control plane's own client (the login limiter) reports to an environment
+        # that may have no row: nobody reads its stream, so only its last hour is kept.
+        layouts.append(own)
+        client = get_redis()
+        oldest = int(time.time() * 1000) - UNREAD_KEEP_MS
+        client.xtrim(own.reports, minid=oldest, approximate=False)
+    for keys in layouts:
+        forgotten = history.forget_gone(get_redis(), keys)
         total.instances += forgotten.instances
         total.breaker_states += forgotten.breaker_states
     if total.instances or total.breaker_states:
@@ -372,6 +428,7 @@ class Ingestor(threading.Thread):
         for stream, environment in environments.items():
             entries = claim_abandoned(client, self.consumer, stream)
             self._handle(client, environment, stream, entries)
+            forget_consumers(client, stream, keep=self.consumer)
 
 
 _ingestor: Ingestor | None = None

@@ -143,7 +143,7 @@ def test_a_batch_costs_one_redis_command_per_key_and_field_not_per_report(
     assert len(states) == 300
     assert states["payments|i-7"] == f"open|{at}"
     assert states["payments|i-8"] == f"closed|{at}"
-    assert 0 < redis_client.ttl(keys.live_second(int(at))) <= HISTORY_SECONDS
+    assert 0 < int(redis_client.ttl(keys.live_second(int(at)))) <= HISTORY_SECONDS
 
 
 def test_transitions_are_stored_as_events(production: Environment) -> None:

@@ -14,12 +14,21 @@ from django.contrib.auth.models import User
 from django.test import Client
 
 from controlplane.accounts.actors import Actor
+from controlplane.live import ingest
 from controlplane.live.history import _DELETE_UNCHANGED, Forgotten, _delete_unchanged, read_snapshot
-from controlplane.live.ingest import forget_gone
+from controlplane.live.ingest import (
+    GROUP,
+    claim_abandoned,
+    ensure_group,
+    forget_consumers,
+    forget_gone,
+    read_group,
+)
 from controlplane.policies.actions import do_create_policy
 from controlplane.policies.models import Environment
 from controlplane.policies.overrides import do_set_override
 from controlplane.protocol.documents import MetaDocument
+from controlplane.protocol.keys import KeyLayout
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -191,3 +200,72 @@ def test_an_instance_that_reports_again_is_not_forgotten(
     )
 
     assert removed == 0 and redis_client.hexists(keys.instances, "back")
+
+
+def test_the_control_planes_own_environment_is_pruned_though_it_has_no_row(
+    production: Environment, redis_client: redis.Redis, settings: Any
+) -> None:
+    """The login limiter's client reports to an environment nobody ingests: its stream keeps
+    an hour, its instances hash loses the long-gone (docs/protocol.md, 3.1)."""
+    settings.INSTANCES_FORGET_AFTER = 600.0
+    own = KeyLayout(settings.CONTROLPLANE_SELF_ENVIRONMENT, settings.REDIS_KEY_PREFIX)
+    now = time.time()
+    two_hours_ago = int((now - 7200) * 1000)
+    for i in range(5):
+        redis_client.xadd(own.reports, {"type": "heartbeat"}, id=f"{two_hours_ago}-{i}")
+    recent = redis_client.xadd(own.reports, {"type": "heartbeat"})
+    old = {"service": "controlplane", "revision": 0, "at": now - 700, "heartbeat_interval": 5}
+    redis_client.hset(own.instances, "died-without-goodbye", json.dumps(old))
+    redis_client.hset(own.instances, "alive", json.dumps({**old, "at": now - 1}))
+
+    forgotten = forget_gone([production])
+
+    assert forgotten.instances == 1
+    assert redis_client.hkeys(own.instances) == ["alive"]
+    assert [entry_id for entry_id, _ in redis_client.xrange(own.reports)] == [recent]
+
+
+def test_consumers_long_idle_with_nothing_pending_leave_the_group(
+    production: Environment, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stream = production.keys().reports
+    ensure_group(redis_client, stream)
+    redis_client.xadd(stream, {"type": "heartbeat"})
+    redis_client.xadd(stream, {"type": "heartbeat"})
+    read_group(redis_client, "restarted-long-ago", [stream])  # reads one batch: both entries
+    redis_client.xack(stream, GROUP, *[i for i, _ in redis_client.xrange(stream)][:1])
+    redis_client.xadd(stream, {"type": "heartbeat"})
+    read_group(redis_client, "gone-with-nothing-pending", [stream])
+    redis_client.xack(stream, GROUP, *[i for i, _ in redis_client.xrange(stream)][2:])
+    redis_client.xadd(stream, {"type": "heartbeat"})
+    read_group(redis_client, "me", [stream])
+    redis_client.xack(stream, GROUP, *[i for i, _ in redis_client.xrange(stream)][3:])
+    monkeypatch.setattr(ingest, "CONSUMER_FORGET_MS", 20)
+    deadline = time.monotonic() + 5
+    while min(c["idle"] for c in redis_client.xinfo_consumers(stream, GROUP)) <= 20:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+
+    assert forget_consumers(redis_client, stream, keep="me") == 1
+
+    # The one still holding an entry stays until the entry is claimed; "me" is never removed.
+    names = sorted(c["name"] for c in redis_client.xinfo_consumers(stream, GROUP))
+    assert names == ["me", "restarted-long-ago"]
+
+
+def test_entries_trimmed_while_pending_are_acknowledged_not_kept_pending(
+    production: Environment, disposable_redis: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis 6.2 (the embedded server) keeps them pending, returned without fields for ever."""
+    client = redis.Redis.from_url(disposable_redis.url, decode_responses=True)
+    stream = production.keys().reports
+    ensure_group(client, stream)
+    for _ in range(10):
+        client.xadd(stream, {"type": "heartbeat"})
+    read_group(client, "dead", [stream])
+    client.xtrim(stream, maxlen=0)  # the stream moved on while "dead" held them
+    client.xadd(stream, {"type": "heartbeat"})
+    monkeypatch.setattr(ingest, "CLAIM_IDLE_MS", 0)
+
+    assert claim_abandoned(client, "alive", stream) == []
+    assert client.xpending(stream, GROUP)["pending"] == 0
