@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import logging
 import math
+import operator
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -104,6 +106,14 @@ def undecoded(target: Any, *args: Any) -> Any:
 def _text(raw: Any, max_length: int = INSTANCE_LENGTH) -> str | None:
     """``raw`` (bytes from Redis, or text from JSON) as text, or None if it is not UTF-8,
     too long or has a NUL."""
+    if type(raw) is bytes:  # strict UTF-8 decoding refuses surrogates: no more to check
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+        return text if len(text) <= max_length and "\x00" not in text else None
+    if type(raw) is str and raw.isascii():  # the common case, without a re-encoding
+        return raw if len(raw) <= max_length and "\x00" not in raw else None
     if isinstance(raw, bytes):
         try:
             raw = raw.decode("utf-8")
@@ -258,7 +268,7 @@ class Implementation:
         return f"{language} · {self.name} {self.version}"
 
 
-@dataclass
+@dataclass(frozen=True)  # shared between reads (``_read_heartbeats``): never changed
 class Instance:
     instance: str
     service: str
@@ -444,31 +454,44 @@ def _shown(raw: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
+# Per instances hash, each field's document as last read and the instance read from it:
+# a document that did not change since is not parsed again. Replaced at each read, so it
+# holds the instances of the last read only.
+_read_heartbeats: dict[str, dict[Any, tuple[Any, Instance]]] = {}
+
+
 def _instances(key: str, raw: dict[Any, Any], now: float) -> tuple[list[Instance], list[Instance]]:
     """The live instances and those gone in the last ``INSTANCES_FORGET_AFTER`` seconds."""
     instances, gone = [], []
     listed_for = settings.INSTANCES_FORGET_AFTER
+    known = _read_heartbeats.get(key, {})
+    read: dict[Any, tuple[Any, Instance]] = {}
     for raw_id, document in raw.items():
-        instance_id = _text(raw_id)
-        try:
-            if instance_id is None:
-                raise ValueError(
-                    f"the instance id is not UTF-8 text of at most {INSTANCE_LENGTH} "
-                    "characters without NUL"
-                )
-            instance = read_heartbeat(instance_id, document)
-        except ValueError as exc:
-            _skipped_live.skip("instances", f"{key} field {_shown(raw_id)}: {exc}")
-            continue
+        last = known.get(raw_id)
+        if last is not None and last[0] == document:
+            instance = last[1]
+        else:
+            instance_id = _text(raw_id)
+            try:
+                if instance_id is None:
+                    raise ValueError(
+                        f"the instance id is not UTF-8 text of at most {INSTANCE_LENGTH} "
+                        "characters without NUL"
+                    )
+                instance = read_heartbeat(instance_id, document)
+            except ValueError as exc:
+                _skipped_live.skip("instances", f"{key} field {_shown(raw_id)}: {exc}")
+                continue
+        read[raw_id] = (document, instance)
         if now - instance.last_seen <= instance.timeout:
             instances.append(instance)
         elif now - instance.last_seen <= listed_for:
             gone.append(instance)
+    _read_heartbeats[key] = read
     return sorted(instances, key=_by_service), sorted(gone, key=_by_service)
 
 
-def _by_service(instance: Instance) -> tuple[str, str]:
-    return instance.service, instance.instance
+_by_service = operator.attrgetter("service", "instance")
 
 
 def _published(raw: Any) -> tuple[int | None, float | None]:
@@ -504,6 +527,39 @@ def _breaker_states(key: str, raw: dict[Any, Any]) -> list[tuple[str, str, str, 
             continue
         found.append((name, instance, state, since))
     return found
+
+
+_STATE_OF = {state.encode(): state for state in BREAKER_STATES}
+# Per breaker-states hash, each field as last read, split: the fields stay (one per
+# breaker and instance) while their values change with every report.
+_read_state_fields: dict[str, dict[Any, tuple[str, str] | None]] = {}
+
+
+def _read_states(key: str, raw: dict[Any, Any]) -> Iterator[tuple[str, str, str]]:
+    """``(breaker, instance, state)`` of each well-formed field, as ``_breaker_states``
+    checks them, fast: a page reads one field per breaker of every instance."""
+    known = _read_state_fields.get(key, {})
+    read: dict[Any, tuple[str, str] | None] = {}
+    for raw_field, raw_value in raw.items():
+        if raw_field in known:
+            split = known[raw_field]
+        else:
+            field_text = _text(raw_field, 2 * INSTANCE_LENGTH)
+            name, _, instance = (field_text or "").partition("|")
+            good = 0 < len(instance) <= INSTANCE_LENGTH and NAME_PATTERN.match(name)
+            split = (name, instance) if good else None
+        read[raw_field] = split
+        state_raw, _, at = (
+            raw_value.partition(b"|") if type(raw_value) is bytes else (b"", b"", b"")
+        )
+        state = _STATE_OF.get(state_raw)
+        if split is None or state is None or finite_number(at or 0) is None:
+            _skipped_live.skip(
+                "breaker states", f"{key} field {_shown(raw_field)}: {_shown(raw_value)}"
+            )
+            continue
+        yield split[0], split[1], state
+    _read_state_fields[key] = read
 
 
 # Deletes each field of KEYS[1] named in ARGV (field, value, field, value...) whose
@@ -601,7 +657,9 @@ def read_snapshot(
     # read early, it would show lower figures, and rows would change back and forth.
     last = int(now - REPORT_GRACE) - 1
     wanted: list[str] | None = None
+    breakers = None  # with ``policies``, only their breakers' states are counted
     if policies is not None:
+        breakers = {p.partition(":")[2] for p in policies if p.startswith("breaker:")}
         wanted = [
             f"{policy}|{counter}"
             for policy in policies
@@ -615,7 +673,10 @@ def read_snapshot(
                 undecoded(pipe, "HGETALL", keys.live_second(second))
             elif wanted:
                 undecoded(pipe, "HMGET", keys.live_second(second), *wanted)
-        undecoded(pipe, "HGETALL", keys.live_breaker_states)
+        if breakers is None or breakers:  # a hash of every breaker of every instance
+            undecoded(pipe, "HGETALL", keys.live_breaker_states)
+        else:
+            pipe.echo(b"")  # its place in the replies: the instances page wants no state
         undecoded(pipe, "HGETALL", keys.instances)
         undecoded(pipe, "GET", keys.meta)
         replies = pipe.execute()
@@ -652,12 +713,9 @@ def read_snapshot(
     instances, gone = _instances(keys.instances, instances_raw, now)
     published_revision, published_at = _published(meta_raw)
     alive = {i.instance for i in instances}
-    breakers = None  # with ``policies``, only their breakers' states are counted
-    if policies is not None:
-        breakers = {p.partition(":")[2] for p in policies if p.startswith("breaker:")}
     breaker_states: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     open_instances: dict[str, list[str]] = defaultdict(list)
-    for name, instance, state, _since in _breaker_states(keys.live_breaker_states, states_raw):
+    for name, instance, state in _read_states(keys.live_breaker_states, states_raw or {}):
         if instance in alive and (breakers is None or name in breakers):
             breaker_states[name][state] += 1
             if state in ("open", "half_open"):

@@ -58,6 +58,7 @@ GROUP = "controlplane"
 BATCH = 2000  # entries per read: a backlog is read in large batches, which cost less each
 CLAIM_IDLE_MS = 60_000
 CONSUMER_FORGET_MS = 600_000  # a consumer idle this long, with nothing pending, is removed
+TRIM_INTERVAL = 1.0  # seconds between two trimmings of a stream by one process
 UNREAD_KEEP_MS = 3_600_000  # what the stream of an environment nobody ingests keeps
 CLUSTER_POLL_INTERVAL = 0.05  # seconds between reads of idle streams on a Redis Cluster
 FORGET_INTERVAL = 60.0  # seconds between two removals of long-gone instances
@@ -270,6 +271,29 @@ def _acknowledge_trimmed(client: redis.Redis, consumer: str, stream: str) -> Non
         client.xack(stream, GROUP, *trimmed)
 
 
+def trim_processed(client: redis.Redis, stream: str) -> None:
+    """Drop the entries of ``stream`` that the group has read and acknowledged.
+
+    The stream then holds what is still to be read or pending (the backlog), not
+    the last ``STREAM_MAXLEN`` entries: at a few hundred instances those are
+    100 MB of Redis that nobody reads again. Entries read after the check have
+    later ids, and are kept.
+    """
+    summary: Any = client.xpending(stream, GROUP)
+    if summary["pending"]:
+        oldest = _id(summary["min"])
+    else:
+        groups: Any = client.xinfo_groups(stream)
+        delivered = next(
+            (_id(g["last-delivered-id"]) for g in groups if _id(g["name"]) == GROUP), None
+        )
+        if delivered is None:
+            return
+        milliseconds, _, sequence = delivered.partition("-")
+        oldest = f"{milliseconds}-{int(sequence or 0) + 1}"
+    client.xtrim(stream, minid=oldest, approximate=False)
+
+
 def forget_consumers(client: redis.Redis, stream: str, keep: str) -> int:
     """Remove the group's consumers idle for ``CONSUMER_FORGET_MS`` with nothing pending.
 
@@ -335,6 +359,7 @@ class Ingestor(threading.Thread):
         self._stop_event = threading.Event()
         self.processed = 0
         self.skipped = history.SkippedEntries(logger, "report entries")
+        self._trimmed: dict[str, float] = {}  # stream -> when this process last trimmed it
 
     def stop(self) -> None:
         self._stop_event.set()
@@ -420,6 +445,9 @@ class Ingestor(threading.Thread):
         changes = process_entries(environment, entries, self.skipped)
         client.xack(stream, GROUP, *[entry_id for entry_id, _ in entries])
         self.processed += len(entries)
+        if time.monotonic() >= self._trimmed.get(stream, 0.0) + TRIM_INTERVAL:
+            self._trimmed[stream] = time.monotonic()
+            trim_processed(client, stream)
         notify(environment.name, changes.state, urgent=True)
         notify(environment.name, changes.figures - changes.state, urgent=False)
 

@@ -104,7 +104,7 @@ def instances(request: HttpRequest, environment: str) -> HttpResponse:
     """The instances, problems first, ``INSTANCES_PER_PAGE`` at a time: searched by ``q``
     (service, instance, host or implementation) and filtered by ``status``."""
     env = _environment(request, environment)
-    snapshot = live_snapshot(env)
+    snapshot = live_snapshot(env, policies=[])  # the instances alone: no figure, no state
     implementations = Counter(i.implementation_label for i in snapshot.instances)
     sync = snapshot.sync(env.revision)
     by_status = {

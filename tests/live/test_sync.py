@@ -23,6 +23,7 @@ from controlplane.live.ingest import (
     forget_consumers,
     forget_gone,
     read_group,
+    trim_processed,
 )
 from controlplane.policies.actions import do_create_policy
 from controlplane.policies.models import Environment
@@ -269,3 +270,28 @@ def test_entries_trimmed_while_pending_are_acknowledged_not_kept_pending(
 
     assert claim_abandoned(client, "alive", stream) == []
     assert client.xpending(stream, GROUP)["pending"] == 0
+
+
+def test_the_stream_keeps_only_what_is_still_to_be_read_or_pending(
+    production: Environment, redis_client: redis.Redis
+) -> None:
+    stream = production.keys().reports
+    ensure_group(redis_client, stream)
+    ids = [redis_client.xadd(stream, {"type": "heartbeat", "n": n}) for n in range(6)]
+    read_group(redis_client, "a", [stream])  # all six delivered to "a"
+    redis_client.xack(stream, GROUP, *ids[:2], ids[3])  # ids[2] is still pending
+    later = [redis_client.xadd(stream, {"type": "heartbeat", "n": n}) for n in range(6, 8)]
+
+    trim_processed(redis_client, stream)
+
+    kept = [entry_id for entry_id, _ in redis_client.xrange(stream)]
+    assert kept == ids[2:] + later  # from the oldest pending on; ids[3] is after it
+
+    redis_client.xack(stream, GROUP, *ids[2:])
+    trim_processed(redis_client, stream)
+    assert [entry_id for entry_id, _ in redis_client.xrange(stream)] == later  # not read yet
+
+    read_group(redis_client, "a", [stream])
+    redis_client.xack(stream, GROUP, *later)
+    trim_processed(redis_client, stream)
+    assert redis_client.xlen(stream) == 0
