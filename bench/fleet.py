@@ -18,7 +18,8 @@ How it is measured:
   the product's own ``Ingestor`` thread, in one consumer group. The *ceiling*
   is how fast they empty a stream preloaded with 5 seconds of a 10,000-instance
   fleet (60,050 entries); every entry must be processed exactly once, else the
-  run fails. The *real-time* runs feed them the simulated fleet for
+  run fails. Beside them, the floor: one process that only reads each batch
+  through the group and acknowledges it. The *real-time* runs feed them the simulated fleet for
   ``FLEET_SECONDS`` and sample the lag twice a second (how old the oldest entry
   not yet read is; 0 when none waits).
 * **Redis** memory is read with ``MEMORY USAGE`` per key after each real-time
@@ -49,6 +50,7 @@ import sys
 import tempfile
 import threading
 import time
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,6 +87,7 @@ INGEST_LIVE = "fleet ingest, real time"
 REDIS_MEMORY = "fleet Redis memory"
 PAGES = "fleet pages at 10,000 instances"
 PUSH = "fleet push: transition to 100 viewers"
+BARE = "bare XREADGROUP + XACK, no processing (the floor)"
 BASELINES = {
     INGEST_CEILING: "1 replica",
     INGEST_LIVE: "1,000 instances, 1 replica",
@@ -155,7 +158,7 @@ def heartbeat_of(instance: str, service: int, revision: int, at: float) -> dict[
         "instance": instance,
         "service": f"svc{service:03d}",
         "host": f"host-{instance[-5:]}",
-        "pid": 1000 + int(instance.split("-")[1]) % 30000,
+        "pid": 1000 + zlib.crc32(instance.encode()) % 30000,
         "library_version": "0.1.0",
         "implementation": {
             "name": "controlplane.client",
@@ -318,7 +321,7 @@ def replica_main() -> None:
     if os.environ.get("FLEET_SOAK_KEEP_SECONDS"):  # the soak: history kept minutes, not days
         settings.HISTORY_KEEP_DAYS = float(os.environ["FLEET_SOAK_KEEP_SECONDS"]) / 86_400
         ingest.PRUNE_INTERVAL = 60.0
-    ingestor = ingest.Ingestor(block_ms=100)
+    ingestor: Any = BareConsumer() if os.environ.get("FLEET_BARE") else ingest.Ingestor(100)
     print("ready", flush=True)
     cpu = 0.0
     for line in sys.stdin:
@@ -341,6 +344,32 @@ def replica_main() -> None:
                 return
 
 
+class BareConsumer(threading.Thread):
+    """The floor: read each batch through the consumer group and acknowledge it, no more."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.processed = 0
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        from controlplane.live.ingest import GROUP, read_group
+        from controlplane.policies.models import Environment
+        from controlplane.redis_connection import get_redis
+
+        client = get_redis()
+        streams = [environment.keys().reports for environment in Environment.objects.all()]
+        while not self._stop_event.is_set():
+            for stream, entries in read_group(client, "bare", streams, block_ms=100):
+                if entries:
+                    client.xack(stream, GROUP, *[entry_id for entry_id, _ in entries])
+                    self.processed += len(entries)
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join(timeout=10)
+
+
 def _rss_mb() -> float:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -351,9 +380,10 @@ def _rss_mb() -> float:
 class Child:
     """A child process speaking lines: ``ready`` first, then JSON answers."""
 
-    def __init__(self, code: str, *args: str) -> None:
+    def __init__(self, code: str, *args: str, env: dict[str, str] | None = None) -> None:
         self.process = subprocess.Popen(
             [sys.executable, "-c", code, *args],
+            env={**os.environ, **(env or {})},
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -400,11 +430,11 @@ REPLICA = "from bench.fleet import replica_main; replica_main()"
 
 
 class Replicas:
-    def __init__(self, count: int) -> None:
+    def __init__(self, count: int, *, bare: bool = False) -> None:
         self.children: list[Child] = []
         try:
             for _ in range(count):
-                self.children.append(Child(REPLICA))
+                self.children.append(Child(REPLICA, env={"FLEET_BARE": "1"} if bare else {}))
         except BaseException:
             self.stop()
             raise
@@ -541,9 +571,9 @@ def _ceiling_rows(client: redis.Redis, keys: Any, revision: int) -> list[Row]:
     watch = Watch(client, keys)
     size = max(sizes())
     rows = []
-    for count in (1, 2, 3):
+    for count, bare in ((1, True), (1, False), (2, False), (3, False)):
         _reset(client, keys)
-        replicas = Replicas(count)
+        replicas = Replicas(count, bare=bare)
         try:
             entries = _preload(client, keys, revision, size, CEILING_SECONDS)
             started = time.monotonic()
@@ -568,11 +598,12 @@ def _ceiling_rows(client: redis.Redis, keys: Any, revision: int) -> list[Row]:
             f" each processed once ({split}); {cpu / entries * 1e6:.0f} µs of replica CPU"
             f" per report; peak RSS {max(f['peak_rss_mb'] for f in figures):.0f} MB"
         )
-        print(f"  {count} replicas: {entries / elapsed:,.0f} reports/s; {note}", file=sys.stderr)
+        contender = BARE if bare else f"{count} replica{'s' * (count > 1)}"
+        print(f"  {contender}: {entries / elapsed:,.0f} reports/s; {note}", file=sys.stderr)
         rows.append(
             Row(
                 INGEST_CEILING,
-                f"{count} replica{'s' * (count > 1)}",
+                contender,
                 entries / elapsed,
                 "reports/s",
                 note,
@@ -782,7 +813,7 @@ def _page_rows(viewer: Any) -> list[Row]:
     return rows
 
 
-def _push_rows(url: str, keys: Any, viewer: Any) -> list[Row]:
+def _push_rows(url: str, keys: Any, revision: int, viewer: Any) -> list[Row]:
     """Transitions to 100 viewers while 10,000 instances report (``bench.live``'s viewers)."""
     from bench.live import Server, Viewers, _await_arrivals, _session_cookie
 
@@ -803,6 +834,9 @@ def _push_rows(url: str, keys: Any, viewer: Any) -> list[Row]:
             # An instance of the service that the simulator does not write for: its next
             # counters would say "closed" before a slow push could show "open".
             instance = f"fleet-push-{service:03d}"
+            document = heartbeat_of(instance, service, revision, time.time())
+            document["heartbeat_interval"] = 3600  # live through the run: its state counts
+            client.hset(keys.instances, instance, encode_data(document))
             at = time.time()
             entry = encode_entry(
                 TRANSITION, instance, f"svc{service:03d}", transition_of(name, "open", at)
@@ -852,7 +886,7 @@ def _fleet_at_size_rows(url: str, keys: Any, revision: int, viewer: Any) -> list
         deadline = time.monotonic() + 30
         while int(client.hlen(keys.instances)) < size and time.monotonic() < deadline:
             time.sleep(0.1)  # every instance has sent a heartbeat
-        return _page_rows(viewer) + _push_rows(url, keys, viewer)
+        return _page_rows(viewer) + _push_rows(url, keys, revision, viewer)
     finally:
         for child in simulators:
             child.kill()
