@@ -118,7 +118,7 @@ def policy_names(service: int) -> list[tuple[str, str]]:
 
 
 def counters_of(service: int, states: dict[str, str]) -> dict[str, dict[str, Any]]:
-    """One second of an instance's counters, as its collectors return them."""
+    """One second of an instance's counters, as the reporter writes them (zeros left out)."""
     policies: dict[str, dict[str, Any]] = {}
     for kind, name in policy_names(service):
         field = f"{kind}:{name}"
@@ -149,7 +149,10 @@ def counters_of(service: int, states: dict[str, str]) -> dict[str, dict[str, Any
                 "local_hits": 10,
                 "errors": 0,
             }
-    return policies
+    return {
+        field: {name: value for name, value in counters.items() if value}
+        for field, counters in policies.items()
+    }
 
 
 def heartbeat_of(instance: str, service: int, revision: int, at: float) -> dict[str, Any]:

@@ -234,7 +234,9 @@ class Reporter:
             with contextlib.suppress(Exception):
                 for policy, counters in collector().items():
                     if any(counters.values()):
-                        batch[policy] = counters
+                        # A counter at 0 is left out (docs/protocol.md, 12.2): most
+                        # are, and each costs the ingest of every replica to read.
+                        batch[policy] = {name: value for name, value in counters.items() if value}
         return batch
 
     def _send_counters(self) -> None:
