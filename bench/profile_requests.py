@@ -126,8 +126,9 @@ def _in_process(path: str, header: str) -> tuple[list[float], list[float], str]:
 
 def _daphne(
     endpoints: list[tuple[str, str, str]], directory: Path
-) -> dict[tuple[str, int], list[float]]:
-    """CPU ms per request of one Daphne process, by endpoint and connections (3 samples each)."""
+) -> dict[tuple[str, int], list[tuple[float, float, float]]]:
+    """By endpoint and connections, 3 samples of: CPU ms per request of one Daphne
+    process, requests per second, and the share of one core the process used."""
     from bench.http_load import _check, _wrk
     from bench.live import HOST, Server
 
@@ -135,7 +136,7 @@ def _daphne(
     server = Server(directory)
     try:
         base = f"http://{HOST}:{server.port}"
-        found: dict[tuple[str, int], list[float]] = {}
+        found: dict[tuple[str, int], list[tuple[float, float, float]]] = {}
         for bench, path, header in endpoints:
             _check(base + path, header)
             _wrk(base + path, header, 2)  # warm-up: imports, templates, connections
@@ -145,7 +146,8 @@ def _daphne(
                     rate = _wrk(base + path, header, WRK_SECONDS, connections)["rate"]
                     cpu = server.cpu_seconds() - before
                     samples = found.setdefault((bench, connections), [])
-                    samples.append(cpu / max(rate * WRK_SECONDS, 1) * 1000)
+                    per_request = cpu / max(rate * WRK_SECONDS, 1) * 1000
+                    samples.append((per_request, rate, cpu / WRK_SECONDS))
         return found
     finally:
         server.stop()
@@ -176,8 +178,13 @@ def run(ctx: Any) -> list[Row]:
         for (bench, connections), samples in _daphne(endpoints, directory).items():
             name = bench.replace("HTTP: ", "request CPU: ")
             contender = DAPHNE.format(connections, "" if connections == 1 else "s")
-            note = f"3 x {WRK_SECONDS} s of wrk; the server process's CPU, {connection.vendor}"
-            rows.append(Row.of(name, contender, samples, "ms", note))
+            rate = statistics.median(rate for _, rate, _ in samples)
+            busy = statistics.median(busy for _, _, busy in samples)
+            note = (
+                f"3 x {WRK_SECONDS} s of wrk, {rate:.0f} req/s, the process busy "
+                f"{busy:.0%} of a core (medians); {connection.vendor}"
+            )
+            rows.append(Row.of(name, contender, [ms for ms, _, _ in samples], "ms", note))
     print(f"  profiles: {directory}", file=sys.stderr)
     for row in rows:
         print(
