@@ -27,6 +27,7 @@ BENCHES = {
     "hostile": ("bench.hostile", "RE2 (ours)"),  # see its BASELINES
     "stall": ("bench.stall", "limits FixedWindow: 3 limiters"),  # a 2 s Redis pause
     "http": ("bench.http_load", "no pool"),  # wrk on loopback; see its BASELINES
+    "profile": ("bench.profile_requests", "Django alone (test Client)"),  # request CPU
     "webhooks": ("bench.webhooks", "0 webhooks"),  # policy saves, receivers that hang
     "fleet": ("bench.fleet", "1 replica"),  # 1,000-10,000 instances; see its BASELINES
     "soak": ("bench.soak", ""),  # 30 minutes of a fleet coming and going (not in `make bench`)

@@ -57,9 +57,12 @@ BASELINES = {
 PROXY_HEADER = "X-Forwarded-Proto: https"
 
 
-def _wrk(url: str, header: str, duration: int = DURATION) -> dict[str, Any]:
+def _wrk(
+    url: str, header: str, duration: int = DURATION, connections: int = CONNECTIONS
+) -> dict[str, Any]:
     """wrk's figures for ``duration`` seconds of load on ``url``."""
-    command = ["wrk", "-t", str(THREADS), "-c", str(CONNECTIONS), "-d", f"{duration}s"]
+    threads = min(THREADS, connections)
+    command = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{duration}s"]
     command += ["--latency", "--timeout", "10s", "-H", PROXY_HEADER]
     if header:
         command += ["-H", header]
