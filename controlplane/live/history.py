@@ -553,7 +553,11 @@ def _read_states(key: str, raw: dict[Any, Any]) -> Iterator[tuple[str, str, str]
             raw_value.partition(b"|") if type(raw_value) is bytes else (b"", b"", b"")
         )
         state = _STATE_OF.get(state_raw)
-        if split is None or state is None or finite_number(at or 0) is None:
+        try:  # finite_number, inline: this loop runs for every breaker of every instance
+            since = float(at) if at else 0.0
+        except ValueError:
+            since = math.nan
+        if split is None or state is None or since - since != 0:
             _skipped_live.skip(
                 "breaker states", f"{key} field {_shown(raw_field)}: {_shown(raw_value)}"
             )
