@@ -824,7 +824,7 @@ def _page_rows(viewer: Any) -> list[Row]:
 
 def _push_rows(url: str, keys: Any, revision: int, viewer: Any) -> list[Row]:
     """Transitions to 100 viewers while 10,000 instances report (``bench.live``'s viewers)."""
-    from bench.live import Server, Viewers, _session_cookie
+    from bench.live import Server, Viewers, _session_cookie, arrival_latencies
 
     client = redis.Redis.from_url(url)
     cookies = [_session_cookie(viewer) for _ in range(VIEWERS)]
@@ -867,11 +867,8 @@ def _push_rows(url: str, keys: Any, revision: int, viewer: Any) -> list[Row]:
         if viewers is not None:
             viewers.stop()
         server.stop()
-    latencies = [
-        (at - written[name]) * 1000 for (_, name), at in viewers.arrivals.items() if name in written
-    ]
     expected = len(written) * VIEWERS
-    samples = sorted(latencies) + [float("inf")] * (expected - len(latencies))
+    latencies, samples = arrival_latencies(viewers, written, expected)
     p50, p95 = percentile(samples, 0.50), percentile(samples, 0.95)
     stats = viewers.stats
     note = (

@@ -735,6 +735,19 @@ SCENARIOS = [
 ]
 
 
+def arrival_latencies(
+    viewers: Viewers, written: dict[str, float], expected: int
+) -> tuple[list[float], list[float]]:
+    """Milliseconds from each breaker's transition to each viewer seeing it open; and the
+    same sorted, with a push that never came counted as infinitely late."""
+    latencies = [
+        (at - written[breaker]) * 1000
+        for (_, breaker), at in viewers.arrivals.items()
+        if breaker in written
+    ]
+    return latencies, sorted(latencies) + [math.inf] * (expected - len(latencies))
+
+
 def _await_arrivals(viewers: Viewers, written: dict[str, float], expected: int) -> None:
     deadline = time.monotonic() + ARRIVAL_DEADLINE
     while time.monotonic() < deadline:
@@ -784,14 +797,8 @@ def _scenario(
         if viewers is not None:
             viewers.stop()
         server.stop()
-    latencies = [
-        (at - written[breaker]) * 1000
-        for (_, breaker), at in viewers.arrivals.items()
-        if breaker in written
-    ]
+    latencies, samples = arrival_latencies(viewers, written, expected)
     missing = expected - len(latencies)
-    # A push that never came counts as infinitely late.
-    samples = sorted(latencies) + [math.inf] * missing
     batches = list(ingestor.batches)
     note = (
         f"{len(latencies)}/{expected} pushes in time"

@@ -61,6 +61,14 @@ _DURATION_TEXT = st.text(alphabet="0123456789.mshd -", max_size=8)
 _NUMBER_TEXT = st.text(alphabet="0123456789.-e+_ ", max_size=8)
 
 
+def nested(depth: int) -> Any:
+    """A value ``depth`` lists deep: ``[[...[1]...]]``."""
+    value: Any = 1
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
 def near_valid(spec: FieldSpec) -> st.SearchStrategy[Any]:
     """Values a real user might send for ``spec``: right and wrong in the ways that matter."""
     options: list[st.SearchStrategy[Any]] = [st.just(spec.default)]

@@ -16,17 +16,11 @@ from controlplane.policies.actions import do_create_policy
 from controlplane.policies.models import Environment, Override, Policy
 from controlplane.policies.overrides import current_override, do_set_override
 from tests.api.conftest import ApiClient
+from tests.properties import nested
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 BASE = "/environments/production/policies"
-
-
-def nested(depth: int) -> Any:
-    value: Any = 1
-    for _ in range(depth):
-        value = [value]
-    return value
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from controlplane.protocol.limits import (
@@ -16,6 +16,7 @@ from controlplane.protocol.limits import (
     check_shape,
     shape_within_limits,
 )
+from tests.properties import PROPERTIES, nested
 
 values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.text(alphabet='[]{},:ab"\\', max_size=5),
@@ -34,7 +35,7 @@ def _refused(value: Any, max_depth: int) -> bool:
     return False
 
 
-@settings(max_examples=300, deadline=None)
+@PROPERTIES
 @given(values, st.integers(min_value=1, max_value=6))
 def test_a_text_said_within_limits_holds_a_value_within_them(value: Any, max_depth: int) -> None:
     text = json.dumps(value)
@@ -44,20 +45,13 @@ def test_a_text_said_within_limits_holds_a_value_within_them(value: Any, max_dep
         assert not _refused(value, max_depth)
 
 
-def _nested(depth: int) -> Any:
-    value: Any = 0
-    for _ in range(depth):
-        value = [value]
-    return value
-
-
 @pytest.mark.parametrize(
     ("value", "within", "refused"),
     [
         ({"at": 1.5, "policies": {"breaker:a": {"calls": 3, "state": "closed"}}}, True, False),
-        (_nested(MAX_JSON_DEPTH - 1), True, False),
-        (_nested(MAX_JSON_DEPTH), False, False),  # not proved by the text: walked, and kept
-        (_nested(MAX_JSON_DEPTH + 1), False, True),
+        (nested(MAX_JSON_DEPTH - 1), True, False),
+        (nested(MAX_JSON_DEPTH), False, False),  # not proved by the text: walked, and kept
+        (nested(MAX_JSON_DEPTH + 1), False, True),
         ([0] * (MAX_JSON_NODES - 2), True, False),
         ([0] * MAX_JSON_NODES, False, True),
     ],
