@@ -276,19 +276,21 @@ def trim_processed(client: redis.Redis, stream: str) -> None:
 
     The stream then holds what is still to be read or pending (the backlog), not
     the last ``STREAM_MAXLEN`` entries: at a few hundred instances those are
-    100 MB of Redis that nobody reads again. Entries read after the check have
-    later ids, and are kept.
+    100 MB of Redis that nobody reads again.
+
+    The last delivered id is read before the pending entries: an entry another
+    replica reads in between is pending by then, and kept (read the other way
+    round, it could be trimmed before its replica acknowledged it, and a crash of
+    that replica would then lose it).
     """
+    groups: Any = client.xinfo_groups(stream)
+    delivered = next((_id(g["last-delivered-id"]) for g in groups if _id(g["name"]) == GROUP), None)
+    if delivered is None:
+        return
     summary: Any = client.xpending(stream, GROUP)
     if summary["pending"]:
         oldest = _id(summary["min"])
     else:
-        groups: Any = client.xinfo_groups(stream)
-        delivered = next(
-            (_id(g["last-delivered-id"]) for g in groups if _id(g["name"]) == GROUP), None
-        )
-        if delivered is None:
-            return
         milliseconds, _, sequence = delivered.partition("-")
         oldest = f"{milliseconds}-{int(sequence or 0) + 1}"
     client.xtrim(stream, minid=oldest, approximate=False)
