@@ -507,37 +507,15 @@ def _published(raw: Any) -> tuple[int | None, float | None]:
     return meta.revision, at
 
 
-def _breaker_states(key: str, raw: dict[Any, Any]) -> list[tuple[str, str, str, float]]:
-    """``(breaker, instance, state, since)`` of each well-formed field of the states hash."""
-    found = []
-    for raw_field, raw_value in raw.items():
-        field_text, value = _text(raw_field, 2 * INSTANCE_LENGTH), _text(raw_value)
-        name, _, instance = (field_text or "").partition("|")
-        state, _, at = (value or "").partition("|")
-        since = finite_number(at or 0)
-        if (
-            state not in BREAKER_STATES
-            or since is None
-            or not 0 < len(instance) <= INSTANCE_LENGTH
-            or not NAME_PATTERN.match(name)
-        ):
-            _skipped_live.skip(
-                "breaker states", f"{key} field {_shown(raw_field)}: {_shown(raw_value)}"
-            )
-            continue
-        found.append((name, instance, state, since))
-    return found
-
-
 _STATE_OF = {state.encode(): state for state in BREAKER_STATES}
 # Per breaker-states hash, each field as last read, split: the fields stay (one per
 # breaker and instance) while their values change with every report.
 _read_state_fields: dict[str, dict[Any, tuple[str, str] | None]] = {}
 
 
-def _read_states(key: str, raw: dict[Any, Any]) -> Iterator[tuple[str, str, str]]:
-    """``(breaker, instance, state)`` of each well-formed field, as ``_breaker_states``
-    checks them, fast: a page reads one field per breaker of every instance."""
+def _breaker_states(key: str, raw: dict[Any, Any]) -> Iterator[tuple[str, str, str, float]]:
+    """``(breaker, instance, state, since)`` of each well-formed field of the states hash
+    (read undecoded); fast, for a page reads one field per breaker of every instance."""
     known = _read_state_fields.get(key, {})
     read: dict[Any, tuple[str, str] | None] = {}
     for raw_field, raw_value in raw.items():
@@ -549,9 +527,8 @@ def _read_states(key: str, raw: dict[Any, Any]) -> Iterator[tuple[str, str, str]
             good = 0 < len(instance) <= INSTANCE_LENGTH and NAME_PATTERN.match(name)
             split = (name, instance) if good else None
         read[raw_field] = split
-        state_raw, _, at = (
-            raw_value.partition(b"|") if type(raw_value) is bytes else (b"", b"", b"")
-        )
+        readable = type(raw_value) is bytes and len(raw_value) <= INSTANCE_LENGTH
+        state_raw, _, at = raw_value.partition(b"|") if readable else (b"", b"", b"")
         state = _STATE_OF.get(state_raw)
         try:  # finite_number, inline: this loop runs for every breaker of every instance
             since = float(at) if at else 0.0
@@ -562,7 +539,7 @@ def _read_states(key: str, raw: dict[Any, Any]) -> Iterator[tuple[str, str, str]
                 "breaker states", f"{key} field {_shown(raw_field)}: {_shown(raw_value)}"
             )
             continue
-        yield split[0], split[1], state
+        yield split[0], split[1], state, since
     _read_state_fields[key] = read
 
 
@@ -719,7 +696,9 @@ def read_snapshot(
     alive = {i.instance for i in instances}
     breaker_states: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     open_instances: dict[str, list[str]] = defaultdict(list)
-    for name, instance, state in _read_states(keys.live_breaker_states, states_raw or {}):
+    for name, instance, state, _since in _breaker_states(
+        keys.live_breaker_states, states_raw or {}
+    ):
         if instance in alive and (breakers is None or name in breakers):
             breaker_states[name][state] += 1
             if state in ("open", "half_open"):
