@@ -654,17 +654,18 @@ def read_snapshot(
                 undecoded(pipe, "HGETALL", keys.live_second(second))
             elif wanted:
                 undecoded(pipe, "HMGET", keys.live_second(second), *wanted)
-        if breakers is None or breakers:  # a hash of every breaker of every instance
+        # A hash of every breaker of every instance: the instances page wants no state.
+        count_states = breakers is None or bool(breakers)
+        if count_states:
             undecoded(pipe, "HGETALL", keys.live_breaker_states)
-        else:
-            pipe.echo(b"")  # its place in the replies: the instances page wants no state
         undecoded(pipe, "HGETALL", keys.instances)
         undecoded(pipe, "GET", keys.meta)
         replies = pipe.execute()
-    states_raw, instances_raw, meta_raw = replies[-3], replies[-2], replies[-1]
+    meta_raw, instances_raw = replies.pop(), replies.pop()
+    states_raw = replies.pop() if count_states else {}
     # Summed per field first, then split: a field is split once, not once per second.
     sums: dict[Any, float] = {}  # by field as read: each is decoded once, not once a second
-    for second, reply in zip(seconds, replies[:-3], strict=False):
+    for second, reply in zip(seconds, replies, strict=False):
         pairs = reply.items() if wanted is None else zip(wanted, reply, strict=True)
         for raw_key, raw_value in pairs:
             if raw_value is None:

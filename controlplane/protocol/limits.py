@@ -26,10 +26,22 @@ class LimitExceeded(ValueError):
     """Input over one of the limits above; the message says which, in words."""
 
 
-def check_shape(value: Any, *, what: str = "The value", max_depth: int = MAX_JSON_DEPTH) -> None:
+def check_shape(
+    value: Any,
+    *,
+    what: str = "The value",
+    max_depth: int = MAX_JSON_DEPTH,
+    text: str | bytes | None = None,
+) -> None:
     """Raise ``LimitExceeded`` if ``value`` nests deeper than ``max_depth`` or has
-    more than ``MAX_JSON_NODES`` members (counting a shared member at each place)."""
+    more than ``MAX_JSON_NODES`` members (counting a shared member at each place).
+
+    With ``text``, the JSON ``value`` was parsed from, a text that proves the value
+    within the limits (``shape_within_limits``) spares the walk.
+    """
     if not isinstance(value, list | tuple | dict):
+        return
+    if text is not None and shape_within_limits(text, max_depth):
         return
     # Only containers are queued; their members are counted as they are listed.
     pending: list[tuple[Any, int]] = [(value, 0)]
@@ -95,8 +107,7 @@ def loads_json(
         value = json.loads(text)
     except RecursionError:
         raise LimitExceeded(f"{what} nests deeper than {max_depth} levels.") from None
-    if not shape_within_limits(text, max_depth):
-        check_shape(value, what=what, max_depth=max_depth)
+    check_shape(value, what=what, max_depth=max_depth, text=text)
     return value
 
 

@@ -33,7 +33,6 @@ from controlplane.protocol.limits import (
     LimitExceeded,
     check_shape,
     check_size,
-    shape_within_limits,
 )
 from controlplane.protocol.schema import KINDS
 
@@ -218,8 +217,7 @@ def _data(by_name: dict[str, Any]) -> dict[str, Any]:
         text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
         _check_characters(text, "data")
         data = json.loads(text, parse_float=_finite, parse_constant=_not_finite)
-        if not shape_within_limits(text):
-            check_shape(data, what="data")
+        check_shape(data, what="data", text=text)
     except MalformedReport:
         raise
     except LimitExceeded as exc:
@@ -318,10 +316,12 @@ def _transition(instance: str, service: str, data: dict[str, Any], now: float) -
     )
 
 
-def _count(value: Any, name: str) -> float:
+def _count(value: Any, where: str, member: str) -> float:
+    """``value`` if it is a count; else ``MalformedReport`` naming ``<where>.<member>``
+    (made only then: this runs for every counter of every report)."""
     if (type(value) is int or type(value) is float) and 0 <= value <= MAX_COUNT:  # no bool
         return value
-    raise MalformedReport(name, f"is not a count from 0 to {MAX_COUNT:,}")
+    raise MalformedReport(f"{where}.{member}", f"is not a count from 0 to {MAX_COUNT:,}")
 
 
 def _counters(instance: str, data: dict[str, Any], now: float) -> Counters:
@@ -339,14 +339,11 @@ def _counters(instance: str, data: dict[str, Any], now: float) -> Counters:
         _check_name(name, where)
         if not isinstance(counters, dict):
             raise MalformedReport(where, "is not an object")
-        kept: dict[str, Any] = {}
-        for counter, value in counters.items():
-            if counter in _NUMERIC and value is not None:
-                if (type(value) is not int and type(value) is not float) or not (
-                    0 <= value <= MAX_COUNT
-                ):
-                    _count(value, f"{where}.{counter}")  # raises, naming the counter
-                kept[counter] = value
+        kept: dict[str, Any] = {
+            counter: _count(value, where, counter)
+            for counter, value in counters.items()
+            if counter in _NUMERIC and value is not None
+        }
         if kind == "breaker" and counters.get("state") is not None:
             kept["state"] = _state(counters["state"], f"{where}.state")
         top = counters.get("top_rejected")
@@ -354,7 +351,7 @@ def _counters(instance: str, data: dict[str, Any], now: float) -> Counters:
             if not isinstance(top, dict):
                 raise MalformedReport(f"{where}.top_rejected", "is not an object")
             kept["top_rejected"] = {
-                subject[:SUBJECT_LENGTH]: _count(count, f"{where}.top_rejected")
+                subject[:SUBJECT_LENGTH]: _count(count, where, "top_rejected")
                 for subject, count in list(top.items())[:MAX_TOP_SUBJECTS]
             }
         checked[policy] = kept
