@@ -157,13 +157,12 @@ class LiveWrites:
         self.top: dict[tuple[str, int, str], float] = defaultdict(float)
         self.states: dict[str, str] = {}
 
-    def state(self, at: float, breaker: str, state: str) -> None:
-        """A report of ``breaker`` in ``state``: counted only for the states there are."""
-        if state in BREAKER_STATES:
-            self.state_counts[(int(at) // 60, breaker, state)] += 1
-
     def breaker_state(self, name: str, instance: str, state: str, at: float) -> None:
+        """A report of breaker ``name`` in ``state`` by ``instance``: its live state, and one
+        more report in that state in the minute's sums (for the states there are)."""
         self.states[f"{name}|{instance}"] = f"{state}|{at}"
+        if state in BREAKER_STATES:
+            self.state_counts[(int(at) // 60, name, state)] += 1
 
     def write(self, pipe: Any, keys: KeyLayout) -> None:
         seconds, tops = set(), set()
@@ -217,7 +216,6 @@ def record_counters(
         state = counters.get("state")
         if kind == "breaker" and isinstance(state, str):
             writes.breaker_state(name, instance, state, at)
-            writes.state(at, name, state)
     return touched
 
 

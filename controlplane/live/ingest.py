@@ -127,8 +127,8 @@ def process_entries(
                 writes, report.instance, report.at, report.policies
             )
         elif isinstance(report, Transition):
+            # Counted in the minute's states even if it lasts a second.
             writes.breaker_state(report.name, report.instance, report.to_state, report.at)
-            writes.state(report.at, report.name, report.to_state)  # even 1 s in a state
             events.append(
                 BreakerEvent(
                     environment=environment,
